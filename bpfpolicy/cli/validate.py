@@ -1,0 +1,36 @@
+"""`bpfpolicy validate PATH…`: exit 0 valid, 1 invalid, 2 usage."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..validate import validate_paths
+from . import output
+
+
+@click.command("validate")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--format", "fmt", type=click.Choice(output.FORMATS), default="text", show_default=True)
+@click.option("--lenient", is_flag=True, help="Drop rules that use features with no meaning on one host (warning instead of error).")
+def command(paths: tuple[str, ...], fmt: str, lenient: bool) -> None:
+    """Validate policy files and directories (YAML, JSON; Cilium, Tetragon, Docker/OCI seccomp)."""
+    result = validate_paths(paths, lenient=lenient)
+    files = sorted({p.doc.file for p in result.policies} | {d.file for d in result.diagnostics})
+    if fmt == "json":
+        output.emit_json({
+            "valid": result.ok,
+            "files": result.files,
+            "policies": [{"file": p.doc.file, "kind": p.ident.kind.kind, "format": p.ident.label,
+                          "name": p.name} for p in result.policies],
+            "diagnostics": [d.as_dict() for d in result.diagnostics],
+        })
+    elif fmt == "github":
+        output.emit_github(result.diagnostics)
+    elif fmt == "junit":
+        click.echo(output.junit_xml(result.diagnostics, files, "bpfpolicy.validate"))
+    else:
+        output.emit_text(result.diagnostics)
+        click.echo(output.summary(result.diagnostics, result.files, len(result.policies)), err=True)
+    sys.exit(0 if result.ok else 1)

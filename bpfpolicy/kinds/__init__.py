@@ -1,0 +1,18 @@
+"""Policy kinds. Each import registers one kind (see base.Kind.__init_subclass__)."""
+
+from .base import (
+    KINDS,
+    Artifact,
+    CompileContext,
+    ForeignFormat,
+    Identified,
+    Kind,
+    Reporter,
+    identify,
+)
+
+__all__ = [
+    "KINDS", "Artifact", "CompileContext", "ForeignFormat", "Identified", "Kind", "Reporter", "identify",
+]
+
+# Registration: one line per kind.
