@@ -1,0 +1,33 @@
+"""`bpfpolicy doctor`: what this host supports, by actually trying."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+
+@click.command("doctor")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def command(fmt: str) -> None:
+    """Probe the kernel and toolchain: BTF, lockdown, program and attach types that load, tcx, clang, bpftool."""
+    from ..kernel.probe import run_all
+
+    checks = run_all()
+    essential = {("tools", "clang"), ("mounts", "bpffs"), ("load", "xdp"), ("load", "tc (sched_cls)")}
+    healthy = all(c.ok for c in checks if (c.area, c.name) in essential)
+    if fmt == "json":
+        click.echo(json.dumps({"ok": healthy, "checks": [c.as_dict() for c in checks]}, indent=2))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="bpfpolicy doctor")
+        for col in ("area", "check", "result", "detail"):
+            table.add_column(col)
+        for c in checks:
+            mark = {True: "[green]yes[/]", False: "[red]no[/]", None: "[yellow]n/a[/]"}[c.ok]
+            table.add_row(c.area, c.name, mark, c.detail)
+        Console(width=160).print(table)
+    sys.exit(0 if healthy else 1)
