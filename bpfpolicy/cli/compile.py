@@ -70,7 +70,7 @@ def command(paths: tuple[str, ...], out_dir: str | None, dry_run: bool, fmt: str
         if dry_run:
             with tempfile.TemporaryDirectory(prefix="bpfpolicy-dry-run-") as tmp:
                 written = write_artifacts(result, Path(tmp))
-                diags += verify_in_kernel(written)
+                diags += verify_in_kernel(written, [p.doc.diag((), "") for p, _ in result.artifacts])
             written = []
         else:
             written = write_artifacts(result, Path(out_dir or "out"))
@@ -79,17 +79,15 @@ def command(paths: tuple[str, ...], out_dir: str | None, dry_run: bool, fmt: str
     sys.exit(0 if ok else 1)
 
 
-def verify_in_kernel(artifact_dirs: list[Path]) -> list[Diagnostic]:
+def verify_in_kernel(artifact_dirs: list[Path], where: list[Diagnostic]) -> list[Diagnostic]:
     """With privileges, load every object through the verifier (nothing attached)."""
     if os.geteuid() != 0:
         return []
-    try:
-        from ..kernel.verify import verify_artifact
-    except ImportError:
-        return []
+    from ..kernel.verify import verify_artifact
+
     diags: list[Diagnostic] = []
-    for d in artifact_dirs:
-        diags.extend(verify_artifact(d))
+    for artifact_dir, fallback in zip(artifact_dirs, where, strict=True):
+        diags.extend(verify_artifact(artifact_dir, fallback))
     return diags
 
 
