@@ -1,0 +1,189 @@
+"""The compiler's input: a resolved OCI profile turned into per-ABI syscall rules.
+
+Semantics (documented in docs/seccomp.md):
+
+* Within one profile the rules for a syscall are a **union**: the conditions of one
+  rule are ANDed, rules are ORed. When several rules match one call, the **most
+  restrictive action wins**, using the kernel's own order for stacked filters
+  (KILL_PROCESS < KILL_THREAD < TRAP < ERRNO < NOTIFY < TRACE < LOG < ALLOW; for two
+  ERRNO/TRACE actions the lower data value). libseccomp refuses some overlaps instead;
+  this order is what the kernel would give if the rules were separate filters, so it
+  never widens what any one rule says.
+* A rule whose action equals the default is dropped (libseccomp fails such a profile
+  with -EACCES; validation warns).
+* Argument values are 64-bit unsigned. For arguments the kernel declares 32 bits wide
+  (`int`, `unsigned int`, `pid_t`, `uid_t`, `umode_t`; see `ARG32`) -- and for every
+  argument of the 32-bit i386 ABI -- only the low word is compared, which is what the
+  kernel itself uses: `value: 4294967295` and `value: -1` then mean the same thing and
+  match whether the caller sign-extended or not (libseccomp#69/#383).  Everywhere
+  else the full 64-bit value is compared and a negative value is its two's complement
+  (`-1` = 0xffffffffffffffff, distinct from 4294967295).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import bpf
+from .arch import ACTIONS, EPERM, X32_SYSCALL_BIT, Abi, abi
+
+U64 = (1 << 64) - 1
+U32 = 0xFFFFFFFF
+
+# Arguments the kernel declares 32 bits wide on 64-bit ABIs (SYSCALL_DEFINEx types).
+ARG32: dict[str, frozenset[int]] = {k: frozenset(v) for k, v in {
+    "personality": (0,), "socket": (0, 1, 2), "socketpair": (0, 1, 2),
+    "setsockopt": (0, 1, 2, 4), "getsockopt": (0, 1, 2), "bind": (0, 2), "connect": (0, 2),
+    "listen": (0, 1), "accept4": (0, 3), "shutdown": (0, 1), "sendto": (0, 3, 5),
+    "recvfrom": (0, 3), "sendmsg": (0, 2), "recvmsg": (0, 2),
+    "kill": (0, 1), "tkill": (0, 1), "tgkill": (0, 1, 2), "ioctl": (0, 1), "fcntl": (0, 1),
+    "prctl": (0,), "open": (1, 2), "openat": (0, 2, 3), "close": (0,), "dup": (0,),
+    "dup2": (0, 1), "dup3": (0, 1, 2), "read": (0,), "write": (0,), "kcmp": (0, 1, 2),
+    "setuid": (0,), "setgid": (0,), "setreuid": (0, 1), "setregid": (0, 1),
+    "setresuid": (0, 1, 2), "setresgid": (0, 1, 2), "setfsuid": (0,), "setfsgid": (0,),
+    "madvise": (2,), "faccessat": (0, 2), "faccessat2": (0, 2, 3), "fchmodat": (0, 2),
+    "mkdirat": (0, 2), "mknodat": (0, 2, 3), "umask": (0,), "chmod": (1,), "fchmod": (0, 1),
+    "flock": (0, 1), "epoll_ctl": (0, 1, 2), "setpriority": (0, 1, 2), "getpriority": (0, 1),
+    "ioprio_set": (0, 1, 2), "memfd_create": (1,), "pidfd_open": (0, 1), "keyctl": (0,),
+    "bpf": (0, 2), "perf_event_open": (1, 2, 3), "quotactl": (0,), "seccomp": (0, 1),
+    "setns": (0, 1), "userfaultfd": (0,), "sched_setscheduler": (0, 1), "unlinkat": (0, 2),
+    "renameat2": (0, 2, 4), "fchownat": (0, 2, 3, 4), "linkat": (0, 2, 4),
+    "symlinkat": (1,), "openat2": (0,), "execveat": (0, 4), "clock_gettime": (0,),
+    "clock_settime": (0,), "timerfd_create": (0, 1), "eventfd2": (0, 1), "inotify_init1": (0,),
+    "pipe2": (1,), "signalfd4": (0, 3), "rt_sigaction": (0,), "rt_sigqueueinfo": (0, 1),
+    "wait4": (0, 2), "waitid": (0, 1, 3), "setsid": (), "capget": (), "capset": (),
+    "mlock2": (2,), "copy_file_range": (0, 2, 5), "splice": (0, 2, 5), "tee": (0, 1, 3),
+}.items()}
+
+
+@dataclass(frozen=True)
+class Cond:
+    """One argument comparison. `value`/`datum` are already reduced to the compared width."""
+
+    index: int
+    op: str  # SCMP_CMP_*
+    value: int  # for MASKED_EQ: the mask
+    datum: int = 0  # MASKED_EQ only: the value compared after masking
+    wide: bool = True  # False: compare the low 32-bit word only
+
+
+@dataclass(frozen=True)
+class Rule:
+    action: int  # 32-bit seccomp return value
+    conds: tuple[Cond, ...]
+
+
+@dataclass(frozen=True)
+class SyscallRules:
+    """Everything the filter must decide for one syscall number (hashable: it is the
+    dispatch leaf's identity, so equal neighbours merge into one range)."""
+
+    rules: tuple[Rule, ...]  # conditional rules, most restrictive first
+    fallback: int  # unconditional rule's action, or the default
+
+    @property
+    def arg_free(self) -> bool:
+        return not self.rules
+
+
+@dataclass
+class Block:
+    """All ABIs selected by one AUDIT_ARCH value (x86_64 and x32 share one)."""
+
+    audit_arch: int
+    label: str  # e.g. "x86_64+x32"
+    syscalls: dict[int, SyscallRules] = field(default_factory=dict)
+    names: dict[int, str] = field(default_factory=dict)  # nr -> "x32:read" for comments
+    domains: list[tuple[int, int, str]] = field(default_factory=list)  # (lo, hi, abi) served
+
+
+@dataclass
+class FilterModel:
+    default: int
+    bad_arch: int
+    blocks: list[Block]
+    warnings: list[str] = field(default_factory=list)
+
+
+def action_value(action: str, errno_ret: int | None, default_errno: int | None = None) -> int:
+    base = ACTIONS[action]
+    if base in (bpf.RET_ERRNO, bpf.RET_TRACE):
+        data = errno_ret if errno_ret is not None else (default_errno if default_errno is not None else EPERM)
+        return base | (int(data) & bpf.RET_DATA)
+    return base
+
+
+def to_u64(v: int) -> int:
+    """Profile integers: negative values are two's complement (validation bounds them)."""
+    return int(v) & U64
+
+
+def make_cond(arg: dict[str, Any], syscall: str, abi_name: str) -> Cond:
+    index, op = int(arg["index"]), arg["op"]
+    wide = abi_name != "i386" and index not in ARG32.get(syscall, frozenset())
+    mask = U64 if wide else U32
+    value = to_u64(arg.get("value", 0)) & mask
+    datum = to_u64(arg.get("valueTwo", 0)) & mask if op == "SCMP_CMP_MASKED_EQ" else 0
+    return Cond(index, op, value, datum, wide)
+
+
+def build_model(profile: dict[str, Any], bad_arch: int = bpf.RET_KILL_PROCESS) -> FilterModel:
+    """Resolved OCI profile → per-block syscall rules. Unknown names are skipped (as runc
+    does); validation is where they are reported."""
+    default = action_value(profile["defaultAction"], profile.get("defaultErrnoRet"))
+    abis: list[Abi] = []
+    warnings: list[str] = []
+    for oci in profile.get("architectures") or []:
+        a = abi(oci)
+        if a is None:
+            warnings.append(f"{oci}: no syscall table for this architecture; it is left out "
+                            f"of the filter (its calls get the bad-arch action)")
+        elif a not in abis:
+            abis.append(a)
+    blocks: dict[int, Block] = {}
+    collected: dict[tuple[int, int], list[Rule]] = {}
+    for a in abis:
+        blk = blocks.setdefault(a.audit_arch, Block(a.audit_arch, a.name))
+        if blk.label != a.name:
+            blk.label += "+" + a.name
+        lo, hi = (X32_SYSCALL_BIT, U32) if a.name == "x32" else (0, X32_SYSCALL_BIT - 1) \
+            if a.name == "x86_64" else (0, U32)
+        blk.domains.append((lo, hi, a.name))
+        for rule in profile.get("syscalls") or []:
+            act = action_value(rule["action"], rule.get("errnoRet"), None)
+            if act == default:
+                continue
+            for name in rule["names"]:
+                nr = a.table.get(name)
+                if nr is None:
+                    continue
+                conds = tuple(make_cond(arg, name, a.name) for arg in rule.get("args") or [])
+                collected.setdefault((a.audit_arch, nr), []).append(Rule(act, conds))
+                blk.names[nr] = name if a.name in ("x86_64", "i386", "aarch64") else f"{a.name}:{name}"
+    for (audit, nr), rules in collected.items():
+        blocks[audit].syscalls[nr] = normalise(rules, default)
+    return FilterModel(default, bad_arch, list(blocks.values()), warnings)
+
+
+def normalise(rules: list[Rule], default: int) -> SyscallRules:
+    """Apply the union semantics: an unconditional rule caps everything at its action;
+    conditional rules that cannot lower the result are dropped."""
+    uncond = [r.action for r in rules if not r.conds]
+    key = bpf.action_precedence
+    fallback = min(uncond, key=key) if uncond else default
+    kept: list[Rule] = []
+    seen: set[Rule] = set()
+    for r in sorted(rules, key=lambda r: key(r.action)):
+        if not r.conds or r in seen:
+            continue
+        if uncond and key(r.action) >= key(fallback):
+            continue
+        seen.add(r)
+        kept.append(r)
+    # With no unconditional rule, trailing rules whose action equals the default add
+    # nothing: once every more restrictive rule has failed, matching or not they give
+    # the default.
+    while kept and not uncond and kept[-1].action == default:
+        kept.pop()
+    return SyscallRules(tuple(kept), fallback)
