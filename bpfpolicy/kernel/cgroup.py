@@ -1,0 +1,106 @@
+"""cgroup_skb attachments through bpf links (BPF_LINK_CREATE on a cgroup v2 directory).
+
+A link is the right handle for a controller: it is pinned under the bpffs root (so the
+program keeps filtering when the controller exits), `BPF_LINK_UPDATE` swaps the program
+atomically with a compare-and-swap on the old one, and unpinning + `BPF_LINK_DETACH`
+removes exactly our attachment and nobody else's (multi-attach cgroups stay intact).
+
+API:
+    attach(prog_fd, cgroup_path, direction) -> link_fd   # caller pins (bpf.obj_pin) / closes
+    attach_pinned(prog_fd, cgroup_path, direction, pin) -> link_id
+    update(link_pin_or_fd, new_prog_fd, old_prog_fd=None)   # atomic swap (EPERM if old is stale)
+    link_prog_id(pin) -> prog_id | None                   # None when the pin is gone
+    query(cgroup_path, direction) -> [prog_id]            # programs attached directly there
+    detach(pin) -> bool
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+
+from . import bpf
+from .tc import query_ids
+
+CGROUP_INET_INGRESS, CGROUP_INET_EGRESS = 0, 1
+DIRECTIONS = {"ingress": CGROUP_INET_INGRESS, "egress": CGROUP_INET_EGRESS}
+
+
+def _attach_type(direction: str) -> int:
+    try:
+        return DIRECTIONS[direction]
+    except KeyError:
+        raise ValueError(f"direction must be ingress or egress, got {direction!r}") from None
+
+
+def _open_cgroup(path: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        raise OSError(errno.ENOENT, f"cgroup {path} does not exist") from None
+
+
+def attach(prog_fd: int, cgroup_path: str, direction: str) -> int:
+    """BPF_LINK_CREATE(cgroup fd, BPF_CGROUP_INET_{INGRESS,EGRESS}); returns the link fd."""
+    cg = _open_cgroup(cgroup_path)
+    try:
+        return bpf.link_create(prog_fd, cg, _attach_type(direction))
+    finally:
+        os.close(cg)
+
+
+def attach_pinned(prog_fd: int, cgroup_path: str, direction: str, pin: str) -> int:
+    """Attach and pin the link at `pin` in one step; returns the link id."""
+    fd = attach(prog_fd, cgroup_path, direction)
+    try:
+        bpf.obj_pin(fd, pin)
+        return int(bpf.link_info(fd)["id"])
+    finally:
+        os.close(fd)
+
+
+def update(link: str | int, new_prog_fd: int, old_prog_fd: int | None = None) -> None:
+    """Swap the program behind a pinned link (path) or link fd, atomically."""
+    fd = bpf.obj_get(link) if isinstance(link, str) else link
+    try:
+        bpf.link_update(fd, new_prog_fd, old_prog_fd)
+    finally:
+        if isinstance(link, str):
+            os.close(fd)
+
+
+def link_prog_id(pin: str) -> int | None:
+    try:
+        fd = bpf.obj_get(pin)
+    except OSError:
+        return None
+    try:
+        return int(bpf.link_info(fd)["prog_id"]) or None
+    finally:
+        os.close(fd)
+
+
+def query(cgroup_path: str, direction: str) -> list[int]:
+    """Program ids attached directly to this cgroup (not inherited) for `direction`."""
+    cg = _open_cgroup(cgroup_path)
+    try:
+        return query_ids(cg, _attach_type(direction))
+    finally:
+        os.close(cg)
+
+
+def detach(pin: str) -> bool:
+    """Detach the link pinned at `pin` and remove the pin; False when it was not there."""
+    try:
+        fd = bpf.obj_get(pin)
+    except OSError:
+        return False
+    try:
+        with contextlib.suppress(OSError):
+            bpf.link_detach(fd)
+    finally:
+        os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(pin)
+    return True
