@@ -154,12 +154,18 @@ def build_model(profile: dict[str, Any], bad_arch: int = bpf.RET_KILL_PROCESS) -
             act = action_value(rule["action"], rule.get("errnoRet"), None)
             if act == default:
                 continue
+            args = list(rule.get("args") or [])
+            # runc: when one argument is compared twice, every comparison of the rule
+            # becomes a rule of its own (ORed) -- libseccomp cannot AND them.
+            indices = [int(x["index"]) for x in args]
+            groups = [[x] for x in args] if len(set(indices)) < len(indices) else [args]
             for name in rule["names"]:
                 nr = a.table.get(name)
                 if nr is None:
                     continue
-                conds = tuple(make_cond(arg, name, a.name) for arg in rule.get("args") or [])
-                collected.setdefault((a.audit_arch, nr), []).append(Rule(act, conds))
+                for group in groups:
+                    conds = tuple(make_cond(arg, name, a.name) for arg in group)
+                    collected.setdefault((a.audit_arch, nr), []).append(Rule(act, conds))
                 blk.names[nr] = name if a.name in ("x86_64", "i386", "aarch64") else f"{a.name}:{name}"
     for (audit, nr), rules in collected.items():
         blocks[audit].syscalls[nr] = normalise(rules, default)
