@@ -16,3 +16,4 @@ __all__ = [
 ]
 
 # Registration: one line per kind.
+from . import seccomp_profile  # noqa: F401
