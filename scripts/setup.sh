@@ -10,6 +10,7 @@ APT_PACKAGES=(
   iproute2 nftables ethtool xdp-tools
   python3 python3-venv python3-dev python3-seccomp libseccomp-dev
   qemu-system-x86 busybox-static cpio zstd git make
+  libelf-dev zlib1g-dev libzstd-dev
 )
 
 missing=()

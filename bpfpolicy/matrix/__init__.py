@@ -1,0 +1,175 @@
+"""The kernel matrix: prove compiled artifacts load, attach and behave on the kernels a
+fleet runs (Debian 5.10, 6.1, 6.12, 7.x under QEMU) and on the running host kernel.
+
+    fetch kernels (cached) ─ build static runner (cached) ─ per kernel: initramfs ─ boot
+    ─ parse RESULT lines ─ table kernel × artifact (load / attach / behaviour) + JSON
+
+Kernels run concurrently (up to the number of cores). Nothing here imports validation
+or compilation: policy paths are compiled by the caller (see cli/kernel_test.py), which
+hands over a function producing artifact directories per target kernel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import guest, kernels, results
+from .artifacts import ArtifactDir, discover
+from .kernels import KERNELS, FetchError, Kernel
+from .results import KernelRun, StepResult
+
+__all__ = ["KERNELS", "ALL_KERNELS", "ArtifactDir", "MatrixReport", "discover", "run_matrix",
+           "FetchError"]
+
+ALL_KERNELS = (*KERNELS, "host")
+
+# Given a target kernel (major, minor) — None for the running host — the artifacts to run.
+ArtifactSource = Callable[[tuple[int, int] | None], list[ArtifactDir]]
+
+
+@dataclass
+class MatrixReport:
+    runs: list[KernelRun] = field(default_factory=list)
+    artifacts: list[str] = field(default_factory=list)
+    wall_seconds: float = 0.0
+    fetch_seconds: float = 0.0
+    out_dir: Path | None = None
+
+    @property
+    def failures(self) -> list[StepResult]:
+        return [r for run in self.runs for r in run.results if r.status == "fail"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and all(run.error is None for run in self.runs)
+
+    def run(self, kernel: str) -> KernelRun:
+        return next(r for r in self.runs if r.name == kernel)
+
+    def results_for(self, kernel: str, artifact: str) -> list[StepResult]:
+        return [r for r in self.run(kernel).results if r.artifact == artifact]
+
+    def as_dict(self) -> dict[str, object]:
+        table = {a: {run.name: results.cell([r for r in run.results if r.artifact == a])
+                     for run in self.runs} for a in self.artifacts}
+        return {"ok": self.ok, "wall_seconds": round(self.wall_seconds, 2),
+                "fetch_seconds": round(self.fetch_seconds, 2), "artifacts": self.artifacts,
+                "table": table, "kernels": [run.as_dict() for run in self.runs]}
+
+
+def run_matrix(kernel_names: list[str], source: ArtifactSource, out_dir: Path,
+               jobs: int | None = None, timeout: float = 240.0) -> MatrixReport:
+    """Fetch, boot and test every requested kernel; write logs and results.json to out_dir."""
+    start = time.monotonic()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = MatrixReport(out_dir=out_dir)
+    vm_names = [k for k in kernel_names if k != "host"]
+    fetched: dict[str, Kernel | str] = {}
+    with ThreadPoolExecutor(max(1, len(vm_names))) as pool:
+        for name, got in zip(vm_names, pool.map(_fetch_or_error, vm_names), strict=True):
+            fetched[name] = got
+    report.fetch_seconds = time.monotonic() - start
+    runner = guest.build_runner()
+    workers = jobs or os.cpu_count() or 1
+
+    def one(name: str) -> KernelRun:
+        return _run_kernel(name, fetched.get(name), runner, source, out_dir, timeout)
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        report.runs = list(pool.map(one, kernel_names))
+    seen: dict[str, None] = {}
+    for run in report.runs:
+        for r in run.results:
+            seen.setdefault(r.artifact)
+    report.artifacts = list(seen)
+    report.wall_seconds = time.monotonic() - start
+    _write(report, out_dir)
+    return report
+
+
+def _fetch_or_error(name: str) -> Kernel | str:
+    try:
+        return kernels.fetch(KERNELS[name])
+    except (FetchError, OSError) as e:
+        return str(e)
+
+
+def _run_kernel(name: str, kernel: Kernel | str | None, runner: Path, source: ArtifactSource,
+                out_dir: Path, timeout: float) -> KernelRun:
+    if isinstance(kernel, str):
+        return KernelRun(name, error=f"kernel unavailable: {kernel}")
+    version = kernel.version if kernel else None
+    artifacts = source(version)
+    names = [a.name for a in artifacts]
+    if kernel is None:
+        out = guest.run_on_host(runner, artifacts)
+    else:
+        out = guest.boot(kernel, runner, artifacts, out_dir / "work", timeout)
+    (out_dir / f"console-{name}.log").write_text(out.console)
+    run = results.parse_console(name, out.console, names if out.console.strip() else [])
+    run.accel, run.seconds, run.error = out.accel, round(out.seconds, 2), out.error
+    if kernel is not None:
+        run.package = kernel.package
+        run.release = run.release or kernel.release
+    else:
+        run.release = run.release or os.uname().release
+    if out.error and not out.console.strip():
+        run.results += [StepResult(name, a, 0, "boot", "fail", out.error) for a in names]
+    _keep_logs(run, out_dir)
+    return run
+
+
+def _keep_logs(run: KernelRun, out_dir: Path) -> None:
+    for r in run.results:
+        if r.log:
+            safe = re.sub(r"[^A-Za-z0-9._-]", "_", r.artifact)
+            path = out_dir / "verifier" / run.name / f"{safe}-line{r.line}.log"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(r.log)
+            r.log_file = str(path)
+
+
+def _write(report: MatrixReport, out_dir: Path) -> None:
+    (out_dir / "results.json").write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+
+
+def render(report: MatrixReport, console: object | None = None) -> None:
+    """The kernel × artifact table, then every failure with its detail and log file."""
+    from rich.console import Console
+    from rich.table import Table
+
+    con = console if isinstance(console, Console) else Console()
+    table = Table(title="bpfpolicy kernel-test", show_lines=True)
+    table.add_column("artifact", style="bold")
+    for run in report.runs:
+        head = f"{run.name}\n{run.release or '?'}"
+        if run.seconds:
+            head += f"\n{run.accel} {run.seconds:.1f}s"
+        table.add_column(head)
+    for art in report.artifacts:
+        row = [art]
+        for run in report.runs:
+            row.append(results.cell_text(results.cell([r for r in run.results if r.artifact == art])))
+        table.add_row(*row)
+    con.print(table)
+    for run in report.runs:
+        if run.error:
+            con.print(f"[bold red]{run.name}[/]: {run.error}")
+    for r in report.failures:
+        con.print(f"[red]FAIL[/] {r.kernel} {r.artifact}:{r.line} {r.step}: {r.detail}")
+        if r.log_file:
+            con.print(f"     verifier log: {r.log_file}")
+    skips = [r for run in report.runs for r in run.results if r.status == "skip"
+             and "kernel lacks" in r.detail]
+    for r in skips:
+        con.print(f"[yellow]skip[/] {r.kernel} {r.artifact}:{r.line} {r.step}: {r.detail}")
+    verdict = "[green]all kernels ok[/]" if report.ok else f"[red]{len(report.failures)} failure(s)[/]"
+    con.print(f"{verdict} — wall {report.wall_seconds:.1f} s (fetch {report.fetch_seconds:.1f} s); "
+              f"logs in {report.out_dir}")

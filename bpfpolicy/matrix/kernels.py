@@ -1,0 +1,272 @@
+"""Debian kernels for the matrix: resolve, download, extract, cache.
+
+The kernels come from Debian's own archive (the fleet runs distro kernels, not
+upstream builds), fetched with `apt-get download` against a PRIVATE sources list,
+lists and cache under the cache directory, so the host's apt configuration is
+never read or changed. Only `vmlinuz` and the few modules the runner needs are
+kept; with a warm cache no network is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import lzma
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..paths import cache_dir
+
+MIRROR = os.environ.get("BPFPOLICY_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+SECURITY_MIRROR = os.environ.get("BPFPOLICY_DEBIAN_SECURITY_MIRROR", "http://deb.debian.org/debian-security")
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+
+# Built as modules by Debian and needed for clsact (tc attach on kernels without tcx).
+# XDP attaches to `lo` (generic XDP), so veth/dummy are not needed.
+MODULES = ("sch_ingress", "cls_bpf")
+LISTS_MAX_AGE = 24 * 3600
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """One Debian release's stock amd64 kernel."""
+
+    name: str  # matrix label: 5.10, 6.1, 6.12, 7
+    suite: str  # Debian suite whose linux-image-amd64 we follow
+    suites: tuple[str, ...]  # suites searched (incl. -security)
+
+    @property
+    def dir(self) -> Path:
+        return kernels_dir() / self.name
+
+
+KERNELS: dict[str, KernelSpec] = {
+    "5.10": KernelSpec("5.10", "bullseye", ("bullseye", "bullseye-security")),
+    "6.1": KernelSpec("6.1", "bookworm", ("bookworm", "bookworm-security")),
+    "6.12": KernelSpec("6.12", "trixie", ("trixie", "trixie-security")),
+    "7": KernelSpec("7", "sid", ("sid",)),
+}
+
+
+@dataclass
+class Kernel:
+    """A fetched kernel: what to boot, and which Debian package it came from."""
+
+    spec: KernelSpec
+    vmlinuz: Path
+    modules: list[Path]
+    release: str  # uname -r, e.g. 6.12.117+deb13-amd64
+    package: str  # e.g. linux-image-6.12.117+deb13-amd64=6.12.117-1
+
+    @property
+    def version(self) -> tuple[int, int]:
+        m = re.match(r"(\d+)\.(\d+)", self.release)
+        return (int(m[1]), int(m[2])) if m else (0, 0)
+
+
+class FetchError(RuntimeError):
+    """The kernel is not cached and could not be downloaded (e.g. no network)."""
+
+
+def kernels_dir() -> Path:
+    """$BPFPOLICY_CACHE/kernels (default ~/.cache/bpfpolicy/kernels)."""
+    return cache_dir() / "kernels"
+
+
+def cached(spec: KernelSpec) -> Kernel | None:
+    meta_file = spec.dir / "kernel.json"
+    if not meta_file.is_file():
+        return None
+    meta = json.loads(meta_file.read_text())
+    vmlinuz = spec.dir / "vmlinuz"
+    if not vmlinuz.is_file():
+        return None
+    modules = [spec.dir / "modules" / m for m in meta.get("modules", [])]
+    return Kernel(spec, vmlinuz, [m for m in modules if m.is_file()], meta["release"], meta["package"])
+
+
+_apt_lock = threading.Lock()
+
+
+class PrivateApt:
+    """apt-get/apt-cache bound to our own sources.list, lists and cache directories."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.sources = root / "sources.list"
+        self.lists = root / "lists"
+        self.cache = root / "cache"
+
+    def options(self) -> list[str]:
+        return [
+            "-o", f"Dir::Etc::SourceList={self.sources}",
+            "-o", "Dir::Etc::SourceParts=/dev/null",
+            "-o", f"Dir::State::Lists={self.lists}",
+            "-o", f"Dir::Cache={self.cache}",
+            "-o", "Dir::State::Status=/dev/null",
+            "-o", "APT::Architecture=amd64",
+            "-o", "APT::Architectures=amd64",
+            "-o", "APT::Sandbox::User=root",
+            "-o", "Acquire::Retries=2",
+        ]
+
+    def write_sources(self) -> None:
+        lines = []
+        for spec in KERNELS.values():
+            for suite in spec.suites:
+                url = SECURITY_MIRROR if suite.endswith("-security") else MIRROR
+                lines.append(f"deb [signed-by={KEYRING}] {url} {suite} main")
+        text = "\n".join(lines) + "\n"
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not self.sources.exists() or self.sources.read_text() != text:
+            self.sources.write_text(text)
+            shutil.rmtree(self.lists, ignore_errors=True)
+
+    def update(self) -> None:
+        """Refresh the private package lists (at most once a day)."""
+        with _apt_lock:
+            self.write_sources()
+            (self.lists / "partial").mkdir(parents=True, exist_ok=True)
+            (self.cache / "archives" / "partial").mkdir(parents=True, exist_ok=True)
+            stamp = self.root / "lists.stamp"
+            if stamp.exists() and time.time() - stamp.stat().st_mtime < LISTS_MAX_AGE:
+                return
+            self._run(["apt-get", "-q", *self.options(), "update"], "apt-get update")
+            stamp.touch()
+
+    def _run(self, cmd: list[str], what: str, cwd: Path | None = None) -> str:
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=900)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise FetchError(f"{what}: {e}") from e
+        if proc.returncode != 0 or (what == "apt-get update" and "Err:" in proc.stdout):
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            raise FetchError(f"{what} failed: {' / '.join(tail)}")
+        return proc.stdout
+
+    def madison(self, package: str) -> list[tuple[str, str]]:
+        """(version, suite) pairs for a package, as apt-cache madison lists them."""
+        out = self._run(["apt-cache", *self.options(), "madison", package], "apt-cache madison")
+        rows = []
+        for line in out.splitlines():
+            parts = [p.strip() for p in line.split("|")]
+            if len(parts) >= 3:
+                suite = parts[2].split()[1].split("/")[0] if len(parts[2].split()) > 1 else ""
+                rows.append((parts[1], suite))
+        return rows
+
+    def depends(self, package: str) -> list[str]:
+        out = self._run(["apt-cache", *self.options(), "show", package], "apt-cache show")
+        for line in out.splitlines():
+            if line.startswith("Depends:"):
+                return [d.strip() for d in line[len("Depends:"):].split(",")]
+        return []
+
+    def download(self, packages: list[str], dest: Path) -> list[Path]:
+        dest.mkdir(parents=True, exist_ok=True)
+        self._run(["apt-get", "-q", *self.options(), "download", *packages], "apt-get download", cwd=dest)
+        return sorted(dest.glob("*.deb"))
+
+
+def _dep_name(dep: str) -> tuple[str, str | None]:
+    """'linux-image-6.1.0-50-amd64 (= 6.1.176-1)' -> (name, version)."""
+    m = re.match(r"([^\s(|]+)\s*(?:\(=\s*([^)]+)\))?", dep.strip())
+    return (m[1], m[2]) if m else (dep, None)
+
+
+def resolve(apt: PrivateApt, spec: KernelSpec) -> tuple[str, list[str]]:
+    """The newest linux-image-amd64 of the suite -> (release, packages to download).
+
+    Bullseye..trixie ship everything in linux-image-<release>; sid 7.x split it into
+    linux-binary-<release> (vmlinuz) and linux-modules-<release>."""
+    versions = [v for v, suite in apt.madison("linux-image-amd64") if suite in spec.suites]
+    if not versions:
+        raise FetchError(f"{spec.name}: no linux-image-amd64 in {', '.join(spec.suites)}")
+    best = max(versions, key=_debian_version_key)
+    image = None
+    for dep in apt.depends(f"linux-image-amd64={best}"):
+        name, version = _dep_name(dep)
+        if name.startswith("linux-image-") and name.endswith("-amd64"):
+            image = (name, version or best)
+    if image is None:
+        raise FetchError(f"{spec.name}: linux-image-amd64={best} names no linux-image-*-amd64")
+    release = image[0][len("linux-image-"):]
+    names = [_dep_name(d)[0] for d in apt.depends(f"{image[0]}={image[1]}")]
+    split = [f"linux-{part}-{release}" for part in ("binary", "modules")]
+    if all(s in names for s in split):
+        return release, [f"{s}={image[1]}" for s in split]
+    return release, [f"{image[0]}={image[1]}"]
+
+
+def _debian_version_key(version: str) -> list[tuple[int, str]]:
+    return [(int(p), "") if p.isdigit() else (-1, p) for p in re.split(r"[.+~-]", version)]
+
+
+def fetch(spec: KernelSpec, apt: PrivateApt | None = None) -> Kernel:
+    """Return the cached kernel, downloading and extracting it first if needed."""
+    hit = cached(spec)
+    if hit:
+        return hit
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        raise FetchError(f"{spec.name}: not cached and apt-get/dpkg-deb are unavailable")
+    apt = apt or PrivateApt(kernels_dir() / "apt")
+    apt.update()
+    release, packages = resolve(apt, spec)
+    kernels_dir().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".fetch-{spec.name}-", dir=kernels_dir()) as tmp:
+        work = Path(tmp)
+        debs = apt.download(packages, work / "debs")
+        root = work / "root"
+        for deb in debs:
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+        stage = work / "kernel"
+        (stage / "modules").mkdir(parents=True)
+        shutil.copyfile(_find_vmlinuz(root, release), stage / "vmlinuz")
+        mods = _extract_modules(root, release, stage / "modules")
+        meta = {"release": release, "package": " ".join(packages), "modules": mods,
+                "suite": spec.suite, "fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        (stage / "kernel.json").write_text(json.dumps(meta, indent=2) + "\n")
+        shutil.rmtree(spec.dir, ignore_errors=True)
+        os.rename(stage, spec.dir)
+    kernel = cached(spec)
+    assert kernel is not None
+    return kernel
+
+
+def _find_vmlinuz(root: Path, release: str) -> Path:
+    for cand in (root / "boot" / f"vmlinuz-{release}",
+                 root / "usr/lib/modules" / release / "vmlinuz",
+                 root / "lib/modules" / release / "vmlinuz"):
+        if cand.is_file():
+            return cand
+    raise FetchError(f"no vmlinuz for {release} in the downloaded packages")
+
+
+def _extract_modules(root: Path, release: str, dest: Path) -> list[str]:
+    """Copy MODULES out of the package, decompressed (busybox insmod takes plain .ko)."""
+    found = []
+    for base in (root / "usr/lib/modules" / release, root / "lib/modules" / release):
+        if not base.is_dir():
+            continue
+        for mod in MODULES:
+            for path in base.rglob(f"{mod}.ko*"):
+                out = dest / f"{mod}.ko"
+                data = path.read_bytes()
+                if path.name.endswith(".xz"):
+                    data = lzma.decompress(data)
+                elif path.name.endswith(".zst"):
+                    data = subprocess.run(["zstd", "-dc"], input=data, capture_output=True, check=True).stdout
+                elif path.name.endswith(".gz"):
+                    import gzip
+
+                    data = gzip.decompress(data)
+                out.write_bytes(data)
+                found.append(out.name)
+                break
+    return sorted(set(found))

@@ -1,0 +1,30 @@
+#!/bin/sh
+# /init of the kernel-test initramfs (busybox sh). Mounts what BPF programs expect,
+# loads the few modules tc needs, runs kt-runner on every artifact and powers off.
+# Everything the host parses starts with RESULT / VERIFIER-LOG-* / KT-*.
+/bin/busybox mount -t proc proc /proc
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t devtmpfs dev /dev 2>/dev/null
+mount -t sysfs sys /sys
+mount -t tmpfs tmp /tmp
+mount -t bpf bpf /sys/fs/bpf
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
+mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
+ip link set lo up
+for m in /modules/*.ko; do
+	[ -e "$m" ] && { insmod "$m" 2>/dev/null || echo "KT-WARN insmod $m failed"; }
+done
+echo "KT-KERNEL $(uname -r)"
+echo "KT-LSM $(cat /sys/kernel/security/lsm 2>/dev/null)"
+for d in /artifacts/*; do
+	[ -f "$d/kernel-test.txt" ] || continue
+	name=$(cat "$d/.kt-name")
+	(cd "$d" && /bin/kt-runner "$d" "$name")
+	rc=$?
+	[ "$rc" -gt 1 ] && echo "RESULT $name 0 runner fail kt-runner exited with status $rc"
+done
+echo KT-DONE
+poweroff -f

@@ -1,0 +1,923 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * kt-runner: the in-guest half of `bpfpolicy kernel-test`.
+ *
+ * Reads one artifact directory's kernel-test.txt (format: kernel-tests/README.md) and
+ * executes it line by line against the running kernel: libbpf open+load of BPF objects,
+ * map updates, BPF_PROG_TEST_RUN, attachments, and seccomp filters exercised in forked
+ * children. Every line produces exactly one parseable result on stdout:
+ *
+ *   RESULT <artifact> <lineno> <step> ok|fail|skip <detail>
+ *
+ * Verifier logs of failed loads are printed between
+ *   VERIFIER-LOG-BEGIN <artifact> <lineno> <prog>  /  VERIFIER-LOG-END <artifact> <lineno>
+ *
+ * It is linked statically (libbpf.a, libelf.a, libz.a, libzstd.a) so the initramfs needs
+ * nothing but busybox, and the very same binary runs on the host.
+ *
+ * Usage: kt-runner [--netns] <artifact-dir> <artifact-name>
+ *   --netns  run in a fresh network namespace (host runs: never touch real interfaces)
+ * Exit status: 0 all ok/skip, 1 at least one fail, 2 usage / unreadable script.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <net/if.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <linux/filter.h>
+#include <linux/if_link.h>
+#include <linux/seccomp.h>
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
+#ifndef ENOTSUPP
+#define ENOTSUPP 524 /* kernel-internal "operation not supported", leaks to user space */
+#endif
+/* tcx attach types (Linux 6.6); the build host's uapi headers may predate them. */
+#define KT_BPF_TCX_INGRESS 46
+#define KT_BPF_TCX_EGRESS 47
+
+#define KT_MAX_LINKS 64
+#define LOG_SIZE (16u << 20)
+#define LIBBPF_MSG_SIZE 8192
+
+static const char *artifact = "?";
+static const char *artifact_dir = ".";
+static int failures;
+
+/* State of the artifact being run. */
+static struct bpf_object *obj;
+static int obj_line;            /* line of the `object` directive, 0 = none */
+static const char *obj_missing; /* why later steps cannot run (failed/skipped object) */
+static struct bpf_link *links[KT_MAX_LINKS];
+static int nlinks;
+static int attach_gap_line; /* an attach was skipped/failed: behaviour checks cannot run */
+static struct sock_filter *filter;
+static unsigned short filter_len;
+static const char *filter_missing = "no `seccomp` line before this one";
+
+static char *verifier_log;
+static char libbpf_msgs[LIBBPF_MSG_SIZE]; /* recent libbpf warnings, for failure details */
+
+/* ---- output ---------------------------------------------------------------------- */
+
+/* One result line; details are flattened to a single line so the host parser stays simple. */
+static void result(int lineno, const char *step, const char *status, const char *fmt, ...)
+{
+	char detail[1024];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(detail, sizeof(detail), fmt, ap);
+	va_end(ap);
+	for (char *p = detail; *p; p++)
+		if (*p == '\n' || *p == '\r' || *p == '\t')
+			*p = ' ';
+	if (!strcmp(status, "fail"))
+		failures++;
+	printf("RESULT %s %d %s %s %s\n", artifact, lineno, step, status, detail);
+	fflush(stdout);
+}
+
+static void print_log(int lineno, const char *prog, const char *text)
+{
+	printf("VERIFIER-LOG-BEGIN %s %d %s\n", artifact, lineno, prog ? prog : "-");
+	fputs(text, stdout);
+	if (*text && text[strlen(text) - 1] != '\n')
+		putchar('\n');
+	printf("VERIFIER-LOG-END %s %d\n", artifact, lineno);
+	fflush(stdout);
+}
+
+/* libbpf's diagnostics are the best explanation of a failed open/load: keep the recent
+ * warnings so a failure's detail can quote them (debug chatter is dropped). */
+static int libbpf_print(enum libbpf_print_level level, const char *fmt, va_list ap)
+{
+	char line[1024];
+	size_t used = strlen(libbpf_msgs), n;
+
+	if (level == LIBBPF_DEBUG)
+		return 0;
+	vsnprintf(line, sizeof(line), fmt, ap);
+	n = strlen(line);
+	if (used + n + 1 >= sizeof(libbpf_msgs)) {
+		used = 0;
+		libbpf_msgs[0] = '\0';
+	}
+	memcpy(libbpf_msgs + used, line, n + 1);
+	return 0;
+}
+
+/* Last libbpf message naming a program ("prog 'foo': ..."), used to attribute failures. */
+static void failing_prog(char *out, size_t size)
+{
+	const char *p = libbpf_msgs, *hit = NULL;
+
+	snprintf(out, size, "-");
+	while ((p = strstr(p, "prog '")) != NULL) {
+		hit = p + 6;
+		p = hit;
+	}
+	if (hit) {
+		const char *end = strchr(hit, '\'');
+		size_t n = end ? (size_t)(end - hit) : strlen(hit);
+		if (n >= size)
+			n = size - 1;
+		memcpy(out, hit, n);
+		out[n] = '\0';
+	}
+}
+
+/* The most specific single line of libbpf's warnings, for the RESULT detail. */
+static const char *libbpf_summary(void)
+{
+	static char buf[512];
+	const char *best = NULL;
+	char *save = NULL, *tok, copy[LIBBPF_MSG_SIZE];
+
+	snprintf(copy, sizeof(copy), "%s", libbpf_msgs);
+	for (tok = strtok_r(copy, "\n", &save); tok; tok = strtok_r(NULL, "\n", &save)) {
+		if (strstr(tok, "BEGIN PROG LOAD LOG") || strstr(tok, "END PROG LOAD LOG"))
+			continue;
+		if (!best || strstr(tok, "failed") || strstr(tok, "unsupported") || strstr(tok, "not found"))
+			best = tok;
+		if (best && strstr(best, "failed to load"))
+			break;
+	}
+	snprintf(buf, sizeof(buf), "%s", best ? best : "");
+	return buf;
+}
+
+/* ---- parsing helpers -------------------------------------------------------------- */
+
+static int hexval(int c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* Hex string (optionally 0x-prefixed, '-' for empty) to bytes; returns length or -1. */
+static long parse_hex(const char *s, unsigned char **out)
+{
+	size_t n;
+	unsigned char *buf;
+
+	if (!strncmp(s, "0x", 2) || !strncmp(s, "0X", 2))
+		s += 2;
+	if (!strcmp(s, "-"))
+		s = "";
+	n = strlen(s);
+	if (n % 2)
+		return -1;
+	buf = calloc(1, n / 2 + 1);
+	if (!buf)
+		return -1;
+	for (size_t i = 0; i < n / 2; i++) {
+		int hi = hexval(s[2 * i]), lo = hexval(s[2 * i + 1]);
+		if (hi < 0 || lo < 0) {
+			free(buf);
+			return -1;
+		}
+		buf[i] = (unsigned char)(hi << 4 | lo);
+	}
+	*out = buf;
+	return (long)(n / 2);
+}
+
+static bool parse_u64(const char *s, unsigned long long *v)
+{
+	char *end;
+
+	errno = 0;
+	if (*s == '-')
+		*v = (unsigned long long)strtoll(s, &end, 0);
+	else
+		*v = strtoull(s, &end, 0);
+	return errno == 0 && *s && !*end;
+}
+
+/* Split on whitespace in place; a token starting with '#' ends the line (comment). */
+static int split(char *line, char **argv, int max)
+{
+	int argc = 0;
+	char *save = NULL;
+
+	for (char *t = strtok_r(line, " \t\r\n", &save); t && argc < max;
+	     t = strtok_r(NULL, " \t\r\n", &save)) {
+		if (*t == '#')
+			break;
+		argv[argc++] = t;
+	}
+	return argc;
+}
+
+static char *artifact_path(const char *rel)
+{
+	static char path[PATH_MAX];
+
+	if (rel[0] == '/')
+		snprintf(path, sizeof(path), "%s", rel);
+	else
+		snprintf(path, sizeof(path), "%s/%s", artifact_dir, rel);
+	return path;
+}
+
+/* ---- kernel feature facts (to tell "kernel lacks X" from "policy is broken") -------- */
+
+static bool file_contains(const char *path, const char *needle, char *copy, size_t size)
+{
+	FILE *f = fopen(path, "r");
+	size_t n;
+
+	if (copy && size)
+		copy[0] = '\0';
+	if (!f)
+		return false;
+	n = fread(copy, 1, size - 1, f);
+	fclose(f);
+	copy[n] = '\0';
+	return strstr(copy, needle) != NULL;
+}
+
+static bool path_exists(const char *p)
+{
+	return access(p, F_OK) == 0;
+}
+
+/* Why an attach error means "this kernel cannot do that" rather than a bug, or NULL. */
+static const char *lacking_feature(struct bpf_program *prog, int err)
+{
+	static char reason[512];
+	char lsm[256];
+	enum bpf_prog_type type = bpf_program__type(prog);
+
+	if (type == BPF_PROG_TYPE_LSM) {
+		if (!path_exists("/sys/kernel/security/lsm"))
+			return "kernel lacks feature: BPF LSM (securityfs not mounted, cannot confirm lsm=bpf)";
+		if (!file_contains("/sys/kernel/security/lsm", "bpf", lsm, sizeof(lsm))) {
+			snprintf(reason, sizeof(reason), "kernel lacks feature: BPF LSM not active (lsm=%s)", lsm);
+			return reason;
+		}
+	}
+	if (type == BPF_PROG_TYPE_KPROBE && !path_exists("/sys/bus/event_source/devices/kprobe") &&
+	    !path_exists("/sys/kernel/tracing/kprobe_events"))
+		return "kernel lacks feature: kprobes (no kprobe PMU, no kprobe_events)";
+	if (type == BPF_PROG_TYPE_TRACING || type == BPF_PROG_TYPE_LSM || type == BPF_PROG_TYPE_EXT) {
+		if (err == -ENOTSUPP || err == -EOPNOTSUPP) {
+			snprintf(reason, sizeof(reason),
+				 "kernel lacks feature: BPF trampoline for %s (%s)",
+				 bpf_program__section_name(prog), strerror(-err == ENOTSUPP ? EOPNOTSUPP : -err));
+			return reason;
+		}
+	}
+	return NULL;
+}
+
+/* ---- directives ------------------------------------------------------------------- */
+
+static void close_object(void)
+{
+	for (int i = 0; i < nlinks; i++)
+		bpf_link__destroy(links[i]);
+	nlinks = 0;
+	bpf_object__close(obj);
+	obj = NULL;
+}
+
+static const char *verifier_summary(const char *log);
+
+static void do_object(int ln, int argc, char **argv)
+{
+	LIBBPF_OPTS(bpf_object_open_opts, opts, .kernel_log_buf = verifier_log,
+		    .kernel_log_size = LOG_SIZE, .kernel_log_level = 0);
+	struct bpf_program *prog;
+	char name[128];
+	int err;
+
+	if (argc != 2) {
+		result(ln, "object", "fail", "usage: object <file>");
+		return;
+	}
+	if (obj)
+		close_object();
+	obj_line = ln;
+	obj_missing = "object failed to load";
+	libbpf_msgs[0] = '\0';
+	verifier_log[0] = '\0';
+	obj = bpf_object__open_file(artifact_path(argv[1]), &opts);
+	if (!obj) {
+		err = -errno;
+		result(ln, "object", "fail", "%s: open failed: %s: %s", argv[1], strerror(-err),
+		       libbpf_summary());
+		obj_missing = "object failed to open";
+		return;
+	}
+	/* A program type the kernel does not know at all is a kernel gap, not a policy bug. */
+	bpf_object__for_each_program(prog, obj) {
+		enum bpf_prog_type type = bpf_program__type(prog);
+		if (libbpf_probe_bpf_prog_type(type, NULL) == 0) {
+			result(ln, "object", "skip", "%s: kernel lacks feature: program type %s (prog %s)",
+			       argv[1], libbpf_bpf_prog_type_str(type), bpf_program__name(prog));
+			obj_missing = "object skipped (kernel lacks program type)";
+			bpf_object__close(obj);
+			obj = NULL;
+			return;
+		}
+	}
+	err = bpf_object__load(obj);
+	if (err) {
+		failing_prog(name, sizeof(name));
+		const char *why = verifier_summary(verifier_log);
+		result(ln, "object", "fail", "%s: load failed (prog %s): %s: %s", argv[1], name,
+		       strerror(-err), *why ? why : libbpf_summary());
+		if (verifier_log[0])
+			print_log(ln, name, verifier_log);
+		bpf_object__close(obj);
+		obj = NULL;
+		return;
+	}
+	obj_missing = NULL;
+	int n = 0;
+	bpf_object__for_each_program(prog, obj)
+		n++;
+	result(ln, "object", "ok", "%s: %d program(s) loaded", argv[1], n);
+}
+
+/* The verifier's own complaint: the lines after the last instruction dump and before
+ * "processed N insns", joined into one line (e.g. "invalid access to packet ..."). */
+static const char *verifier_summary(const char *log)
+{
+	static char out[512];
+	const char *line = log, *start = NULL, *stop = NULL;
+
+	out[0] = '\0';
+	while (line && *line) {
+		const char *p = line;
+		while (*p >= '0' && *p <= '9')
+			p++;
+		if (p != line && *p == ':')
+			start = NULL; /* an instruction line: the complaint comes after it */
+		else if (!strncmp(line, "processed ", 10)) {
+			stop = line;
+			break;
+		} else if (!start && *line != ';' && *line != '\n')
+			start = line;
+		line = strchr(line, '\n');
+		if (line)
+			line++;
+	}
+	if (!start)
+		return out;
+	size_t n = stop ? (size_t)(stop - start) : strlen(start);
+	if (n >= sizeof(out))
+		n = sizeof(out) - 1;
+	memcpy(out, start, n);
+	out[n] = '\0';
+	for (char *q = out; *q; q++)
+		if (*q == '\n')
+			*q = (q[1] ? ';' : '\0');
+	return out;
+}
+
+static struct bpf_program *find_prog(int ln, const char *step, const char *name)
+{
+	struct bpf_program *prog;
+
+	if (!obj) {
+		result(ln, step, "skip", "%s (line %d)", obj_missing ? obj_missing : "no `object` line before this one",
+		       obj_line);
+		return NULL;
+	}
+	prog = bpf_object__find_program_by_name(obj, name);
+	if (!prog)
+		result(ln, step, "fail", "no program named %s in the object", name);
+	return prog;
+}
+
+static void do_map_update(int ln, int argc, char **argv)
+{
+	unsigned char *key = NULL, *val = NULL, *full = NULL;
+	long klen, vlen;
+	struct bpf_map *map;
+	size_t vsize;
+	int err;
+
+	if (argc != 4) {
+		result(ln, "map-update", "fail", "usage: map-update <map> <key_hex> <value_hex>");
+		return;
+	}
+	if (!obj) {
+		result(ln, "map-update", "skip", "%s (line %d)", obj_missing ? obj_missing : "no `object` line before this one", obj_line);
+		return;
+	}
+	map = bpf_object__find_map_by_name(obj, argv[1]);
+	if (!map) {
+		result(ln, "map-update", "fail", "no map named %s in the object", argv[1]);
+		return;
+	}
+	klen = parse_hex(argv[2], &key);
+	vlen = parse_hex(argv[3], &val);
+	if (klen < 0 || vlen < 0) {
+		result(ln, "map-update", "fail", "bad hex in key or value");
+		goto out;
+	}
+	vsize = bpf_map__value_size(map);
+	if ((size_t)klen != bpf_map__key_size(map) || (size_t)vlen != vsize) {
+		result(ln, "map-update", "fail", "%s: key is %ld bytes (map wants %u), value %ld bytes (map wants %zu)",
+		       argv[1], klen, bpf_map__key_size(map), vlen, vsize);
+		goto out;
+	}
+	switch (bpf_map__type(map)) {
+	case BPF_MAP_TYPE_PERCPU_ARRAY:
+	case BPF_MAP_TYPE_PERCPU_HASH:
+	case BPF_MAP_TYPE_LRU_PERCPU_HASH: {
+		/* One value given: the same value on every possible CPU. */
+		int ncpu = libbpf_num_possible_cpus();
+		size_t stride = (vsize + 7) & ~(size_t)7;
+		full = calloc((size_t)ncpu, stride);
+		for (int c = 0; c < ncpu; c++)
+			memcpy(full + c * stride, val, vsize);
+		err = bpf_map__update_elem(map, key, klen, full, stride * ncpu, BPF_ANY);
+		break;
+	}
+	default:
+		err = bpf_map__update_elem(map, key, klen, val, vlen, BPF_ANY);
+	}
+	if (err)
+		result(ln, "map-update", "fail", "%s: %s", argv[1], strerror(-err));
+	else
+		result(ln, "map-update", "ok", "%s", argv[1]);
+out:
+	free(key);
+	free(val);
+	free(full);
+}
+
+static void do_prog_run(int ln, int argc, char **argv)
+{
+	unsigned char *data = NULL;
+	unsigned char out[4096];
+	unsigned long long expect;
+	struct bpf_program *prog;
+	long len;
+	int err;
+
+	if (argc != 4 || !parse_u64(argv[2], &expect)) {
+		result(ln, "prog-run", "fail", "usage: prog-run <prog> <expect_retval> <data_hex>");
+		return;
+	}
+	prog = find_prog(ln, "prog-run", argv[1]);
+	if (!prog)
+		return;
+	len = parse_hex(argv[3], &data);
+	if (len < 0) {
+		result(ln, "prog-run", "fail", "bad hex data");
+		return;
+	}
+	LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = data, .data_size_in = (__u32)len,
+		    .data_out = out, .data_size_out = sizeof(out), .repeat = 1);
+	err = bpf_prog_test_run_opts(bpf_program__fd(prog), &opts);
+	if (err) {
+		err = -errno;
+		const char *why = lacking_feature(prog, err);
+		if (err == -ENOTSUPP || err == -EOPNOTSUPP)
+			result(ln, "prog-run", "skip", "%s: kernel lacks feature: BPF_PROG_TEST_RUN for %s (%s)",
+			       argv[1], bpf_program__section_name(prog), why ? why : strerror(EOPNOTSUPP));
+		else
+			result(ln, "prog-run", "fail", "%s: BPF_PROG_TEST_RUN: %s", argv[1], strerror(-err));
+	} else if (opts.retval != (__u32)expect) {
+		result(ln, "prog-run", "fail", "%s: retval=%u expected=%llu", argv[1], opts.retval, expect);
+	} else {
+		result(ln, "prog-run", "ok", "%s: retval=%u", argv[1], opts.retval);
+	}
+	free(data);
+}
+
+static void keep_link(int ln, struct bpf_link *link, const char *what)
+{
+	if (nlinks < KT_MAX_LINKS)
+		links[nlinks++] = link;
+	result(ln, "attach", "ok", "%s", what);
+}
+
+/* tc: tcx link first (6.6+), else a clsact qdisc + cls_bpf filter (direct-action). */
+static bool attach_tc(int ln, struct bpf_program *prog, const char *target)
+{
+	char ifname[IF_NAMESIZE + 1];
+	const char *colon = strchr(target, ':');
+	bool egress = colon && !strcmp(colon + 1, "egress");
+	size_t n = colon ? (size_t)(colon - target) : strlen(target);
+	int ifindex, fd, err;
+
+	if (n > IF_NAMESIZE)
+		n = IF_NAMESIZE;
+	memcpy(ifname, target, n);
+	ifname[n] = '\0';
+	ifindex = (int)if_nametoindex(ifname);
+	if (!ifindex) {
+		result(ln, "attach", "fail", "%s: no interface %s", bpf_program__name(prog), ifname);
+		return false;
+	}
+	fd = bpf_link_create(bpf_program__fd(prog), ifindex,
+			     egress ? KT_BPF_TCX_EGRESS : KT_BPF_TCX_INGRESS, NULL);
+	if (fd >= 0) {
+		/* Keep the fd open for the artifact's lifetime; process exit detaches. */
+		result(ln, "attach", "ok", "%s: tcx %s on %s", bpf_program__name(prog),
+		       egress ? "egress" : "ingress", ifname);
+		return true;
+	}
+	LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex,
+		    .attach_point = egress ? BPF_TC_EGRESS : BPF_TC_INGRESS);
+	LIBBPF_OPTS(bpf_tc_opts, tc, .prog_fd = bpf_program__fd(prog), .handle = 1, .priority = 1);
+	err = bpf_tc_hook_create(&hook);
+	if (err && err != -EEXIST) {
+		result(ln, "attach", "fail", "%s: tcx unavailable and clsact qdisc failed: %s",
+		       bpf_program__name(prog), strerror(-err));
+		return false;
+	}
+	err = bpf_tc_attach(&hook, &tc);
+	if (err) {
+		result(ln, "attach", "fail", "%s: clsact attach on %s: %s", bpf_program__name(prog), ifname,
+		       strerror(-err));
+		return false;
+	}
+	result(ln, "attach", "ok", "%s: clsact %s on %s (no tcx on this kernel)",
+	       bpf_program__name(prog), egress ? "egress" : "ingress", ifname);
+	return true;
+}
+
+static void do_attach(int ln, int argc, char **argv)
+{
+	struct bpf_program *prog;
+	struct bpf_link *link = NULL;
+	const char *target;
+	char what[PATH_MAX + 256];
+	int err;
+
+	if (argc != 3) {
+		result(ln, "attach", "fail", "usage: attach <prog> <target>");
+		return;
+	}
+	prog = find_prog(ln, "attach", argv[1]);
+	if (!prog) {
+		attach_gap_line = ln;
+		return;
+	}
+	target = argv[2];
+	switch (bpf_program__type(prog)) {
+	case BPF_PROG_TYPE_XDP: {
+		int ifindex = (int)if_nametoindex(target);
+		if (!ifindex) {
+			result(ln, "attach", "fail", "%s: no interface %s", argv[1], target);
+			return;
+		}
+		link = bpf_program__attach_xdp(prog, ifindex);
+		snprintf(what, sizeof(what), "%s: xdp link on %s", argv[1], target);
+		break;
+	}
+	case BPF_PROG_TYPE_SCHED_CLS:
+		if (!attach_tc(ln, prog, target))
+			attach_gap_line = ln;
+		return;
+	case BPF_PROG_TYPE_CGROUP_SKB:
+	case BPF_PROG_TYPE_CGROUP_SOCK:
+	case BPF_PROG_TYPE_CGROUP_SOCK_ADDR:
+	case BPF_PROG_TYPE_CGROUP_DEVICE:
+	case BPF_PROG_TYPE_CGROUP_SYSCTL:
+	case BPF_PROG_TYPE_CGROUP_SOCKOPT: {
+		/* Relative cgroup targets live under $KT_CGROUP_ROOT (a scratch cgroup on the host). */
+		char path[PATH_MAX];
+		const char *root = getenv("KT_CGROUP_ROOT");
+		if (target[0] == '/' && !root)
+			snprintf(path, sizeof(path), "%s", target);
+		else
+			snprintf(path, sizeof(path), "%s/%s", root ? root : "/sys/fs/cgroup",
+				 target[0] == '/' ? target + 1 : target);
+		mkdir(path, 0755);
+		int cg = open(path, O_RDONLY | O_DIRECTORY);
+		if (cg < 0) {
+			result(ln, "attach", "fail", "%s: cgroup %s: %s", argv[1], path, strerror(errno));
+			return;
+		}
+		link = bpf_program__attach_cgroup(prog, cg);
+		close(cg);
+		snprintf(what, sizeof(what), "%s: cgroup link on %s", argv[1], path);
+		break;
+	}
+	default:
+		link = bpf_program__attach(prog);
+		snprintf(what, sizeof(what), "%s: %s", argv[1], bpf_program__section_name(prog));
+	}
+	if (!link) {
+		err = -errno;
+		const char *why = lacking_feature(prog, err);
+		if (why)
+			result(ln, "attach", "skip", "%s: %s (attach: %s)", argv[1], why, strerror(-err));
+		else
+			result(ln, "attach", "fail", "%s: attach failed: %s: %s", argv[1], strerror(-err),
+			       libbpf_summary());
+		attach_gap_line = ln;
+		return;
+	}
+	keep_link(ln, link, what);
+}
+
+static void do_seccomp(int ln, int argc, char **argv)
+{
+	FILE *f;
+	long size;
+
+	free(filter);
+	filter = NULL;
+	filter_missing = "seccomp filter file unusable";
+	if (argc != 2) {
+		result(ln, "seccomp", "fail", "usage: seccomp <file>");
+		return;
+	}
+	f = fopen(artifact_path(argv[1]), "rb");
+	if (!f) {
+		result(ln, "seccomp", "fail", "%s: %s", argv[1], strerror(errno));
+		return;
+	}
+	fseek(f, 0, SEEK_END);
+	size = ftell(f);
+	rewind(f);
+	if (size <= 0 || size % 8 || size / 8 > BPF_MAXINSNS) {
+		result(ln, "seccomp", "fail", "%s: %ld bytes is not 1..%d sock_filter instructions",
+		       argv[1], size, BPF_MAXINSNS);
+		fclose(f);
+		return;
+	}
+	filter = malloc((size_t)size);
+	if (fread(filter, 1, (size_t)size, f) != (size_t)size) {
+		result(ln, "seccomp", "fail", "%s: short read", argv[1]);
+		free(filter);
+		filter = NULL;
+	} else {
+		filter_len = (unsigned short)(size / 8);
+		result(ln, "seccomp", "ok", "%s: %u instructions", argv[1], filter_len);
+	}
+	fclose(f);
+}
+
+/* Child side: install the filter, make one syscall, report errno through the pipe. */
+static void syscall_child(int wfd, long nr, unsigned long long *a)
+{
+	struct sock_fprog prog = { .len = filter_len, .filter = filter };
+	long report[2];
+
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)) {
+		report[0] = -1;
+		report[1] = errno;
+		(void)!write(wfd, report, sizeof(report));
+		_exit(3);
+	}
+	if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog)) {
+		report[0] = -2;
+		report[1] = errno;
+		(void)!write(wfd, report, sizeof(report));
+		_exit(3);
+	}
+	errno = 0;
+	report[0] = syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+	report[1] = report[0] == -1 ? errno : 0;
+	(void)!write(wfd, report, sizeof(report));
+	syscall(SYS_exit_group, 0);
+	_exit(0);
+}
+
+static void do_syscall(int ln, int argc, char **argv)
+{
+	unsigned long long nr, a[6] = { 0 }, want;
+	long report[2];
+	int pfd[2], status;
+	const char *eq;
+	pid_t pid;
+	ssize_t got;
+
+	if (argc < 3 || argc > 9 || !parse_u64(argv[1], &nr) || !(eq = strchr(argv[2], '=')) ||
+	    !parse_u64(eq + 1, &want)) {
+		result(ln, "syscall", "fail", "usage: syscall <nr> errno=N|signal=N|not-errno=N [a0 .. a5]");
+		return;
+	}
+	for (int i = 3; i < argc; i++)
+		if (!parse_u64(argv[i], &a[i - 3])) {
+			result(ln, "syscall", "fail", "bad argument %s", argv[i]);
+			return;
+		}
+	if (!filter) {
+		result(ln, "syscall", "skip", "%s", filter_missing);
+		return;
+	}
+	if (pipe(pfd)) {
+		result(ln, "syscall", "fail", "pipe: %s", strerror(errno));
+		return;
+	}
+	fflush(stdout);
+	pid = fork();
+	if (pid == 0) {
+		close(pfd[0]);
+		alarm(10);
+		syscall_child(pfd[1], (long)nr, a);
+	}
+	close(pfd[1]);
+	got = read(pfd[0], report, sizeof(report));
+	close(pfd[0]);
+	waitpid(pid, &status, 0);
+
+	char seen[128];
+	bool killed = WIFSIGNALED(status);
+	if (killed)
+		snprintf(seen, sizeof(seen), "signal=%d", WTERMSIG(status));
+	else if (got != sizeof(report))
+		snprintf(seen, sizeof(seen), "exit=%d without reporting", WEXITSTATUS(status));
+	else if (report[0] == -1 || report[0] == -2) {
+		if (WEXITSTATUS(status) == 3) {
+			result(ln, "syscall", "fail", "installing the filter failed: %s", strerror((int)report[1]));
+			return;
+		}
+		snprintf(seen, sizeof(seen), "errno=%ld", report[1]);
+	} else
+		snprintf(seen, sizeof(seen), "ret=%ld", report[0]);
+
+	bool ok;
+	size_t klen = (size_t)(eq - argv[2]);
+	if (!strncmp(argv[2], "errno", klen) && klen == 5)
+		ok = !killed && got == sizeof(report) && report[0] == -1 && report[1] == (long)want;
+	else if (!strncmp(argv[2], "signal", klen) && klen == 6)
+		ok = killed && WTERMSIG(status) == (int)want;
+	else if (!strncmp(argv[2], "not-errno", klen) && klen == 9)
+		ok = !killed && got == sizeof(report) && !(report[0] == -1 && report[1] == (long)want);
+	else {
+		result(ln, "syscall", "fail", "unknown expectation %s (errno=N, signal=N, not-errno=N)", argv[2]);
+		return;
+	}
+	result(ln, "syscall", ok ? "ok" : "fail", "nr=%llu want %s got %s", nr, argv[2], seen);
+}
+
+/* exec-expect exit=N <shell command>: the command runs via /bin/sh -c, 20 s limit. */
+static void do_exec_expect(int ln, char *rest)
+{
+	char *cmd, *expect;
+	unsigned long long want;
+	int status;
+	pid_t pid;
+
+	while (*rest == ' ' || *rest == '\t')
+		rest++;
+	expect = rest;
+	cmd = strpbrk(rest, " \t");
+	if (!cmd || strncmp(expect, "exit=", 5)) {
+		result(ln, "exec-expect", "fail", "usage: exec-expect exit=N <cmd...>");
+		return;
+	}
+	*cmd++ = '\0';
+	cmd[strcspn(cmd, "\r\n")] = '\0';
+	if (!parse_u64(expect + 5, &want)) {
+		result(ln, "exec-expect", "fail", "bad expectation %s", expect);
+		return;
+	}
+	if (attach_gap_line) {
+		result(ln, "exec-expect", "skip", "`%s` not run: the attach at line %d did not happen",
+		       cmd, attach_gap_line);
+		return;
+	}
+	fflush(stdout);
+	pid = fork();
+	if (pid == 0) {
+		int null = open("/dev/null", O_RDWR);
+		if (null >= 0) {
+			dup2(null, 0);
+			dup2(null, 1);
+			dup2(null, 2);
+		}
+		alarm(20);
+		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+		_exit(127);
+	}
+	waitpid(pid, &status, 0);
+	if (WIFSIGNALED(status))
+		result(ln, "exec-expect", "fail", "`%s` killed by signal %d (want %s)", cmd, WTERMSIG(status), expect);
+	else
+		result(ln, "exec-expect", WEXITSTATUS(status) == (int)want ? "ok" : "fail",
+		       "`%s` exit=%d (want %s)", cmd, WEXITSTATUS(status), expect);
+}
+
+/* ---- main ---------------------------------------------------------------------------- */
+
+/* Host runs get their own netns with lo up, so XDP/tc attaches never touch real links. */
+static int enter_netns(void)
+{
+	struct ifreq ifr = { 0 };
+	int s;
+
+	if (unshare(CLONE_NEWNET))
+		return -errno;
+	s = socket(AF_INET, SOCK_DGRAM, 0);
+	if (s < 0)
+		return -errno;
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "lo");
+	if (ioctl(s, SIOCGIFFLAGS, &ifr) == 0) {
+		ifr.ifr_flags |= IFF_UP;
+		ioctl(s, SIOCSIFFLAGS, &ifr);
+	}
+	close(s);
+	return 0;
+}
+
+static void run_line(int ln, char *line)
+{
+	char *argv[16];
+	int argc;
+
+	if (!strncmp(line, "exec-expect", 11) && (line[11] == ' ' || line[11] == '\t')) {
+		do_exec_expect(ln, line + 11);
+		return;
+	}
+	argc = split(line, argv, 16);
+	if (argc == 0)
+		return;
+	if (!strcmp(argv[0], "object"))
+		do_object(ln, argc, argv);
+	else if (!strcmp(argv[0], "map-update"))
+		do_map_update(ln, argc, argv);
+	else if (!strcmp(argv[0], "prog-run"))
+		do_prog_run(ln, argc, argv);
+	else if (!strcmp(argv[0], "attach"))
+		do_attach(ln, argc, argv);
+	else if (!strcmp(argv[0], "seccomp"))
+		do_seccomp(ln, argc, argv);
+	else if (!strcmp(argv[0], "syscall"))
+		do_syscall(ln, argc, argv);
+	else
+		result(ln, argv[0], "fail", "unknown directive %s (object, map-update, prog-run, attach, seccomp, syscall, exec-expect)",
+		       argv[0]);
+}
+
+int main(int argc, char **argv)
+{
+	char path[PATH_MAX], *line = NULL;
+	size_t cap = 0;
+	int ln = 0, argi = 1;
+	FILE *f;
+
+	if (argc > 1 && !strcmp(argv[1], "--netns")) {
+		int err = enter_netns();
+		if (err) {
+			fprintf(stderr, "kt-runner: unshare(CLONE_NEWNET): %s\n", strerror(-err));
+			return 2;
+		}
+		argi++;
+	}
+	if (argc - argi != 2) {
+		fprintf(stderr, "usage: kt-runner [--netns] <artifact-dir> <artifact-name>\n");
+		return 2;
+	}
+	artifact_dir = argv[argi];
+	artifact = argv[argi + 1];
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	libbpf_set_strict_mode(LIBBPF_STRICT_ALL);
+	libbpf_set_print(libbpf_print);
+	verifier_log = calloc(1, LOG_SIZE);
+	snprintf(path, sizeof(path), "%s/kernel-test.txt", artifact_dir);
+	f = fopen(path, "r");
+	printf("BEGIN %s\n", artifact);
+	if (!f) {
+		result(0, "script", "fail", "%s: %s", path, strerror(errno));
+		printf("END %s\n", artifact);
+		return 2;
+	}
+	while (getline(&line, &cap, f) >= 0) {
+		ln++;
+		run_line(ln, line);
+	}
+	fclose(f);
+	free(line);
+	if (obj)
+		close_object();
+	printf("END %s\n", artifact);
+	return failures ? 1 : 0;
+}
