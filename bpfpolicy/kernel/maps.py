@@ -38,12 +38,82 @@ def _as_void(a: np.ndarray) -> np.ndarray:
     return a.view(np.dtype((np.void, a.shape[1]))).ravel()
 
 
+def _digest(rows: np.ndarray) -> np.ndarray:
+    """A 64-bit digest per row (rows: (n, w) uint8). Only a candidate filter: matches are
+    verified byte for byte, so a collision can cost a redundant write, never a lost one."""
+    n, w = rows.shape
+    width = (w + 7) // 8 * 8
+    padded = np.zeros((n, width), dtype=np.uint8)
+    padded[:, :w] = rows
+    cols = padded.view("<u8")
+    h = np.full(n, 0x9E3779B97F4A7C15, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(cols.shape[1]):
+            h ^= cols[:, j]
+            h *= np.uint64(0xFF51AFD7ED558CCD)
+            h ^= h >> np.uint64(33)
+    return h
+
+
+def present_in(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Boolean mask over rows of `a`: is the row (exactly) among the rows of `b`?
+    (np.isin on void rows is ~0.7 s per 1M on numpy 2.x; this is ~50 ms.)"""
+    out = np.zeros(len(a), dtype=bool)
+    if not len(a) or not len(b):
+        return out
+    da, db = _digest(a), _digest(b)
+    order = np.argsort(db, kind="stable")
+    sdb = db[order]
+    pos = np.minimum(np.searchsorted(sdb, da), len(sdb) - 1)
+    cand = np.flatnonzero(sdb[pos] == da)
+    if len(cand):
+        j = order[pos[cand]]
+        out[cand] = np.all(a[cand] == b[j], axis=1)
+    return out
+
+
 def split_records(records: bytes, key_size: int, value_size: int) -> tuple[bytes, bytes]:
     """Packed records -> (packed keys, packed values)."""
     if not records:
         return b"", b""
     r = _records(records, key_size + value_size)
     return r[:, :key_size].tobytes(), r[:, key_size:].tobytes()
+
+
+def _u64cols(rows: np.ndarray) -> np.ndarray:
+    """Rows as uint64 columns (zero-padded): 8x fewer element compares than bytes."""
+    n, w = rows.shape
+    if w % 8 == 0 and rows.flags.c_contiguous:
+        return rows.view("<u8")
+    padded = np.zeros((n, (w + 7) // 8 * 8), dtype=np.uint8)
+    padded[:, :w] = rows
+    return padded.view("<u8")
+
+
+def _key_u64(rows: np.ndarray, key_size: int) -> np.ndarray | None:
+    """Keys of <= 8 bytes as big-endian integers (byte order == numeric order)."""
+    if key_size > 8:
+        return None
+    padded = np.zeros((len(rows), 8), dtype=np.uint8)
+    padded[:, 8 - key_size:] = rows[:, :key_size]
+    return padded.view(">u8").ravel().astype(np.uint64)
+
+
+def _sorted_diff(o: np.ndarray, n: np.ndarray, key_size: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Fast path for the canonical case: both sides sorted by (<= 8-byte) key."""
+    ko, kn = _key_u64(o, key_size), _key_u64(n, key_size)
+    if ko is None or kn is None:
+        return None
+    if (len(ko) > 1 and not np.all(ko[1:] > ko[:-1])) or (len(kn) > 1 and not np.all(kn[1:] > kn[:-1])):
+        return None
+    pos = np.minimum(np.searchsorted(ko, kn), len(ko) - 1)
+    same_key = ko[pos] == kn
+    idx = np.flatnonzero(same_key)
+    same = np.zeros(len(n), dtype=bool)
+    same[idx] = np.all(_u64cols(n[idx]) == _u64cols(o[pos[idx]]), axis=1)
+    rpos = np.minimum(np.searchsorted(kn, ko), len(kn) - 1)
+    removed = kn[rpos] != ko
+    return ~same, removed
 
 
 def diff_records(old: bytes, new: bytes, key_size: int, value_size: int) -> tuple[bytes, bytes]:
@@ -54,9 +124,26 @@ def diff_records(old: bytes, new: bytes, key_size: int, value_size: int) -> tupl
     o, n = _records(old, rec), _records(new, rec)
     if not len(n):
         return b"", o[:, :key_size].tobytes()
-    changed = ~np.isin(_as_void(n), _as_void(o))
-    removed = ~np.isin(_as_void(o[:, :key_size]), _as_void(n[:, :key_size]))
+    fast = _sorted_diff(o, n, key_size)
+    if fast is not None:
+        changed, removed = fast
+    else:
+        changed = ~present_in(n, o)
+        removed = ~present_in(np.ascontiguousarray(o[:, :key_size]), np.ascontiguousarray(n[:, :key_size]))
     return n[changed].tobytes(), o[removed][:, :key_size].tobytes()
+
+
+def sort_records(records: bytes, key_size: int, value_size: int) -> bytes:
+    """Records ordered by key bytes (the canonical .bin order)."""
+    r = _records(records, key_size + value_size)
+    if len(r) < 2:
+        return records
+    width = (key_size + 7) // 8 * 8
+    padded = np.zeros((len(r), width), dtype=np.uint8)
+    padded[:, :key_size] = r[:, :key_size]
+    cols = padded.view(">u8")
+    order = np.lexsort([cols[:, j] for j in range(cols.shape[1] - 1, -1, -1)])
+    return r[order].tobytes()
 
 
 def write_records(map_fd: int, records: bytes, key_size: int, value_size: int, percpu: bool) -> int:
@@ -111,8 +198,7 @@ def read_records(map_fd: int, key_size: int, value_size: int, percpu: bool = Fal
     k = np.frombuffer(keys, dtype=np.uint8).reshape(n, key_size)
     v = np.frombuffer(values, dtype=np.uint8).reshape(n, stride)[:, :value_size]
     recs = np.concatenate([k, v], axis=1)
-    order = np.argsort(_as_void(k), kind="stable")
-    return recs[order].tobytes()
+    return sort_records(recs.tobytes(), key_size, value_size)
 
 
 def read_counters(map_fd: int, count: int, slots: int = 2) -> list[tuple[int, ...]]:
