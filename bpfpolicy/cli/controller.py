@@ -1,0 +1,221 @@
+"""Controller commands: plan, apply, watch, status, destroy, events, suspend, resume.
+
+Exit codes follow Flux/Argo diff: `plan` 0 = no changes, 1 = changes, 2 = error;
+`apply` 0 = converged, 1 = some policy failed (previous enforcement kept), 2 = error
+before anything was applied (bad config, build failure, refused prune).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import PolicyError
+
+_config_opt = click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                           help="Host config (default /etc/bpfpolicy/config.yaml).")
+
+
+def _cfg(config_path: str | None):  # noqa: ANN202
+    from ..controller.config import load_config
+
+    try:
+        return load_config(config_path)
+    except PolicyError as e:
+        click.echo(str(e), err=True)
+        sys.exit(2)
+
+
+def _paths(paths: tuple[str, ...]) -> list[Path] | None:
+    return [Path(p) for p in paths] or None
+
+
+@click.command("plan")
+@click.argument("paths", nargs=-1, type=click.Path())
+@_config_opt
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@click.option("--allow-empty", is_flag=True, help="Allow a plan that prunes every policy.")
+def plan_cmd(paths: tuple[str, ...], config_path: str | None, fmt: str, allow_empty: bool) -> None:
+    """Show what apply would do. Exit 0 no changes, 1 changes, 2 error."""
+    from ..controller.plan import render
+    from ..controller.reconcile import Reconciler
+
+    cfg = _cfg(config_path)
+    try:
+        res = Reconciler(cfg, _paths(paths), allow_empty=allow_empty).cycle(dry_run=True)
+    except OSError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    if res.error or res.plan is None:
+        click.echo(res.error or "no plan", err=True)
+        sys.exit(2)
+    if fmt == "json":
+        click.echo(json.dumps({"revision": res.revision, **res.plan.as_dict()}, indent=2))
+    else:
+        render(res.plan)
+    if res.plan.refused:
+        sys.exit(2)
+    sys.exit(1 if res.plan.changes else 0)
+
+
+@click.command("apply")
+@click.argument("paths", nargs=-1, type=click.Path())
+@_config_opt
+@click.option("--allow-empty", is_flag=True, help="Allow pruning every policy.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def apply_cmd(paths: tuple[str, ...], config_path: str | None, allow_empty: bool, fmt: str) -> None:
+    """Converge once: load, fill, swap atomically, prune. Non-zero exit on failure."""
+    from rich.console import Console
+
+    from ..controller.reconcile import Reconciler
+
+    cfg = _cfg(config_path)
+    console = Console(stderr=fmt == "json")
+    status = console.status("reconciling…")
+    status.start()
+
+    def progress(key: str, action: str) -> None:
+        status.update(f"{action} {key}…")
+
+    try:
+        res = Reconciler(cfg, _paths(paths), allow_empty=allow_empty, progress=progress).cycle()
+    finally:
+        status.stop()
+    if fmt == "json":
+        click.echo(json.dumps(_result_json(res), indent=2))
+    else:
+        _print_result(console, res)
+    if res.error:
+        sys.exit(2)
+    sys.exit(0 if res.ok else 1)
+
+
+def _result_json(res) -> dict:  # noqa: ANN001
+    outs = res.applied.outcomes if res.applied else []
+    return {"revision": res.revision, "ok": res.ok, "error": res.error, "skipped": res.skipped,
+            "seconds": res.seconds,
+            "outcomes": [{"policy": o.key, "action": o.action, "ok": o.ok, "message": o.message,
+                          "reason": o.reason, "drift": o.drift, "seconds": o.seconds} for o in outs]}
+
+
+def _print_result(console, res) -> None:  # noqa: ANN001
+    if res.error:
+        console.print(f"[red]error:[/] {res.error}")
+        return
+    if res.skipped:
+        console.print(f"[yellow]skipped:[/] {res.skipped}")
+        return
+    outs = res.applied.outcomes if res.applied else []
+    for o in outs:
+        mark = "[green]✓[/]" if o.ok else "[red]✗[/]"
+        console.print(f"{mark} {o.key}: {o.action}{' (drift)' if o.drift else ''} {o.message}"
+                      f" [dim]{o.seconds * 1000:.1f} ms[/]")
+        if not o.ok and o.log:
+            console.print(o.log[-3000:], markup=False, highlight=False)
+    if not outs:
+        console.print("no changes")
+    console.print(f"revision {res.revision}: {'converged' if res.ok else 'FAILED'} in {res.seconds * 1000:.1f} ms")
+
+
+@click.command("watch")
+@click.argument("paths", nargs=-1, type=click.Path())
+@_config_opt
+def watch_cmd(paths: tuple[str, ...], config_path: str | None) -> None:
+    """Run the controller: file watch + interval + git poll, debounced; SIGHUP = now."""
+    from ..controller.watch import Watcher
+
+    cfg = _cfg(config_path)
+    if not paths and cfg.source_dir is None and cfg.git is None:
+        click.echo("error: no policy source: pass PATH… or set `source` in the config", err=True)
+        sys.exit(2)
+    Watcher(cfg, _paths(paths), log=lambda m: click.echo(m, err=True)).run()
+
+
+@click.command("status")
+@_config_opt
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def status_cmd(config_path: str | None, fmt: str) -> None:
+    """Policies, revisions, programs, attachments, counters, conditions."""
+    from ..controller.status import collect, render
+
+    data = collect(_cfg(config_path))
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        render(data)
+
+
+@click.command("destroy")
+@_config_opt
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def destroy_cmd(config_path: str | None, yes: bool) -> None:
+    """Remove everything bpfpolicy loaded (inventory-driven, then every pin under the root)."""
+    from ..controller import events
+    from ..controller.apply import _rmtree_pins, gc_staging, prune
+    from ..controller.state import Store
+
+    cfg = _cfg(config_path)
+    store = Store(cfg.state_dir)
+    if not yes and sys.stdin.isatty():
+        click.confirm(f"remove every policy under {cfg.bpffs_root}?", abort=True)
+    with store.lock():
+        gc_staging(cfg)
+        inv = store.inventory()
+        for key, entry in inv.items():
+            prune(cfg, key, entry, store)
+            click.echo(f"removed {key}")
+            events.emit(cfg.events_path, "Pruned", "destroy", policy=key)
+        _rmtree_pins(cfg.bpffs_root)
+        status = store.status()
+        status["policies"] = {}
+        store.save_status(status)
+
+
+@click.command("events")
+@_config_opt
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events.")
+@click.option("--policy", help="Only events of Kind/name.")
+@click.option("--since", help="ISO time (events at or after it).")
+def events_cmd(config_path: str | None, follow: bool, policy: str | None, since: str | None) -> None:
+    """Controller (and tracing) events as JSON lines."""
+    from ..controller import events
+
+    cfg = _cfg(config_path)
+    it = events.follow(cfg.events_path, since=since, policy=policy) if follow else \
+        events.read(cfg.events_path, since=since, policy=policy)
+    try:
+        for ev in it:
+            click.echo(json.dumps(ev, default=str))
+    except KeyboardInterrupt:
+        pass
+
+
+@click.command("suspend")
+@_config_opt
+def suspend_cmd(config_path: str | None) -> None:
+    """Pause applying and drift correction (enforcement stays as it is)."""
+    from ..controller import events
+
+    cfg = _cfg(config_path)
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    cfg.suspend_flag.write_text(events.now_iso() + "\n")
+    events.emit(cfg.events_path, "Suspended", "reconciliation suspended")
+    click.echo("suspended")
+
+
+@click.command("resume")
+@_config_opt
+def resume_cmd(config_path: str | None) -> None:
+    """Resume reconciliation after `suspend`."""
+    from ..controller import events
+
+    cfg = _cfg(config_path)
+    cfg.suspend_flag.unlink(missing_ok=True)
+    events.emit(cfg.events_path, "Resumed", "reconciliation resumed")
+    click.echo("resumed" + (" (config still has suspend: true)" if cfg.suspend else ""))
+
+
+commands = [plan_cmd, apply_cmd, watch_cmd, status_cmd, destroy_cmd, events_cmd, suspend_cmd, resume_cmd]

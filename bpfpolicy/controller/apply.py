@@ -1,0 +1,510 @@
+"""Make the kernel match the plan, one policy at a time, never dropping enforcement.
+
+Order for a program (re)load (SPEC §5):
+  1. open the object, reuse runtime maps (no `contents`: counters, conntrack, buckets)
+     by pin when their definition is unchanged, load (verifier);
+  2. fill the content maps (fresh maps: the running program never sees half a version);
+  3. pin the new programs/maps/links under `<root>/_staging/<Kind>-<name>-<pid>/`;
+  4. swap every attachment atomically: XDP netlink REPLACE with the expected fd, bpf_link
+     update (cgroup, tcx, XDP links), tc replace at the same prio;
+  5. rename the staged pins over the old ones (which unpins the old objects);
+  6. write the inventory (atomic) — only after the kernel changed.
+A failure before (4) leaves the old version untouched and the new one freed; a failure
+during (4) swaps back what was already swapped. A kill -9 anywhere leaves the previous or
+the new version enforcing plus, at worst, staged pins that the next run removes
+(`gc_staging`) and an inventory that the next plan reconciles.
+
+Map-only changes never reload: the delta goes into the pinned map in place
+(`kernel.maps.apply_map_contents`, batch update/delete).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import HostConfig
+from .desired import DesiredPolicy
+from .events import now_iso
+from .observe import STAGING, attached_prog_ids, policy_dir
+from .plan import Plan, PolicyPlan, read_map
+from .state import Store
+
+
+class ApplyError(Exception):
+    """One policy failed to apply; the previous enforcement is still in place."""
+
+    def __init__(self, message: str, reason: str = "ApplyFailed", log: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.log = log
+
+
+@dataclass
+class Outcome:
+    key: str
+    action: str
+    ok: bool
+    message: str = ""
+    reason: str = ""
+    log: str = ""
+    seconds: float = 0.0
+    drift: bool = False
+
+
+@dataclass
+class ApplyResult:
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(o.ok for o in self.outcomes)
+
+
+def gc_staging(cfg: HostConfig) -> list[str]:
+    """Remove staged pins of an apply that was killed (call with the store lock held)."""
+    removed = []
+    staging = cfg.bpffs_root / STAGING
+    if staging.is_dir():
+        for d in staging.iterdir():
+            removed.append(str(d))
+            _rmtree_pins(d)
+        with contextlib.suppress(OSError):
+            staging.rmdir()
+    return removed
+
+
+def _rmtree_pins(d: Path) -> None:
+    """bpffs has no recursive rmdir: unlink pins, then remove directories bottom-up."""
+    if not d.exists():
+        return
+    for dirpath, dirnames, filenames in os.walk(d, topdown=False):
+        for f in filenames:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(dirpath, f))
+        for sub in dirnames:
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(dirpath, sub))
+    with contextlib.suppress(OSError):
+        os.rmdir(d)
+
+
+def apply_plan(cfg: HostConfig, plan: Plan, store: Store, *, revision: str | None = None,
+               progress: Any = None, heal: bool | None = None) -> ApplyResult:
+    """Execute every policy's actions; one failing policy does not stop the others."""
+    heal = cfg.self_heal if heal is None else heal
+    result = ApplyResult()
+    for pp in plan.policies:
+        acts = [a for a in pp.actions if a.type != "noop" and (heal or not a.drift)]
+        if not acts:
+            continue
+        t0 = time.perf_counter()
+        main = acts[0].type
+        if progress:
+            progress(pp.key, main)
+        try:
+            _apply_policy(cfg, pp, [a.type for a in acts], store, revision)
+            out = Outcome(pp.key, main, True, "; ".join(a.detail for a in acts if a.detail),
+                          drift=any(a.drift for a in acts))
+        except ApplyError as e:
+            out = Outcome(pp.key, main, False, str(e), e.reason, e.log)
+        except OSError as e:
+            out = Outcome(pp.key, main, False, str(e), "ApplyFailed")
+        out.seconds = time.perf_counter() - t0
+        result.outcomes.append(out)
+    return result
+
+
+def _apply_policy(cfg: HostConfig, pp: PolicyPlan, types: list[str], store: Store,
+                  revision: str | None) -> None:
+    d, o = pp.desired, pp.observed
+    if "prune" in types:
+        prune(cfg, pp.key, o.entry if o else None, store)
+        return
+    assert d is not None
+    old = o.entry if o else None
+    if not d.is_bpf:
+        store.record_policy(d.key, install_files(cfg, d, revision))
+        return
+    if "create" in types or "replace" in types:
+        entry = load_and_swap(cfg, d, old, revision)
+    else:
+        assert old is not None
+        entry = dict(old)
+        if "update-map" in types:
+            entry = update_maps(d, entry)
+        if "reattach" in types:
+            entry = reattach(cfg, d, entry)
+        entry.update(digest=d.digest, manifest=d.manifest, revision=revision or entry.get("revision"),
+                     applied_at=now_iso())
+    store.record_policy(d.key, entry)
+
+
+# --------------------------------------------------------------------------- load + swap
+
+
+def load_and_swap(cfg: HostConfig, d: DesiredPolicy, old: dict[str, Any] | None,
+                  revision: str | None) -> dict[str, Any]:
+    from ..kernel import bpf, maps
+    from ..kernel.libbpf import BpfLoadError, BpfObject
+
+    m = d.manifest
+    pdir = policy_dir(cfg, d.kind, d.name)
+    stage = cfg.bpffs_root / STAGING / f"{d.kind}-{d.name}-{os.getpid()}"
+    _rmtree_pins(stage)
+    stage.mkdir(parents=True)
+    obj = None
+    swapped: list[tuple[dict[str, Any], int | None]] = []
+    try:
+        try:
+            obj = BpfObject.open_file(d.file(m["object"]))
+            _reuse_runtime_maps(obj, m, pdir)
+            obj.load()
+        except BpfLoadError as e:
+            raise ApplyError(f"verifier rejected {d.key}: {_last_line(e.log) or e.strerror}",
+                             "VerifierFailed", e.log) from None
+        progs = {p["name"]: obj.program(p["name"]) for p in m.get("programs", [])}
+        entry = _new_entry(d, revision, pdir)
+        for spec in m.get("maps", []):
+            bm = obj.map(spec["name"])
+            if spec.get("contents"):
+                maps.write_records(bm.fd, Path(d.dir, spec["contents"]).read_bytes(),
+                                   spec["key_size"], spec["value_size"], bool(spec.get("percpu")))
+            if not os.path.exists(pdir / f"map_{spec['name']}") or spec.get("contents") or not _reused(bm, pdir, spec):
+                bpf.obj_pin(bm.fd, str(stage / f"map_{spec['name']}"))
+            entry["maps"][spec["name"]] = {"pin": str(pdir / f"map_{spec['name']}"),
+                                           "id": bpf.map_info(bm.fd)["id"],
+                                           "contents_sha256": _sha(d, spec)}
+        for name, prog in progs.items():
+            bpf.obj_pin(prog.fd, str(stage / f"prog_{name}"))
+            info = bpf.prog_info(prog.fd)
+            entry["programs"][name] = {"pin": str(pdir / f"prog_{name}"), "id": info["id"], "tag": info["tag"]}
+        old_atts = {_att_id(a): a for a in (old or {}).get("attachments", [])}
+        for i, att in enumerate(m.get("attachments", [])):
+            prog = progs[att["program"]]
+            prev = old_atts.pop(_att_id({**att, "index": i}), None)
+            rec, old_pid = _swap(cfg, att, i, prog, prev, stage, pdir, entry)
+            swapped.append((rec, old_pid))
+            entry["attachments"].append(rec)
+    except BaseException:
+        _rollback(swapped)
+        _rmtree_pins(stage)
+        if obj is not None:
+            obj.close()
+        raise
+    # committed: every attachment runs the new programs
+    pdir.mkdir(parents=True, exist_ok=True)
+    for p in stage.iterdir():
+        os.replace(p, pdir / p.name)
+    _rmtree_pins(stage)
+    keep = {f"prog_{n}" for n in entry["programs"]} | {f"map_{n}" for n in entry["maps"]}
+    keep |= {Path(a["link_pin"]).name for a in entry["attachments"] if a.get("link_pin")}
+    for stale in old_atts.values():
+        detach(stale)
+    for p in pdir.iterdir():
+        if p.name not in keep:
+            with contextlib.suppress(OSError):
+                p.unlink()
+    obj.close()
+    return entry
+
+
+def _new_entry(d: DesiredPolicy, revision: str | None, pdir: Path) -> dict[str, Any]:
+    return {"kind": d.kind, "name": d.name, "bpf": True, "digest": d.digest,
+            "program_hash": d.manifest.get("program_hash"), "revision": revision,
+            "applied_at": now_iso(), "dir": str(pdir), "programs": {}, "maps": {},
+            "attachments": [], "manifest": d.manifest}
+
+
+def _sha(d: DesiredPolicy, spec: dict[str, Any]) -> str | None:
+    if not spec.get("contents"):
+        return None
+    return hashlib.sha256(Path(d.dir, spec["contents"]).read_bytes()).hexdigest()
+
+
+def _reuse_runtime_maps(obj: Any, m: dict[str, Any], pdir: Path) -> None:
+    """Keep counters/conntrack across reloads: reuse the pinned map if it matches."""
+    from ..kernel import bpf
+
+    for spec in m.get("maps", []):
+        pin = pdir / f"map_{spec['name']}"
+        if spec.get("contents") or not pin.exists():
+            continue
+        bm = obj.map(spec["name"])
+        fd = bpf.obj_get(str(pin))
+        try:
+            info = bpf.map_info(fd)
+            if (info["type_id"], info["key_size"], info["value_size"], info["max_entries"]) == (
+                    bm.type, bm.key_size, bm.value_size, bm.max_entries):
+                bm.reuse_fd(fd)
+        finally:
+            os.close(fd)
+
+
+def _reused(bm: Any, pdir: Path, spec: dict[str, Any]) -> bool:
+    from ..kernel import bpf
+
+    try:
+        fd = bpf.obj_get(str(pdir / f"map_{spec['name']}"))
+    except OSError:
+        return False
+    try:
+        return bpf.map_info(fd)["id"] == bpf.map_info(bm.fd)["id"]
+    finally:
+        os.close(fd)
+
+
+def _att_id(att: dict[str, Any]) -> str:
+    return f"{att.get('index')}|{att.get('type')}|{att.get('interface')}|{att.get('netns')}|" \
+           f"{att.get('direction')}|{att.get('cgroup')}"
+
+
+def _swap(cfg: HostConfig, att: dict[str, Any], i: int, prog: Any, prev: dict[str, Any] | None,
+          stage: Path, pdir: Path, entry: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+    """Attach `prog` at `att`, atomically replacing what we attached there before.
+    Returns (inventory record, the program id it replaced or None)."""
+    from ..kernel import bpf, cgroup, tc, xdp
+
+    rec: dict[str, Any] = {**att, "index": i}
+    new_id = int(bpf.prog_info(prog.fd)["id"])
+    t = att["type"]
+    ours = _our_prog_ids(prev, entry, prog)
+    if t == "xdp":
+        cur = xdp.query(att["interface"], att.get("netns")).prog_id
+        if cur is not None and cur not in ours:
+            raise ApplyError(f"{att['interface']} runs XDP program {cur}, which bpfpolicy did not attach",
+                             "AttachConflict")
+        rec["mode_used"] = xdp.attach(att["interface"], prog.fd, att.get("mode", "auto"), att.get("netns"),
+                                      expected_prog_id=cur)
+        rec["prog_id"] = new_id
+        return rec, cur
+    link_pin = pdir / f"link_{i}"
+    if t == "tc":
+        if prev and prev.get("tc", {}).get("mechanism") == "tcx" and link_pin.exists():
+            old = cgroup.link_prog_id(str(link_pin))
+            cgroup.update(str(link_pin), prog.fd)
+            rec.update(tc=prev["tc"], link_pin=str(link_pin), prog_id=new_id)
+            return rec, old
+        old_ids = tc.cls_query(att["interface"], att["direction"], att.get("netns")) if prev else []
+        res = tc.attach(prog.fd, att["interface"], att["direction"], att.get("netns"),
+                        link_pin=str(stage / f"link_{i}"), name=f"bpfpolicy-{entry['name']}"[:32])
+        if res.get("mechanism") == "tcx":
+            res["link_pin"] = str(link_pin)
+            rec["link_pin"] = str(link_pin)
+        rec.update(tc=res, prog_id=new_id)
+        return rec, (old_ids[0]["prog_id"] if old_ids else None)
+    if t == "cgroup_skb":
+        if link_pin.exists() and cgroup.link_prog_id(str(link_pin)) is not None:
+            old = cgroup.link_prog_id(str(link_pin))
+            cgroup.update(str(link_pin), prog.fd)
+        else:
+            old = None
+            cgroup.attach_pinned(prog.fd, att["cgroup"], att["direction"], str(stage / f"link_{i}"))
+        rec.update(link_pin=str(link_pin), prog_id=new_id)
+        return rec, old
+    # auto-attach by SEC() (tracepoints, ...): new link first, the old one goes at commit
+    link = prog.attach()
+    link.pin(str(stage / f"link_{i}"))
+    link.disconnect()
+    link.close()
+    rec.update(link_pin=str(link_pin), prog_id=new_id)
+    return rec, None
+
+
+def _our_prog_ids(prev: dict[str, Any] | None, entry: dict[str, Any], prog: Any) -> set[int]:
+    """Programs we may replace: what the inventory says we attached, what our pins hold,
+    and (after a crash between swap and commit) a program with the new one's tag+name."""
+    from ..kernel import bpf
+
+    ours: set[int] = set()
+    if prev and prev.get("prog_id"):
+        ours.add(int(prev["prog_id"]))
+    pin = Path(entry["dir"]) / f"prog_{prev.get('program') if prev else ''}"
+    with contextlib.suppress(OSError):
+        fd = bpf.obj_get(str(pin))
+        ours.add(int(bpf.prog_info(fd)["id"]))
+        os.close(fd)
+    new = bpf.prog_info(prog.fd)
+    for pid in bpf.prog_ids():
+        with contextlib.suppress(OSError):
+            fd = bpf.prog_get_fd_by_id(pid)
+            try:
+                info = bpf.prog_info(fd)
+            finally:
+                os.close(fd)
+            if info["tag"] == new["tag"] and info["name"] == new["name"]:
+                ours.add(pid)
+    return ours
+
+
+def _rollback(swapped: list[tuple[dict[str, Any], int | None]]) -> None:
+    """Put back the programs we already replaced (best effort, most recent first)."""
+    from ..kernel import bpf, xdp
+
+    for rec, old_id in reversed(swapped):
+        with contextlib.suppress(OSError):
+            if rec["type"] == "xdp":
+                if old_id is None:
+                    xdp.detach(rec["interface"], rec.get("netns"), expected_prog_id=rec["prog_id"])
+                else:
+                    fd = bpf.prog_get_fd_by_id(old_id)
+                    try:
+                        xdp.attach(rec["interface"], fd, netns=rec.get("netns"), expected_prog_id=rec["prog_id"])
+                    finally:
+                        os.close(fd)
+            elif rec.get("link_pin") and old_id is not None:
+                from ..kernel import cgroup
+
+                fd = bpf.prog_get_fd_by_id(old_id)
+                try:
+                    cgroup.update(rec["link_pin"], fd)
+                finally:
+                    os.close(fd)
+            elif rec["type"] == "tc" and old_id is not None:
+                from ..kernel import tc
+
+                fd = bpf.prog_get_fd_by_id(old_id)
+                try:
+                    tc.cls_attach(fd, rec["interface"], rec["direction"], rec.get("netns"))
+                finally:
+                    os.close(fd)
+
+
+def detach(rec: dict[str, Any]) -> None:
+    """Remove one attachment we made (only if it still runs our program)."""
+    from ..kernel import cgroup, tc, xdp
+
+    with contextlib.suppress(OSError):
+        if rec["type"] == "xdp":
+            cur = xdp.query(rec["interface"], rec.get("netns")).prog_id
+            if cur is not None and cur == rec.get("prog_id"):
+                xdp.detach(rec["interface"], rec.get("netns"), expected_prog_id=cur)
+        elif rec["type"] == "tc":
+            tc.detach(rec.get("tc", {}), rec["interface"], rec["direction"], rec.get("netns"))
+        elif rec.get("link_pin"):
+            cgroup.detach(rec["link_pin"])
+
+
+def _last_line(log: str) -> str:
+    try:
+        from ..kernel.verify import last_verifier_line
+
+        return last_verifier_line(log)
+    except Exception:  # pragma: no cover - the verify helper is optional
+        lines = [ln for ln in log.splitlines() if ln.strip()]
+        return lines[-1] if lines else ""
+
+
+# --------------------------------------------------------------------------- deltas
+
+
+def update_maps(d: DesiredPolicy, entry: dict[str, Any]) -> dict[str, Any]:
+    """Apply content deltas in place (batch update/delete); the program is untouched."""
+    from ..kernel import bpf, maps
+
+    entry = {**entry, "maps": {k: dict(v) for k, v in entry.get("maps", {}).items()}}
+    for spec in d.manifest.get("maps", []):
+        if not spec.get("contents"):
+            continue
+        info = entry["maps"][spec["name"]]
+        new = Path(d.dir, spec["contents"]).read_bytes()
+        current = read_map(info["pin"], spec)
+        fd = bpf.obj_get(info["pin"])
+        try:
+            maps.apply_map_contents(fd, current, new, spec["key_size"], spec["value_size"],
+                                    bool(spec.get("percpu")), spec.get("type"))
+        finally:
+            os.close(fd)
+        info["contents_sha256"] = hashlib.sha256(new).hexdigest()
+    return entry
+
+
+def reattach(cfg: HostConfig, d: DesiredPolicy, entry: dict[str, Any]) -> dict[str, Any]:
+    """Put our pinned program back where it was detached or replaced (drift repair)."""
+    from ..kernel import bpf, cgroup, tc, xdp
+
+    atts = []
+    for rec in entry.get("attachments", []):
+        rec = dict(rec)
+        if rec.get("prog_id") in attached_prog_ids(rec):
+            atts.append(rec)
+            continue
+        pin = entry["programs"][rec["program"]]["pin"]
+        fd = bpf.obj_get(pin)
+        try:
+            t = rec["type"]
+            if t == "xdp":
+                cur = xdp.query(rec["interface"], rec.get("netns")).prog_id
+                xdp.attach(rec["interface"], fd, rec.get("mode", "auto"), rec.get("netns"),
+                           expected_prog_id=cur)
+            elif t == "tc":
+                tc.detach(rec.get("tc", {}), rec["interface"], rec["direction"], rec.get("netns"))
+                rec["tc"] = tc.attach(fd, rec["interface"], rec["direction"], rec.get("netns"),
+                                      link_pin=rec.get("link_pin"))
+            elif t == "cgroup_skb":
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(rec["link_pin"])
+                cgroup.attach_pinned(fd, rec["cgroup"], rec["direction"], rec["link_pin"])
+            rec["prog_id"] = int(bpf.prog_info(fd)["id"])
+        finally:
+            os.close(fd)
+        atts.append(rec)
+    return {**entry, "attachments": atts}
+
+
+# --------------------------------------------------------------------------- files, prune
+
+
+def install_dir(cfg: HostConfig, d_kind: str, name: str, manifest: dict[str, Any]) -> Path:
+    sub = manifest.get("install") or ("seccomp" if d_kind == "SeccompProfile" else d_kind.lower())
+    return cfg.state_dir / sub / name
+
+
+def install_files(cfg: HostConfig, d: DesiredPolicy, revision: str | None) -> dict[str, Any]:
+    """Install a non-BPF artifact (seccomp filter) atomically: temp dir + rename."""
+    dest = install_dir(cfg, d.kind, d.name, d.manifest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{d.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(d.dir, tmp)
+    files = {str(p.relative_to(tmp)): hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in tmp.rglob("*") if p.is_file()}
+    for p in tmp.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    old = dest.with_name(f".{d.name}.{os.getpid()}.old")
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
+    return {"kind": d.kind, "name": d.name, "bpf": False, "digest": d.digest, "revision": revision,
+            "applied_at": now_iso(), "install_dir": str(dest), "files": files, "manifest": d.manifest}
+
+
+def prune(cfg: HostConfig, key: str, entry: dict[str, Any] | None, store: Store) -> None:
+    """Remove one policy: detach what we attached, unpin, delete the inventory entry."""
+    kind, name = key.split("/", 1)
+    if entry is not None and not entry.get("bpf", True):
+        shutil.rmtree(entry["install_dir"], ignore_errors=True)
+    else:
+        for rec in (entry or {}).get("attachments", []):
+            detach(rec)
+        _rmtree_pins(policy_dir(cfg, kind, name))
+        with contextlib.suppress(OSError):
+            (cfg.bpffs_root / kind).rmdir()
+    store.record_policy(key, None)
+
+
+def gc_installed(cfg: HostConfig) -> None:
+    """Remove install temp dirs a killed apply left."""
+    for sub in (cfg.state_dir / "seccomp",):
+        if sub.is_dir():
+            for p in sub.glob(".*.tmp"):
+                shutil.rmtree(p, ignore_errors=True)

@@ -1,0 +1,63 @@
+"""Prometheus metrics (prometheus-client), served by `bpfpolicy watch` on the configured
+`metricsAddress`. Names follow the Flux/Argo convention of a controller prefix:
+
+* bpfpolicy_reconcile_total{result}          — cycles by result (success|failure|noop|suspended)
+* bpfpolicy_reconcile_duration_seconds       — histogram of cycle durations
+* bpfpolicy_apply_total{action,result}       — per-policy actions applied
+* bpfpolicy_policies{condition}              — policies by condition (Ready|Stalled|...)
+* bpfpolicy_map_entries{policy,map}          — records in each content map (desired)
+* bpfpolicy_drift_repairs_total              — drift detected and repaired
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+REGISTRY = CollectorRegistry()
+RECONCILES = Counter("bpfpolicy_reconcile", "Reconcile cycles", ["result"], registry=REGISTRY)
+DURATION = Histogram("bpfpolicy_reconcile_duration_seconds", "Reconcile cycle duration",
+                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+                     registry=REGISTRY)
+APPLIES = Counter("bpfpolicy_apply", "Per-policy actions applied", ["action", "result"], registry=REGISTRY)
+POLICIES = Gauge("bpfpolicy_policies", "Policies by condition", ["condition"], registry=REGISTRY)
+MAP_ENTRIES = Gauge("bpfpolicy_map_entries", "Entries in content maps", ["policy", "map"], registry=REGISTRY)
+DRIFT = Counter("bpfpolicy_drift_repairs", "Drift detected and repaired", registry=REGISTRY)
+
+
+def serve(address: str) -> None:
+    """Start the /metrics HTTP server in a daemon thread ("host:port")."""
+    host, _, port = address.rpartition(":")
+    start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0", registry=REGISTRY)
+
+
+def observe_cycle(cfg: Any, res: Any) -> None:
+    DURATION.observe(res.seconds)
+    if res.skipped:
+        RECONCILES.labels("suspended").inc()
+    elif not res.ok:
+        RECONCILES.labels("failure").inc()
+    elif res.changed:
+        RECONCILES.labels("success").inc()
+    else:
+        RECONCILES.labels("noop").inc()
+    if res.applied:
+        for o in res.applied.outcomes:
+            APPLIES.labels(o.action, "success" if o.ok else "failure").inc()
+            if o.ok and o.drift:
+                DRIFT.inc()
+    if res.plan is not None:
+        counts: dict[str, int] = {"Ready": 0, "Stalled": 0}
+        from .state import Store
+
+        for st in Store(cfg.state_dir).status()["policies"].values():
+            counts[st.get("condition", "Unknown")] = counts.get(st.get("condition", "Unknown"), 0) + 1
+        for cond, n in counts.items():
+            POLICIES.labels(cond).set(n)
+        for pp in res.plan.policies:
+            if pp.desired is None:
+                continue
+            for spec in pp.desired.manifest.get("maps", []):
+                if spec.get("contents") and "entries" in spec:
+                    MAP_ENTRIES.labels(pp.key, spec["name"]).set(spec["entries"])

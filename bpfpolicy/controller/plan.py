@@ -1,0 +1,225 @@
+"""Desired vs observed → a list of actions per policy.
+
+Actions (SPEC §5): `create`, `replace` (load a new program version and swap it in),
+`update-map` (+N/−M entries, program untouched), `reattach` (an attachment drifted),
+`record` (only the inventory changes: same program, same map contents), `prune`, and
+`noop`. Drift-driven actions carry `drift=True`; with self-heal off they are reported
+and not applied.
+
+Map deltas are computed against what the kernel map holds *now* (read through its pin),
+not against what we believe we wrote, so an entry edited behind our back is both
+detected and repaired by the same delta.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import HostConfig
+from .desired import DesiredPolicy, DesiredState
+from .observe import Observed, ObservedPolicy, describe_attachment
+
+CHANGE_TYPES = {"create", "replace", "update-map", "reattach", "record", "prune"}
+
+
+@dataclass
+class Action:
+    type: str
+    detail: str = ""
+    drift: bool = False
+    maps: dict[str, tuple[int, int]] = field(default_factory=dict)  # map -> (+N, −M)
+    attachments: list[int] = field(default_factory=list)  # reattach: indexes
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"type": self.type, "detail": self.detail, "drift": self.drift}
+        if self.maps:
+            d["maps"] = {k: {"add": a, "remove": r} for k, (a, r) in self.maps.items()}
+        if self.attachments:
+            d["attachments"] = self.attachments
+        return d
+
+
+@dataclass
+class PolicyPlan:
+    key: str
+    desired: DesiredPolicy | None
+    observed: ObservedPolicy | None
+    actions: list[Action] = field(default_factory=list)
+
+    @property
+    def changes(self) -> bool:
+        return any(a.type in CHANGE_TYPES for a in self.actions)
+
+
+@dataclass
+class Plan:
+    policies: list[PolicyPlan] = field(default_factory=list)
+    refused: str | None = None  # e.g. prune-to-empty without --allow-empty
+
+    @property
+    def changes(self) -> bool:
+        return any(p.changes for p in self.policies)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"changes": self.changes, "refused": self.refused,
+                "policies": [{"policy": p.key, "actions": [a.as_dict() for a in p.actions]}
+                             for p in self.policies]}
+
+
+def make_plan(cfg: HostConfig, desired: DesiredState, observed: Observed, *,
+              allow_empty: bool = False) -> Plan:
+    plan = Plan()
+    for key in sorted(set(desired.policies) | set(observed.policies)):
+        d, o = desired.policies.get(key), observed.policies.get(key)
+        pp = PolicyPlan(key, d, o)
+        if d is None:
+            assert o is not None
+            pp.actions.append(Action("prune", "not in the desired state"))
+        else:
+            pp.actions = _policy_actions(d, o)
+        plan.policies.append(pp)
+    prunes = [p for p in plan.policies if any(a.type == "prune" for a in p.actions)]
+    if prunes and not desired.policies and not allow_empty:
+        plan.refused = (f"refusing to prune all {len(prunes)} policies: the desired state is empty "
+                        "(pass --allow-empty to remove every policy)")
+    return plan
+
+
+def _policy_actions(d: DesiredPolicy, o: ObservedPolicy | None) -> list[Action]:
+    if o is None or (o.entry is None and o.pin_dir is None):
+        return [Action("create", f"new {'program' if d.is_bpf else 'artifact'} digest {d.digest[:12]}")]
+    e = o.entry
+    if e is None:
+        return [Action("replace", "adopt pinned objects with no inventory entry (reload and swap)", drift=True)]
+    if not d.is_bpf:
+        if e.get("digest") != d.digest:
+            return [Action("replace", f"install digest {d.digest[:12]} (was {str(e.get('digest'))[:12]})")]
+        if o.drift:
+            return [Action("replace", "; ".join(o.drift), drift=True)]
+        return [Action("noop")]
+    why = _reload_reason(d, e, o)
+    if why:
+        return [Action("replace", why[0], drift=why[1])]
+    actions: list[Action] = []
+    deltas = {m: delta for m, delta in map_deltas(d, e).items() if delta != (0, 0)}
+    if deltas:
+        drift = e.get("digest") == d.digest
+        detail = ", ".join(f"{m} +{a}/−{r}" for m, (a, r) in deltas.items())
+        actions.append(Action("update-map", detail + (" (entries edited outside bpfpolicy)" if drift else ""),
+                              drift=drift, maps=deltas))
+    broken = [int(a["index"]) for a in e.get("attachments", [])
+              if a.get("prog_id") not in o.attached.get(int(a["index"]), [])]
+    if broken:
+        atts = {int(a["index"]): a for a in e.get("attachments", [])}
+        actions.append(Action("reattach", "; ".join(describe_attachment(atts[i]) + " detached or replaced"
+                                                    for i in broken), drift=True, attachments=broken))
+    if not actions and e.get("digest") != d.digest:
+        actions.append(Action("record", "same program and map contents; new digest recorded"))
+    return actions or [Action("noop")]
+
+
+def _reload_reason(d: DesiredPolicy, e: dict[str, Any], o: ObservedPolicy) -> tuple[str, bool] | None:
+    """Why the program must be reloaded, and whether the reason is drift."""
+    m = d.manifest
+    if e.get("program_hash") != m.get("program_hash"):
+        return f"program changed ({str(e.get('program_hash'))[:12]} → {str(m.get('program_hash'))[:12]})", False
+    if _map_defs(e.get("manifest", {})) != _map_defs(m):
+        return "map definitions changed", False
+    if _att_keys(e.get("manifest", {})) != _att_keys(m):
+        return "attachments changed", False
+    missing = [f"program {p}" for p, pid in o.prog_ids.items() if pid is None]
+    missing += [f"map {n}" for n, info in e.get("maps", {}).items() if not os.path.exists(info.get("pin", ""))]
+    if missing:
+        return "pins deleted: " + ", ".join(missing), True
+    return None
+
+
+def _map_defs(m: dict[str, Any]) -> list[tuple[Any, ...]]:
+    return sorted((x.get("name"), x.get("type"), x.get("key_size"), x.get("value_size"),
+                   x.get("max_entries"), bool(x.get("percpu")), bool(x.get("contents")))
+                  for x in m.get("maps", []))
+
+
+def _att_keys(m: dict[str, Any]) -> list[str]:
+    import json
+
+    return [json.dumps(a, sort_keys=True) for a in m.get("attachments", [])]
+
+
+def map_deltas(d: DesiredPolicy, e: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """(+N, −M) per content map: desired .bin vs what the pinned kernel map holds."""
+    out = {}
+    for spec in d.manifest.get("maps", []):
+        if not spec.get("contents"):
+            continue
+        pin = e.get("maps", {}).get(spec["name"], {}).get("pin")
+        current = read_map(pin, spec) if pin else None
+        new = Path(d.dir, spec["contents"]).read_bytes()
+        if current is None:
+            out[spec["name"]] = (len(new) // (spec["key_size"] + spec["value_size"]), 0)
+            continue
+        out[spec["name"]] = diff_counts(current, new, spec)
+    return out
+
+
+def read_map(pin: str, spec: dict[str, Any]) -> bytes | None:
+    """The pinned map's records (sorted), ignoring all-zero slots of array maps."""
+    from ..kernel import bpf, maps
+
+    try:
+        fd = bpf.obj_get(pin)
+    except OSError:
+        return None
+    try:
+        recs = maps.read_records(fd, spec["key_size"], spec["value_size"], bool(spec.get("percpu")))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if spec.get("type") in ("array", "percpu_array") and recs:
+        import numpy as np
+
+        rec = spec["key_size"] + spec["value_size"]
+        r = np.frombuffer(recs, dtype=np.uint8).reshape(-1, rec)
+        recs = r[r[:, spec["key_size"]:].any(axis=1)].tobytes()
+    return recs
+
+
+def diff_counts(current: bytes, new: bytes, spec: dict[str, Any]) -> tuple[int, int]:
+    if current == new:
+        return (0, 0)
+    from ..kernel import maps
+
+    upsert, removed = maps.diff_records(current, new, spec["key_size"], spec["value_size"])
+    rec = spec["key_size"] + spec["value_size"]
+    return (len(upsert) // rec, len(removed) // spec["key_size"])
+
+
+# --------------------------------------------------------------------------- printing
+
+_STYLE = {"create": "green", "replace": "yellow", "update-map": "cyan", "reattach": "magenta",
+          "record": "blue", "prune": "red", "noop": "dim"}
+
+
+def render(plan: Plan, console: Any = None) -> None:
+    """Readable plan: one row per action (rich table)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title="bpfpolicy plan", show_lines=False)
+    table.add_column("policy")
+    table.add_column("action")
+    table.add_column("detail")
+    for p in plan.policies:
+        for a in p.actions:
+            label = a.type + (" (drift)" if a.drift else "")
+            table.add_row(p.key, f"[{_STYLE.get(a.type, '')}]{label}[/]", a.detail)
+    console.print(table)
+    n = sum(1 for p in plan.policies if p.changes)
+    console.print(f"{n} of {len(plan.policies)} policies change" if n else "no changes")
+    if plan.refused:
+        console.print(f"[red]{plan.refused}[/]")

@@ -1,0 +1,189 @@
+"""One reconcile cycle, shared by `apply` (once) and `watch` (forever):
+
+    lock → source snapshot → desired (compile) → observe → plan → apply → status + events
+
+Build failures apply nothing (a tree is accepted or rejected as a whole, like a Flux
+Kustomization) and mark the source Stalled/BuildFailed; a policy that fails to apply
+keeps its previous version enforcing and is marked Stalled with the reason (verifier
+log included) while the others converge.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import events
+from .apply import ApplyResult, apply_plan, gc_installed, gc_staging
+from .config import HostConfig
+from .desired import DesiredState, build, gc_artifacts
+from .observe import observe
+from .plan import Plan, make_plan
+from .source import Snapshot, SourceError, snapshot
+from .state import Store, gc_temporaries, push_history
+
+
+@dataclass
+class CycleResult:
+    revision: str | None = None
+    plan: Plan | None = None
+    applied: ApplyResult | None = None
+    diagnostics: list[Any] = field(default_factory=list)
+    error: str | None = None  # source / build / refused
+    seconds: float = 0.0
+    skipped: str | None = None  # "suspended"
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and (self.applied is None or self.applied.ok)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.applied and self.applied.outcomes)
+
+
+class Reconciler:
+    """Holds what survives between cycles in one process: the compile memo."""
+
+    def __init__(self, cfg: HostConfig, paths: list[Path] | None = None, *,
+                 allow_empty: bool = False, progress: Any = None) -> None:
+        self.cfg = cfg
+        self.paths = paths
+        self.allow_empty = allow_empty
+        self.progress = progress
+        self.store = Store(cfg.state_dir)
+        self._memo: tuple[str, DesiredState] | None = None
+        self._started = False
+
+    def desired(self, snap: Snapshot) -> DesiredState:
+        """Compile unless the source fingerprint is unchanged since the last cycle."""
+        if self._memo and self._memo[0] == snap.revision:
+            return self._memo[1]
+        state = build(snap.paths, self.cfg.state_dir / "artifacts")
+        if state.ok:
+            self._memo = (snap.revision, state)
+        return state
+
+    def startup(self) -> None:
+        """Once per process, under the lock: clear what a killed run left behind."""
+        if self._started:
+            return
+        self._started = True
+        for what in gc_staging(self.cfg) + gc_temporaries(self.cfg.state_dir):
+            events.emit(self.cfg.events_path, "GarbageCollected", f"removed leftover {what}")
+        gc_installed(self.cfg)
+
+    def cycle(self, *, dry_run: bool = False, heal: bool | None = None) -> CycleResult:
+        t0 = time.perf_counter()
+        res = CycleResult()
+        with self.store.lock():
+            if not dry_run:
+                self.startup()
+            try:
+                snap = snapshot(self.cfg, self.paths)
+            except SourceError as e:
+                res.error = str(e)
+                if not dry_run:
+                    self._source_status(None, "Stalled", "ArtifactFailed", str(e))
+                return self._done(res, t0)
+            res.revision = snap.revision
+            desired = self.desired(snap)
+            res.diagnostics = desired.diagnostics
+            if not desired.ok:
+                res.error = "build failed:\n" + "\n".join(str(x) for x in desired.diagnostics
+                                                          if getattr(x, "severity", "error") == "error")
+                if not dry_run:
+                    self._source_status(snap.revision, "Stalled", "BuildFailed", res.error)
+                return self._done(res, t0)
+            res.plan = make_plan(self.cfg, desired, observe(self.cfg, self.store), allow_empty=self.allow_empty)
+            if dry_run:
+                return self._done(res, t0)
+            if res.plan.refused:
+                res.error = res.plan.refused
+                self._source_status(snap.revision, "Stalled", "PruneFailed", res.plan.refused)
+                return self._done(res, t0)
+            if self.cfg.suspended:
+                res.skipped = "suspended"
+                self._source_status(snap.revision, "Ready", "Suspended", "reconciliation suspended")
+                return self._done(res, t0)
+            res.applied = apply_plan(self.cfg, res.plan, self.store, revision=snap.revision,
+                                     progress=self.progress, heal=heal)
+            self._record(res, snap.revision, desired)
+            gc_artifacts(self.cfg.state_dir / "artifacts", set(desired.policies))
+        return self._done(res, t0)
+
+    def _done(self, res: CycleResult, t0: float) -> CycleResult:
+        res.seconds = time.perf_counter() - t0
+        try:
+            from . import metrics
+
+            metrics.observe_cycle(self.cfg, res)
+        except Exception:  # metrics must never break reconciliation
+            pass
+        return res
+
+    # -- status + events -----------------------------------------------------
+    def _record(self, res: CycleResult, revision: str, desired: DesiredState) -> None:
+        assert res.applied is not None and res.plan is not None
+        status = self.store.status()
+        pols = status["policies"]
+        failed = {o.key: o for o in res.applied.outcomes if not o.ok}
+        done = {o.key: o for o in res.applied.outcomes if o.ok}
+        ev = self.cfg.events_path
+        for o in res.applied.outcomes:
+            if o.ok:
+                reason = {"prune": "Pruned", "reattach": "DriftRepaired"}.get(o.action, "Applied")
+                if o.drift and reason == "Applied":
+                    reason = "DriftRepaired"
+                events.emit(ev, reason, f"{o.action}: {o.message}".rstrip(": "), policy=o.key,
+                            revision=revision, seconds=round(o.seconds, 6))
+            else:
+                events.emit(ev, o.reason or "ApplyFailed", o.message, policy=o.key, type_="Warning",
+                            revision=revision, log=o.log[-4000:] if o.log else None)
+        for key in list(pols):
+            if key not in desired.policies:
+                pols.pop(key)
+        heal_off = not self.cfg.self_heal
+        for pp in res.plan.policies:
+            if pp.desired is None:
+                continue
+            st = pols.setdefault(pp.key, {})
+            st["last_attempted_revision"] = revision
+            if pp.key in failed:
+                o = failed[pp.key]
+                st.update(condition="Stalled", reason=o.reason or "ApplyFailed", message=o.message,
+                          log=o.log[-8000:] if o.log else None)
+            else:
+                drift_left = heal_off and any(a.drift for a in pp.actions)
+                st.update(condition="Ready", reason="DriftDetected" if drift_left else "Applied",
+                          message="; ".join(a.detail for a in pp.actions if a.drift) if drift_left else "",
+                          log=None)
+                if pp.key in done or st.get("last_applied_revision") is None:
+                    st["last_applied_revision"] = revision
+                if pp.key in done and any(a.drift for a in pp.actions):
+                    st["last_drift"] = {"time": events.now_iso(),
+                                        "detail": "; ".join(a.detail for a in pp.actions if a.drift)}
+            st["updated"] = events.now_iso()
+        src = status["source"]
+        src["last_attempted_revision"] = revision
+        if res.applied.ok:
+            src["last_applied_revision"] = revision
+            push_history(src, revision)
+            src.update(condition="Ready", reason="ReconciliationSucceeded", message="")
+        else:
+            src.update(condition="Stalled", reason="ApplyFailed",
+                       message=f"{len(failed)} policies failed: {', '.join(failed)}")
+        src["last_reconcile"] = events.now_iso()
+        self.store.save_status(status)
+
+    def _source_status(self, revision: str | None, condition: str, reason: str, message: str) -> None:
+        status = self.store.status()
+        src = status["source"]
+        if revision:
+            src["last_attempted_revision"] = revision
+        src.update(condition=condition, reason=reason, message=message, last_reconcile=events.now_iso())
+        self.store.save_status(status)
+        if condition == "Stalled":
+            events.emit(self.cfg.events_path, reason, message, type_="Warning", revision=revision)

@@ -1,0 +1,158 @@
+"""`bpfpolicy watch`: the controller loop.
+
+Triggers: file events on a directory source (watchdog, debounced), the reconcile interval
+(with 10% jitter so a fleet does not reconcile in lockstep), the git poll interval, and
+SIGHUP ("reconcile now"). A burst of writes (an editor, a `git checkout`, 1,000 writes in
+a second) is coalesced: a cycle starts once the source has been quiet for DEBOUNCE
+seconds, or at the latest MAX_DELAY after the first pending change, so a steady stream
+still converges on its final content with a handful of cycles.
+
+SIGTERM/SIGINT stop the loop after the current cycle and leave every program loaded and
+attached (pins keep them); the next start adopts them — same digests plan as no-op.
+`bpfpolicy suspend` (a flag file) pauses applying and drift correction.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from . import events
+from .config import HostConfig
+from .reconcile import CycleResult, Reconciler
+
+DEBOUNCE = 0.03
+MAX_DELAY = 0.5
+JITTER = 0.1
+
+
+class Trigger:
+    """Coalesces wake-ups: `poke()` from any thread, `wait()` in the loop."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._first: float | None = None
+        self._last: float | None = None
+        self.reasons: set[str] = set()
+
+    def poke(self, reason: str, immediate: bool = False) -> None:
+        with self._cond:
+            now = time.monotonic()
+            if self._first is None:
+                self._first = now
+            self._last = now - (DEBOUNCE if immediate else 0)
+            self.reasons.add(reason)
+            self._cond.notify_all()
+
+    def wait(self, timeout: float, stop: threading.Event) -> set[str]:
+        """Block until a debounced trigger fires or `timeout` passes; returns reasons."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not stop.is_set():
+                now = time.monotonic()
+                if self._first is not None:
+                    assert self._last is not None
+                    due = min(self._last + DEBOUNCE, self._first + MAX_DELAY)
+                    if now >= due:
+                        break
+                    self._cond.wait(due - now)
+                    continue
+                if now >= deadline:
+                    return {"interval"}
+                self._cond.wait(deadline - now)
+            reasons, self.reasons = self.reasons, set()
+            self._first = self._last = None
+            return reasons
+
+
+class Watcher:
+    def __init__(self, cfg: HostConfig, paths: list[Path] | None = None, *, once_ready: Any = None,
+                 log: Any = None) -> None:
+        self.cfg = cfg
+        self.paths = paths or ([cfg.source_dir] if cfg.source_dir else [])
+        self.reconciler = Reconciler(cfg, paths or None)
+        self.trigger = Trigger()
+        self.stop = threading.Event()
+        self.log = log or (lambda msg: None)
+        self.cycles = 0
+        self._observer: Any = None
+
+    def _start_file_watch(self) -> None:
+        if self.cfg.git is not None or not self.paths:
+            return
+        from watchdog.events import FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        trig = self.trigger
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event: Any) -> None:
+                if getattr(event, "event_type", "") in ("opened", "closed_no_write"):
+                    return
+                trig.poke("file")
+
+        self._observer = Observer()
+        for p in self.paths:
+            target = p if p.is_dir() else p.parent
+            self._observer.schedule(Handler(), str(target), recursive=True)
+        self._observer.start()
+
+    def _signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        signal.signal(signal.SIGHUP, lambda *_: self.trigger.poke("SIGHUP", immediate=True))
+        signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
+        signal.signal(signal.SIGINT, lambda *_: self.request_stop())
+
+    def request_stop(self) -> None:
+        self.stop.set()
+        self.trigger.poke("stop", immediate=True)
+
+    def run(self) -> None:
+        self._signals()
+        if self.cfg.metrics_address:
+            from . import metrics
+
+            metrics.serve(self.cfg.metrics_address)
+        self._start_file_watch()
+        events.emit(self.cfg.events_path, "ControllerStarted",
+                    f"watching {', '.join(map(str, self.paths)) or self.cfg.git}")
+        reasons = {"startup"}
+        try:
+            while not self.stop.is_set():
+                self.run_cycle(reasons)
+                reasons = self.trigger.wait(self._next_timeout(), self.stop)
+        finally:
+            if self._observer is not None:
+                self._observer.stop()
+                self._observer.join(timeout=2)
+            events.emit(self.cfg.events_path, "ControllerStopped", "enforcement left in place")
+
+    def _next_timeout(self) -> float:
+        base = self.cfg.interval
+        if self.cfg.git is not None:
+            base = min(base, self.cfg.git.poll_interval)
+        return base * (1 + random.uniform(0, JITTER))
+
+    def run_cycle(self, reasons: set[str]) -> CycleResult:
+        self.cycles += 1
+        res = self.reconciler.cycle()
+        self.log(_summary(res, reasons))
+        return res
+
+
+def _summary(res: CycleResult, reasons: set[str]) -> str:
+    why = ",".join(sorted(reasons))
+    if res.skipped:
+        return f"[{why}] skipped: {res.skipped}"
+    if res.error:
+        return f"[{why}] {res.revision}: error: {res.error.splitlines()[0]}"
+    outs = res.applied.outcomes if res.applied else []
+    if not outs:
+        return f"[{why}] {res.revision}: no changes ({res.seconds * 1000:.1f} ms)"
+    parts = [f"{o.key} {o.action} {'ok' if o.ok else 'FAILED: ' + o.message}" for o in outs]
+    return f"[{why}] {res.revision}: " + "; ".join(parts) + f" ({res.seconds * 1000:.1f} ms)"
