@@ -18,3 +18,4 @@ __all__ = [
 # Registration: one line per kind.
 from . import seccomp_profile  # noqa: F401
 from . import network_policy  # noqa: F401
+from . import tracing_policy  # noqa: F401
