@@ -218,7 +218,7 @@ def _rule(doc: Document, r: Any, spec: Any, path: Path, policy: str, kind: str,
     sel_key = "nodeSelector" if ns else "endpointSelector"
     selector = _selector(doc, r, spec[sel_key], (*path, sel_key), drop=None)
     sections = ("ingress", "ingressDeny", "egress", "egressDeny")
-    if not any(spec.get(s) for s in sections):
+    if not any(spec.get(s) for s in sections) and not isinstance(r, _Sink):  # (lenient drops may empty one)
         r.error(path, "rule must have at least one of ingress, ingressDeny, egress, egressDeny")
     for s in sections:
         if s in spec and spec[s] == []:
@@ -279,7 +279,8 @@ def _peer_rule(doc: Document, r: Any, entry: Any, path: Path, policy: str, direc
         ok = False
     for k in (f"{p}Endpoints", f"{p}CIDR", f"{p}CIDRSet", f"{p}Entities"):
         if k in entry and entry[k] == []:
-            r.warning((*path, k), f"an empty {k} list selects every peer (as in Cilium); remove it or list peers")
+            r.warning((*path, k), f"an empty {k} list is the same as leaving it out (as in Cilium): "
+                      "with toPorts it allows every peer")
     if "icmps" in entry and "toPorts" in entry and entry["icmps"] and entry["toPorts"]:
         r.error((*path, "icmps"), "the ICMPs block may only be present without ToPorts. "
                 "Define a separate rule to use ToPorts")
@@ -313,6 +314,8 @@ def _peer_rule(doc: Document, r: Any, entry: Any, path: Path, policy: str, direc
         ok = False
     elif l4 is not None:
         pr.l4, pr.named = l4
+    elif pr.any_peer:
+        pr.any_peer = False  # no peer and no L4 (`ingress: [{}]`): allows nothing
     return pr if ok else None
 
 
