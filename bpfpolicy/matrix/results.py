@@ -114,20 +114,21 @@ def cell(results: list[StepResult]) -> dict[str, dict[str, int]]:
 
 
 def cell_text(counts: dict[str, dict[str, int]], markup: bool = True) -> str:
+    """Compact cell: `L ok  A ok  B 3/3`, `L FAIL`, `A skip` (L=load, A=attach, B=behaviour)."""
     parts = []
     for cat in CATEGORIES:
         c = counts[cat]
         total = c["ok"] + c["fail"] + c["skip"]
         if not total:
             continue
-        label = {"load": "load", "attach": "attach", "behaviour": "behav"}[cat]
+        label = cat[0].upper()
         if c["fail"]:
-            text, style = f"{label} FAIL {c['ok']}/{total}", "bold red"
+            text, style = f"{label} FAIL" + (f" {c['ok']}/{total}" if total > 1 else ""), "bold red"
         elif c["ok"] == total:
             text, style = f"{label} ok" if total == 1 else f"{label} {total}/{total}", "green"
         elif c["ok"]:
-            text, style = f"{label} {c['ok']}/{total} ({c['skip']} skip)", "yellow"
+            text, style = f"{label} {c['ok']}/{total}+{c['skip']}skip", "yellow"
         else:
             text, style = f"{label} skip", "yellow"
         parts.append(f"[{style}]{text}[/]" if markup else text)
-    return " · ".join(parts) if parts else "-"
+    return "  ".join(parts) if parts else "-"

@@ -1,0 +1,126 @@
+"""`bpfpolicy kernel-test [--kernels 5.10,6.1,6.12,7,host] PATH…`: the VM kernel matrix.
+
+PATH is an artifact directory (what `compile --out` writes; searched recursively for
+kernel-test.txt / manifest.json) or a policy file/directory, which is compiled once per
+target kernel, so kind-specific lowering (tcx vs clsact, kprobe vs fentry) is tested on
+the kernel it targets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from ..matrix import ALL_KERNELS, ArtifactDir, discover
+
+
+def _kernel_list(_ctx: click.Context, _param: click.Parameter, value: str) -> list[str]:
+    names = [k.strip() for k in value.split(",") if k.strip()]
+    aliases = {"7.x": "7", "sid": "7", "trixie": "6.12", "bookworm": "6.1", "bullseye": "5.10"}
+    names = [aliases.get(k, k) for k in names]
+    bad = [k for k in names if k not in ALL_KERNELS]
+    if bad or not names:
+        raise click.BadParameter(f"unknown kernel(s) {', '.join(bad) or '(none)'}; choose from {','.join(ALL_KERNELS)}")
+    return list(dict.fromkeys(names))
+
+
+def _split_paths(paths: tuple[str, ...]) -> tuple[list[ArtifactDir], list[str], list[Path]]:
+    """(artifact dirs found, policy paths to compile, artifact dirs with nothing to run)."""
+    artifacts: list[ArtifactDir] = []
+    policies: list[str] = []
+    empty: list[Path] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            found, nothing = discover(path)
+            if found or nothing:
+                artifacts += found
+                empty += nothing
+                continue
+        policies.append(p)
+    return artifacts, policies, empty
+
+
+@click.command("kernel-test")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--kernels", "kernel_names", default=",".join(ALL_KERNELS), show_default=True,
+              callback=_kernel_list, help="Matrix members: Debian kernels 5.10, 6.1, 6.12, 7 (sid) and/or host.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out/kernel-test", show_default=True,
+              help="Console logs, verifier logs of failures, results.json.")
+@click.option("--jobs", type=int, default=None, help="Kernels booted at once (default: number of cores).")
+@click.option("--timeout", type=float, default=240.0, show_default=True, help="Seconds per guest boot.")
+@click.option("--caps", help="Capabilities for seccomp includes/excludes when compiling policy paths.")
+@click.option("--revision", help="Revision stamped into artifacts compiled from policy paths.")
+@click.option("--lenient", is_flag=True, help="Compile policy paths with --lenient.")
+def command(paths: tuple[str, ...], kernel_names: list[str], fmt: str, out_dir: str, jobs: int | None,
+            timeout: float, caps: str | None, revision: str | None, lenient: bool) -> None:
+    """Boot real kernels in QEMU (and use the host kernel) to load, attach and exercise artifacts."""
+    from ..matrix import kernels as kernel_mod
+    from ..matrix import render, run_matrix
+    from ..matrix.guest import GuestError
+
+    out = Path(out_dir)
+    static, policies, empty = _split_paths(paths)
+    for d in empty:
+        click.echo(f"kernel-test: {d}: artifact has no kernel-test.txt and no BPF object; nothing to run", err=True)
+    compiled: dict[tuple[int, int] | None, list[ArtifactDir]] = {}
+    if policies:
+        targets: list[tuple[int, int] | None] = []
+        for name in kernel_names:
+            version = None
+            if name != "host":
+                try:
+                    version = kernel_mod.fetch(kernel_mod.KERNELS[name]).version
+                except kernel_mod.FetchError:
+                    version = _nominal(name)  # run_matrix reports the fetch failure
+            targets.append(version)
+        for version in dict.fromkeys(targets):
+            compiled[version] = _compile(policies, version, out, caps, revision, lenient)
+    if not static and not any(compiled.values()):
+        raise click.UsageError("nothing to test: no artifact directories or compilable policies in PATH…")
+
+    def source(version: tuple[int, int] | None) -> list[ArtifactDir]:
+        return static + compiled.get(version, [])
+
+    try:
+        report = run_matrix(kernel_names, source, out, jobs=jobs, timeout=timeout)
+    except GuestError as e:
+        click.echo(f"kernel-test: {e}", err=True)
+        sys.exit(1)
+    if fmt == "json":
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        render(report)
+    sys.exit(0 if report.ok else 1)
+
+
+def _nominal(name: str) -> tuple[int, int]:
+    major, _, minor = name.partition(".")
+    return int(major), int(minor or 0)
+
+
+def _compile(policies: list[str], version: tuple[int, int] | None, out: Path, caps: str | None,
+             revision: str | None, lenient: bool) -> list[ArtifactDir]:
+    """Compile the policy paths for one target kernel; exit 1 with diagnostics on failure."""
+    from ..compile import compile_paths, write_artifacts
+    from .compile import make_context
+
+    ctx = dataclasses.replace(make_context(None, "x86_64", caps, None, revision), kernel=version)
+    result = compile_paths(policies, ctx, lenient=lenient)
+    target = "host" if version is None else f"{version[0]}.{version[1]}"
+    for d in result.diagnostics:
+        click.echo(f"{d} (compiling for kernel {target})", err=True)
+    if not result.ok:
+        sys.exit(1)
+    dest = out / "artifacts" / target
+    written = write_artifacts(result, dest)
+    found: list[ArtifactDir] = []
+    for d in written:
+        arts, _ = discover(d)
+        found += arts
+    return found

@@ -1,0 +1,236 @@
+"""Kernel matrix: fixture BPF programs and a seccomp filter, booted on Debian's 6.12
+kernel under QEMU (the CI smoke) and run on the host kernel with the same runner.
+
+The fixtures are hand-written and independent of the policy kinds, so this checks the
+matrix machinery itself: XDP verdicts via BPF_PROG_TEST_RUN, a BPF LSM hook that really
+denies an open in the guest, seccomp verdicts in forked children, and a verifier
+rejection attributed to the artifact with the verifier's own words.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bpfpolicy.matrix import discover, run_matrix
+from bpfpolicy.matrix.guest import GuestError, build_runner
+from bpfpolicy.matrix.results import parse_console
+
+FIXTURES = Path(__file__).parent / "fixtures"
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE_KERNEL = "6.12"
+
+# classic BPF for seccomp, written by hand: x86_64 only; getppid -> EPERM,
+# reboot -> KILL_PROCESS, everything else allowed.
+BPF_LD_W_ABS, BPF_JEQ_K, BPF_RET_K = 0x20, 0x15, 0x06
+AUDIT_ARCH_X86_64 = 0xC000003E
+SECCOMP_RET_KILL_PROCESS, SECCOMP_RET_ERRNO, SECCOMP_RET_ALLOW = 0x80000000, 0x00050000, 0x7FFF0000
+
+
+def seccomp_filter() -> bytes:
+    insns = [
+        (BPF_LD_W_ABS, 0, 0, 4),  # A = seccomp_data.arch
+        (BPF_JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
+        (BPF_RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS),
+        (BPF_LD_W_ABS, 0, 0, 0),  # A = seccomp_data.nr
+        (BPF_JEQ_K, 0, 1, 110),  # getppid
+        (BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | 1),
+        (BPF_JEQ_K, 0, 1, 169),  # reboot
+        (BPF_RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS),
+        (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
+    ]
+    return b"".join(struct.pack("<HBBI", *i) for i in insns)
+
+
+def _clang(src: Path, out: Path, include: Path) -> None:
+    subprocess.run(["clang", "-O2", "-g", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu",
+                    f"-I{include}", "-c", str(src), "-o", str(out)], check=True, capture_output=True)
+
+
+def build_fixtures(dest: Path) -> Path:
+    """Artifact directories (manifest.json + kernel-test.txt + object/filter) in dest."""
+    if shutil.which("clang") is None or shutil.which("bpftool") is None:
+        pytest.skip("clang and bpftool are needed to build the fixture programs")
+    if not Path("/sys/kernel/btf/vmlinux").exists():
+        pytest.skip("no /sys/kernel/btf/vmlinux to generate vmlinux.h from")
+    inc = dest / "include"
+    inc.mkdir(parents=True)
+    with (inc / "vmlinux.h").open("w") as f:
+        subprocess.run(["bpftool", "btf", "dump", "file", "/sys/kernel/btf/vmlinux", "format", "c"],
+                       check=True, stdout=f)
+    arts = dest / "artifacts"
+    for name in ("xdp_udp9", "broken_xdp", "lsm_file_open", "seccomp_getppid"):
+        d = arts / "Fixture" / name
+        d.mkdir(parents=True)
+        shutil.copy(FIXTURES / name / "kernel-test.txt", d)
+        (d / "manifest.json").write_text(json.dumps({"kind": "Fixture", "name": name}))
+        src = FIXTURES / name / f"{name}.bpf.c"
+        if src.exists():
+            _clang(src, d / f"{name}.bpf.o", inc)
+    (arts / "Fixture" / "seccomp_getppid" / "filter.bin").write_bytes(seccomp_filter())
+    return arts
+
+
+@pytest.fixture(scope="module")
+def fixture_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_fixtures(tmp_path_factory.mktemp("kt-fixtures"))
+
+
+@pytest.fixture(scope="module")
+def smoke(fixture_artifacts: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One run: the 6.12 guest and the host, concurrently."""
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86_64 is not installed")
+    if os.geteuid() != 0:
+        pytest.skip("the host member needs root")
+    arts, _ = discover(fixture_artifacts)
+    try:
+        report = run_matrix([SMOKE_KERNEL, "host"], lambda _v: arts, tmp_path_factory.mktemp("kt-out"))
+    except GuestError as e:
+        pytest.skip(str(e))
+    err = report.run(SMOKE_KERNEL).error
+    if err and err.startswith("kernel unavailable"):
+        pytest.skip(f"Debian {SMOKE_KERNEL} kernel not cached and not downloadable: {err}")
+    assert err is None, f"guest run failed: {err}\n" + (report.out_dir / f"console-{SMOKE_KERNEL}.log").read_text()[-3000:]
+    return report
+
+
+def _step(report, kernel: str, artifact: str, line: int):
+    hits = [r for r in report.results_for(kernel, artifact) if r.line == line]
+    assert hits, f"no result for {artifact}:{line} on {kernel}: {report.results_for(kernel, artifact)}"
+    return hits[0]
+
+
+@pytest.mark.vm
+@pytest.mark.parametrize("kernel", [SMOKE_KERNEL, "host"])
+def test_xdp_verdicts_follow_the_map(smoke, kernel: str) -> None:
+    art = "Fixture/xdp_udp9"
+    assert _step(smoke, kernel, art, 2).status == "ok"  # object loads
+    before, fill, drop, other = (_step(smoke, kernel, art, n) for n in (4, 5, 7, 9))
+    assert (before.status, before.detail) == ("ok", "xdp_udp_block: retval=2")  # empty map: PASS
+    assert fill.status == "ok"
+    assert (drop.status, drop.detail) == ("ok", "xdp_udp_block: retval=1")  # UDP/9: XDP_DROP
+    assert (other.status, other.detail) == ("ok", "xdp_udp_block: retval=2")  # UDP/53: XDP_PASS
+    attach = _step(smoke, kernel, art, 10)
+    assert attach.status == "ok" and "xdp link on lo" in attach.detail
+
+
+@pytest.mark.vm
+def test_lsm_hook_attaches_and_denies_in_guest_but_is_refused_on_host(smoke) -> None:
+    art = "Fixture/lsm_file_open"
+    assert "bpf" in smoke.run(SMOKE_KERNEL).lsm.split(",")
+    assert _step(smoke, SMOKE_KERNEL, art, 2).status == "ok"
+    assert _step(smoke, SMOKE_KERNEL, art, 4).status == "ok"  # attach
+    denied = _step(smoke, SMOKE_KERNEL, art, 5)
+    assert denied.status == "ok" and "exit=1" in denied.detail  # cat of the named file: EPERM
+    assert _step(smoke, SMOKE_KERNEL, art, 6).status == "ok"  # other files still open
+
+    host_all = smoke.results_for("host", art)
+    if any(r.step == "attach" and r.status == "ok" for r in host_all):
+        pytest.skip("this host loads and attaches BPF LSM programs, so it does not refuse the hook")
+    host = [r for r in smoke.results_for("host", art) if r.step in ("object", "attach")]
+    refused = [r for r in host if r.status == "skip" and "kernel lacks feature" in r.detail]
+    assert refused, f"host did not report the LSM refusal: {host}"
+    assert "lsm" in refused[0].detail.lower()
+    assert not any(r.status == "ok" for r in smoke.results_for("host", art) if r.step == "attach")
+    assert _step(smoke, "host", art, 5).status == "skip"  # behaviour not claimed without attach
+
+
+@pytest.mark.vm
+@pytest.mark.parametrize("kernel", [SMOKE_KERNEL, "host"])
+def test_seccomp_filter_verdicts(smoke, kernel: str) -> None:
+    art = "Fixture/seccomp_getppid"
+    assert _step(smoke, kernel, art, 3).status == "ok"
+    getppid = _step(smoke, kernel, art, 4)
+    assert getppid.status == "ok" and "got errno=1" in getppid.detail
+    getpid = _step(smoke, kernel, art, 5)
+    assert getpid.status == "ok" and "got ret=" in getpid.detail
+    reboot = _step(smoke, kernel, art, 6)
+    assert reboot.status == "ok" and "got signal=31" in reboot.detail
+
+
+@pytest.mark.vm
+@pytest.mark.parametrize("kernel", [SMOKE_KERNEL, "host"])
+def test_broken_program_fails_with_verifier_message(smoke, kernel: str) -> None:
+    art = "Fixture/broken_xdp"
+    load = _step(smoke, kernel, art, 2)
+    assert load.status == "fail"
+    assert load.artifact == art and "prog xdp_unchecked" in load.detail
+    assert "invalid access to packet" in load.detail
+    assert load.log_file and "invalid access to packet" in Path(load.log_file).read_text()
+    assert _step(smoke, kernel, art, 3).status == "skip"  # later steps: not run, not crashed
+    assert not smoke.ok  # the matrix as a whole fails
+    assert {f.artifact for f in smoke.failures} == {art}  # and nothing else failed
+
+
+@pytest.mark.vm
+def test_results_json_written(smoke) -> None:
+    data = json.loads((smoke.out_dir / "results.json").read_text())
+    assert data["ok"] is False
+    assert data["table"]["Fixture/xdp_udp9"][SMOKE_KERNEL]["behaviour"] == {"ok": 3, "fail": 0, "skip": 0}
+    assert {k["name"] for k in data["kernels"]} == {SMOKE_KERNEL, "host"}
+
+
+# ---- no VM: the host member through the CLI, the runner's robustness, the parser ----
+
+@pytest.mark.kernel
+def test_cli_host_only_exit_code_and_json(fixture_artifacts: Path, tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    from click.testing import CliRunner
+
+    from bpfpolicy.cli.kernel_test import command
+
+    ok_only = tmp_path / "ok"
+    shutil.copytree(fixture_artifacts / "Fixture" / "xdp_udp9", ok_only / "xdp_udp9")
+    res = CliRunner().invoke(command, ["--kernels", "host", "--format", "json", "--out", str(tmp_path / "o1"),
+                                       str(ok_only)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["ok"] is True
+    res = CliRunner().invoke(command, ["--kernels", "host", "--out", str(tmp_path / "o2"), str(fixture_artifacts)])
+    assert res.exit_code == 1
+    assert "invalid access to packet" in res.output
+
+
+def test_runner_reports_unknown_directives_without_crashing(tmp_path: Path) -> None:
+    try:
+        runner = build_runner()
+    except GuestError as e:
+        pytest.skip(str(e))
+    (tmp_path / "kernel-test.txt").write_text(
+        "# comment\nfrobnicate now\nprog-run nothing 2 00\nsyscall 39 errno=1\nmap-update m zz 00\n")
+    proc = subprocess.run([str(runner), str(tmp_path), "t"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    run = parse_console("host", proc.stdout, ["t"])
+    by_line = {r.line: r for r in run.results}
+    assert by_line[2].status == "fail" and "unknown directive frobnicate" in by_line[2].detail
+    assert by_line[3].status == "skip" and "no `object` line" in by_line[3].detail
+    assert by_line[4].status == "skip" and "no `seccomp` line" in by_line[4].detail
+    assert by_line[5].status == "skip"
+
+
+def test_parser_turns_missing_artifacts_into_failures() -> None:
+    console = ("SeaBIOS\r\nKT-KERNEL 6.1.0-1-amd64\r\nKT-LSM lockdown,capability,yama,bpf\r\n"
+               "BEGIN a/x\r\nRESULT a/x 2 object fail x.o: load failed\r\n"
+               "VERIFIER-LOG-BEGIN a/x 2 prog\r\n0: (b7) r0 = 0\r\nR0 !read_ok\r\n"
+               "VERIFIER-LOG-END a/x 2\r\nEND a/x\r\nBEGIN a/y\r\n")
+    run = parse_console("6.1", console, ["a/x", "a/y", "a/z"])
+    assert run.release == "6.1.0-1-amd64" and run.lsm == "lockdown,capability,yama,bpf"
+    by = {(r.artifact, r.line): r for r in run.results}
+    assert by[("a/x", 2)].log == "0: (b7) r0 = 0\nR0 !read_ok\n"
+    assert by[("a/y", 0)].status == "fail" and "stopped mid-script" in by[("a/y", 0)].detail
+    assert by[("a/z", 0)].status == "fail" and "never ran" in by[("a/z", 0)].detail
+
+
+def test_vagrantfile_validates(tmp_path: Path) -> None:
+    if shutil.which("vagrant") is None:
+        pytest.skip("vagrant is not installed (apt-get install vagrant to check the Vagrantfile)")
+    env = dict(os.environ, VAGRANT_HOME=str(tmp_path / "vagrant.d"), VAGRANT_CHECKPOINT_DISABLE="1")
+    proc = subprocess.run(["vagrant", "validate"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
