@@ -207,7 +207,9 @@ class SeccompProfileKind(Kind):
         if native_abi:
             table = TABLES[native_abi]
             stats = render.stats(insns, AUDIT_ARCH[target.arch], range(max(table.values()) + 1))
-        warnings = list(cp.compiled.model.warnings)
+        from ..seccomp.model import shadowed
+
+        warnings = list(cp.compiled.model.warnings) + shadowed(cp.profile)
         files = {
             "filter.bin": raw,
             "filter.txt": render.disassemble(cp.compiled.program, f"SeccompProfile {name} for {target.arch}").encode(),

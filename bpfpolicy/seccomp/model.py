@@ -3,12 +3,14 @@
 Semantics (documented in docs/seccomp.md):
 
 * Within one profile the rules for a syscall are a **union**: the conditions of one
-  rule are ANDed, rules are ORed. When several rules match one call, the **most
-  restrictive action wins**, using the kernel's own order for stacked filters
-  (KILL_PROCESS < KILL_THREAD < TRAP < ERRNO < NOTIFY < TRACE < LOG < ALLOW; for two
-  ERRNO/TRACE actions the lower data value). libseccomp refuses some overlaps instead;
-  this order is what the kernel would give if the rules were separate filters, so it
-  never widens what any one rule says.
+  rule are ANDed, rules are ORed. Precedence, libseccomp-compatible where libseccomp
+  is deterministic: an **argument-free rule decides its syscall** -- the first such
+  rule in profile order wins, later argument-free rules and all argument rules for
+  that syscall are ignored (libseccomp 2.5.4 behaves exactly so). Among argument rules
+  the **most restrictive matching action wins**, using the kernel's order for stacked
+  filters (KILL_PROCESS < KILL_THREAD < TRAP < ERRNO < NOTIFY < TRACE < LOG < ALLOW;
+  for two ERRNO/TRACE actions the lower data value); libseccomp's answer there depends
+  on its internal tree layout, and it refuses identical comparisons with -EEXIST.
 * A rule whose action equals the default is dropped (libseccomp fails such a profile
   with -EACCES; validation warns).
 * Argument values are 64-bit unsigned. For arguments the kernel declares 32 bits wide
@@ -173,23 +175,46 @@ def build_model(profile: dict[str, Any], bad_arch: int = bpf.RET_KILL_PROCESS) -
 
 
 def normalise(rules: list[Rule], default: int) -> SyscallRules:
-    """Apply the union semantics: an unconditional rule caps everything at its action;
-    conditional rules that cannot lower the result are dropped."""
+    """Apply the precedence rules (in profile order, libseccomp-compatible):
+
+    * an argument-free rule decides the syscall: the first one wins, later
+      argument-free rules and every argument rule of that syscall are ignored;
+    * otherwise argument rules are ORed and the most restrictive matching action wins
+      (libseccomp's answer for overlapping argument rules depends on its internal tree
+      layout; ours is the kernel's order for stacked filters, so it never widens).
+    """
     uncond = [r.action for r in rules if not r.conds]
+    if uncond:
+        return SyscallRules((), uncond[0])
     key = bpf.action_precedence
-    fallback = min(uncond, key=key) if uncond else default
     kept: list[Rule] = []
     seen: set[Rule] = set()
     for r in sorted(rules, key=lambda r: key(r.action)):
-        if not r.conds or r in seen:
-            continue
-        if uncond and key(r.action) >= key(fallback):
-            continue
-        seen.add(r)
-        kept.append(r)
-    # With no unconditional rule, trailing rules whose action equals the default add
-    # nothing: once every more restrictive rule has failed, matching or not they give
-    # the default.
-    while kept and not uncond and kept[-1].action == default:
+        if r not in seen:
+            seen.add(r)
+            kept.append(r)
+    # trailing rules whose action equals the default add nothing: once every more
+    # restrictive rule has failed, matching or not they give the default
+    while kept and kept[-1].action == default:
         kept.pop()
-    return SyscallRules(tuple(kept), fallback)
+    return SyscallRules(tuple(kept), default)
+
+
+def shadowed(profile: dict[str, Any]) -> list[str]:
+    """Human-readable notes for rules that an earlier argument-free rule overrides."""
+    first: dict[str, tuple[int, str]] = {}
+    notes = []
+    rules = profile.get("syscalls") or []
+    for i, rule in enumerate(rules):
+        if rule.get("args"):
+            continue
+        for name in rule["names"]:
+            first.setdefault(name, (i, rule["action"]))
+    for i, rule in enumerate(rules):
+        for name in rule["names"]:
+            j, act = first.get(name, (i, ""))
+            if j != i and (rule["action"], rule.get("errnoRet")) != (act, rules[j].get("errnoRet")):
+                notes.append(f"syscalls[{i}] ({rule['action']}) for {name} is overridden by the "
+                             f"argument-free rule syscalls[{j}] ({act}): the first argument-free rule "
+                             "for a syscall decides it (as in libseccomp)")
+    return notes

@@ -53,10 +53,14 @@ def cond_holds(arg: dict[str, Any], args: tuple[int, ...], syscall: str, abi: st
 
 def reference_verdict(profile: dict[str, Any], syscall: str, abi: str, args: tuple[int, ...]) -> int:
     """What the profile means, written from the documented semantics (docs/seccomp.md):
-    rules are a union, the most restrictive matching action wins, rules equal to the
-    default are dropped, a repeated argument index splits a rule into ORed rules."""
+    the first argument-free rule decides; otherwise argument rules are a union and the
+    most restrictive matching action wins; rules equal to the default are dropped; a
+    repeated argument index splits a rule into ORed rules."""
     default = action_of(profile, default=True)
     matched = []
+    for rule in profile.get("syscalls") or []:
+        if syscall in rule["names"] and not rule.get("args") and action_of(rule) != default:
+            return action_of(rule)  # the first argument-free rule decides
     for rule in profile.get("syscalls") or []:
         if syscall not in rule["names"]:
             continue

@@ -153,9 +153,10 @@ def test_sign_extension_of_32_bit_arguments() -> None:
     assert run(cp, 9, (0xFFFFFFFFFFFFFFFF,)).ret == bpf.RET_ERRNO | 1
 
 
-def test_most_restrictive_matching_rule_wins() -> None:
+def test_precedence_among_overlapping_rules() -> None:
+    # argument rules only: union, the most restrictive matching action wins
     prof = {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
-        {"names": ["ioctl"], "action": "SCMP_ACT_ALLOW"},
+        {"names": ["ioctl"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 1, "value": 0x6000, "op": "SCMP_CMP_LT"}]},
         {"names": ["ioctl"], "action": "SCMP_ACT_ERRNO", "errnoRet": 25,
          "args": [{"index": 1, "value": 0x5412, "op": "SCMP_CMP_EQ"}]},  # TIOCSTI
         {"names": ["ioctl"], "action": "SCMP_ACT_KILL_PROCESS",
@@ -165,6 +166,17 @@ def test_most_restrictive_matching_rule_wins() -> None:
     assert run(cp, 16, (0, 0x5412)).ret == bpf.RET_ERRNO | 25
     assert run(cp, 16, (0, 0x541D)).ret == bpf.RET_KILL_PROCESS
     assert run(cp, 16, (0, 0x5401)).ret == bpf.RET_ALLOW
+    assert run(cp, 16, (0, 0x7000)).ret == bpf.RET_ERRNO | 1
+    # an argument-free rule decides its syscall; the first one wins (libseccomp 2.5.4)
+    prof = {"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 38, "syscalls": [
+        {"names": ["setns"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1,
+         "args": [{"index": 1, "value": 0, "op": "SCMP_CMP_EQ"}]},
+        {"names": ["setns", "getppid"], "action": "SCMP_ACT_ALLOW"},
+        {"names": ["getppid"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
+    ]}
+    cp = compile_profile(prof, TARGET)
+    assert run(cp, TABLES["x86_64"]["setns"]).ret == bpf.RET_ALLOW
+    assert run(cp, 110).ret == bpf.RET_ALLOW
 
 
 def test_long_jumps_get_trampolines() -> None:
