@@ -203,6 +203,8 @@ def load_and_swap(cfg: HostConfig, d: DesiredPolicy, old: dict[str, Any] | None,
     for p in stage.iterdir():
         os.replace(p, pdir / p.name)
     _rmtree_pins(stage)
+    with contextlib.suppress(OSError):
+        stage.parent.rmdir()  # only when no other apply is staging
     keep = {f"prog_{n}" for n in entry["programs"]} | {f"map_{n}" for n in entry["maps"]}
     keep |= {Path(a["link_pin"]).name for a in entry["attachments"] if a.get("link_pin")}
     for stale in old_atts.values():

@@ -1,0 +1,207 @@
+"""The reconcile loop on the real kernel: converge, map deltas without reload, verifier
+rejection keeps the old version, drift repair, prune safety, plan exit codes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import artifacts
+import pytest
+
+from conftest import ping, run_cli
+
+pytestmark = pytest.mark.kernel
+
+
+def _cycle(cfg, path: Path, **kw):  # noqa: ANN001, ANN202
+    from bpfpolicy.controller.reconcile import Reconciler
+
+    return Reconciler(cfg, [path], **kw).cycle()
+
+
+def _xdp_id(pair) -> int | None:  # noqa: ANN001
+    from bpfpolicy.kernel import xdp
+
+    return xdp.query(pair.if_a, pair.ns_a).prog_id
+
+
+def _inv(cfg) -> dict:  # noqa: ANN001
+    from bpfpolicy.controller.state import Store
+
+    return Store(cfg.state_dir).inventory()
+
+
+def _src(tmp_path: Path, name: str) -> Path:
+    d = tmp_path / name
+    d.mkdir(exist_ok=True)
+    return d
+
+
+def test_add_modify_remove_converge(ctl, veth, tmp_path: Path) -> None:
+    src = _src(tmp_path, "src")
+    artifacts.write(src, "edge", [veth.ip4_b], interface=veth.if_a, netns=veth.ns_a)
+    assert ping(veth)  # nothing attached yet
+    res = _cycle(ctl, src)
+    assert res.ok and [o.action for o in res.applied.outcomes] == ["create"]
+    pid = _xdp_id(veth)
+    assert pid == _inv(ctl)["XDPBlocklist/edge"]["programs"]["xdp_blocklist"]["id"]
+    assert not ping(veth)  # b's source address is denied
+    # counters: the dropped echo requests were counted for rule 0
+    from bpfpolicy.controller.status import collect
+
+    rows = collect(ctl)["policies"]
+    assert rows[0]["condition"] == "Ready" and rows[0]["counters"][0]["packets"] >= 1
+
+    # a blocklist change is a map delta: same program id, b allowed again
+    artifacts.write(src, "edge", ["192.0.2.1"], interface=veth.if_a, netns=veth.ns_a)
+    res = _cycle(ctl, src)
+    assert [o.action for o in res.applied.outcomes] == ["update-map"]
+    assert "+1/−1" in res.applied.outcomes[0].message
+    assert _xdp_id(veth) == pid
+    assert ping(veth, 2)
+
+    # a restarted controller (fresh process state) adopts the pins: no-op, same program
+    res = _cycle(ctl, src)
+    assert res.ok and res.applied.outcomes == [] and _xdp_id(veth) == pid
+
+    # remove: refused to prune down to empty without allow_empty, then pruned
+    shutil.rmtree(src / "XDPBlocklist")
+    res = _cycle(ctl, src)
+    assert res.error and "--allow-empty" in res.error and _xdp_id(veth) == pid
+    res = _cycle(ctl, src, allow_empty=True)
+    assert res.ok and [o.action for o in res.applied.outcomes] == ["prune"]
+    assert _xdp_id(veth) is None
+    assert not (ctl.bpffs_root / "XDPBlocklist" / "edge").exists()
+    assert _inv(ctl) == {}
+
+
+def test_verifier_rejection_keeps_previous_version(ctl, veth, tmp_path: Path) -> None:
+    good, bad = _src(tmp_path, "good"), _src(tmp_path, "bad")
+    artifacts.write(good, "edge", [veth.ip4_b], interface=veth.if_a, netns=veth.ns_a)
+    artifacts.write(bad, "edge", ["192.0.2.1"], interface=veth.if_a, netns=veth.ns_a, broken=True)
+    assert run_cli(ctl, "apply", str(good)).returncode == 0
+    pid = _xdp_id(veth)
+    proc = run_cli(ctl, "apply", str(bad))
+    assert proc.returncode == 1
+    assert "outside of the packet" in proc.stdout
+    assert _xdp_id(veth) == pid and not ping(veth)  # old version still enforcing
+    st = json.loads(run_cli(ctl, "status", "--format", "json").stdout)
+    row = st["policies"][0]
+    assert row["condition"] == "Stalled" and row["reason"] == "VerifierFailed"
+    assert "outside of the packet" in row["message"] and "invalid access to packet" in row["log"]
+    assert row["last_applied_revision"] != row["last_attempted_revision"]
+    evs = [json.loads(x) for x in run_cli(ctl, "events").stdout.splitlines()]
+    assert any(e["reason"] == "VerifierFailed" and e["type"] == "Warning" for e in evs)
+    # nothing of the rejected version is left behind
+    assert sorted(p.name for p in (ctl.bpffs_root / "XDPBlocklist" / "edge").iterdir()) == [
+        "map_deny_v4", "map_rule_stats", "prog_xdp_blocklist"]
+    assert not (ctl.bpffs_root / "_staging").exists() or not any((ctl.bpffs_root / "_staging").iterdir())
+
+
+def test_plan_exit_codes(ctl, veth, tmp_path: Path) -> None:
+    src = _src(tmp_path, "src")
+    artifacts.write(src, "edge", [veth.ip4_b], interface=veth.if_a, netns=veth.ns_a)
+    proc = run_cli(ctl, "plan", str(src))
+    assert proc.returncode == 1 and "create" in proc.stdout
+    assert run_cli(ctl, "apply", str(src)).returncode == 0
+    proc = run_cli(ctl, "plan", str(src), "--format", "json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["changes"] is False
+    artifacts.write(src, "edge", [veth.ip4_b, "192.0.2.7"], interface=veth.if_a, netns=veth.ns_a)
+    proc = run_cli(ctl, "plan", str(src))
+    assert proc.returncode == 1 and "+1/−0" in proc.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: bpfpolicy.io/v1\nkind: XDPBlocklistt\nmetadata: {name: x}\nspec: {}\n")
+    proc = run_cli(ctl, "plan", str(bad))
+    assert proc.returncode == 2 and "bad.yaml:2:1: kind: unknown kind" in proc.stderr
+    assert run_cli(ctl, "plan", str(tmp_path / "missing")).returncode == 2
+
+
+def test_drift_detected_repaired_and_reported(ctl, veth, tmp_path: Path) -> None:
+    src = _src(tmp_path, "src")
+    artifacts.write(src, "edge", [veth.ip4_b, "192.0.2.9"], interface=veth.if_a, netns=veth.ns_a)
+    assert _cycle(ctl, src).ok
+    pid = _xdp_id(veth)
+
+    # 1. XDP detached behind our back
+    subprocess.run(["ip", "-n", veth.ns_a, "link", "set", "dev", veth.if_a, "xdpgeneric", "off"], check=True)
+    assert _xdp_id(veth) is None and ping(veth)
+    from bpfpolicy.controller.status import collect
+
+    row = collect(ctl)["policies"][0]
+    assert row["condition"] == "Reconciling" and row["reason"] == "DriftDetected"
+    res = _cycle(ctl, src)
+    assert [(o.action, o.drift) for o in res.applied.outcomes] == [("reattach", True)]
+    assert _xdp_id(veth) == pid and not ping(veth)
+
+    # 2. a map entry edited: b's address removed from the blocklist
+    from bpfpolicy.kernel import bpf
+
+    fd = bpf.obj_get(str(ctl.bpffs_root / "XDPBlocklist/edge/map_deny_v4"))
+    import ipaddress
+
+    bpf.map_delete(fd, ipaddress.IPv4Address(veth.ip4_b).packed)
+    bpf.map_update(fd, ipaddress.IPv4Address("198.51.100.1").packed, b"\0\0\0\0")
+    assert ping(veth)
+    res = _cycle(ctl, src)
+    assert [(o.action, o.drift) for o in res.applied.outcomes] == [("update-map", True)]
+    assert "+1/−1" in res.applied.outcomes[0].message
+    assert bpf.map_lookup(fd, ipaddress.IPv4Address("198.51.100.1").packed, 4) is None
+    import os
+
+    os.close(fd)
+    assert _xdp_id(veth) == pid and not ping(veth)
+
+    # 3. a pin deleted: reloaded and swapped in, pins restored
+    (ctl.bpffs_root / "XDPBlocklist/edge/prog_xdp_blocklist").unlink()
+    res = _cycle(ctl, src)
+    assert [(o.action, o.drift) for o in res.applied.outcomes] == [("replace", True)]
+    assert (ctl.bpffs_root / "XDPBlocklist/edge/prog_xdp_blocklist").exists()
+    assert _xdp_id(veth) == _inv(ctl)["XDPBlocklist/edge"]["programs"]["xdp_blocklist"]["id"]
+    assert not ping(veth)
+
+    from bpfpolicy.controller import events
+
+    reasons = [e["reason"] for e in events.read(ctl.events_path)]
+    assert reasons.count("DriftRepaired") == 3
+    row = collect(ctl)["policies"][0]
+    assert row["condition"] == "Ready" and row["last_drift"]["detail"]
+
+
+def test_self_heal_off_and_suspend(ctl, veth, tmp_path: Path) -> None:
+    src = _src(tmp_path, "src")
+    artifacts.write(src, "edge", [veth.ip4_b], interface=veth.if_a, netns=veth.ns_a)
+    assert _cycle(ctl, src).ok
+    subprocess.run(["ip", "-n", veth.ns_a, "link", "set", "dev", veth.if_a, "xdpgeneric", "off"], check=True)
+    ctl.self_heal = False
+    res = _cycle(ctl, src)
+    assert res.applied.outcomes == [] and _xdp_id(veth) is None  # reported, not repaired
+    from bpfpolicy.controller.status import collect
+
+    assert collect(ctl)["policies"][0]["reason"] == "DriftDetected"
+    ctl.self_heal = True
+    assert run_cli(ctl, "suspend").returncode == 0
+    ctl.suspend = False
+    res = _cycle(ctl, src)
+    assert res.skipped == "suspended" and _xdp_id(veth) is None
+    assert run_cli(ctl, "resume").returncode == 0
+    res = _cycle(ctl, src)
+    assert res.ok and _xdp_id(veth) is not None
+
+
+def test_seccomp_artifact_installed_atomically(ctl, tmp_path: Path) -> None:
+    src = _src(tmp_path, "src")
+    artifacts.write_seccomp(src, "web")
+    res = _cycle(ctl, src)
+    assert res.ok and [o.action for o in res.applied.outcomes] == ["create"]
+    installed = ctl.state_dir / "seccomp" / "web" / "filter.bin"
+    assert installed.read_bytes() == (src / "SeccompProfile/web/filter.bin").read_bytes()
+    installed.write_bytes(b"tampered")
+    res = _cycle(ctl, src)
+    assert [(o.action, o.drift) for o in res.applied.outcomes] == [("replace", True)]
+    assert installed.read_bytes() == (src / "SeccompProfile/web/filter.bin").read_bytes()
+    shutil.rmtree(src / "SeccompProfile")
+    assert _cycle(ctl, src, allow_empty=True).ok
+    assert not installed.parent.exists()
