@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 import random
 
-from conftest import rule_of, verdict
+from npplan import rule_of, verdict
 
 from bpfpolicy.kinds.netpol_lower import range_to_prefixes
 
