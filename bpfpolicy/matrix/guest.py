@@ -238,7 +238,7 @@ def run_on_host(runner: Path, artifacts: list[ArtifactDir], timeout: float = 120
     if os.geteuid() != 0:
         return RunOutput("", 0.0, "host", "the host member needs root (BPF loads, netns, cgroups)")
     lines = [f"KT-KERNEL {os.uname().release}"]
-    cg_root = Path("/sys/fs/cgroup") / f"bpfpolicy-kt-{os.getpid()}"
+    cg_root = _cgroup2_mount() / f"bpfpolicy-kt-{os.getpid()}"
     env = dict(os.environ)
     try:
         cg_root.mkdir()
@@ -264,6 +264,18 @@ def run_on_host(runner: Path, artifacts: list[ArtifactDir], timeout: float = 120
         _remove_cgroup_tree(cg_root)
     lines.append("KT-DONE")
     return RunOutput("\n".join(lines) + "\n", time.monotonic() - start, "host")
+
+
+def _cgroup2_mount() -> Path:
+    """Where cgroup v2 is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts)."""
+    try:
+        for line in Path("/proc/self/mounts").read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 2 and fields[2] == "cgroup2":
+                return Path(fields[1])
+    except OSError:
+        pass
+    return Path("/sys/fs/cgroup")
 
 
 def _remove_cgroup_tree(path: Path) -> None:

@@ -146,23 +146,28 @@ static void failing_prog(char *out, size_t size)
 	}
 }
 
-/* The most specific single line of libbpf's warnings, for the RESULT detail. */
+/* The most specific single line of libbpf's warnings, for the RESULT detail: the first
+ * line that says what went wrong, not the generic "failed to load: -N" that follows it. */
 static const char *libbpf_summary(void)
 {
 	static char buf[512];
-	const char *best = NULL;
+	const char *best = NULL, *last = NULL;
 	char *save = NULL, *tok, copy[LIBBPF_MSG_SIZE];
 
 	snprintf(copy, sizeof(copy), "%s", libbpf_msgs);
 	for (tok = strtok_r(copy, "\n", &save); tok; tok = strtok_r(NULL, "\n", &save)) {
-		if (strstr(tok, "BEGIN PROG LOAD LOG") || strstr(tok, "END PROG LOAD LOG"))
+		if (strstr(tok, "PROG LOAD LOG"))
 			continue;
-		if (!best || strstr(tok, "failed") || strstr(tok, "unsupported") || strstr(tok, "not found"))
+		last = tok;
+		if (strstr(tok, "failed to load: -") || strstr(tok, "failed to load object"))
+			continue;
+		if (strstr(tok, "failed") || strstr(tok, "unsupported") || strstr(tok, "not found") ||
+		    strstr(tok, "cannot") || strstr(tok, "invalid") || strstr(tok, "missing")) {
 			best = tok;
-		if (best && strstr(best, "failed to load"))
 			break;
+		}
 	}
-	snprintf(buf, sizeof(buf), "%s", best ? best : "");
+	snprintf(buf, sizeof(buf), "%s", best ? best : last ? last : "");
 	return buf;
 }
 
@@ -335,17 +340,28 @@ static void do_object(int ln, int argc, char **argv)
 		obj_missing = "object failed to open";
 		return;
 	}
-	/* A program type the kernel does not know at all is a kernel gap, not a policy bug. */
+	/* A program type this kernel will not load is a kernel gap, not a policy bug: leave
+	 * that program out (later lines naming it skip) and load the rest. */
+	char gaps[512] = "";
+	int loadable = 0;
 	bpf_object__for_each_program(prog, obj) {
 		enum bpf_prog_type type = bpf_program__type(prog);
 		if (libbpf_probe_bpf_prog_type(type, NULL) == 0) {
-			result(ln, "object", "skip", "%s: kernel lacks feature: program type %s does not load here (prog %s)",
-			       argv[1], libbpf_bpf_prog_type_str(type), bpf_program__name(prog));
-			obj_missing = "object skipped (kernel lacks program type)";
-			bpf_object__close(obj);
-			obj = NULL;
-			return;
+			size_t used = strlen(gaps);
+			snprintf(gaps + used, sizeof(gaps) - used, "%s%s (%s)", used ? ", " : "",
+				 bpf_program__name(prog), libbpf_bpf_prog_type_str(type));
+			bpf_program__set_autoload(prog, false);
+		} else {
+			loadable++;
 		}
+	}
+	if (!loadable) {
+		result(ln, "object", "skip", "%s: kernel lacks feature: program type does not load here: %s",
+		       argv[1], gaps);
+		obj_missing = "object skipped (kernel lacks program type)";
+		bpf_object__close(obj);
+		obj = NULL;
+		return;
 	}
 	err = bpf_object__load(obj);
 	if (err) {
@@ -360,10 +376,11 @@ static void do_object(int ln, int argc, char **argv)
 		return;
 	}
 	obj_missing = NULL;
-	int n = 0;
-	bpf_object__for_each_program(prog, obj)
-		n++;
-	result(ln, "object", "ok", "%s: %d program(s) loaded", argv[1], n);
+	if (gaps[0])
+		result(ln, "object", "ok", "%s: %d program(s) loaded; kernel lacks feature: program type does not load here: %s",
+		       argv[1], loadable, gaps);
+	else
+		result(ln, "object", "ok", "%s: %d program(s) loaded", argv[1], loadable);
 }
 
 /* The verifier's own complaint: the lines after the last instruction dump and before
@@ -412,8 +429,15 @@ static struct bpf_program *find_prog(int ln, const char *step, const char *name)
 		return NULL;
 	}
 	prog = bpf_object__find_program_by_name(obj, name);
-	if (!prog)
+	if (!prog) {
 		result(ln, step, "fail", "no program named %s in the object", name);
+		return NULL;
+	}
+	if (!bpf_program__autoload(prog)) {
+		result(ln, step, "skip", "%s: kernel lacks feature: program type %s does not load here (line %d)",
+		       name, libbpf_bpf_prog_type_str(bpf_program__type(prog)), obj_line);
+		return NULL;
+	}
 	return prog;
 }
 

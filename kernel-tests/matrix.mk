@@ -1,0 +1,31 @@
+# Kernel matrix targets, included by the top-level Makefile (`-include kernel-tests/matrix.mk`).
+# Kernels are downloaded once into $(BPFPOLICY_CACHE)/kernels (~/.cache/bpfpolicy/kernels);
+# after that no network is needed.
+
+KT_VENV      ?= .venv
+KT_BPFPOLICY ?= $(KT_VENV)/bin/bpfpolicy
+KT_PYTEST    ?= $(KT_VENV)/bin/pytest
+# What to run: policy trees (compiled once per target kernel) and/or artifact directories.
+KT_PATHS     ?= policies
+KT_OUT       ?= out/kernel-test
+KT_ARGS      ?=
+
+.PHONY: kernel-matrix kernel-smoke kernel-fetch
+
+## kernel-matrix: Debian 5.10, 6.1, 6.12, 7.x under QEMU + the host kernel, on the
+## fixture programs (tests/kernel/test_matrix.py) and on $(KT_PATHS).
+kernel-matrix:
+	bash scripts/setup.sh
+	BPFPOLICY_KERNEL_TEST_KERNELS=5.10,6.1,6.12,7 $(KT_PYTEST) -q -m vm tests/kernel/test_matrix.py
+	$(KT_BPFPOLICY) kernel-test --kernels 5.10,6.1,6.12,7,host --out $(KT_OUT) $(KT_ARGS) $(KT_PATHS)
+
+## kernel-smoke: the CI smoke — fixture programs on Debian 6.12 + host (pytest), then
+## $(KT_PATHS) on 6.12 + host.
+kernel-smoke:
+	bash scripts/setup.sh
+	$(KT_PYTEST) -q -m vm tests/kernel/test_matrix.py
+	$(KT_BPFPOLICY) kernel-test --kernels 6.12,host --out $(KT_OUT)-smoke $(KT_ARGS) $(KT_PATHS)
+
+## kernel-fetch: download (or refresh) the four Debian kernels into the cache.
+kernel-fetch:
+	$(KT_VENV)/bin/python -c 'from bpfpolicy.matrix.kernels import KERNELS, fetch; [print(k.spec.name, k.release) for k in map(fetch, KERNELS.values())]'
