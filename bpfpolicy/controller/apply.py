@@ -36,6 +36,17 @@ from .observe import STAGING, attached_prog_ids, policy_dir
 from .plan import Plan, PolicyPlan, read_map
 from .state import Store
 
+CRASH_STAGES = ("loaded", "filled", "staged", "swapped", "committed", "map-delta")
+
+
+def checkpoint(stage: str) -> None:
+    """Fault injection for crash-safety tests: `BPFPOLICY_CRASH_AT=<stage>` makes the
+    process SIGKILL itself there (no cleanup, exactly like `kill -9`)."""
+    if os.environ.get("BPFPOLICY_CRASH_AT") == stage:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
 
 class ApplyError(Exception):
     """One policy failed to apply; the previous enforcement is still in place."""
@@ -166,6 +177,7 @@ def load_and_swap(cfg: HostConfig, d: DesiredPolicy, old: dict[str, Any] | None,
             obj = BpfObject.open_file(d.file(m["object"]))
             _reuse_runtime_maps(obj, m, pdir)
             obj.load()
+            checkpoint("loaded")
         except BpfLoadError as e:
             raise ApplyError(f"verifier rejected {d.key}: {_last_line(e.log) or e.strerror}",
                              "VerifierFailed", e.log) from None
@@ -181,10 +193,12 @@ def load_and_swap(cfg: HostConfig, d: DesiredPolicy, old: dict[str, Any] | None,
             entry["maps"][spec["name"]] = {"pin": str(pdir / f"map_{spec['name']}"),
                                            "id": bpf.map_info(bm.fd)["id"],
                                            "contents_sha256": _sha(d, spec)}
+        checkpoint("filled")
         for name, prog in progs.items():
             bpf.obj_pin(prog.fd, str(stage / f"prog_{name}"))
             info = bpf.prog_info(prog.fd)
             entry["programs"][name] = {"pin": str(pdir / f"prog_{name}"), "id": info["id"], "tag": info["tag"]}
+        checkpoint("staged")
         old_atts = {_att_id(a): a for a in (old or {}).get("attachments", [])}
         for i, att in enumerate(m.get("attachments", [])):
             prog = progs[att["program"]]
@@ -198,7 +212,7 @@ def load_and_swap(cfg: HostConfig, d: DesiredPolicy, old: dict[str, Any] | None,
         if obj is not None:
             obj.close()
         raise
-    # committed: every attachment runs the new programs
+    checkpoint("swapped")  # every attachment runs the new programs
     pdir.mkdir(parents=True, exist_ok=True)
     for p in stage.iterdir():
         os.replace(p, pdir / p.name)
@@ -214,6 +228,7 @@ def load_and_swap(cfg: HostConfig, d: DesiredPolicy, old: dict[str, Any] | None,
             with contextlib.suppress(OSError):
                 p.unlink()
     obj.close()
+    checkpoint("committed")
     return entry
 
 
@@ -419,6 +434,10 @@ def update_maps(d: DesiredPolicy, entry: dict[str, Any]) -> dict[str, Any]:
         current = read_map(info["pin"], spec)
         fd = bpf.obj_get(info["pin"])
         try:
+            if os.environ.get("BPFPOLICY_CRASH_AT") == "map-delta":  # half the delta, then die
+                half = new[: len(new) // 2 // (spec["key_size"] + spec["value_size"]) * (spec["key_size"] + spec["value_size"])]
+                maps.write_records(fd, half, spec["key_size"], spec["value_size"], bool(spec.get("percpu")))
+                checkpoint("map-delta")
             maps.apply_map_contents(fd, current, new, spec["key_size"], spec["value_size"],
                                     bool(spec.get("percpu")), spec.get("type"))
         finally:
