@@ -1,0 +1,355 @@
+"""Lowering for XDPBlocklist: rules -> program features + map contents.
+
+Classification model (what the generated program computes per packet):
+
+    set   = rulesets[id(source address)]        # u64: bit i = rule i lists this source
+    set  &= proto_rules(l4 protocol)             # constant per protocol, from the rules
+    set  &= port_rules[dport] | PORTLESS_RULES   # ports bitmap array (data)
+    allow rule in set -> XDP_PASS;  deny rule in set -> XDP_DROP;  else (SYN limit) PASS
+
+Every source set is "leaf-pushed": the id stored for an address or prefix names the
+union of ALL rules whose sources cover it, so one longest-match lookup answers for every
+rule at once. Address layouts, chosen by measurement (docs/xdp.md):
+
+* IPv4 "dir24" (any prefix shorter than /32, or >= 4096 entries): DIR-24-8 style.
+  `v4_tbl24` is an ARRAY indexed by the top 24 address bits (32 u16 slots of 64 bytes per
+  element, so one cache line), each slot = ruleset id of the /24 (prefixes <= /24 painted
+  in) | 0x8000 when longer entries exist inside it; those live in the `v4_exact` HASH
+  (/32s, and /25-/31 expanded to /32s). A miss costs one inlined array load, a /32 hit
+  one extra hash lookup; an LPM trie costs 2-4x more (ANCHORS §4.2).
+* IPv4 "hash" (only /32s, fewer than 4096): the `v4_exact` HASH alone.
+* IPv6: `v6_exact` HASH for /128s, `v6_prefix` LPM trie for the rest.
+
+Map sizes use power-of-two headroom so that adding entries is a map delta, not a reload.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .xdp_sources import Sources
+
+MAX_RULES = 64
+MAX_RULESETS = 0x7FFF
+DIR24_MIN_ENTRIES = 4096
+TBL24_GROUP = 32  # u16 slots per array element (64 bytes: one cache line)
+TBL24_ENTRIES = (1 << 24) // TBL24_GROUP
+TBL24_MORE = 0x8000  # slot flag: longer (> /24) entries exist in this /24
+MAX_EXPANDED = 8 << 20  # /25-/31 prefixes expand to /32s; bound the blow-up
+RULESETS_MAX = 1 << 15
+PORTS_MAX = 1 << 16
+SYN_BUCKETS_MAX = 1 << 16
+
+PROTOCOLS = {"tcp": 6, "udp": 17, "sctp": 132, "icmp": 1, "icmpv6": 58}
+PORT_PROTOCOLS = {6, 17, 132}
+
+
+@dataclass
+class Rule:
+    index: int
+    name: str
+    action: str  # "drop" (deny) | "pass" (allow)
+    path: tuple[str | int, ...]
+    where: str  # "file:line:col" of the rule
+    sources: Sources
+    protocols: set[int] | None = None  # None = any
+    ports: list[tuple[int, int]] | None = None  # None = all
+
+    @property
+    def bit(self) -> int:
+        return 1 << self.index
+
+
+@dataclass
+class MapSpec:
+    name: str
+    type: str
+    key_size: int
+    value_size: int
+    max_entries: int
+    records: bytes | None = None  # contents (sorted key||value), None = runtime state
+    percpu: bool = False
+    flags: int = 0
+
+    @property
+    def entries(self) -> int:
+        rec = self.key_size + self.value_size
+        return len(self.records) // rec if self.records else 0
+
+
+@dataclass
+class Lowered:
+    rules: list[Rule]
+    features: dict[str, Any]
+    maps: dict[str, MapSpec] = field(default_factory=dict)
+    masks: dict[str, int] = field(default_factory=dict)
+    proto_masks: dict[int, int] = field(default_factory=dict)
+    ruleset_masks: np.ndarray | None = None  # id -> mask (index 0 = empty set)
+
+
+def capacity(n: int, floor: int = 1024) -> int:
+    """Power-of-two map size with >= 25% headroom: small changes stay map-only deltas."""
+    need = max(floor, n + n // 4 + 1)
+    return 1 << (need - 1).bit_length()
+
+
+def _rec(keys: np.ndarray, values: np.ndarray) -> bytes:
+    """Rows of key bytes and value bytes -> packed records, sorted by key bytes (the
+    contents contract: two versions diff by a merge, see kernel/maps.py)."""
+    if len(keys) > 1:
+        width = (keys.shape[1] + 7) // 8 * 8
+        padded = np.zeros((len(keys), width), dtype=np.uint8)
+        padded[:, :keys.shape[1]] = keys
+        cols = padded.view(">u8")
+        if cols.shape[1] == 1:
+            k = cols[:, 0]
+            if not np.all(k[1:] > k[:-1]):
+                order = np.argsort(k, kind="stable")
+                keys, values = keys[order], values[order]
+        else:
+            order = np.lexsort([cols[:, j] for j in range(cols.shape[1] - 1, -1, -1)])
+            keys, values = keys[order], values[order]
+    return np.concatenate([keys, values], axis=1).tobytes()
+
+
+# --------------------------------------------------------------------------- IPv4
+
+
+@dataclass
+class _V4:
+    layout: str | None = None
+    tbl24_slots: np.ndarray | None = None  # uint64 masks per /24 (before id mapping)
+    exact_addr: np.ndarray | None = None  # sorted uint32
+    exact_mask: np.ndarray | None = None
+
+
+def _or_reduce_sorted(addr: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Merge duplicate addresses, OR-ing their masks (input any order)."""
+    order = np.argsort(addr, kind="stable")
+    a, m = addr[order], mask[order]
+    if len(a) == 0:
+        return a, m
+    first = np.concatenate([[True], a[1:] != a[:-1]])
+    starts = np.flatnonzero(first)
+    return a[starts], np.bitwise_or.reduceat(m, starts)
+
+
+def _lower_v4(rules: list[Rule]) -> _V4:
+    total = sum(len(r.sources.v4_addr) for r in rules)
+    if not total:
+        return _V4()
+    any_prefix = any(bool(np.any(r.sources.v4_plen < 32)) for r in rules)
+    layout = "dir24" if any_prefix or total >= DIR24_MIN_ENTRIES else "hash"
+    out = _V4(layout=layout)
+    t24 = np.zeros(1 << 24, dtype=np.uint64) if any(
+        bool(np.any(r.sources.v4_plen <= 24)) for r in rules) else None
+    long_a: list[np.ndarray] = []
+    long_m: list[np.ndarray] = []
+    expanded = 0
+    for r in rules:
+        a, p = r.sources.v4_addr, r.sources.v4_plen
+        if not len(a):
+            continue
+        bit = np.uint64(r.bit)
+        for plen in np.unique(p):
+            sel = a[p == plen]
+            plen = int(plen)
+            if plen <= 24:
+                assert t24 is not None
+                n = 1 << (24 - plen)
+                top = (sel >> np.uint32(8)).astype(np.int64)
+                if n == 1:
+                    t24[top] |= bit
+                elif len(top) * n <= (1 << 22):
+                    t24[(top[:, None] + np.arange(n)).ravel()] |= bit
+                else:
+                    for s in top:
+                        t24[s:s + n] |= bit
+            else:
+                n = 1 << (32 - plen)
+                expanded += len(sel) * n
+                if expanded > MAX_EXPANDED:
+                    raise ValueError(f"rule {r.name}: /25-/31 prefixes expand to more than "
+                                     f"{MAX_EXPANDED} addresses; use /24 or shorter prefixes")
+                ex = (sel[:, None].astype(np.uint64) + np.arange(n, dtype=np.uint64)).ravel()
+                long_a.append(ex.astype(np.uint32))
+                long_m.append(np.full(len(ex), bit, dtype=np.uint64))
+    if long_a:
+        ea, em = _or_reduce_sorted(np.concatenate(long_a), np.concatenate(long_m))
+        if t24 is not None:
+            em = em | t24[(ea >> np.uint32(8)).astype(np.int64)]
+        out.exact_addr, out.exact_mask = ea, em
+    out.tbl24_slots = t24
+    return out
+
+
+# --------------------------------------------------------------------------- IPv6
+
+
+def _lower_v6(rules: list[Rule]) -> tuple[dict[int, int], dict[tuple[int, int], int]]:
+    """(exact /128 -> mask, (plen, network) -> mask), both leaf-pushed."""
+    exact: dict[int, int] = {}
+    prefixes: dict[tuple[int, int], int] = {}
+    for r in rules:
+        for addr, plen in r.sources.v6:
+            if plen == 128:
+                exact[addr] = exact.get(addr, 0) | r.bit
+            else:
+                prefixes[(plen, addr)] = prefixes.get((plen, addr), 0) | r.bit
+    lens = sorted({p for p, _ in prefixes})
+
+    def covering(addr: int, below: int) -> int:
+        m = 0
+        for plen in lens:
+            if plen >= below:
+                break
+            net = addr & (((1 << plen) - 1) << (128 - plen)) if plen else 0
+            m |= prefixes.get((plen, net), 0)
+        return m
+
+    for key in sorted(prefixes):  # shorter first: covering sets are final when read
+        prefixes[key] |= covering(key[1], key[0])
+    for addr in exact:
+        exact[addr] |= covering(addr, 128)
+    return exact, prefixes
+
+
+# --------------------------------------------------------------------------- all
+
+
+def lower(rules: list[Rule], rate_limit: dict[str, int] | None) -> Lowered:
+    if len(rules) > MAX_RULES:
+        raise ValueError(f"{len(rules)} rules; at most {MAX_RULES} allow+deny rules per policy")
+    v4 = _lower_v4(rules)
+    v6_exact, v6_prefix = _lower_v6(rules)
+
+    # ruleset ids: every distinct (non-empty) rule mask gets one, shared by all layouts
+    parts = [np.array(list(v6_exact.values()) + list(v6_prefix.values()), dtype=np.uint64)]
+    t24_nz = None
+    if v4.tbl24_slots is not None:
+        t24_nz = np.flatnonzero(v4.tbl24_slots)
+        parts.append(v4.tbl24_slots[t24_nz])
+    if v4.exact_mask is not None:
+        parts.append(v4.exact_mask)
+    allm = np.sort(np.concatenate(parts))
+    uniq = allm[np.concatenate([[True], allm[1:] != allm[:-1]])] if len(allm) else allm
+    uniq = uniq[uniq != 0]
+    if len(uniq) > MAX_RULESETS:
+        raise ValueError(f"{len(uniq)} distinct rule combinations; at most {MAX_RULESETS}")
+
+    def ids(masks: np.ndarray) -> np.ndarray:
+        return (np.searchsorted(uniq, masks) + 1).astype(np.uint32)
+
+    features: dict[str, Any] = {
+        "v4": v4.layout, "v6_exact": bool(v6_exact), "v6_prefix": bool(v6_prefix),
+        "ports": any(r.ports is not None for r in rules),
+        "protocols": any(r.protocols is not None for r in rules),
+        "allow": any(r.action == "pass" for r in rules),
+        "deny": any(r.action == "drop" for r in rules),
+        "rate_limit": dict(rate_limit) if rate_limit else None,
+    }
+    low = Lowered(rules, features)
+    low.ruleset_masks = np.concatenate([[np.uint64(0)], uniq]).astype(np.uint64)
+    maps = low.maps
+    keys = np.arange(1, len(uniq) + 1, dtype="<u4").view(np.uint8).reshape(-1, 4)
+    maps["rulesets"] = MapSpec("rulesets", "array", 4, 8, RULESETS_MAX,
+                               _rec(keys, uniq.astype("<u8").view(np.uint8).reshape(-1, 8)))
+
+    if v4.layout == "dir24":
+        slots = np.zeros(1 << 24, dtype=np.uint16)
+        if t24_nz is not None and len(t24_nz):
+            assert v4.tbl24_slots is not None
+            slots[t24_nz] = ids(v4.tbl24_slots[t24_nz]).astype(np.uint16)
+        if v4.exact_addr is not None:
+            slots[(v4.exact_addr >> np.uint32(8)).astype(np.int64)] |= np.uint16(TBL24_MORE)
+        groups = slots.reshape(TBL24_ENTRIES, TBL24_GROUP)
+        used = np.flatnonzero(groups.any(axis=1))
+        gkeys = used.astype("<u4").view(np.uint8).reshape(-1, 4)
+        gvals = np.ascontiguousarray(groups[used]).astype("<u2").view(np.uint8).reshape(-1, 2 * TBL24_GROUP)
+        maps["v4_tbl24"] = MapSpec("v4_tbl24", "array", 4, 2 * TBL24_GROUP, TBL24_ENTRIES, _rec(gkeys, gvals))
+    if v4.exact_addr is not None:
+        ek = v4.exact_addr.astype(">u4").view(np.uint8).reshape(-1, 4)
+        ev = ids(v4.exact_mask).astype("<u4").view(np.uint8).reshape(-1, 4)  # type: ignore[arg-type]
+        maps["v4_exact"] = MapSpec("v4_exact", "hash", 4, 4, capacity(len(ek)), _rec(ek, ev))
+    elif v4.layout == "hash":  # pragma: no cover - hash layout always has exact entries
+        pass
+    if v4.layout == "hash" and "v4_exact" not in maps:
+        maps["v4_exact"] = MapSpec("v4_exact", "hash", 4, 4, capacity(0), b"")
+
+    if v6_exact:
+        addrs = sorted(v6_exact)
+        mids = ids(np.array([v6_exact[a] for a in addrs], dtype=np.uint64))
+        recs = b"".join(a.to_bytes(16, "big") + struct.pack("<I", int(i)) for a, i in zip(addrs, mids, strict=True))
+        maps["v6_exact"] = MapSpec("v6_exact", "hash", 16, 4, capacity(len(addrs)), recs)
+    if v6_prefix:
+        keys6 = sorted(v6_prefix)
+        mids = ids(np.array([v6_prefix[k] for k in keys6], dtype=np.uint64))
+        recs_l = [struct.pack("<I", p) + a.to_bytes(16, "big") + struct.pack("<I", int(i))
+                  for (p, a), i in zip(keys6, mids, strict=True)]
+        recs_l.sort(key=lambda r: r[:20])
+        maps["v6_prefix"] = MapSpec("v6_prefix", "lpm_trie", 20, 4, capacity(len(keys6)), b"".join(recs_l),
+                                    flags=1)  # BPF_F_NO_PREALLOC (required by LPM tries)
+
+    if features["ports"]:
+        pm = np.zeros(PORTS_MAX, dtype=np.uint64)
+        for r in rules:
+            for lo, hi in r.ports or ():
+                pm[lo:hi + 1] |= np.uint64(r.bit)
+        nz = np.flatnonzero(pm)
+        maps["port_rules"] = MapSpec(
+            "port_rules", "array", 4, 8, PORTS_MAX,
+            _rec(nz.astype("<u4").view(np.uint8).reshape(-1, 4), pm[nz].astype("<u8").view(np.uint8).reshape(-1, 8)))
+
+    maps["rule_stats"] = MapSpec("rule_stats", "percpu_array", 4, 16, len(rules) + 1, None, percpu=True)
+    if rate_limit:
+        maps["syn_buckets"] = MapSpec("syn_buckets", "lru_hash", 16, 16, SYN_BUCKETS_MAX, None)
+
+    allow = sum(r.bit for r in rules if r.action == "pass")
+    deny = sum(r.bit for r in rules if r.action == "drop")
+    portless = sum(r.bit for r in rules if r.ports is None)
+    low.masks = {"allow": allow, "deny": deny, "portless": portless, "all": allow | deny}
+    any_proto = sum(r.bit for r in rules if r.protocols is None)
+    protos = sorted({p for r in rules for p in (r.protocols or ())})
+    low.proto_masks = {p: any_proto | sum(r.bit for r in rules if r.protocols and p in r.protocols)
+                       for p in protos}
+    low.masks["any_proto"] = any_proto
+    return low
+
+
+# --------------------------------------------------------------------------- reference
+
+
+def classify(low: Lowered, src: str, proto: int, dport: int | None) -> tuple[str, int | None]:
+    """What the generated program should do with a first-fragment packet from `src`
+    (ignoring the SYN rate limit): ("pass"|"drop", matching rule index or None).
+    The Python reference used by kernel-test vectors and tests."""
+    fam6 = ":" in src
+    addr = int.from_bytes(socket.inet_pton(socket.AF_INET6 if fam6 else socket.AF_INET, src), "big")
+    mask = 0
+    for r in low.rules:
+        if fam6:
+            hit = any(((addr ^ a) >> (128 - p) if p else 0) == 0 for a, p in r.sources.v6)
+        else:
+            a4, p4 = r.sources.v4_addr.astype(np.uint64), r.sources.v4_plen.astype(np.uint64)
+            shift = np.uint64(32) - p4
+            hit = bool(np.any(((np.uint64(addr) ^ a4) >> shift) == 0)) if len(a4) else False
+            if len(a4) and bool(np.any(p4 == 0)):
+                hit = True
+        if not hit:
+            continue
+        if r.protocols is not None and proto not in r.protocols:
+            continue
+        if r.ports is not None and (dport is None or proto not in PORT_PROTOCOLS
+                                    or not any(lo <= dport <= hi for lo, hi in r.ports)):
+            continue
+        mask |= r.bit
+    for action in ("pass", "drop"):
+        for r in low.rules:
+            if r.action == action and mask & r.bit:
+                return action, r.index
+    return "pass", None
