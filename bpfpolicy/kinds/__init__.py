@@ -19,3 +19,4 @@ __all__ = [
 from . import seccomp_profile  # noqa: F401
 from . import network_policy  # noqa: F401
 from . import tracing_policy  # noqa: F401
+from . import xdp_blocklist  # noqa: F401
