@@ -1,7 +1,7 @@
 """The host inventory: which endpoints exist on this host and how to enforce on them.
 
-An inventory is a list of entries (the controller's config `inventory:` key, or a YAML/JSON
-file given to `compile --inventory FILE`):
+An inventory is a list of entries (the controller's host config `endpoints:` key, or a
+YAML/JSON file given to `compile --inventory FILE`: a list, or a config with `endpoints:`):
 
     - name: web                      # DNS-1123 label; names the endpoint's artifact
       labels: {app: web}             # what endpointSelector/fromEndpoints match
@@ -132,11 +132,12 @@ def parse_inventory(entries: Any, where: str = "inventory") -> list[Endpoint]:
 
 
 def load_inventory(path: str) -> list[Endpoint]:
-    """An inventory file: a list, or a mapping with an `inventory:` key (the controller config)."""
+    """An inventory file: a list of endpoints, or the controller's host config (its
+    `endpoints:` list; `inventory:` is accepted as a synonym)."""
     docs = load_file(path)
     data = docs[0].data
     if isinstance(data, dict):
-        data = data.get("inventory")
+        data = data.get("endpoints", data.get("inventory"))
     return parse_inventory(data, where=path)
 
 
