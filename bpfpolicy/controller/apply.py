@@ -33,7 +33,7 @@ from .config import HostConfig
 from .desired import DesiredPolicy
 from .events import now_iso
 from .observe import STAGING, attached_prog_ids, policy_dir
-from .plan import Plan, PolicyPlan, read_map
+from .plan import Plan, PolicyPlan, applied_copy, current_contents
 from .state import Store
 
 CRASH_STAGES = ("loaded", "filled", "staged", "swapped", "committed", "map-delta")
@@ -149,7 +149,7 @@ def _apply_policy(cfg: HostConfig, pp: PolicyPlan, types: list[str], store: Stor
         assert old is not None
         entry = dict(old)
         if "update-map" in types:
-            entry = update_maps(d, entry)
+            entry = update_maps(d, entry, cfg.state_dir)
         if "reattach" in types:
             entry = reattach(cfg, d, entry)
         entry.update(digest=d.digest, manifest=d.manifest, revision=revision or entry.get("revision"),
@@ -190,6 +190,8 @@ def load_and_swap(cfg: HostConfig, d: DesiredPolicy, old: dict[str, Any] | None,
                                    spec["key_size"], spec["value_size"], bool(spec.get("percpu")))
             if not os.path.exists(pdir / f"map_{spec['name']}") or spec.get("contents") or not _reused(bm, pdir, spec):
                 bpf.obj_pin(bm.fd, str(stage / f"map_{spec['name']}"))
+            if spec.get("contents"):
+                save_applied_copy(cfg.state_dir, d.key, spec["name"], Path(d.dir, spec["contents"]).read_bytes())
             entry["maps"][spec["name"]] = {"pin": str(pdir / f"map_{spec['name']}"),
                                            "id": bpf.map_info(bm.fd)["id"],
                                            "contents_sha256": _sha(d, spec)}
@@ -421,7 +423,7 @@ def _last_line(log: str) -> str:
 # --------------------------------------------------------------------------- deltas
 
 
-def update_maps(d: DesiredPolicy, entry: dict[str, Any]) -> dict[str, Any]:
+def update_maps(d: DesiredPolicy, entry: dict[str, Any], state_dir: Path) -> dict[str, Any]:
     """Apply content deltas in place (batch update/delete); the program is untouched."""
     from ..kernel import bpf, maps
 
@@ -431,7 +433,7 @@ def update_maps(d: DesiredPolicy, entry: dict[str, Any]) -> dict[str, Any]:
             continue
         info = entry["maps"][spec["name"]]
         new = Path(d.dir, spec["contents"]).read_bytes()
-        current = read_map(info["pin"], spec)
+        current = current_contents(spec, entry, state_dir, deep=True)
         fd = bpf.obj_get(info["pin"])
         try:
             if os.environ.get("BPFPOLICY_CRASH_AT") == "map-delta":  # half the delta, then die
@@ -443,7 +445,17 @@ def update_maps(d: DesiredPolicy, entry: dict[str, Any]) -> dict[str, Any]:
         finally:
             os.close(fd)
         info["contents_sha256"] = hashlib.sha256(new).hexdigest()
+        save_applied_copy(state_dir, d.key, spec["name"], new)
     return entry
+
+
+def save_applied_copy(state_dir: Path, key: str, map_name: str, data: bytes) -> None:
+    """Keep what we wrote as the next delta's base (temp + rename; trusted by hash)."""
+    dest = applied_copy(state_dir, key, map_name)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, dest)
 
 
 def reattach(cfg: HostConfig, d: DesiredPolicy, entry: dict[str, Any]) -> dict[str, Any]:
@@ -520,6 +532,7 @@ def prune(cfg: HostConfig, key: str, entry: dict[str, Any] | None, store: Store)
         _rmtree_pins(policy_dir(cfg, kind, name))
         with contextlib.suppress(OSError):
             (cfg.bpffs_root / kind).rmdir()
+    shutil.rmtree(cfg.state_dir / "applied" / kind / name, ignore_errors=True)
     store.record_policy(key, None)
 
 

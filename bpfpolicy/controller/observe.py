@@ -53,7 +53,9 @@ def policy_dir(cfg: HostConfig, kind: str, name: str) -> Path:
     return cfg.bpffs_root / kind / name
 
 
-def observe(cfg: HostConfig, store: Store | None = None) -> Observed:
+def observe(cfg: HostConfig, store: Store | None = None, *, deep: bool = True) -> Observed:
+    """Deep: ask the kernel about every pin and attachment. Shallow (file-triggered
+    cycles): trust the inventory for ids and attachments, only list the pin dirs."""
     store = store or Store(cfg.state_dir)
     inv = store.inventory()
     obs = Observed()
@@ -67,8 +69,20 @@ def observe(cfg: HostConfig, store: Store | None = None) -> Observed:
                 continue
             keys |= {f"{kind_dir.name}/{d.name}" for d in kind_dir.iterdir() if d.is_dir()}
     for key in sorted(keys):
-        obs.policies[key] = observe_policy(cfg, key, inv.get(key))
+        if deep or inv.get(key) is None:
+            obs.policies[key] = observe_policy(cfg, key, inv.get(key))
+        else:
+            obs.policies[key] = trusted_policy(cfg, key, inv[key])
     return obs
+
+
+def trusted_policy(cfg: HostConfig, key: str, entry: dict[str, Any]) -> ObservedPolicy:
+    """The inventory's view, without kernel queries (the next deep cycle verifies it)."""
+    kind, name = key.split("/", 1)
+    op = ObservedPolicy(key, entry, policy_dir(cfg, kind, name) if entry.get("bpf", True) else None)
+    op.prog_ids = {p: info.get("id") for p, info in entry.get("programs", {}).items()}
+    op.attached = {int(a["index"]): [a.get("prog_id")] for a in entry.get("attachments", [])}
+    return op
 
 
 def observe_policy(cfg: HostConfig, key: str, entry: dict[str, Any] | None) -> ObservedPolicy:

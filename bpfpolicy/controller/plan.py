@@ -70,7 +70,9 @@ class Plan:
 
 
 def make_plan(cfg: HostConfig, desired: DesiredState, observed: Observed, *,
-              allow_empty: bool = False) -> Plan:
+              allow_empty: bool = False, deep: bool = True) -> Plan:
+    """`deep` reads every content map back from the kernel (drift detection); shallow
+    plans trust the applied copies for unchanged policies (fast file-triggered cycles)."""
     plan = Plan()
     for key in sorted(set(desired.policies) | set(observed.policies)):
         d, o = desired.policies.get(key), observed.policies.get(key)
@@ -79,7 +81,7 @@ def make_plan(cfg: HostConfig, desired: DesiredState, observed: Observed, *,
             assert o is not None
             pp.actions.append(Action("prune", "not in the desired state"))
         else:
-            pp.actions = _policy_actions(d, o)
+            pp.actions = _policy_actions(d, o, cfg.state_dir, deep)
         plan.policies.append(pp)
     prunes = [p for p in plan.policies if any(a.type == "prune" for a in p.actions)]
     if prunes and not desired.policies and not allow_empty:
@@ -88,7 +90,7 @@ def make_plan(cfg: HostConfig, desired: DesiredState, observed: Observed, *,
     return plan
 
 
-def _policy_actions(d: DesiredPolicy, o: ObservedPolicy | None) -> list[Action]:
+def _policy_actions(d: DesiredPolicy, o: ObservedPolicy | None, state_dir: Path, deep: bool) -> list[Action]:
     if o is None or (o.entry is None and o.pin_dir is None):
         return [Action("create", f"new {'program' if d.is_bpf else 'artifact'} digest {d.digest[:12]}")]
     e = o.entry
@@ -104,7 +106,7 @@ def _policy_actions(d: DesiredPolicy, o: ObservedPolicy | None) -> list[Action]:
     if why:
         return [Action("replace", why[0], drift=why[1])]
     actions: list[Action] = []
-    deltas = {m: delta for m, delta in map_deltas(d, e).items() if delta != (0, 0)}
+    deltas = {m: delta for m, delta in map_deltas(d, e, state_dir, deep).items() if delta != (0, 0)}
     if deltas:
         drift = e.get("digest") == d.digest
         detail = ", ".join(f"{m} +{a}/−{r}" for m, (a, r) in deltas.items())
@@ -149,43 +151,93 @@ def _att_keys(m: dict[str, Any]) -> list[str]:
     return [json.dumps(a, sort_keys=True) for a in m.get("attachments", [])]
 
 
-def map_deltas(d: DesiredPolicy, e: dict[str, Any]) -> dict[str, tuple[int, int]]:
-    """(+N, −M) per content map: desired .bin vs what the pinned kernel map holds."""
+def applied_copy(state_dir: Path, key: str, map_name: str) -> Path:
+    """Where apply keeps a copy of the contents it last wrote into a map (the diff base
+    for cheap deltas; trusted only when its sha256 matches the inventory)."""
+    return state_dir / "applied" / key / f"{map_name}.bin"
+
+
+def current_contents(spec: dict[str, Any], e: dict[str, Any], state_dir: Path | None,
+                     deep: bool) -> bytes | None:
+    """What the map holds. Shallow: the applied copy (when it matches the inventory's
+    hash), else the kernel. Deep: the kernel (drift check), else the applied copy."""
+    info = e.get("maps", {}).get(spec["name"], {})
+    copy = None
+    if state_dir is not None and info.get("contents_sha256"):
+        import hashlib
+
+        try:
+            data = applied_copy(state_dir, f"{e['kind']}/{e['name']}", spec["name"]).read_bytes()
+            if hashlib.sha256(data).hexdigest() == info["contents_sha256"]:
+                copy = data
+        except OSError:
+            pass
+    if copy is not None and not deep:
+        return copy
+    kernel = read_map(info["pin"], spec) if info.get("pin") else None
+    return kernel if kernel is not None else copy
+
+
+def map_deltas(d: DesiredPolicy, e: dict[str, Any], state_dir: Path | None = None,
+               deep: bool = True) -> dict[str, tuple[int, int]]:
+    """(+N, −M) per content map: desired .bin vs what the map holds (see current_contents).
+    Shallow and unchanged (same digest) → nothing to read at all."""
     out = {}
     for spec in d.manifest.get("maps", []):
         if not spec.get("contents"):
             continue
-        pin = e.get("maps", {}).get(spec["name"], {}).get("pin")
-        current = read_map(pin, spec) if pin else None
         new = Path(d.dir, spec["contents"]).read_bytes()
+        if not deep and e.get("digest") == d.digest:
+            continue
+        current = current_contents(spec, e, state_dir, deep)
+        rec = spec["key_size"] + spec["value_size"]
         if current is None:
-            out[spec["name"]] = (len(new) // (spec["key_size"] + spec["value_size"]), 0)
+            out[spec["name"]] = (len(new) // rec, 0)
             continue
         out[spec["name"]] = diff_counts(current, new, spec)
     return out
 
 
+ARRAYS = ("array", "percpu_array")
+
+
 def read_map(pin: str, spec: dict[str, Any]) -> bytes | None:
-    """The pinned map's records (sorted), ignoring all-zero slots of array maps."""
+    """The pinned map's records, sorted by key; array maps without their all-zero slots.
+    Maps without batch lookup (lpm_trie) are walked key by key (GET_NEXT_KEY)."""
     from ..kernel import bpf, maps
 
     try:
         fd = bpf.obj_get(pin)
     except OSError:
         return None
+    ks, vs, percpu = spec["key_size"], spec["value_size"], bool(spec.get("percpu"))
     try:
-        recs = maps.read_records(fd, spec["key_size"], spec["value_size"], bool(spec.get("percpu")))
+        try:
+            recs = maps.read_records(fd, ks, vs, percpu)
+        except OSError:
+            stride = bpf.value_stride(vs, percpu)
+            out = []
+            for k in bpf.map_keys(fd, ks):
+                v = bpf.map_lookup(fd, k, stride)
+                if v is not None:
+                    out.append(k + v[:vs])
+            recs = b"".join(sorted(out))
     except OSError:
         return None
     finally:
         os.close(fd)
-    if spec.get("type") in ("array", "percpu_array") and recs:
-        import numpy as np
+    return _drop_zero_slots(recs, spec)
 
-        rec = spec["key_size"] + spec["value_size"]
-        r = np.frombuffer(recs, dtype=np.uint8).reshape(-1, rec)
-        recs = r[r[:, spec["key_size"]:].any(axis=1)].tobytes()
-    return recs
+
+def _drop_zero_slots(recs: bytes, spec: dict[str, Any]) -> bytes:
+    """Array maps always hold every index: an all-zero value means "no entry"."""
+    if spec.get("type") not in ARRAYS or not recs:
+        return recs
+    import numpy as np
+
+    rec = spec["key_size"] + spec["value_size"]
+    r = np.frombuffer(recs, dtype=np.uint8).reshape(-1, rec)
+    return r[r[:, spec["key_size"]:].any(axis=1)].tobytes()
 
 
 def diff_counts(current: bytes, new: bytes, spec: dict[str, Any]) -> tuple[int, int]:
@@ -193,6 +245,9 @@ def diff_counts(current: bytes, new: bytes, spec: dict[str, Any]) -> tuple[int, 
         return (0, 0)
     from ..kernel import maps
 
+    current, new = _drop_zero_slots(current, spec), _drop_zero_slots(new, spec)
+    if current == new:
+        return (0, 0)
     upsert, removed = maps.diff_records(current, new, spec["key_size"], spec["value_size"])
     rec = spec["key_size"] + spec["value_size"]
     return (len(upsert) // rec, len(removed) // spec["key_size"])

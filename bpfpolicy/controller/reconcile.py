@@ -10,6 +10,7 @@ log included) while the others converge.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,7 @@ class Reconciler:
         self.store = Store(cfg.state_dir)
         self._memo: tuple[str, DesiredState] | None = None
         self._started = False
+        self._last_status: dict[str, Any] | None = None
 
     def desired(self, snap: Snapshot) -> DesiredState:
         """Compile unless the source fingerprint is unchanged since the last cycle."""
@@ -75,7 +77,9 @@ class Reconciler:
             events.emit(self.cfg.events_path, "GarbageCollected", f"removed leftover {what}")
         gc_installed(self.cfg)
 
-    def cycle(self, *, dry_run: bool = False, heal: bool | None = None) -> CycleResult:
+    def cycle(self, *, dry_run: bool = False, heal: bool | None = None, deep: bool = True) -> CycleResult:
+        """One reconcile. `deep=False` (file-triggered) trusts the inventory for unchanged
+        policies; deep cycles (startup, interval, `apply`) check the kernel for drift."""
         t0 = time.perf_counter()
         res = CycleResult()
         with self.store.lock():
@@ -97,7 +101,8 @@ class Reconciler:
                 if not dry_run:
                     self._source_status(snap.revision, "Stalled", "BuildFailed", res.error)
                 return self._done(res, t0)
-            res.plan = make_plan(self.cfg, desired, observe(self.cfg, self.store), allow_empty=self.allow_empty)
+            res.plan = make_plan(self.cfg, desired, observe(self.cfg, self.store, deep=deep),
+                                 allow_empty=self.allow_empty, deep=deep)
             if dry_run:
                 return self._done(res, t0)
             if res.plan.refused:
@@ -128,6 +133,10 @@ class Reconciler:
     def _record(self, res: CycleResult, revision: str, desired: DesiredState) -> None:
         assert res.applied is not None and res.plan is not None
         status = self.store.status()
+        if self._last_status is None:
+            self._last_status = json.loads(json.dumps(status))
+        status["source"].pop("last_reconcile", None)
+        self._last_status["source"].pop("last_reconcile", None)
         pols = status["policies"]
         failed = {o.key: o for o in res.applied.outcomes if not o.ok}
         done = {o.key: o for o in res.applied.outcomes if o.ok}
@@ -165,7 +174,8 @@ class Reconciler:
                 if pp.key in done and any(a.drift for a in pp.actions):
                     st["last_drift"] = {"time": events.now_iso(),
                                         "detail": "; ".join(a.detail for a in pp.actions if a.drift)}
-            st["updated"] = events.now_iso()
+            if pp.key in done or pp.key in failed or "updated" not in st:
+                st["updated"] = events.now_iso()
         src = status["source"]
         src["last_attempted_revision"] = revision
         if res.applied.ok:
@@ -175,8 +185,10 @@ class Reconciler:
         else:
             src.update(condition="Stalled", reason="ApplyFailed",
                        message=f"{len(failed)} policies failed: {', '.join(failed)}")
-        src["last_reconcile"] = events.now_iso()
-        self.store.save_status(status)
+        if status != self._last_status or res.applied.outcomes:
+            self._last_status = json.loads(json.dumps(status))
+            src["last_reconcile"] = events.now_iso()
+            self.store.save_status(status)
 
     def _source_status(self, revision: str | None, condition: str, reason: str, message: str) -> None:
         status = self.store.status()

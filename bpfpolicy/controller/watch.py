@@ -140,7 +140,9 @@ class Watcher:
 
     def run_cycle(self, reasons: set[str]) -> CycleResult:
         self.cycles += 1
-        res = self.reconciler.cycle()
+        # file events alone: a shallow cycle (trust the inventory, diff against the
+        # applied copies); startup, interval, git poll and SIGHUP: a deep drift check
+        res = self.reconciler.cycle(deep=not reasons <= {"file"})
         self.log(_summary(res, reasons))
         return res
 
