@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from helpers import corpus_profile
+from seccomp_testlib import corpus_profile
 
 from bpfpolicy.seccomp import tables
 from bpfpolicy.seccomp.resolve import ResolveError, Target, resolve
@@ -24,7 +24,7 @@ def test_tables_are_generated_and_cover_linux_6_18() -> None:
 def test_table_parser_reads_unistd_defines() -> None:
     import importlib.util
 
-    from helpers import ROOT
+    from seccomp_testlib import ROOT
 
     spec = importlib.util.spec_from_file_location("gen", ROOT / "scripts" / "gen_syscall_tables.py")
     gen = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from helpers import (
+from seccomp_testlib import (
     AUDIT_AARCH64,
     AUDIT_I386,
     AUDIT_X86_64,

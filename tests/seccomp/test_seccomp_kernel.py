@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import AUDIT_X86_64, ROOT, corpus_profile, vectors_for
+from seccomp_testlib import AUDIT_X86_64, ROOT, corpus_profile, vectors_for
 
 from bpfpolicy.seccomp import bpf, emulator, render
 from bpfpolicy.seccomp.api import compile_profile

@@ -23,7 +23,14 @@ separately below so the exclusion cannot hide anything else):
 from __future__ import annotations
 
 import pytest
-from helpers import AUDIT_AARCH64, AUDIT_I386, AUDIT_X86_64, U32, corpus_profile, vectors_for
+from seccomp_testlib import (
+    AUDIT_AARCH64,
+    AUDIT_I386,
+    AUDIT_X86_64,
+    U32,
+    corpus_profile,
+    vectors_for,
+)
 
 from bpfpolicy.seccomp import bpf, emulator, libseccomp_ref
 from bpfpolicy.seccomp.api import compile_profile
