@@ -6,7 +6,7 @@ X86 + X32, Docker's default capabilities, kernel 6.18); libseccomp via python3-s
 at optimize level 2 (Attr.CTL_OPTIMIZE, the binary tree runc uses above 32 rules).
 
 Static metrics run both filters in bpfpolicy's emulator (checked against the kernel in
-tests/seccomp/test_kernel.py): total instructions, executed instructions per allowed
+tests/seccomp/test_seccomp_kernel.py): total instructions, executed instructions per allowed
 x86_64 syscall (mean / worst, zero arguments), the worst over every number and
 argument vector of every ABI, and the syscalls the kernel's action cache would prove
 constant. Timing comes from a small C helper (bench/seccomp_helper.c, built here with

@@ -2,7 +2,7 @@
 profile the way runc builds it) must give the same verdict for every syscall number
 of every ABI in the filter, out-of-range and x32 numbers, foreign arches, and argument
 vectors around every comparison boundary. Both filters run in our emulator, which
-test_kernel.py checks against the real kernel.
+test_seccomp_kernel.py checks against the real kernel.
 
 Documented exclusions (each is a place where libseccomp 2.5.4 is wrong, asserted
 separately below so the exclusion cannot hide anything else):

@@ -29,7 +29,7 @@ X64 = TABLES["x86_64"]
 RUNTIME = ["read", "write", "close", "mmap", "munmap", "brk", "mprotect", "futex", "rt_sigaction",
            "rt_sigprocmask", "exit", "exit_group", "madvise", "sigaltstack", "fstat", "newfstatat",
            "getrandom", "clock_gettime", "ioctl", "gettid", "getpid"]
-# Linux 6.13+ passes uretprobe (and 6.17+ uprobe) through seccomp without running the
+# Recent kernels (6.13+) pass uretprobe and uprobe through seccomp without running the
 # filter ("seccomp: passthrough uretprobe systemcall without filtering"); called from
 # outside a probe trampoline they raise SIGILL. No filter can decide them.
 UNFILTERED = {"uretprobe", "uprobe"}
