@@ -93,7 +93,7 @@ _SNAKE = {"bpffs_root": "bpffsRoot", "state_dir": "stateDir", "self_heal": "self
 def load_config(path: str | Path | None = None, *, env: dict[str, str] | None = None) -> HostConfig:
     """Read, validate and apply env overrides. Raises PolicyError with every problem."""
     env = dict(os.environ) if env is None else env
-    explicit = path is not None or "BPFPOLICY_CONFIG" in env
+    explicit = path is not None or bool(env.get("BPFPOLICY_CONFIG"))
     cfg_path = Path(path or env.get("BPFPOLICY_CONFIG") or DEFAULT_CONFIG)
     cfg = HostConfig()
     if cfg_path.exists():
@@ -119,7 +119,7 @@ def parse_config(cfg_path: Path) -> HostConfig:
     errors: list[Diagnostic] = []
     cfg = _from_data(doc, errors)
     if errors:
-        raise PolicyError(errors)
+        raise PolicyError(sorted(errors))
     cfg.file = str(cfg_path)
     return cfg
 
