@@ -10,7 +10,7 @@ KT_PATHS     ?= policies
 KT_OUT       ?= out/kernel-test
 KT_ARGS      ?=
 
-.PHONY: kernel-matrix kernel-smoke kernel-fetch
+.PHONY: kernel-matrix kernel-smoke kernel-fetch kernel-bundle
 
 ## kernel-matrix: Debian 5.10, 6.1, 6.12, 7.x under QEMU + the host kernel, on the
 ## fixture programs (tests/kernel/test_matrix.py) and on $(KT_PATHS).
@@ -29,3 +29,12 @@ kernel-smoke:
 ## kernel-fetch: download (or refresh) the four Debian kernels into the cache.
 kernel-fetch:
 	$(KT_VENV)/bin/python -c 'from bpfpolicy.matrix.kernels import KERNELS, fetch; [print(k.spec.name, k.release) for k in map(fetch, KERNELS.values())]'
+
+## kernel-bundle: runner + fixture and $(KT_PATHS) artifacts per Debian kernel in
+## out/kernel-bundle, for the Vagrant VMs (the Vagrantfile runs this before `up`/`provision`).
+KT_BUNDLE ?= out/kernel-bundle
+kernel-bundle:
+	bash scripts/setup.sh
+	rm -rf $(KT_BUNDLE) out/kernel-fixtures
+	$(KT_VENV)/bin/python tests/kernel/fixtures/kt_fixtures.py out/kernel-fixtures --without broken_xdp
+	$(KT_BPFPOLICY) kernel-test --bundle $(KT_BUNDLE) --kernels 5.10,6.1,6.12,7 out/kernel-fixtures/artifacts $(KT_PATHS)

@@ -57,11 +57,15 @@ def _split_paths(paths: tuple[str, ...]) -> tuple[list[ArtifactDir], list[str], 
 @click.option("--caps", help="Capabilities for seccomp includes/excludes when compiling policy paths.")
 @click.option("--revision", help="Revision stamped into artifacts compiled from policy paths.")
 @click.option("--lenient", is_flag=True, help="Compile policy paths with --lenient.")
+@click.option("--bundle", "bundle_dir", type=click.Path(file_okay=False),
+              help="Boot nothing: write runner + artifacts per kernel to DIR, to run with DIR/run.sh "
+                   "on other machines (the Vagrant VMs).")
 def command(paths: tuple[str, ...], kernel_names: list[str], fmt: str, out_dir: str, jobs: int | None,
-            timeout: float, caps: str | None, revision: str | None, lenient: bool) -> None:
+            timeout: float, caps: str | None, revision: str | None, lenient: bool,
+            bundle_dir: str | None) -> None:
     """Boot real kernels in QEMU (and use the host kernel) to load, attach and exercise artifacts."""
     from ..matrix import kernels as kernel_mod
-    from ..matrix import render, run_matrix
+    from ..matrix import render, run_matrix, write_bundle
     from ..matrix.guest import GuestError
 
     out = Path(out_dir)
@@ -69,16 +73,19 @@ def command(paths: tuple[str, ...], kernel_names: list[str], fmt: str, out_dir: 
     for d in empty:
         click.echo(f"kernel-test: {d}: artifact has no kernel-test.txt and no BPF object; nothing to run", err=True)
     compiled: dict[tuple[int, int] | None, list[ArtifactDir]] = {}
+    versions: dict[str, tuple[int, int]] = {}
+    for name in kernel_names:
+        if name == "host":
+            continue
+        hit = kernel_mod.cached(kernel_mod.KERNELS[name])
+        if hit is None and policies and not bundle_dir:
+            try:  # the exact target version matters when compiling; run_matrix fetches anyway
+                hit = kernel_mod.fetch(kernel_mod.KERNELS[name])
+            except kernel_mod.FetchError:
+                hit = None  # run_matrix reports the fetch failure
+        versions[name] = hit.version if hit else _nominal(name)
     if policies:
-        targets: list[tuple[int, int] | None] = []
-        for name in kernel_names:
-            version = None
-            if name != "host":
-                try:
-                    version = kernel_mod.fetch(kernel_mod.KERNELS[name]).version
-                except kernel_mod.FetchError:
-                    version = _nominal(name)  # run_matrix reports the fetch failure
-            targets.append(version)
+        targets = [versions.get(name) for name in kernel_names]
         for version in dict.fromkeys(targets):
             compiled[version] = _compile(policies, version, out, caps, revision, lenient)
     if not static and not any(compiled.values()):
@@ -87,6 +94,15 @@ def command(paths: tuple[str, ...], kernel_names: list[str], fmt: str, out_dir: 
     def source(version: tuple[int, int] | None) -> list[ArtifactDir]:
         return static + compiled.get(version, [])
 
+    if bundle_dir:
+        members = [k for k in kernel_names if k != "host"]
+        try:
+            dest = write_bundle(Path(bundle_dir), members, source, versions)
+        except GuestError as e:
+            click.echo(f"kernel-test: {e}", err=True)
+            sys.exit(1)
+        click.echo(f"kernel-test: bundle for {', '.join(members)} in {dest}; run `sudo {dest}/run.sh` on the target")
+        return
     try:
         report = run_matrix(kernel_names, source, out, jobs=jobs, timeout=timeout)
     except GuestError as e:

@@ -173,3 +173,26 @@ def render(report: MatrixReport, console: object | None = None) -> None:
     verdict = "[green]all kernels ok[/]" if report.ok else f"[red]{len(report.failures)} failure(s)[/]"
     con.print(f"{verdict} — wall {report.wall_seconds:.1f} s (fetch {report.fetch_seconds:.1f} s); "
               f"logs in {report.out_dir}")
+
+
+def write_bundle(dest: Path, members: list[str], source: ArtifactSource,
+                 versions: dict[str, tuple[int, int]]) -> Path:
+    """A self-contained directory to run the matrix on machines we do not boot ourselves
+    (the Vagrant VMs, real hardware): the static runner, run.sh, and per member
+    `<member>/<NNN>/` artifact directories. `run.sh` picks the member by `uname -r`."""
+    import shutil
+
+    from ..paths import ROOT
+
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(guest.build_runner(), dest / "kt-runner")
+    shutil.copy2(ROOT / "kernel-tests" / "run-bundle.sh", dest / "run.sh")
+    for member in members:
+        target = dest / member
+        shutil.rmtree(target, ignore_errors=True)
+        for i, art in enumerate(source(versions.get(member))):
+            adir = target / f"{i:03d}"
+            shutil.copytree(art.path, adir)
+            (adir / "kernel-test.txt").write_text(art.script)
+            (adir / ".kt-name").write_text(art.name + "\n")
+    return dest

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,61 +22,22 @@ from bpfpolicy.matrix import discover, run_matrix
 from bpfpolicy.matrix.guest import GuestError, build_runner
 from bpfpolicy.matrix.results import parse_console
 
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+import kt_fixtures as fixture_build  # noqa: E402  (tests/kernel/fixtures/kt_fixtures.py)
+
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE_KERNEL = "6.12"
 # The CI smoke boots 6.12 only; `make kernel-matrix` sets this to all four Debian kernels.
 GUESTS = [k for k in os.environ.get("BPFPOLICY_KERNEL_TEST_KERNELS", SMOKE_KERNEL).split(",") if k]
 
-# classic BPF for seccomp, written by hand: x86_64 only; getppid -> EPERM,
-# reboot -> KILL_PROCESS, everything else allowed.
-BPF_LD_W_ABS, BPF_JEQ_K, BPF_RET_K = 0x20, 0x15, 0x06
-AUDIT_ARCH_X86_64 = 0xC000003E
-SECCOMP_RET_KILL_PROCESS, SECCOMP_RET_ERRNO, SECCOMP_RET_ALLOW = 0x80000000, 0x00050000, 0x7FFF0000
-
-
-def seccomp_filter() -> bytes:
-    insns = [
-        (BPF_LD_W_ABS, 0, 0, 4),  # A = seccomp_data.arch
-        (BPF_JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
-        (BPF_RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS),
-        (BPF_LD_W_ABS, 0, 0, 0),  # A = seccomp_data.nr
-        (BPF_JEQ_K, 0, 1, 110),  # getppid
-        (BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | 1),
-        (BPF_JEQ_K, 0, 1, 169),  # reboot
-        (BPF_RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS),
-        (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
-    ]
-    return b"".join(struct.pack("<HBBI", *i) for i in insns)
-
-
-def _clang(src: Path, out: Path, include: Path) -> None:
-    subprocess.run(["clang", "-O2", "-g", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu",
-                    f"-I{include}", "-c", str(src), "-o", str(out)], check=True, capture_output=True)
 
 
 def build_fixtures(dest: Path) -> Path:
-    """Artifact directories (manifest.json + kernel-test.txt + object/filter) in dest."""
-    if shutil.which("clang") is None or shutil.which("bpftool") is None:
-        pytest.skip("clang and bpftool are needed to build the fixture programs")
-    if not Path("/sys/kernel/btf/vmlinux").exists():
-        pytest.skip("no /sys/kernel/btf/vmlinux to generate vmlinux.h from")
-    inc = dest / "include"
-    inc.mkdir(parents=True)
-    with (inc / "vmlinux.h").open("w") as f:
-        subprocess.run(["bpftool", "btf", "dump", "file", "/sys/kernel/btf/vmlinux", "format", "c"],
-                       check=True, stdout=f)
-    arts = dest / "artifacts"
-    for name in ("xdp_udp9", "broken_xdp", "lsm_file_open", "seccomp_getppid", "attach_kinds"):
-        d = arts / "Fixture" / name
-        d.mkdir(parents=True)
-        shutil.copy(FIXTURES / name / "kernel-test.txt", d)
-        (d / "manifest.json").write_text(json.dumps({"kind": "Fixture", "name": name}))
-        src = FIXTURES / name / f"{name}.bpf.c"
-        if src.exists():
-            _clang(src, d / f"{name}.bpf.o", inc)
-    (arts / "Fixture" / "seccomp_getppid" / "filter.bin").write_bytes(seccomp_filter())
-    return arts
+    try:
+        return fixture_build.build(dest)
+    except fixture_build.FixtureError as e:
+        pytest.skip(str(e))
 
 
 @pytest.fixture(scope="module")
