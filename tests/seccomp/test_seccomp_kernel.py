@@ -131,6 +131,29 @@ def test_kill_actions_and_x32_bypass_in_the_kernel() -> None:
     assert sig is None and results[0][0] == os.getpid()
 
 
+def test_filter_flags_are_accepted_by_the_kernel() -> None:
+    from bpfpolicy.kernel import seccomp as ks
+
+    prof = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        {"names": ["getuid"], "action": "SCMP_ACT_ERRNO", "errnoRet": 42}]}
+    raw = compile_profile(prof, Target.make("x86_64", None, (6, 18))).filter_bytes
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ks.install(raw, ["TSYNC", "SECCOMP_FILTER_FLAG_LOG", "SPEC_ALLOW"])
+            os.write(w, json.dumps(ks.syscall(X64["getuid"])).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    out = os.read(r, 1024)
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert json.loads(out) == [-1, 42]
+    with pytest.raises(ValueError):
+        ks.flag_bits(["NOPE"])
+
+
 def test_docker_default_profile_in_a_real_process() -> None:
     cp = compile_profile(corpus_profile("moby-profiles-default.json"), Target.make("x86_64", None, (6, 18)))
     calls = [(X64["getppid"], ()), (X64["kexec_load"], ()), (X64["clone3"], ()),

@@ -99,3 +99,12 @@ def test_bad_min_kernel_is_an_error(bad: str) -> None:
     with pytest.raises(ResolveError) as e:
         resolve(prof, Target.make("x86_64", None, (6, 1)))
     assert e.value.path == ("syscalls", 0, "includes", "minKernel")
+
+
+def test_schema_files_match_their_generator() -> None:
+    from seccomp_testlib import ROOT
+
+    from bpfpolicy.seccomp import schema
+
+    assert (ROOT / "schemas" / "oci-seccomp.json").read_text() == schema.render(schema.oci_schema())
+    assert (ROOT / "schemas" / "seccompprofile.json").read_text() == schema.render(schema.native_schema())
