@@ -24,6 +24,7 @@ from .load import Document, load_paths
 from .paths import SCHEMAS_DIR
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
 @dataclass
@@ -84,18 +85,24 @@ def validate_document(doc: Document, lenient: bool = False) -> tuple[Validated |
     ident = identify(doc)
     if isinstance(ident, Diagnostic):
         return None, [ident]
+    notes = prune_foreign_top_level(doc, ident)
     diags = schema_diagnostics(doc, ident.schema_file)
     if diags:
-        return None, diags
+        return None, notes + diags
     kind = ident.kind()
     name = kind.policy_name(doc)
     if name is None:
         return None, [doc.diag(("metadata",), 'missing required field "metadata.name"')]
+    if ident.format is not None and not DNS1123_LABEL.match(name):
+        name, note = label_for_foreign_name(doc, name)
+        if note is not None:
+            notes.append(note)
     if not DNS1123_LABEL.match(name) or len(name) > 63:
-        return None, [doc.diag(("metadata", "name"),
-                               f'"{name}" is not a valid name: lower-case letters, digits and "-", '
-                               "starting and ending with a letter or digit, at most 63 characters")]
+        return None, notes + [doc.diag(("metadata", "name"),
+                              f'"{name}" is not a valid name: lower-case letters, digits and "-", '
+                              "starting and ending with a letter or digit, at most 63 characters")]
     report = Reporter(doc, lenient=lenient)
+    report.diagnostics.extend(notes)
     try:
         kind.check(doc, report)
     except Exception as e:  # a checker bug must surface as a diagnostic, not a traceback
@@ -105,6 +112,43 @@ def validate_document(doc: Document, lenient: bool = False) -> tuple[Validated |
     for path in sorted(report.drops, key=_drop_order, reverse=True):
         _delete(doc.data, path)
     return Validated(doc, ident, name), report.diagnostics
+
+
+# --------------------------------------------------------------------------- foreign files
+
+
+def prune_foreign_top_level(doc: Document, ident: Identified) -> list[Diagnostic]:
+    """Kubernetes prunes unknown top-level fields of a custom resource (kubectl warns);
+    upstream examples rely on that (a top-level `description`). Warn and ignore them,
+    as the API server would, instead of rejecting a file users already apply."""
+    validator = schema_validator(ident.schema_file) if ident.format is not None else None
+    if validator is None or not isinstance(doc.data, dict):
+        return []
+    schema = validator.schema
+    known = schema.get("properties", {})
+    if schema.get("additionalProperties", True) is not False or not {"apiVersion", "kind"} <= set(known):
+        return []
+    notes = []
+    for key in [k for k in doc.data if k not in known]:
+        notes.append(doc.diag((key,), f'unknown top-level field "{key}"{did_you_mean(key, known)}: '
+                              "Kubernetes prunes it when applying this resource; ignored", "warning"))
+        del doc.data[key]
+    return notes
+
+
+def label_for_foreign_name(doc: Document, name: str) -> tuple[str, Diagnostic | None]:
+    """Kubernetes names may be DNS-1123 subdomains (dots, up to 253 characters); bpffs path
+    components cannot hold dots, so such a name is applied under a derived label."""
+    if not DNS1123_SUBDOMAIN.match(name) or len(name) > 253:
+        return name, None
+    label = name.replace(".", "-")
+    if len(label) > 63:
+        import hashlib
+
+        label = label[:56].rstrip("-") + "-" + hashlib.sha256(name.encode()).hexdigest()[:6]
+    doc.data["metadata"]["name"] = label
+    return label, doc.diag(("metadata", "name"), f'"{name}" is applied as "{label}" '
+                           "(bpffs path components cannot contain dots)", "warning")
 
 
 # --------------------------------------------------------------------------- schema
