@@ -80,3 +80,30 @@ def install(filter_bytes: bytes, flags: Iterable[str] = (), no_new_privs: bool =
     if res != 0:
         err = ctypes.get_errno()
         raise SeccompError(err, f"seccomp(SECCOMP_SET_MODE_FILTER): {os.strerror(err)}")
+
+
+def verify(filter_bytes: bytes, flags: Iterable[str] = ()) -> str | None:
+    """Let the kernel check a filter (seccomp_check_filter + JIT) without confining us:
+    install it in a forked child that exits at once. Returns the error, or None."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        msg = b""
+        try:
+            install(filter_bytes, flags)
+        except (OSError, ValueError, KeyError) as e:
+            msg = str(e).encode()[:4000] or b"error"
+        finally:
+            try:
+                os.write(w, msg)
+            finally:
+                os._exit(0)
+    os.close(w)
+    out = b""
+    while chunk := os.read(r, 4096):
+        out += chunk
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        return f"the child installing the filter was killed by signal {os.WTERMSIG(status)}"
+    return out.decode(errors="replace") or None

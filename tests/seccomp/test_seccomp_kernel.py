@@ -223,3 +223,14 @@ def test_exec_refuses_a_bad_profile_without_running_the_command(tmp_path: Path) 
     r = _bpfpolicy("exec", "--seccomp", str(prof), "--", "touch", str(marker))
     assert r.returncode == 1 and not marker.exists()
     assert f"{prof}:7:15:" in r.stderr and 'did you mean "mkdir"' in r.stderr
+
+
+def test_kernel_verify_accepts_compiled_and_rejects_broken_filters() -> None:
+    from bpfpolicy.kernel import seccomp as ks
+
+    cp = compile_profile(corpus_profile("moby-profiles-default.json"), Target.make("x86_64", None, (6, 18)))
+    assert ks.verify(cp.filter_bytes) is None
+    # a jump past the end: seccomp_check_filter refuses it (EINVAL)
+    broken = bpf.Insn(bpf.JMP | bpf.JEQ | bpf.K, 5, 0, 1).pack() + bpf.Insn(bpf.RET | bpf.K, k=bpf.RET_ALLOW).pack()
+    err = ks.verify(broken)
+    assert err is not None and "Invalid argument" in err
