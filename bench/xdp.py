@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "tests" / "xdp"))
 
 from bpfpolicy.build import build_bpf  # noqa: E402
 from bpfpolicy.compile import compile_paths  # noqa: E402
-from bpfpolicy.kernel import bpf, maps, netns, xdp  # noqa: E402
+from bpfpolicy.kernel import bpf, netns, xdp  # noqa: E402
 from bpfpolicy.kernel.libbpf import BpfObject  # noqa: E402
 from bpfpolicy.kinds import xdp_packets as pk  # noqa: E402
 

@@ -45,6 +45,7 @@ TBL24_ENTRIES = (1 << 24) // TBL24_GROUP
 TBL24_MORE = 0x8000  # slot flag: longer (> /24) entries exist in this /24
 MAX_EXPANDED = 8 << 20  # /25-/31 prefixes expand to /32s; bound the blow-up
 RULESETS_MAX = 1 << 15
+MMAPABLE = 1 << 10  # BPF_F_MMAPABLE: big arrays are filled through mmap (kernel/maps.py)
 BUCKET_SLOTS = 8  # /32s per v4_buckets element: 8 addresses + 8 ids = one 64-byte line
 BUCKET_HASH = 2654435761  # Knuth's multiplicative hash (2^32 / phi); the C side matches
 PORTS_MAX = 1 << 16
@@ -122,6 +123,18 @@ def _rec(keys: np.ndarray, values: np.ndarray) -> bytes:
     return np.concatenate([keys, values], axis=1).tobytes()
 
 
+def _array_rec(dense: np.ndarray, used: np.ndarray) -> bytes:
+    """Records of an ARRAY map: keys = little-endian u32 indices `used`, values = rows of
+    `dense` (indexed by key). Sorted by key *bytes*, i.e. by the byte-swapped index —
+    np.sort on the swapped keys instead of an argsort of rows (10x faster at 1M)."""
+    order = np.sort(used.astype(np.uint32).byteswap()).byteswap()
+    width = dense.itemsize * (dense.shape[1] if dense.ndim > 1 else 1)
+    out = np.empty((len(order), 4 + width), dtype=np.uint8)
+    out[:, :4] = order.astype("<u4").view(np.uint8).reshape(-1, 4)
+    out[:, 4:] = dense[order.astype(np.int64)].view(np.uint8).reshape(len(order), width)
+    return out.tobytes()
+
+
 # --------------------------------------------------------------------------- IPv4
 
 
@@ -135,6 +148,10 @@ class _V4:
 
 def _or_reduce_sorted(addr: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Merge duplicate addresses, OR-ing their masks (input any order)."""
+    if len(mask) and np.all(mask == mask[0]):  # one rule: a plain sorted unique
+        a = np.sort(addr)
+        a = a[np.concatenate([[True], a[1:] != a[:-1]])] if len(a) else a
+        return a, np.full(len(a), mask[0], dtype=np.uint64)
     order = np.argsort(addr, kind="stable")
     a, m = addr[order], mask[order]
     if len(a) == 0:
@@ -206,26 +223,26 @@ def _buckets(addr: np.ndarray, ids_: np.ndarray) -> tuple[bytes, np.ndarray, np.
     nbuckets = capacity(len(addr) // 2, floor=1024)
     bits = nbuckets.bit_length() - 1
     b = bucket_of(addr, bits)
-    order = np.argsort(b, kind="stable")  # addresses stay sorted within a bucket
-    b, a, i = b[order], addr[order], ids_[order]
+    # stable order by bucket without an argsort: sort (bucket << 32 | position) instead
+    packed = np.sort((b.astype(np.uint64) << np.uint64(32)) | np.arange(len(b), dtype=np.uint64))
+    order = (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    b, a, i = (packed >> np.uint64(32)).astype(np.int64), addr[order], ids_[order]
     first = np.concatenate([[True], b[1:] != b[:-1]]) if len(b) else np.zeros(0, dtype=bool)
     starts = np.flatnonzero(first)
     rank = np.arange(len(b)) - np.repeat(starts, np.diff(np.concatenate([starts, [len(b)]])))
     keep = rank < BUCKET_SLOTS
-    used = b[starts]
-    val = np.zeros((len(used), 64), dtype=np.uint8)
-    row = np.searchsorted(used, b[keep])
-    r = rank[keep]
+    dense = np.zeros((nbuckets, 64), dtype=np.uint8)
+    bk, r = b[keep], rank[keep]
     addr_bytes = a[keep].astype(">u4").view(np.uint8).reshape(-1, 4)
     id_bytes = i[keep].astype("<u2").view(np.uint8).reshape(-1, 2)
     for k in range(4):
-        val[row, r * 4 + k] = addr_bytes[:, k]
+        dense[bk, r * 4 + k] = addr_bytes[:, k]
     for k in range(2):
-        val[row, 32 + r * 2 + k] = id_bytes[:, k]
-    spilled = np.unique(b[~keep]) if np.any(~keep) else np.zeros(0, dtype=np.int64)
-    val[np.searchsorted(used, spilled), 48] = 1  # spill flag (u32 at offset 48)
-    keys = used.astype("<u4").view(np.uint8).reshape(-1, 4)
-    return _rec(keys, val), a[~keep], i[~keep], nbuckets
+        dense[bk, 32 + r * 2 + k] = id_bytes[:, k]
+    if np.any(~keep):
+        dense[np.unique(b[~keep]), 48] = 1  # spill flag (u32 at offset 48)
+    used = b[starts]
+    return _array_rec(dense, used), a[~keep], i[~keep], nbuckets
 
 
 # --------------------------------------------------------------------------- IPv6
@@ -296,9 +313,8 @@ def lower(rules: list[Rule], rate_limit: dict[str, int] | None) -> Lowered:
     low = Lowered(rules, features)
     low.ruleset_masks = np.concatenate([[np.uint64(0)], uniq]).astype(np.uint64)
     maps = low.maps
-    keys = np.arange(1, len(uniq) + 1, dtype="<u4").view(np.uint8).reshape(-1, 4)
     maps["rulesets"] = MapSpec("rulesets", "array", 4, 8, RULESETS_MAX,
-                               _rec(keys, uniq.astype("<u8").view(np.uint8).reshape(-1, 8)))
+                               _array_rec(low.ruleset_masks.astype("<u8"), np.arange(1, len(uniq) + 1)))
 
     if v4.layout == "dir24":
         slots = np.zeros(1 << 24, dtype=np.uint16)
@@ -308,16 +324,15 @@ def lower(rules: list[Rule], rate_limit: dict[str, int] | None) -> Lowered:
         if v4.exact_addr is not None:
             slots[(v4.exact_addr >> np.uint32(8)).astype(np.int64)] |= np.uint16(TBL24_MORE)
         groups = slots.reshape(TBL24_ENTRIES, TBL24_GROUP)
-        used = np.flatnonzero(groups.any(axis=1))
-        gkeys = used.astype("<u4").view(np.uint8).reshape(-1, 4)
-        gvals = np.ascontiguousarray(groups[used]).astype("<u2").view(np.uint8).reshape(-1, 2 * TBL24_GROUP)
-        maps["v4_tbl24"] = MapSpec("v4_tbl24", "array", 4, 2 * TBL24_GROUP, TBL24_ENTRIES, _rec(gkeys, gvals))
+        used = np.flatnonzero(groups.view(np.uint64).any(axis=1))
+        maps["v4_tbl24"] = MapSpec("v4_tbl24", "array", 4, 2 * TBL24_GROUP, TBL24_ENTRIES,
+                                   _array_rec(groups.astype("<u2"), used), flags=MMAPABLE)
     if v4.layout == "dir24":
         ea = v4.exact_addr if v4.exact_addr is not None else np.zeros(0, dtype=np.uint32)
         eid = ids(v4.exact_mask) if v4.exact_mask is not None else np.zeros(0, dtype=np.uint32)
         bucket_recs, spill_a, spill_id, nbuckets = _buckets(ea, eid)
         features["v4_bucket_bits"] = nbuckets.bit_length() - 1
-        maps["v4_buckets"] = MapSpec("v4_buckets", "array", 4, 64, nbuckets, bucket_recs)
+        maps["v4_buckets"] = MapSpec("v4_buckets", "array", 4, 64, nbuckets, bucket_recs, flags=MMAPABLE)
         maps["v4_exact"] = MapSpec("v4_exact", "hash", 4, 4, capacity(len(spill_a)), _rec(
             spill_a.astype(">u4").view(np.uint8).reshape(-1, 4),
             spill_id.astype("<u4").view(np.uint8).reshape(-1, 4)))
@@ -346,10 +361,8 @@ def lower(rules: list[Rule], rate_limit: dict[str, int] | None) -> Lowered:
         for r in rules:
             for lo, hi in r.ports or ():
                 pm[lo:hi + 1] |= np.uint64(r.bit)
-        nz = np.flatnonzero(pm)
-        maps["port_rules"] = MapSpec(
-            "port_rules", "array", 4, 8, PORTS_MAX,
-            _rec(nz.astype("<u4").view(np.uint8).reshape(-1, 4), pm[nz].astype("<u8").view(np.uint8).reshape(-1, 8)))
+        maps["port_rules"] = MapSpec("port_rules", "array", 4, 8, PORTS_MAX,
+                                     _array_rec(pm.astype("<u8"), np.flatnonzero(pm)))
 
     maps["rule_stats"] = MapSpec("rule_stats", "percpu_array", 4, 16, len(rules) + 1, None, percpu=True)
     if rate_limit:
