@@ -15,8 +15,9 @@ Sources per ABI (all `#define __NR_<name> <nr>` lines):
   x86_64  x86/asm/unistd_64.h
   i386    x86/asm/unistd_32.h
   x32     x86/asm/unistd_x32.h   (`__X32_SYSCALL_BIT + n`; stored with the bit set)
-  aarch64 arm64/asm/unistd_64.h  (generated from the asm-generic table since 6.11;
-          falls back to asm-generic/unistd.h preprocessed with arm64's __ARCH_WANT_*)
+  aarch64 arm64/asm/unistd_64.h  (generated from the asm-generic table since 6.11),
+          cross-checked against asm-generic/unistd.h preprocessed with arm64's
+          __ARCH_WANT_* (the script fails if they disagree)
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ X32_SYSCALL_BIT = 0x40000000
 _DEFINE = re.compile(r"^#define\s+__NR_(\w+)\s+(?:\(__X32_SYSCALL_BIT\s*\+\s*)?(\d+)\)?\s*$")
 # arm64's choices for the generic table (arch/arm64/include/uapi/asm/unistd.h).
 ARM64_WANTS = ["__ARCH_WANT_RENAMEAT", "__ARCH_WANT_NEW_STAT", "__ARCH_WANT_SET_GET_RLIMIT",
-               "__ARCH_WANT_SYS_CLONE3", "__ARCH_WANT_MEMFD_SECRET", "__BITS_PER_LONG=64"]
+               "__ARCH_WANT_SYS_CLONE3", "__ARCH_WANT_MEMFD_SECRET"]
 
 
 def fetch_uapi(suite: str, work: Path) -> tuple[Path, str]:
@@ -69,19 +70,40 @@ def parse_defines(text: str, x32: bool = False) -> dict[str, int]:
 
 
 def aarch64_table(uapi: Path) -> dict[str, int]:
+    """arm64's generated unistd_64.h, cross-checked against asm-generic/unistd.h
+    preprocessed with arm64's configuration (the source both come from)."""
+    generic = asm_generic_table(uapi)
     direct = uapi / "arm64" / "asm" / "unistd_64.h"
-    if direct.exists():
-        table = parse_defines(direct.read_text())
-        if table:
-            return table
-    generic = uapi.parent.parent.parent / "include" / "asm-generic" / "unistd.h"
-    cmd = ["gcc", "-E", "-dM", "-P", "-undef", *[f"-D{w}" if "=" in w else f"-D{w}=1" for w in ARM64_WANTS],
-           f"-I{uapi.parent.parent.parent / 'include'}", str(generic)]
+    table = parse_defines(direct.read_text()) if direct.exists() else {}
+    if table and generic and table != generic:
+        diff = sorted(set(table.items()) ^ set(generic.items()))[:8]
+        raise SystemExit(f"gen_syscall_tables: arm64 unistd_64.h and asm-generic disagree: {diff}")
+    return table or generic
+
+
+def asm_generic_table(uapi: Path) -> dict[str, int]:
+    include = uapi.parent.parent.parent / "include"
+    generic = include / "asm-generic" / "unistd.h"
+    if not generic.exists():
+        return {}
+    cmd = ["gcc", "-E", "-dM", "-P", "-undef", "-D__aarch64__=1", "-D__CHAR_BIT__=8",
+           *[f"-D{w}=1" for w in ARM64_WANTS if "=" not in w],
+           f"-I{include / 'aarch64-linux-gnu'}", f"-I{include}", str(generic)]
     text = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    table = {}
-    for name, nr in parse_defines(text).items():
-        if not name.startswith(("3264_", "arch_specific")):
-            table[name] = nr
+    raw: dict[str, str] = {}
+    for line in text.splitlines():
+        m = re.match(r"^#define\s+__NR(3264)?_(\w+)\s+(\S+)\s*$", line)
+        if m:
+            raw[("3264_" if m.group(1) else "") + m.group(2)] = m.group(3)
+    table: dict[str, int] = {}
+    for name, value in raw.items():
+        if name.startswith("3264_") or name in ("syscalls", "arch_specific_syscall"):
+            continue
+        alias = re.match(r"^__NR3264_(\w+)$", value)
+        if alias:
+            value = raw.get("3264_" + alias.group(1), "")
+        if value.isdigit():
+            table[name] = int(value)
     return table
 
 
