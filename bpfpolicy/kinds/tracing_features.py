@@ -126,7 +126,7 @@ def probe_host_features() -> dict[str, Any]:
         elif "bpf" not in lsm_list.split(","):
             reasons["bpf_lsm"] = f'"bpf" is not in the active LSM list ({lsm_list}); boot with lsm=...,bpf'
         else:
-            reasons["bpf_lsm"] = "BPF LSM programs attach through trampolines: " + reasons.get("trampoline", "")
+            reasons["bpf_lsm"] = "BPF LSM programs attach through BPF trampolines (see trampoline)"
     syscall_tp = flag("CONFIG_FTRACE_SYSCALLS") is not False
     if not syscall_tp:
         reasons["syscall_tracepoints"] = "CONFIG_FTRACE_SYSCALLS is not set"
