@@ -19,12 +19,19 @@ for m in /modules/*.ko; do
 done
 echo "KT-KERNEL $(uname -r)"
 echo "KT-LSM $(cat /sys/kernel/security/lsm 2>/dev/null)"
+# Per-artifact time limit (seconds), written by the host into /kt-config.
+KT_ARTIFACT_TIMEOUT=90
+[ -f /kt-config ] && . /kt-config
 for d in /artifacts/*; do
 	[ -f "$d/kernel-test.txt" ] || continue
 	name=$(cat "$d/.kt-name")
-	(cd "$d" && /bin/kt-runner "$d" "$name")
+	(cd "$d" && timeout -s KILL "$KT_ARTIFACT_TIMEOUT" /bin/kt-runner "$d" "$name")
 	rc=$?
-	[ "$rc" -gt 1 ] && echo "RESULT $name 0 runner fail kt-runner exited with status $rc"
+	if [ "$rc" -eq 137 ]; then
+		echo "RESULT $name 0 runner fail timed out after ${KT_ARTIFACT_TIMEOUT} s"
+	elif [ "$rc" -gt 1 ]; then
+		echo "RESULT $name 0 runner fail kt-runner exited with status $rc"
+	fi
 done
 echo KT-DONE
 poweroff -f

@@ -53,15 +53,18 @@ def _split_paths(paths: tuple[str, ...]) -> tuple[list[ArtifactDir], list[str], 
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out/kernel-test", show_default=True,
               help="Console logs, verifier logs of failures, results.json.")
 @click.option("--jobs", type=int, default=None, help="Kernels booted at once (default: number of cores).")
-@click.option("--timeout", type=float, default=240.0, show_default=True, help="Seconds per guest boot.")
+@click.option("--timeout", type=float, default=90.0, show_default=True,
+              help="Seconds per artifact (a guest gets one minute to boot plus this per artifact).")
 @click.option("--caps", help="Capabilities for seccomp includes/excludes when compiling policy paths.")
+@click.option("--inventory", type=click.Path(exists=True, dir_okay=False),
+              help="Endpoint inventory for NetworkPolicy (YAML list or host config with `inventory:`).")
 @click.option("--revision", help="Revision stamped into artifacts compiled from policy paths.")
 @click.option("--lenient", is_flag=True, help="Compile policy paths with --lenient.")
 @click.option("--bundle", "bundle_dir", type=click.Path(file_okay=False),
               help="Boot nothing: write runner + artifacts per kernel to DIR, to run with DIR/run.sh "
                    "on other machines (the Vagrant VMs).")
 def command(paths: tuple[str, ...], kernel_names: list[str], fmt: str, out_dir: str, jobs: int | None,
-            timeout: float, caps: str | None, revision: str | None, lenient: bool,
+            timeout: float, caps: str | None, inventory: str | None, revision: str | None, lenient: bool,
             bundle_dir: str | None) -> None:
     """Boot real kernels in QEMU (and use the host kernel) to load, attach and exercise artifacts."""
     from ..matrix import kernels as kernel_mod
@@ -87,7 +90,7 @@ def command(paths: tuple[str, ...], kernel_names: list[str], fmt: str, out_dir: 
     if policies:
         targets = [versions.get(name) for name in kernel_names]
         for version in dict.fromkeys(targets):
-            compiled[version] = _compile(policies, version, out, caps, revision, lenient)
+            compiled[version] = _compile(policies, version, out, caps, inventory, revision, lenient)
     if not static and not any(compiled.values()):
         raise click.UsageError("nothing to test: no artifact directories or compilable policies in PATH…")
 
@@ -121,22 +124,32 @@ def _nominal(name: str) -> tuple[int, int]:
 
 
 def _compile(policies: list[str], version: tuple[int, int] | None, out: Path, caps: str | None,
-             revision: str | None, lenient: bool) -> list[ArtifactDir]:
-    """Compile the policy paths for one target kernel; exit 1 with diagnostics on failure."""
-    from ..compile import compile_paths, write_artifacts
+             inventory: str | None, revision: str | None, lenient: bool) -> list[ArtifactDir]:
+    """Compile the policy paths for one target kernel. An invalid tree stops everything
+    (exit 1); a policy the compiler refuses for THIS kernel becomes a `compile` result
+    for that kernel (a skip when the kernel lacks what it needs), so one kernel's gap
+    does not hide the others' results."""
+    from ..compile import compile_policy
+    from ..matrix.artifacts import compile_failure
+    from ..validate import validate_paths
     from .compile import make_context
 
-    ctx = dataclasses.replace(make_context(None, "x86_64", caps, None, revision), kernel=version)
-    result = compile_paths(policies, ctx, lenient=lenient)
-    target = "host" if version is None else f"{version[0]}.{version[1]}"
-    for d in result.diagnostics:
-        click.echo(f"{d} (compiling for kernel {target})", err=True)
-    if not result.ok:
+    validation = validate_paths(policies, lenient=lenient)
+    if not validation.ok:
+        for d in validation.diagnostics:
+            click.echo(str(d), err=True)
         sys.exit(1)
+    ctx = dataclasses.replace(make_context(None, "x86_64", caps, inventory, revision), kernel=version)
+    target = "host" if version is None else f"{version[0]}.{version[1]}"
     dest = out / "artifacts" / target
-    written = write_artifacts(result, dest)
     found: list[ArtifactDir] = []
-    for d in written:
-        arts, _ = discover(d)
+    for policy in validation.policies:
+        artifact, diags = compile_policy(policy, ctx)
+        label = f"{policy.ident.kind.kind}/{policy.name}"
+        errors = [d for d in diags if d.severity == "error"]
+        if artifact is None or errors:
+            found.append(compile_failure(label, "; ".join(str(d) for d in errors) or "compile failed"))
+            continue
+        arts, _ = discover(artifact.write(dest))
         found += arts
     return found

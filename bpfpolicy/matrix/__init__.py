@@ -65,7 +65,7 @@ class MatrixReport:
 
 
 def run_matrix(kernel_names: list[str], source: ArtifactSource, out_dir: Path,
-               jobs: int | None = None, timeout: float = 240.0) -> MatrixReport:
+               jobs: int | None = None, timeout: float = 90.0) -> MatrixReport:
     """Fetch, boot and test every requested kernel; write logs and results.json to out_dir."""
     start = time.monotonic()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -106,10 +106,17 @@ def _run_kernel(name: str, kernel: Kernel | str | None, runner: Path, source: Ar
     if isinstance(kernel, str):
         return KernelRun(name, error=f"kernel unavailable: {kernel}")
     version = kernel.version if kernel else None
-    artifacts = source(version)
+    everything = source(version)
+    refused = [StepResult(name, a.name, 0, "compile", a.error_status, a.error)
+               for a in everything if a.error is not None]
+    artifacts = [a for a in everything if a.error is None]
     names = [a.name for a in artifacts]
+    if not artifacts:
+        run = KernelRun(name, release=kernel.release if kernel else os.uname().release,
+                        package=kernel.package if kernel else "", results=refused)
+        return run
     if kernel is None:
-        out = guest.run_on_host(runner, artifacts)
+        out = guest.run_on_host(runner, artifacts, timeout)
     else:
         out = guest.boot(kernel, runner, artifacts, out_dir / "work", timeout)
     (out_dir / f"console-{name}.log").write_text(out.console)
@@ -122,6 +129,7 @@ def _run_kernel(name: str, kernel: Kernel | str | None, runner: Path, source: Ar
         run.release = run.release or os.uname().release
     if out.error and not out.console.strip():
         run.results += [StepResult(name, a, 0, "boot", "fail", out.error) for a in names]
+    run.results = refused + run.results
     _keep_logs(run, out_dir)
     return run
 
@@ -190,7 +198,7 @@ def write_bundle(dest: Path, members: list[str], source: ArtifactSource,
     for member in members:
         target = dest / member
         shutil.rmtree(target, ignore_errors=True)
-        for i, art in enumerate(source(versions.get(member))):
+        for i, art in enumerate(a for a in source(versions.get(member)) if a.path is not None):
             adir = target / f"{i:03d}"
             shutil.copytree(art.path, adir)
             (adir / "kernel-test.txt").write_text(art.script)

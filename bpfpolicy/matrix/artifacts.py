@@ -17,9 +17,19 @@ SCRIPT = "kernel-test.txt"
 @dataclass(frozen=True)
 class ArtifactDir:
     name: str  # <Kind>/<name> from the manifest, else the directory's relative path
-    path: Path
+    path: Path | None
     script: str  # the kernel-test.txt text (possibly synthesised)
     synthesized: bool = False
+    # A policy that did not compile for this kernel: reported as a `compile` step with
+    # this status ("skip" when the compiler says the kernel lacks a feature).
+    error: str | None = None
+    error_status: str = "fail"
+
+
+def compile_failure(name: str, message: str) -> ArtifactDir:
+    """Stand-in for a policy the compiler refused for one target kernel."""
+    status = "skip" if re.search(r"\blacks?\b|not supported on|needs .* kernel", message) else "fail"
+    return ArtifactDir(_safe(name), None, "", error=message, error_status=status)
 
 
 def _is_artifact(d: Path) -> bool:

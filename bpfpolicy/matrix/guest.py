@@ -143,9 +143,11 @@ class Cpio:
         return self.buf.getvalue()
 
 
-def build_initramfs(dest: Path, runner: Path, artifacts: list[ArtifactDir], modules: list[Path]) -> Path:
+def build_initramfs(dest: Path, runner: Path, artifacts: list[ArtifactDir], modules: list[Path],
+                    artifact_timeout: float = 90.0) -> Path:
     """busybox + runner + init + modules + artifacts (each under /artifacts/NNN/)."""
     c = Cpio()
+    c.file("kt-config", f"KT_ARTIFACT_TIMEOUT={max(1, int(artifact_timeout))}\n".encode())
     for d in ("bin", "dev", "proc", "sys", "tmp", "run", "etc", "artifacts", "modules"):
         c.dir(d)
     c.chardev("dev/console", 5, 1)
@@ -160,7 +162,7 @@ def build_initramfs(dest: Path, runner: Path, artifacts: list[ArtifactDir], modu
         base = f"artifacts/{i:03d}"
         c.file(f"{base}/.kt-name", art.name.encode() + b"\n")
         c.file(f"{base}/kernel-test.txt", art.script.encode())
-        for path in sorted(art.path.rglob("*")):
+        for path in sorted(art.path.rglob("*")) if art.path else ():
             rel = path.relative_to(art.path).as_posix()
             if path.is_file() and rel != "kernel-test.txt":
                 c.file(f"{base}/{rel}", path.read_bytes())
@@ -195,12 +197,18 @@ def qemu_command(kernel: Kernel, initrd: Path, accel: str) -> list[str]:
 
 
 def boot(kernel: Kernel, runner: Path, artifacts: list[ArtifactDir], work: Path,
-         timeout: float = 240.0) -> RunOutput:
-    """Boot `kernel` with the artifacts; returns the console once the guest powers off."""
+         artifact_timeout: float = 90.0) -> RunOutput:
+    """Boot `kernel` with the artifacts; returns the console once the guest powers off.
+
+    Each artifact gets `artifact_timeout` seconds inside the guest (a verifier chewing
+    on a 1M-instruction program under TCG takes minutes); the whole boot is bounded by
+    the sum plus a minute for booting."""
     if shutil.which("qemu-system-x86_64") is None:
         raise GuestError("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)")
     work.mkdir(parents=True, exist_ok=True)
-    initrd = build_initramfs(work / f"initrd-{kernel.spec.name}.gz", runner, artifacts, kernel.modules)
+    initrd = build_initramfs(work / f"initrd-{kernel.spec.name}.gz", runner, artifacts, kernel.modules,
+                             artifact_timeout)
+    timeout = 60.0 + artifact_timeout * max(1, len(artifacts))
     accel = "kvm" if kvm_usable() else "tcg"
     # A KVM boot takes seconds; nested KVM that does not work fails fast (or hangs, hence
     # the shorter limit) and the same guest is rerun under TCG.
@@ -230,7 +238,7 @@ def _run_qemu(cmd: list[str], timeout: float) -> RunOutput:
 
 # ---- the host member ---------------------------------------------------------------
 
-def run_on_host(runner: Path, artifacts: list[ArtifactDir], timeout: float = 120.0) -> RunOutput:
+def run_on_host(runner: Path, artifacts: list[ArtifactDir], timeout: float = 90.0) -> RunOutput:
     """Run the same runner on the running kernel, as root, each artifact in its own
     network namespace (so XDP/tc never touch real interfaces) and under a scratch
     cgroup (so cgroup attaches never cover real workloads)."""
@@ -249,6 +257,8 @@ def run_on_host(runner: Path, artifacts: list[ArtifactDir], timeout: float = 120
         with tempfile.TemporaryDirectory(prefix="bpfpolicy-kt-host-") as tmp:
             for i, art in enumerate(artifacts):
                 adir = Path(tmp) / f"{i:03d}"
+                if art.path is None:
+                    continue
                 shutil.copytree(art.path, adir)
                 (adir / "kernel-test.txt").write_text(art.script)
                 try:

@@ -14,11 +14,12 @@ from dataclasses import asdict, dataclass, field
 RESULT_RE = re.compile(r"RESULT (\S+) (\d+) (\S+) (ok|fail|skip) ?(.*)$")
 LOG_BEGIN_RE = re.compile(r"VERIFIER-LOG-BEGIN (\S+) (\d+) (\S+)")
 LOG_END_RE = re.compile(r"VERIFIER-LOG-END (\S+) (\d+)")
+STEP_RE = re.compile(r"^STEP (\S+) (\d+)$")
 BEGIN_RE = re.compile(r"^BEGIN (\S+)$")
 END_RE = re.compile(r"^END (\S+)$")
 
 # Which column of the table a step counts towards.
-CATEGORY = {"object": "load", "seccomp": "load", "map-update": "load", "script": "load",
+CATEGORY = {"compile": "load", "object": "load", "seccomp": "load", "map-update": "load", "script": "load",
             "attach": "attach", "prog-run": "behaviour", "syscall": "behaviour",
             "exec-expect": "behaviour", "runner": "load", "boot": "load"}
 CATEGORIES = ("load", "attach", "behaviour")
@@ -65,6 +66,7 @@ def parse_console(kernel: str, text: str, expected: list[str]) -> KernelRun:
     Artifacts that never reported (guest crashed, runner died) become failures."""
     run = KernelRun(kernel)
     begun: set[str] = set()
+    at_line: dict[str, int] = {}
     ended: set[str] = set()
     by_key: dict[tuple[str, int], StepResult] = {}
     log_key: tuple[str, int] | None = None
@@ -86,6 +88,8 @@ def parse_console(kernel: str, text: str, expected: list[str]) -> KernelRun:
             by_key[(r.artifact, r.line)] = r
         elif m := LOG_BEGIN_RE.search(line):
             log_key = (m[1], int(m[2]))
+        elif m := STEP_RE.match(line):
+            at_line[m[1]] = int(m[2])
         elif m := BEGIN_RE.match(line):
             begun.add(m[1])
         elif m := END_RE.match(line):
@@ -98,10 +102,14 @@ def parse_console(kernel: str, text: str, expected: list[str]) -> KernelRun:
         if name not in begun and not any(r.artifact == name for r in run.results):
             run.results.append(StepResult(kernel, name, 0, "runner", "fail",
                                           "no results: the runner never ran this artifact"))
-        elif name in begun and name not in ended and not any(
-                r.artifact == name and r.step == "runner" for r in run.results):
-            run.results.append(StepResult(kernel, name, 0, "runner", "fail",
-                                          "the runner stopped mid-script (crash or guest panic)"))
+        elif name in begun and name not in ended:
+            where = f" at line {at_line[name]}" if name in at_line else ""
+            stopped = [r for r in run.results if r.artifact == name and r.step == "runner"]
+            for r in stopped:  # "timed out after 90 s" -> "... at line 2"
+                r.detail += where
+            if not stopped:
+                run.results.append(StepResult(kernel, name, at_line.get(name, 0), "runner", "fail",
+                                              f"the runner stopped mid-script{where} (crash or guest panic)"))
     return run
 
 

@@ -97,9 +97,20 @@ static void result(int lineno, const char *step, const char *status, const char 
 	fflush(stdout);
 }
 
+/* Logs of big rejected programs run to megabytes; the verdict is at the end, and a
+ * serial console under TCG is slow, so only the tail is printed. */
+#define LOG_TAIL (48u << 10)
+
 static void print_log(int lineno, const char *prog, const char *text)
 {
+	size_t len = strlen(text);
+
 	printf("VERIFIER-LOG-BEGIN %s %d %s\n", artifact, lineno, prog ? prog : "-");
+	if (len > LOG_TAIL) {
+		const char *cut = strchr(text + len - LOG_TAIL, '\n');
+		text = cut ? cut + 1 : text + len - LOG_TAIL;
+		printf("[... %zu bytes of verifier log elided ...]\n", len - strlen(text));
+	}
 	fputs(text, stdout);
 	if (*text && text[strlen(text) - 1] != '\n')
 		putchar('\n');
@@ -955,6 +966,9 @@ int main(int argc, char **argv)
 	}
 	while (getline(&line, &cap, f) >= 0) {
 		ln++;
+		/* Progress marker: if the guest's time limit stops us mid-line (a verifier
+		 * grinding through 1M instructions under TCG), the host knows which line. */
+		printf("STEP %s %d\n", artifact, ln);
 		run_line(ln, line);
 	}
 	fclose(f);

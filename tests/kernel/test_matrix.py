@@ -213,12 +213,14 @@ def test_parser_turns_missing_artifacts_into_failures() -> None:
     console = ("SeaBIOS\r\nKT-KERNEL 6.1.0-1-amd64\r\nKT-LSM lockdown,capability,yama,bpf\r\n"
                "BEGIN a/x\r\nRESULT a/x 2 object fail x.o: load failed\r\n"
                "VERIFIER-LOG-BEGIN a/x 2 prog\r\n0: (b7) r0 = 0\r\nR0 !read_ok\r\n"
-               "VERIFIER-LOG-END a/x 2\r\nEND a/x\r\nBEGIN a/y\r\n")
-    run = parse_console("6.1", console, ["a/x", "a/y", "a/z"])
+               "VERIFIER-LOG-END a/x 2\r\nEND a/x\r\nBEGIN a/y\r\nSTEP a/y 1\r\nSTEP a/y 3\r\n"
+               "BEGIN a/t\r\nSTEP a/t 2\r\nRESULT a/t 0 runner fail timed out after 90 s\r\n")
+    run = parse_console("6.1", console, ["a/x", "a/y", "a/z", "a/t"])
     assert run.release == "6.1.0-1-amd64" and run.lsm == "lockdown,capability,yama,bpf"
     by = {(r.artifact, r.line): r for r in run.results}
     assert by[("a/x", 2)].log == "0: (b7) r0 = 0\nR0 !read_ok\n"
-    assert by[("a/y", 0)].status == "fail" and "stopped mid-script" in by[("a/y", 0)].detail
+    assert by[("a/y", 3)].status == "fail" and "stopped mid-script at line 3" in by[("a/y", 3)].detail
+    assert by[("a/t", 0)].detail == "timed out after 90 s at line 2"
     assert by[("a/z", 0)].status == "fail" and "never ran" in by[("a/z", 0)].detail
 
 
