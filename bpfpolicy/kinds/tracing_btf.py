@@ -93,3 +93,85 @@ def host_btf(path: Path = Path("/sys/kernel/btf/vmlinux")) -> Btf | None:
         return load(path)
     except (OSError, ValueError, struct.error):
         return None
+
+
+# ------------------------------------------------------------------ target kernels
+
+_XZ = b"\xfd7zXZ\x00"
+_ZSTD = b"\x28\xb5\x2f\xfd"
+_GZ = b"\x1f\x8b\x08\x00"
+
+
+def btf_from_vmlinuz(path: Path) -> bytes | None:
+    """The `.BTF` section of a compressed kernel image (what extract-vmlinux does: find
+    the payload by its magic, decompress, read the ELF section)."""
+    import lzma
+    import subprocess
+    import zlib
+
+    data = path.read_bytes()
+    for magic in (_ZSTD, _XZ, _GZ):
+        start = data.find(magic)
+        while start >= 0:
+            try:
+                if magic == _XZ:
+                    elf = lzma.LZMADecompressor().decompress(data[start:])
+                elif magic == _GZ:
+                    elf = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data[start:])
+                else:
+                    elf = subprocess.run(["zstd", "-dcq"], input=data[start:], capture_output=True,
+                                         check=False).stdout
+            except (lzma.LZMAError, zlib.error, OSError):
+                elf = b""
+            btf = _elf_section(elf, b".BTF") if elf[:4] == b"\x7fELF" else None
+            if btf:
+                return btf
+            start = data.find(magic, start + 1)
+    return None
+
+
+def _elf_section(elf: bytes, wanted: bytes) -> bytes | None:
+    if elf[4] != 2:  # ELFCLASS64 only
+        return None
+    shoff, = struct.unpack_from("<Q", elf, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", elf, 0x3A)
+
+    def header(i: int) -> tuple[int, int, int]:
+        base = shoff + i * shentsize
+        name, = struct.unpack_from("<I", elf, base)
+        off, size = struct.unpack_from("<QQ", elf, base + 0x18)
+        return name, off, size
+
+    _, str_off, _ = header(shstrndx)
+    for i in range(shnum):
+        name, off, size = header(i)
+        end = elf.index(b"\0", str_off + name)
+        if elf[str_off + name:end] == wanted:
+            return elf[off:off + size]
+    return None
+
+
+def target_btf(kernel: tuple[int, int]) -> Btf | None:
+    """BTF of a matrix kernel whose image the kernel-test cache holds (paths.cache_dir()/
+    kernels/<X.Y or X>/vmlinuz), extracted once; None when it is not cached."""
+    from ..paths import cache_dir
+
+    base = cache_dir() / "kernels"
+    for key in (f"{kernel[0]}.{kernel[1]}", f"{kernel[0]}"):
+        image = base / key / "vmlinuz"
+        if not image.is_file():
+            continue
+        out = cache_dir() / "btf" / f"{key}-{image.stat().st_size}-{int(image.stat().st_mtime)}.btf"
+        if not out.exists():
+            raw = btf_from_vmlinuz(image)
+            if raw is None:
+                return None
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_suffix(".tmp")
+            tmp.write_bytes(raw)
+            tmp.replace(out)
+        try:
+            return load(out)
+        except (OSError, ValueError, struct.error):
+            return None
+    return None

@@ -23,7 +23,7 @@ from ..errors import Diagnostic, PolicyError
 from ..load import Document
 from . import tracing_spec as S
 from .base import Artifact, CompileContext
-from .tracing_btf import Btf, host_btf, load
+from .tracing_btf import Btf, host_btf, load, target_btf
 from .tracing_check import SYSCALL_CALL, hook_sections, is_syscall_hook, parse_int, parse_rate_limit
 from .tracing_events import event_layout
 from .tracing_features import features_for
@@ -94,18 +94,31 @@ class Lowering:
         self.name = str(self.data["metadata"]["name"])
         self.spec = self.data.get("spec") or {}
         self.features = features_for(ctx.kernel, ctx.options)
-        btf_path = ctx.options.get("btf")
-        self.btf: Btf | None = load(Path(btf_path)) if btf_path else host_btf()
+        self.warnings: list[str] = []
+        self.btf, self.btf_source = self._target_btf(ctx)
         opts = {o.get("name"): str(o.get("value")) for o in self.spec.get("options") or []}
         self.monitor = opts.get("policy-mode") == "monitor"
         self.override_method = opts.get("override-method")
         self.arch_prefix = ARCH_PREFIX.get(ctx.arch, "__x64_")
         self.programs: list[Program] = []
         self.hooks: list[dict[str, Any]] = []
-        self.warnings: list[str] = []
         self.uses_rate_limit = False
         self.uses_parent_binary = False
         self._lower()
+
+    def _target_btf(self, ctx: CompileContext) -> tuple[Btf | None, str]:
+        """Function names and parameter counts come from the target's BTF: a given file,
+        the matrix's cached image of that kernel, or (same or unknown kernel) this host's."""
+        if ctx.options.get("btf"):
+            return load(Path(ctx.options["btf"])), str(ctx.options["btf"])
+        host = _host_version()
+        if ctx.kernel is not None and ctx.kernel != host:
+            btf = target_btf(ctx.kernel)
+            if btf is not None:
+                return btf, f"cached image of kernel {ctx.kernel[0]}.{ctx.kernel[1]}"
+            self.warnings.append(f"no BTF of kernel {ctx.kernel[0]}.{ctx.kernel[1]} at hand: function "
+                                 "parameter counts are taken from this host's BTF")
+        return host_btf(), "host /sys/kernel/btf/vmlinux"
 
     # -------------------------------------------------------------- hooks
     def _lower(self) -> None:
@@ -657,6 +670,7 @@ class Lowering:
             "events": {"map": "events", "type": "ringbuf", "layout": "tracing_event_v1",
                        **event_layout(), "hooks": self.hooks},
             "features": self.features,
+            "btf": self.btf_source,
             "metadata": {"policy": f"TracingPolicy/{self.name}", "revision": self.ctx.revision,
                          "mode": "monitor" if self.monitor else "enforce"},
         }
@@ -723,6 +737,13 @@ def _str_expr(buf: str, length: str, op: str, value: str) -> str:
         head = [f"{length} >= {n}"]
         body = [f"TP_TAIL({buf}, {length}, {n}, {i}) == (char){b}" for i, b in enumerate(data)]
     return " && ".join(head + body)
+
+
+def _host_version() -> tuple[int, int] | None:
+    import platform
+
+    m = re.match(r"(\d+)\.(\d+)", platform.release())
+    return (int(m.group(1)), int(m.group(2))) if m else None
 
 
 def _fmt(path: PathT) -> str:
