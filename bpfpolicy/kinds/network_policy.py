@@ -139,7 +139,7 @@ def build_artifact(plan: EndpointPlan, ctx: CompileContext) -> Artifact:
     }
     policy_id = f"NetworkPolicy/{ep.name}"
     source = render_source(plan, sizes, policy_id)
-    obj = build_bpf(source, name=f"netpol-{ep.name}",
+    obj = build_bpf(source, name=f"netpol-{ep.name}", extra_flags=("-gdwarf-4",),
                     use_cache=ctx.cache_dir is not None or ctx.options.get("use_cache", True))
     files: dict[str, bytes] = {"prog.bpf.c": source.encode(), "prog.bpf.o": obj.object}
     maps: list[dict[str, Any]] = []

@@ -30,9 +30,11 @@ EVENT = struct.Struct("<QIBBBBHH16s16sI")
 _CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
 
 
-def compile_text(tmp: Path, text: str, inventory: list[dict[str, Any]], lenient: bool = False) -> list[Artifact]:
-    """Validate + compile policy YAML text (all documents merged) against an inventory."""
-    f = tmp / f"policy-{abs(hash(text)) % 10**8}.yaml"
+def compile_text(tmp: Path, text: str, inventory: list[dict[str, Any]], lenient: bool = False,
+                 name: str = "policy.yaml") -> list[Artifact]:
+    """Validate + compile policy YAML text (all documents merged) against an inventory.
+    The file name is stable: `@policy file:line:col` comments are part of the C source."""
+    f = tmp / name
     f.write_text(text)
     result = validate_documents(load_file(f), lenient=lenient)
     assert result.ok, "\n".join(str(d) for d in result.diagnostics)

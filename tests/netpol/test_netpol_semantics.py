@@ -8,9 +8,16 @@ from __future__ import annotations
 import ipaddress
 import random
 
-from npplan import rule_of, verdict
+import pytest
+from npplan import Planner, rule_of, verdict
 
 from bpfpolicy.kinds.netpol_lower import range_to_prefixes
+
+
+@pytest.fixture
+def planner(tmp_path) -> Planner:
+    return Planner(tmp_path)
+
 
 HDR = "apiVersion: bpfpolicy.io/v1\nkind: NetworkPolicy\nmetadata: {name: %s}\n"
 
