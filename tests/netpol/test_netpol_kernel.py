@@ -333,3 +333,28 @@ spec:
         assert [o.action for o in res.applied.outcomes] == ["update-map"]
         assert tc.prog_query(pair.if_a, "ingress", pair.ns_a) == ids  # no reload
         assert probe(pair.ns_b, [["tcp", pair.ip4_a, 8000], ["tcp", pair.ip4_a, 8001]]) == [False, True]
+
+
+def test_deny_only_policy_turns_on_default_deny_for_its_direction_only(tmp_path, veth_pair, bpffs_dir):
+    """Cilium: a deny section alone makes its direction default-deny; the other stays open."""
+    from nphelpers import Loaded
+
+    pair = veth_pair
+    text = """apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: deny-only}
+spec:
+  endpointSelector: {matchLabels: {app: srv}}
+  ingressDeny:
+  - toPorts: [{ports: [{port: "8001", protocol: TCP}]}]
+"""
+    art = _compile(tmp_path, text, _srv_inventory(pair))
+    assert art.manifest["metadata"]["default"] == {"ingress": "default-deny", "egress": "pass"}
+    with servers(pair.ns_a, [8000, 8001]), servers(pair.ns_b, [7000]), Loaded(art) as ld:
+        ld.attach(bpffs_dir)
+        assert probe(pair.ns_b, [["tcp", pair.ip4_a, 8000], ["tcp", pair.ip4_a, 8001]]) == [False, False]
+        assert probe(pair.ns_a, [["tcp", pair.ip4_b, 7000], ["ping", pair.ip4_b]]) == [True, True]
+        c = ld.counters()
+        assert c["CiliumNetworkPolicy/deny-only:spec.ingressDeny[0]"][0] >= 1
+        assert c["ingress/default-deny"][0] >= 1
+        assert c["ingress/reply"][0] >= 2  # SYN-ACK and echo reply of the open egress
