@@ -16,7 +16,8 @@
  * nothing but busybox, and the very same binary runs on the host.
  *
  * Usage: kt-runner [--netns] <artifact-dir> <artifact-name>
- *   --netns  run in a fresh network namespace (host runs: never touch real interfaces)
+ *   --netns  run in fresh network + mount namespaces (host runs: never touch real
+ *           interfaces; a private tmpfs on /tmp)
  * Exit status: 0 all ok/skip, 1 at least one fail, 2 usage / unreadable script.
  */
 #define _GNU_SOURCE
@@ -33,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -882,14 +884,17 @@ static void do_exec_expect(int ln, char *rest)
 
 /* ---- main ---------------------------------------------------------------------------- */
 
-/* Host runs get their own netns with lo up, so XDP/tc attaches never touch real links. */
+/* Host runs get their own netns with lo up, so XDP/tc attaches never touch real links,
+ * and a private /tmp, so exec-expect commands leave no files behind on the host. */
 static int enter_netns(void)
 {
 	struct ifreq ifr = { 0 };
 	int s;
 
-	if (unshare(CLONE_NEWNET))
+	if (unshare(CLONE_NEWNET | CLONE_NEWNS))
 		return -errno;
+	if (mount("none", "/", NULL, MS_REC | MS_PRIVATE, NULL) == 0)
+		mount("kt-tmp", "/tmp", "tmpfs", 0, "mode=1777");
 	s = socket(AF_INET, SOCK_DGRAM, 0);
 	if (s < 0)
 		return -errno;
@@ -938,20 +943,30 @@ int main(int argc, char **argv)
 	int ln = 0, argi = 1;
 	FILE *f;
 
-	if (argc > 1 && !strcmp(argv[1], "--netns")) {
-		int err = enter_netns();
-		if (err) {
-			fprintf(stderr, "kt-runner: unshare(CLONE_NEWNET): %s\n", strerror(-err));
-			return 2;
-		}
+	bool isolate = argc > 1 && !strcmp(argv[1], "--netns");
+
+	if (isolate)
 		argi++;
-	}
 	if (argc - argi != 2) {
 		fprintf(stderr, "usage: kt-runner [--netns] <artifact-dir> <artifact-name>\n");
 		return 2;
 	}
 	artifact_dir = argv[argi];
 	artifact = argv[argi + 1];
+	if (isolate) {
+		/* Work from the artifact directory: the private /tmp mounted next may cover it,
+		 * but a process's cwd survives being covered. */
+		if (chdir(artifact_dir)) {
+			fprintf(stderr, "kt-runner: %s: %s\n", artifact_dir, strerror(errno));
+			return 2;
+		}
+		artifact_dir = ".";
+		int err = enter_netns();
+		if (err) {
+			fprintf(stderr, "kt-runner: unshare(CLONE_NEWNET|CLONE_NEWNS): %s\n", strerror(-err));
+			return 2;
+		}
+	}
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	libbpf_set_strict_mode(LIBBPF_STRICT_ALL);
 	libbpf_set_print(libbpf_print);
