@@ -466,7 +466,7 @@ class Lowering:
             key = k if section == "tracepoints" else idx
             positions[key] = (k, t)
             label = arg.get("label") or f"arg{idx}"
-            p.captures.append(f"/* @policy {self._where(apath)} {_fmt(apath)}: {c_comment(label)} ({t}) */")
+            p.captures.append(f"/* @policy {self._where(apath)} {_fmt(apath)} -- {c_comment(label)} ({t}) */")
             if t == "nop":
                 p.captures.append(f"tp_capture_int(e, {k}, 0, TP_ARG_NONE);")
                 continue
@@ -616,13 +616,13 @@ class Lowering:
             if name in ENFORCE and self.monitor:
                 continue
             if name == "Sigkill":
-                out.append(f"bpf_send_signal(9);  /* @policy {self._where(apath)} Sigkill */")
+                out.append(f"bpf_send_signal(9);  /* @policy {self._where(apath)} {_fmt(apath)} -- Sigkill */")
             elif name == "Signal":
-                out.append(f"bpf_send_signal({int(a['argSig'])});  /* @policy {self._where(apath)} Signal */")
+                out.append(f"bpf_send_signal({int(a['argSig'])});  /* @policy {self._where(apath)} {_fmt(apath)} -- Signal */")
             elif name == "Override":
                 err = int(a.get("argError", 0))
                 if b.kind == "kprobe":
-                    out.append(f"bpf_override_return(ctx, {err});  /* @policy {self._where(apath)} Override */")
+                    out.append(f"bpf_override_return(ctx, {err});  /* @policy {self._where(apath)} {_fmt(apath)} -- Override */")
                 elif b.kind == "lsm":
                     ret = f"ret ? ret : {max(-4095, min(0, err))}"
                 elif b.kind == "fmod_ret":
