@@ -272,8 +272,9 @@ def _peer_rule(doc: Document, r: Any, entry: Any, path: Path, policy: str, direc
         _unsupported(r, (*path, "authentication"), "mutual authentication is not supported", path, deny)
         ok = False
     # one peer kind per rule (Cilium: "combining X and Y is not supported yet")
-    kinds = [k for k in (f"{p}Endpoints", f"{p}CIDR", f"{p}CIDRSet", f"{p}Entities",
-                         f"{p}Nodes", f"{p}Groups") if entry.get(k)]
+    kinds = sorted((k for k in (f"{p}Endpoints", f"{p}CIDR", f"{p}CIDRSet", f"{p}Entities",
+                                f"{p}Nodes", f"{p}Groups") if entry.get(k)),
+                   key=lambda k: doc.pos((*path, k)))  # report the second one written
     if len(kinds) > 1:
         r.error((*path, kinds[1]), f"combining {kinds[0]} and {kinds[1]} is not supported yet")
         ok = False
