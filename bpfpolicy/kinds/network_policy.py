@@ -68,12 +68,16 @@ class NetworkPolicyKind(Kind):
 
         Policies merge per endpoint, so whole trees go through `compile_set`; the other
         NetworkPolicy documents of the tree may be passed as ctx.options["network_policies"]."""
+        if not ctx.options.get("inventory"):
+            raise BuildError(
+                "NetworkPolicy needs the host inventory to know its endpoints: "
+                "the controller config's `endpoints:` or `compile --inventory FILE`")
         others = [d for d in ctx.options.get("network_policies", []) if d is not doc]
         mine = {a.name for a in self.compile_set([doc], ctx)}
         arts = [a for a in self.compile_set([doc, *others], ctx) if a.name in mine]
         if len(arts) != 1:
             raise BuildError(
-                f"{doc.file}: NetworkPolicy artifacts are per endpoint and this policy selects "
+                f"NetworkPolicy artifacts are per endpoint and this policy selects "
                 f"{len(arts)} ({', '.join(sorted(mine)) or 'none'}); compile the tree with compile_set()")
         return arts[0]
 
