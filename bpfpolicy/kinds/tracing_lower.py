@@ -34,6 +34,10 @@ TARGET_ARCH = {"x86_64": "x86", "aarch64": "arm64", "arm64": "arm64"}
 LSM_REMAP = {"openat": "file_open", "open": "file_open", "openat2": "file_open",
              "connect": "socket_connect", "linkat": "path_link", "link": "path_link",
              "init_module": "kernel_load_data", "finit_module": "kernel_read_file"}
+# The remaps bpfpolicy performs itself: syscall -> (LSM hook, pathname arg index). The
+# pathname becomes the opened file (arg 0 of file_open), matched as its full path.
+LSM_PATH_REMAP = {"openat": ("file_open", 1), "openat2": ("file_open", 1), "open": ("file_open", 0),
+                  "creat": ("file_open", 0)}
 ENFORCE = ("Sigkill", "Signal", "Override")
 PathT = tuple[str | int, ...]
 
@@ -54,6 +58,7 @@ class Backend:
     syscall: bool = False  # arguments in the syscall wrapper's pt_regs
     nparams: int = 0  # BTF parameter count (LSM / fexit return value follows them)
     user: bool = False  # pointer arguments point to user memory
+    remap: int | None = None  # syscall pathname index remapped to LSM arg 0 (file)
 
 
 @dataclass
@@ -149,6 +154,8 @@ class Lowering:
         backend = self._backend(section, hook, path, enforce, override, selectors)
         if backend is None:
             return
+        if backend.remap is not None:
+            hook, selectors = self._remap_to_file(hook, selectors, backend.remap, path)
         hook_id = len(self.hooks)
         self.hooks.append(self._hook_meta(section, hook, path, backend))
         base = f"{section.rstrip('s')}_{i}"
@@ -247,6 +254,16 @@ class Lowering:
                     return None
                 return Backend("fmod_ret", f"fmod_ret/{func}", "Override via fmod_ret (syscalls are "
                                "on the error-injection list)", func, True, n, True)
+            if name in LSM_PATH_REMAP and self._need("bpf_lsm"):
+                lsm_hook, _ = LSM_PATH_REMAP[name]
+                b = self._lsm_backend(lsm_hook, path, hook, f"Override on {name} remapped to BPF LSM "
+                                      f"(no kprobe override or fmod_ret: {self._missing('kprobe_override', 'trampoline', 'error_injection')})")
+                if b is not None:
+                    b.remap = LSM_PATH_REMAP[name][1]
+                    self.warnings.append(f"{_fmt(path)}: {name} with Override is enforced at lsm/{lsm_hook}: the "
+                                         "pathname is matched as the opened file's full path, and the hook "
+                                         "also sees opens by exec and by other syscalls")
+                return b
             hint = ""
             if name in LSM_REMAP:
                 hint = (f"; on kernels with BPF LSM express it as lsmhooks: hook "
@@ -270,6 +287,26 @@ class Lowering:
                                                   "no kprobes, no syscall tracepoints", func, True, n, True)
         raise HookError(path, f"syscall {name} cannot be traced: kernel lacks "
                         f"{self._missing('kprobes', 'syscall_tracepoints', 'trampoline')}")
+
+    def _remap_to_file(self, hook: dict[str, Any], selectors: list[dict[str, Any]], index: int,
+                       path: PathT) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """sys_open* + Override on a kernel without syscall override: the pathname argument
+        becomes file_open's `struct file *` (arg 0); nothing else can be carried over."""
+        args = hook.get("args") or []
+        for k, a in enumerate(args):
+            if int(a["index"]) != index:
+                raise HookError((*path, "args", k), f"argument {a['index']} has no equivalent at "
+                                "lsm/file_open (only the pathname is remapped); drop it to enforce "
+                                "Override on a kernel without syscall override")
+        label = next((a.get("label") for a in args if a.get("label")), "pathname")
+        new_hook = {**hook, "args": [{"index": 0, "type": "file", "label": label}] if args else []}
+        new_selectors = []
+        for sel in selectors:
+            new_sel = dict(sel)
+            if "matchArgs" in sel:
+                new_sel["matchArgs"] = [{**m, "index": 0} for m in sel["matchArgs"]]
+            new_selectors.append(new_sel)
+        return new_hook, new_selectors
 
     def _override_path(self, path: PathT, selectors: list[dict[str, Any]]) -> PathT:
         for j, s in enumerate(selectors):

@@ -238,3 +238,17 @@ def test_examples_in_a_612_guest(tmp_path: Path, cli) -> None:
     assert code == 0, out
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["ok"] is True
+
+
+def test_openat_override_remapped_to_lsm_file_open_without_syscall_override(tmp_path: Path) -> None:
+    """A kprobe-less kernel with BPF LSM (ANCHORS §2.4): Override on sys_openat becomes
+    lsm/file_open matching the opened file's path."""
+    p = write(tmp_path, OPENAT_KILL.replace("action: Sigkill", "{action: Override, argError: -13}"))
+    feats = features(btf=True, trampoline=True, bpf_lsm=True, syscall_tracepoints=True, send_signal=True)
+    art, diags = compile_one(p, options={"features": feats})
+    assert art is not None, diags
+    assert sections(art) == ["lsm/file_open"]
+    src = art.files["prog.bpf.c"].decode()
+    assert "tp_capture_file(e, 0, (struct file *)ctx[0]);" in src
+    assert "return ret ? ret : -13;" in src
+    assert any("lsm/file_open" in w for w in art.warnings)
