@@ -149,7 +149,8 @@ def _apply_policy(cfg: HostConfig, pp: PolicyPlan, types: list[str], store: Stor
         assert old is not None
         entry = dict(old)
         if "update-map" in types:
-            entry = update_maps(d, entry, cfg.state_dir)
+            drift = any(a.type == "update-map" and a.drift for a in pp.actions)
+            entry = update_maps(d, entry, cfg.state_dir, drift)
         if "reattach" in types:
             entry = reattach(cfg, d, entry)
         entry.update(digest=d.digest, manifest=d.manifest, revision=revision or entry.get("revision"),
@@ -423,8 +424,10 @@ def _last_line(log: str) -> str:
 # --------------------------------------------------------------------------- deltas
 
 
-def update_maps(d: DesiredPolicy, entry: dict[str, Any], state_dir: Path) -> dict[str, Any]:
-    """Apply content deltas in place (batch update/delete); the program is untouched."""
+def update_maps(d: DesiredPolicy, entry: dict[str, Any], state_dir: Path, drift: bool = False) -> dict[str, Any]:
+    """Apply content deltas in place (batch update/delete); the program is untouched.
+    The diff base is the applied copy (cheap), or the kernel's contents when the plan
+    found the kernel map edited behind our back (`drift`)."""
     from ..kernel import bpf, maps
 
     entry = {**entry, "maps": {k: dict(v) for k, v in entry.get("maps", {}).items()}}
@@ -433,7 +436,7 @@ def update_maps(d: DesiredPolicy, entry: dict[str, Any], state_dir: Path) -> dic
             continue
         info = entry["maps"][spec["name"]]
         new = Path(d.dir, spec["contents"]).read_bytes()
-        current = current_contents(spec, entry, state_dir, deep=True)
+        current = current_contents(spec, entry, state_dir, deep=drift)
         fd = bpf.obj_get(info["pin"])
         try:
             if os.environ.get("BPFPOLICY_CRASH_AT") == "map-delta":  # half the delta, then die

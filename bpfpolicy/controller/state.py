@@ -27,7 +27,9 @@ INVENTORY_VERSION = 1
 HISTORY = 5
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
+def write_json_atomic(path: Path, data: Any, durable: bool = True) -> None:
+    """`durable=False` skips the fsyncs (still atomic via rename; a crash may lose the
+    latest version but never tears it) — fine for status, not for the inventory."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -35,12 +37,15 @@ def write_json_atomic(path: Path, data: Any) -> None:
             json.dump(data, f, indent=1, sort_keys=True, default=str)
             f.write("\n")
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    if not durable:
+        return
     dfd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dfd)
@@ -106,7 +111,7 @@ class Store:
         return data
 
     def save_status(self, status: dict[str, Any]) -> None:
-        write_json_atomic(self.status_path, status)
+        write_json_atomic(self.status_path, status, durable=False)
 
     @contextlib.contextmanager
     def lock(self, blocking: bool = True) -> Iterator[bool]:

@@ -1,0 +1,200 @@
+"""Reconcile latency and no-op cost of the controller (SPEC §6 targets).
+
+1. `map-only`: a real XDPBlocklist policy file is rewritten with one more/less source
+   while `bpfpolicy watch` (a separate process) runs; latency = file write → the
+   pinned program's verdict for a packet from that source flips (checked with
+   BPF_PROG_TEST_RUN on the pinned program, i.e. the kernel really changed).
+2. `program-change`: the same, toggling a rule between "all traffic" and "TCP 22 only",
+   which changes the generated program (a reload + atomic XDP replace).
+3. `no-op@100`: 100 applied policies (small hand-written XDP artifacts, each attached
+   to its own veth interface), one reconcile cycle with nothing to do: shallow (what a
+   file event triggers) and deep (the interval's drift check: every pin, attachment and
+   content map read back from the kernel).
+
+Prints one JSON line last (docs/HELPERS.md). There is no upstream anchor for these;
+the rows with impl "target" carry SPEC §6's targets and the ratios are measured/target.
+Run: sudo .venv/bin/python bench/reconcile.py [--reps 9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "controller"))
+
+from bpfpolicy.kernel import bpf  # noqa: E402
+from bpfpolicy.kernel.netns import create_netns, delete_netns, ip  # noqa: E402
+
+POLICY = """apiVersion: bpfpolicy.io/v1
+kind: XDPBlocklist
+metadata: {{name: bench}}
+spec:
+  interfaces: [{{name: bench0, netns: {netns}}}]
+  mode: generic
+  deny:
+    - name: listed
+      sources: [192.0.2.0/24{extra}]
+{rule}"""
+PROBE_SRC = "198.51.100.77"
+
+
+def packet(src: str) -> bytes:
+    """Ethernet + IPv4 + UDP (dst port 53) from `src`."""
+    import ipaddress
+
+    eth = b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00"
+    iph = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28, 0, 0, 64, 17, 0,
+                      ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address("10.0.0.1").packed)
+    return eth + iph + struct.pack("!HHHH", 4444, 53, 8, 0) + b"\0" * 18
+
+
+def verdict(pin: str, pkt: bytes) -> int | None:
+    try:
+        fd = bpf.obj_get(pin)
+    except OSError:
+        return None
+    try:
+        return bpf.prog_test_run(fd, pkt).retval
+    finally:
+        os.close(fd)
+
+
+def wait_verdict(pin: str, pkt: bytes, want: int, timeout: float = 20.0) -> float:
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        if verdict(pin, pkt) == want:
+            return time.perf_counter()
+        time.sleep(0.0005)
+    raise TimeoutError(f"verdict never became {want}")
+
+
+def watch_latency(reps: int, env: dict[str, str], work: Path, netns: str) -> dict[str, list[float]]:
+    src = work / "src"
+    src.mkdir()
+    f = src / "bench.yaml"
+    f.write_text(POLICY.format(netns=netns, extra="", rule=""))
+    log = open(work / "watch.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "bpfpolicy", "watch", str(src)], env=env, cwd=ROOT,
+                            stdout=log, stderr=log)
+    pin = str(Path(env["BPFPOLICY_BPFFS_ROOT"]) / "XDPBlocklist/bench/prog_xdp_blocklist")
+    pkt = packet(PROBE_SRC)
+    out: dict[str, list[float]] = {"map-only": [], "program-change": []}
+    try:
+        wait_verdict(pin, pkt, 2, timeout=60)  # XDP_PASS: applied
+        time.sleep(0.5)
+        for _ in range(reps):  # add / remove one source: a 1-entry map delta
+            for extra, want in ((f", {PROBE_SRC}", 1), ("", 2)):
+                t0 = time.perf_counter()
+                f.write_text(POLICY.format(netns=netns, extra=extra, rule=""))
+                out["map-only"].append((wait_verdict(pin, pkt, want) - t0) * 1000)
+                time.sleep(0.2)
+        port_rule = f"    - name: ssh\n      sources: [{PROBE_SRC}]\n      protocols: [tcp]\n      ports: [22]\n"
+        all_rule = f"    - name: ssh\n      sources: [{PROBE_SRC}]\n"
+        f.write_text(POLICY.format(netns=netns, extra="", rule=all_rule))
+        wait_verdict(pin, pkt, 1)
+        time.sleep(0.3)
+        for _ in range(reps):  # a ports feature on/off changes the generated program
+            for rule, want in ((port_rule, 2), (all_rule, 1)):
+                t0 = time.perf_counter()
+                f.write_text(POLICY.format(netns=netns, extra="", rule=rule))
+                out["program-change"].append((wait_verdict(pin, pkt, want) - t0) * 1000)
+                time.sleep(0.3)
+    except TimeoutError:
+        log.flush()
+        print((work / "watch.log").read_text()[-3000:], file=sys.stderr)
+        raise
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        log.close()
+    return out
+
+
+def noop_cost(reps: int, root: str, state: str, netns: str, n: int = 100) -> dict[str, list[float]]:
+    import artifacts
+
+    from bpfpolicy.controller.config import load_config
+    from bpfpolicy.controller.reconcile import Reconciler
+
+    for i in range(n):
+        ip("link", "add", f"d{i}", "type", "veth", "peer", "name", f"e{i}", netns=netns)
+        ip("link", "set", f"d{i}", "up", netns=netns)
+    src = Path(tempfile.mkdtemp(prefix="bpfpolicy-bench-art-"))
+    try:
+        for i in range(n):
+            artifacts.write(src, f"p{i}", [f"192.0.2.{i % 250}", f"198.51.100.{i % 250}"],
+                            interface=f"d{i}", netns=netns)
+        cfg = load_config(env={"BPFPOLICY_BPFFS_ROOT": root, "BPFPOLICY_STATE_DIR": state})
+        rec = Reconciler(cfg, [src])
+        res = rec.cycle()
+        assert res.ok and len(res.applied.outcomes) == n, res.error
+        out: dict[str, list[float]] = {"shallow": [], "deep": []}
+        for _ in range(reps):
+            for mode in ("shallow", "deep"):
+                t0 = time.perf_counter()
+                res = rec.cycle(deep=mode == "deep")
+                out[mode].append((time.perf_counter() - t0) * 1000)
+                assert res.ok and not res.applied.outcomes, [o.message for o in res.applied.outcomes]
+        return out
+    finally:
+        shutil.rmtree(src, ignore_errors=True)
+
+
+def destroy(root: str, state: str) -> None:
+    subprocess.run([sys.executable, "-m", "bpfpolicy", "destroy", "--yes"], cwd=ROOT,
+                   env={**os.environ, "BPFPOLICY_BPFFS_ROOT": root, "BPFPOLICY_STATE_DIR": state},
+                   capture_output=True, check=False)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=9)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench/reconcile.py needs root")
+    tag = secrets.token_hex(3)
+    netns = f"bpbench-{tag}"
+    work = Path(tempfile.mkdtemp(prefix="bpfpolicy-bench-"))
+    roots = [f"/sys/fs/bpf/bpfpolicy-bench-{tag}-{i}" for i in range(2)]
+    states = [str(work / f"state{i}") for i in range(2)]
+    create_netns(netns)
+    try:
+        ip("link", "add", "bench0", "type", "veth", "peer", "name", "bench1", netns=netns)
+        ip("link", "set", "bench0", "up", netns=netns)
+        env = {**os.environ, "BPFPOLICY_BPFFS_ROOT": roots[0], "BPFPOLICY_STATE_DIR": states[0],
+               "BPFPOLICY_INTERVAL": "3600"}
+        lat = watch_latency(args.reps, env, work, netns)
+        noop = noop_cost(args.reps, roots[1], states[1], netns)
+    finally:
+        for r, s in zip(roots, states, strict=True):
+            destroy(r, s)
+        delete_netns(netns)
+        shutil.rmtree(work, ignore_errors=True)
+    med = {k: statistics.median(v) for k, v in {**lat, **{f"no-op@100 {k}": v for k, v in noop.items()}}.items()}
+    targets = {"map-only": 100.0, "no-op@100 shallow": 50.0, "no-op@100 deep": 50.0}
+    rows = [{"impl": "bpfpolicy", "case": case, "ms": round(v, 2)} for case, v in med.items()]
+    rows += [{"impl": "target", "case": case, "ms": v} for case, v in targets.items()]
+    ratios = {f"ms@{case}": round(med[case] / v, 3) for case, v in targets.items()}
+    for case, v in med.items():
+        print(f"{case:>24}: median {v:8.2f} ms  (samples: {', '.join(f'{x:.1f}' for x in sorted({**lat, **{f'no-op@100 {k}': x for k, x in noop.items()}}[case]))})",
+              file=sys.stderr)
+    print(json.dumps({"bench": "reconcile", "kernel": platform.release(), "rows": rows, "ratios": ratios}))
+
+
+if __name__ == "__main__":
+    main()
