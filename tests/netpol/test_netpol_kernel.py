@@ -141,7 +141,7 @@ spec:
   - fromCIDRSet: [{{cidr: {net}, except: [{client}/32]}}]
     toPorts: [{{ports: [{{port: "8010", protocol: TCP}}]}}]
   - toPorts: [{{ports: [{{port: "9000", endPort: 9002, protocol: UDP}}]}}]
-  - icmps: [{{fields: [{{type: EchoRequest}}]}}]
+  - icmps: [{{fields: [{{type: EchoRequest}}, {{type: EchoRequest, family: IPv6}}]}}]
   ingressDeny:
   - toPorts: [{{ports: [{{port: "8002", protocol: TCP}}]}}]
   egress:
@@ -176,15 +176,17 @@ def test_interface_endpoint_tc_enforces_cilium_semantics(tmp_path, veth_pair, bp
             ["udp", srv, 9003],
             ["ping", srv],                            # icmps EchoRequest
             ["tcp", pair.ip6_a, 8000],                # IPv6 is not in the CIDR: default deny
+            ["udp", pair.ip6_a, 9000],                # the L4-only rule: any peer, IPv6 too
+            ["ping", pair.ip6_a],                     # ICMPv6 EchoRequest (NDP always passes)
         ])
-        assert got == [True, True, False, False, False, True, True, False, True, False]
+        assert got == [True, True, False, False, False, True, True, False, True, False, True, True]
         # egress from the endpoint: allowed flow's replies pass the default-deny ingress
         assert probe(pair.ns_a, [["tcp", cli, 7000], ["tcp", cli, 7001]]) == [True, False]
 
         counters = ld.counters()
         assert counters["NetworkPolicy/srv-in:spec.ingressDeny[0]"][0] >= 1
         assert counters["NetworkPolicy/srv-in:spec.ingress[0]"][0] >= 2
-        assert counters["NetworkPolicy/srv-in:spec.ingress[3]"][0] == 1  # one echo request
+        assert counters["NetworkPolicy/srv-in:spec.ingress[3]"][0] == 2  # one echo request per family
         assert counters["NetworkPolicy/srv-in:spec.egress[0]"][0] >= 1
         assert counters["ingress/default-deny"][0] >= 3
         assert counters["ingress/reply"][0] >= 1  # SYN-ACK of the egress connection
