@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..build import build_bpf, vmlinux_header
-from ..codegen import c_comment, render
+from ..codegen import c_comment, c_ident, render
 from ..errors import Diagnostic, PolicyError
 from ..load import Document
 from . import tracing_spec as S
@@ -109,6 +109,7 @@ class Lowering:
         self.hooks: list[dict[str, Any]] = []
         self.uses_rate_limit = False
         self.uses_parent_binary = False
+        self.literals: dict[tuple[str, bytes], dict[str, str]] = {}
         self._lower()
 
     def _target_btf(self, ctx: CompileContext) -> tuple[Btf | None, str]:
@@ -192,6 +193,9 @@ class Lowering:
     # -------------------------------------------------------------- backend choice
     def _need(self, *names: str) -> bool:
         return all(self.features.get(n) for n in names)
+
+    def _reason(self, name: str) -> str:
+        return (self.features.get("reasons") or {}).get(name, f"{name} unavailable")
 
     def _missing(self, *names: str) -> str:
         reasons = self.features.get("reasons") or {}
@@ -280,7 +284,7 @@ class Lowering:
             return Backend("kprobe", f"kprobe/{func}", "kprobes available", func, True, 0, True)
         if self._need("syscall_tracepoints"):
             return Backend("tracepoint", f"tp/syscalls/sys_enter_{name}",
-                           f"no kprobes: {self._missing('kprobes')}", func, True, 0, True)
+                           f"no kprobes: {self._reason('kprobes')}", func, True, 0, True)
         if self._need("trampoline"):
             n = self._func_params(func, path, hook)
             return None if n is None else Backend("fentry", f"fentry/{func}",
@@ -357,7 +361,7 @@ class Lowering:
         if self._need("kprobes"):
             return Backend("kprobe", f"kprobe/{call}", "kprobes available", call)
         if self._need("bpf_lsm"):
-            return self._lsm_backend(lsm, path, hook, f"no kprobes: {self._missing('kprobes')}")
+            return self._lsm_backend(lsm, path, hook, f"no kprobes: {self._reason('kprobes')}")
         if self._need("trampoline"):
             n = self._func_params(call, path, hook)
             return None if n is None else Backend("fentry", f"fentry/{call}", "no kprobes, no BPF LSM", call, False, n)
@@ -373,7 +377,7 @@ class Lowering:
             return Backend("kprobe", f"kprobe/{call}", "kprobes available", call)
         if self._need("trampoline"):
             n = self._func_params(call, path, hook)
-            why = "return: true via fexit" if hook.get("return") else f"no kprobes: {self._missing('kprobes')}"
+            why = "return: true via fexit" if hook.get("return") else f"no kprobes: {self._reason('kprobes')}"
             return None if n is None else Backend("fentry", f"fentry/{call}", why, call, False, n)
         raise HookError(path, f"kernel function {call} cannot be hooked: kernel "
                         f"{self.features.get('kernel')} lacks {self._missing('kprobes', 'trampoline')}")
@@ -607,9 +611,19 @@ class Lowering:
         negate = op.startswith("Not")
         base = {"NotEqual": "Equal", "NotIn": "Equal", "In": "Equal", "NotPrefix": "Prefix",
                 "NotPostfix": "Postfix"}.get(op, op)
-        terms = [_str_expr(buf, length, base, v) for v in values]
-        anyof = " || ".join(f"({t})" for t in terms) or "0"
+        terms = [f"{self._literal(base, v)}({buf}, {length})" for v in values]
+        anyof = " || ".join(terms) or "0"
         return self._matcher(path, text, f"!({anyof})" if negate else anyof)
+
+    def _literal(self, op: str, value: str) -> str:
+        """One helper function per (operator, value), shared by every matcher using it."""
+        data = value.rstrip("\0").encode()
+        key = (op, data)
+        if key not in self.literals:
+            name = c_ident(data.decode(errors="replace"), prefix=f"tp_{op.lower()}")
+            self.literals[key] = {"name": name, "op": op, "value": data.decode(errors="replace"),
+                                  "body": literal_body(op, data)}
+        return self.literals[key]["name"]
 
     def _match_pids(self, m: dict[str, Any], path: PathT) -> dict[str, Any]:
         pid = "tp_ns_tgid()" if m.get("isNamespacePID") else "e->pid"
@@ -688,6 +702,7 @@ class Lowering:
         self.source_hash = hashlib.sha256(json.dumps(self.data, sort_keys=True, default=str).encode()).hexdigest()[:16]
         return render("tracing_policy.bpf.c.j2", policy_name=self.name, policy_id=policy_id,
                       source_hash=self.source_hash, programs=self.programs,
+                      literals=list(self.literals.values()),
                       str_max=S.CAPTURE_STRING, max_args=S.MAX_ARGS, ringbuf_size=256 * 1024,
                       uses_rate_limit=self.uses_rate_limit, uses_parent_binary=self.uses_parent_binary)
 
@@ -760,20 +775,33 @@ def _int_expr(v: str, op: str, values: list[str], unsigned: bool) -> str:
     raise ValueError(op)
 
 
-def _str_expr(buf: str, length: str, op: str, value: str) -> str:
-    """Straight-line byte compares against a literal (never a C string: no escaping)."""
-    data = value.rstrip("\0").encode()
+_PLAIN = set(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+:@,=~ ")
+
+
+def _char(b: int) -> str:
+    """A byte as C: 'x' for plain printable characters, (char)N otherwise."""
+    return f"'{chr(b)}'" if b in _PLAIN else f"(char){b}"
+
+
+def literal_body(op: str, data: bytes) -> str:
+    """Straight-line byte compares of `s` (length `len`) against a policy value. The
+    value never becomes a C string literal: plain characters are char constants, the rest
+    numbers."""
     n = len(data)
-    if op == "Equal":
-        head = [f"{length} == {n}"]
-        body = [f"{buf}[{i}] == (char){b}" for i, b in enumerate(data)]
-    elif op == "Prefix":
-        head = [f"{length} >= {n}"]
-        body = [f"{buf}[{i}] == (char){b}" for i, b in enumerate(data)]
-    else:  # Postfix
-        head = [f"{length} >= {n}"]
-        body = [f"TP_TAIL({buf}, {length}, {n}, {i}) == (char){b}" for i, b in enumerate(data)]
-    return " && ".join(head + body)
+    head = f"len == {n}" if op == "Equal" else f"len >= {n}"
+    if op == "Postfix":
+        body = [f"TP_TAIL(s, len, {n}, {i}) == {_char(b)}" for i, b in enumerate(data)]
+    else:
+        body = [f"s[{i}] == {_char(b)}" for i, b in enumerate(data)]
+    lines, line = [], head
+    for term in body:
+        if len(line) + len(term) > 80:
+            lines.append(line)
+            line = term
+        else:
+            line += " && " + term
+    lines.append(line)
+    return " &&\n\t       ".join(lines)
 
 
 def _host_version() -> tuple[int, int] | None:
