@@ -68,9 +68,10 @@ def observe(cfg: HostConfig, store: Store | None = None, *, deep: bool = True) -
             if kind_dir.name == STAGING or not kind_dir.is_dir():
                 continue
             keys |= {f"{kind_dir.name}/{d.name}" for d in kind_dir.iterdir() if d.is_dir()}
+    xdp_cache: dict[str | None, dict[str, int | None]] = {}
     for key in sorted(keys):
         if deep or inv.get(key) is None:
-            obs.policies[key] = observe_policy(cfg, key, inv.get(key))
+            obs.policies[key] = observe_policy(cfg, key, inv.get(key), xdp_cache)
         else:
             obs.policies[key] = trusted_policy(cfg, key, inv[key])
     return obs
@@ -85,7 +86,8 @@ def trusted_policy(cfg: HostConfig, key: str, entry: dict[str, Any]) -> Observed
     return op
 
 
-def observe_policy(cfg: HostConfig, key: str, entry: dict[str, Any] | None) -> ObservedPolicy:
+def observe_policy(cfg: HostConfig, key: str, entry: dict[str, Any] | None,
+                   xdp_cache: dict[str | None, dict[str, int | None]] | None = None) -> ObservedPolicy:
     kind, name = key.split("/", 1)
     if entry is not None and not entry.get("bpf", True):
         return _observe_installed(key, entry)
@@ -107,7 +109,7 @@ def observe_policy(cfg: HostConfig, key: str, entry: dict[str, Any] | None) -> O
             op.drift.append(f"map {mname}: pin {info.get('pin')} missing")
     for att in entry.get("attachments", []):
         idx = int(att["index"])
-        op.attached[idx] = attached_prog_ids(att)
+        op.attached[idx] = attached_prog_ids(att, xdp_cache)
         want = att.get("prog_id")
         if want not in op.attached[idx]:
             op.drift.append(f"attachment {describe_attachment(att)}: expected program {want}, "
@@ -146,12 +148,20 @@ def _pinned_prog_id(pin: str | None) -> int | None:
         os.close(fd)
 
 
-def attached_prog_ids(att: dict[str, Any]) -> list[int]:
-    """Program ids the kernel runs at this attachment right now ([] when detached)."""
-    from ..kernel import cgroup, tc, xdp
+def attached_prog_ids(att: dict[str, Any],
+                      xdp_cache: dict[str | None, dict[str, int | None]] | None = None) -> list[int]:
+    """Program ids the kernel runs at this attachment right now ([] when detached).
+    `xdp_cache` (per observation) holds one netlink dump per netns."""
+    from ..kernel import cgroup, netdev, tc, xdp
 
     t = att.get("type")
     try:
+        if t == "xdp" and xdp_cache is not None:
+            ns = att.get("netns")
+            if ns not in xdp_cache:
+                xdp_cache[ns] = netdev.xdp_prog_ids(ns)
+            pid = xdp_cache[ns].get(att["interface"])
+            return [pid] if pid else []
         if t == "xdp":
             pid = xdp.query(att["interface"], att.get("netns")).prog_id
             return [pid] if pid else []
