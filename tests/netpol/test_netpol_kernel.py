@@ -326,6 +326,12 @@ spec:
         ids = tc.prog_query(pair.if_a, "ingress", pair.ns_a)
         assert len(ids) == 1
         assert probe(pair.ns_b, [["tcp", pair.ip4_a, 8000], ["tcp", pair.ip4_a, 8001]]) == [True, False]
+        from bpfpolicy.controller.status import collect
+
+        (row,) = collect(controller_cfg)["policies"]
+        by_rule = {c["rule"]: c["packets"] for c in row["counters"]}
+        assert by_rule["NetworkPolicy/srv:spec.ingress[0]"] >= 1  # status names policy and rule
+        assert by_rule["ingress/default-deny"] >= 1
 
         (art2,) = compile_text(tmp_path, policy.format(port=8001), inv)
         assert art2.manifest["program_hash"] == art.manifest["program_hash"]
