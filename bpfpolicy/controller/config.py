@@ -40,7 +40,9 @@ class GitSource:
 
 @dataclass
 class Endpoint:
-    """One local workload NetworkPolicy selects by labels (passed through to the kind)."""
+    """One local workload NetworkPolicy selects by labels. The raw entries go to the
+    compiler as `CompileContext.options["inventory"]`; the kind checks its own fields
+    (`ports`, `host`)."""
 
     name: str
     labels: dict[str, str] = field(default_factory=dict)
@@ -58,6 +60,7 @@ class HostConfig:
     source_dir: Path | None = None
     git: GitSource | None = None
     endpoints: list[Endpoint] = field(default_factory=list)
+    endpoints_raw: list[dict[str, Any]] | None = None  # as written: the kind validates the rest
     bpffs_root: Path = DEFAULT_BPFFS_ROOT
     state_dir: Path = DEFAULT_STATE_DIR
     interval: float = 30.0
@@ -145,6 +148,8 @@ def _from_data(doc: Any, errors: list[Diagnostic]) -> HostConfig:
         _source(get["source"][1], cfg, lambda m, sub=(): err("source", m, sub))
     if "endpoints" in get:
         cfg.endpoints = _endpoints(get["endpoints"][1], lambda m, sub=(): err("endpoints", m, sub))
+        if isinstance(get["endpoints"][1], list):
+            cfg.endpoints_raw = get["endpoints"][1]
     for key, attr in (("bpffsRoot", "bpffs_root"), ("stateDir", "state_dir")):
         if key in get:
             value = get[key][1]
@@ -233,7 +238,7 @@ def _endpoints(value: Any, err: Any) -> list[Endpoint]:
         if not isinstance(ep, dict):
             err("must be a mapping", (i,))
             continue
-        for k in set(ep) - {"name", "labels", "cgroup", "interfaces", "addresses"}:
+        for k in set(ep) - {"name", "labels", "cgroup", "interfaces", "addresses", "ports", "host"}:
             err(f'unknown field "{k}"', (i, k))
         name = ep.get("name")
         if not isinstance(name, str) or not _DNS1123.match(name):

@@ -63,10 +63,20 @@ class Reconciler:
         """Compile unless the source fingerprint is unchanged since the last cycle."""
         if self._memo and self._memo[0] == snap.revision:
             return self._memo[1]
-        state = build(snap.paths, self.cfg.state_dir / "artifacts")
+        state = build(snap.paths, self.cfg.state_dir / "artifacts", self.compile_context())
         if state.ok:
             self._memo = (snap.revision, state)
         return state
+
+    def compile_context(self) -> Any:
+        """The endpoint inventory from the host config goes to kinds that select
+        local workloads (NetworkPolicy) as `options["inventory"]`."""
+        from ..kinds import CompileContext
+
+        options: dict[str, Any] = {}
+        if self.cfg.endpoints_raw is not None:
+            options["inventory"] = self.cfg.endpoints_raw
+        return CompileContext(options=options)
 
     def startup(self) -> None:
         """Once per process, under the lock: clear what a killed run left behind."""

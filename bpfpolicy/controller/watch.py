@@ -25,7 +25,7 @@ from . import events
 from .config import HostConfig
 from .reconcile import CycleResult, Reconciler
 
-DEBOUNCE = 0.03
+DEBOUNCE = 0.01
 MAX_DELAY = 0.5
 JITTER = 0.1
 
