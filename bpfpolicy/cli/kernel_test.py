@@ -67,8 +67,8 @@ def command(paths: tuple[str, ...], kernel_names: list[str], fmt: str, out_dir: 
             timeout: float, caps: str | None, inventory: str | None, revision: str | None, lenient: bool,
             bundle_dir: str | None) -> None:
     """Boot real kernels in QEMU (and use the host kernel) to load, attach and exercise artifacts."""
+    from ..matrix import fetch_all, render, run_matrix, write_bundle
     from ..matrix import kernels as kernel_mod
-    from ..matrix import render, run_matrix, write_bundle
     from ..matrix.guest import GuestError
 
     out = Path(out_dir)
@@ -77,16 +77,16 @@ def command(paths: tuple[str, ...], kernel_names: list[str], fmt: str, out_dir: 
         click.echo(f"kernel-test: {d}: artifact has no kernel-test.txt and no BPF object; nothing to run", err=True)
     compiled: dict[tuple[int, int] | None, list[ArtifactDir]] = {}
     versions: dict[str, tuple[int, int]] = {}
+    prefetched = None
+    if policies and not bundle_dir:
+        # The exact target version matters when compiling: fetch first (concurrently);
+        # run_matrix reuses the result and reports any fetch failure.
+        prefetched = fetch_all(kernel_names)
     for name in kernel_names:
         if name == "host":
             continue
-        hit = kernel_mod.cached(kernel_mod.KERNELS[name])
-        if hit is None and policies and not bundle_dir:
-            try:  # the exact target version matters when compiling; run_matrix fetches anyway
-                hit = kernel_mod.fetch(kernel_mod.KERNELS[name])
-            except kernel_mod.FetchError:
-                hit = None  # run_matrix reports the fetch failure
-        versions[name] = hit.version if hit else _nominal(name)
+        hit = prefetched[0].get(name) if prefetched else kernel_mod.cached(kernel_mod.KERNELS[name])
+        versions[name] = hit.version if isinstance(hit, kernel_mod.Kernel) else _nominal(name)
     if policies:
         targets = [versions.get(name) for name in kernel_names]
         for version in dict.fromkeys(targets):
@@ -107,7 +107,7 @@ def command(paths: tuple[str, ...], kernel_names: list[str], fmt: str, out_dir: 
         click.echo(f"kernel-test: bundle for {', '.join(members)} in {dest}; run `sudo {dest}/run.sh` on the target")
         return
     try:
-        report = run_matrix(kernel_names, source, out, jobs=jobs, timeout=timeout)
+        report = run_matrix(kernel_names, source, out, jobs=jobs, timeout=timeout, prefetched=prefetched)
     except GuestError as e:
         click.echo(f"kernel-test: {e}", err=True)
         sys.exit(1)

@@ -64,18 +64,25 @@ class MatrixReport:
                 "table": table, "kernels": [run.as_dict() for run in self.runs]}
 
 
-def run_matrix(kernel_names: list[str], source: ArtifactSource, out_dir: Path,
-               jobs: int | None = None, timeout: float = 90.0) -> MatrixReport:
-    """Fetch, boot and test every requested kernel; write logs and results.json to out_dir."""
+def fetch_all(kernel_names: list[str]) -> tuple[dict[str, Kernel | str], float]:
+    """Fetch the Debian members concurrently: {name: Kernel or error text}, seconds taken."""
     start = time.monotonic()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report = MatrixReport(out_dir=out_dir)
     vm_names = [k for k in kernel_names if k != "host"]
     fetched: dict[str, Kernel | str] = {}
     with ThreadPoolExecutor(max(1, len(vm_names))) as pool:
         for name, got in zip(vm_names, pool.map(_fetch_or_error, vm_names), strict=True):
             fetched[name] = got
-    report.fetch_seconds = time.monotonic() - start
+    return fetched, time.monotonic() - start
+
+
+def run_matrix(kernel_names: list[str], source: ArtifactSource, out_dir: Path,
+               jobs: int | None = None, timeout: float = 90.0,
+               prefetched: tuple[dict[str, Kernel | str], float] | None = None) -> MatrixReport:
+    """Fetch, boot and test every requested kernel; write logs and results.json to out_dir."""
+    start = time.monotonic()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = MatrixReport(out_dir=out_dir)
+    fetched, report.fetch_seconds = prefetched or fetch_all(kernel_names)
     runner = guest.build_runner()
     workers = jobs or os.cpu_count() or 1
 
@@ -89,7 +96,7 @@ def run_matrix(kernel_names: list[str], source: ArtifactSource, out_dir: Path,
         for r in run.results:
             seen.setdefault(r.artifact)
     report.artifacts = list(seen)
-    report.wall_seconds = time.monotonic() - start
+    report.wall_seconds = time.monotonic() - start + (prefetched[1] if prefetched else 0.0)
     _write(report, out_dir)
     return report
 
