@@ -275,13 +275,16 @@ class TracingChecker:
             return
         if section == "tracepoints" and not raw_tp and t == "auto":
             return
+        # Dropping one arg keeps the others' meaning on functions (matched by index), but
+        # on tracepoints matchArgs count positions in `args`: drop the hook there.
+        arg_drop = hpath if section == "tracepoints" else apath
         if t not in S.IMPLEMENTED_TYPES:
             self.r.unsupported((*apath, "type"), f'argument type "{t}" is recognised but not '
                                "decoded by bpfpolicy yet (supported: integers, string, char_buf, "
-                               "file, path, dentry, linux_binprm, nop)", drop=apath)
+                               "file, path, dentry, linux_binprm, nop)", drop=arg_drop)
         if "resolve" in arg:
             self.r.unsupported((*apath, "resolve"), "resolve (BTF field paths) is not "
-                               "implemented", drop=apath)
+                               "implemented", drop=arg_drop)
         if arg.get("returnCopy"):
             self.r.unsupported((*apath, "returnCopy"), "returnCopy is not implemented",
                                drop=hpath)
@@ -388,7 +391,11 @@ class TracingChecker:
                   "NotFileType", "CapabilitiesGained"):
             self.r.unsupported((*path, "operator"), f"operator {op} is not implemented", drop=drop)
             return
-        if not in_hook or t in ("auto", "nop"):
+        if t == "nop" and in_hook:
+            self.r.error((*path, "index"), f"argument {idx} has type nop (not captured), so it "
+                         "cannot be matched; give it a type")
+            return
+        if not in_hook or t == "auto":
             return
         if t not in S.IMPLEMENTED_TYPES:
             self.r.unsupported((*path, "index"), f'argument {idx} has type "{t}", which '

@@ -240,13 +240,16 @@ class Lowering:
 
     def _syscall_func(self, call: str) -> str:
         m = SYSCALL_CALL.match(call)
-        base = call[len(m.group(1)):] if m and m.group(1) else call
+        prefix = m.group(1) if m else None
+        if prefix in ("__ia32_", "__se_", "__do_"):
+            return call  # a specific entry point (compat, inner): keep it as written
+        base = call[len(prefix):] if prefix else call
         return self.arch_prefix + base
 
     def _syscall_backend(self, call: str, hook: dict[str, Any], path: PathT, override: bool,
                          selectors: list[dict[str, Any]]) -> Backend | None:
         func = self._syscall_func(call)
-        name = func[len(self.arch_prefix) + 4:]
+        name = func.split("sys_", 1)[1]
         if override:
             prefer_fmod = self.override_method == "fmod-ret"
             if self._need("kprobes", "kprobe_override") and not prefer_fmod:

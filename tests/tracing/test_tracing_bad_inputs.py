@@ -302,3 +302,35 @@ lsmhooks:
     assert art is None
     assert diags[0].path == "spec.lsmhooks[0]" and "needs BPF LSM" in diags[0].message
     assert diags[0].line == located(p, "- hook: file_open")[0]
+
+
+def test_matching_a_nop_argument(tmp_path: Path) -> None:
+    p = write(tmp_path, """\
+kprobes:
+- call: security_file_open
+  syscall: false
+  args: [{index: 0, type: nop}]
+  selectors:
+  - matchArgs: [{index: 0, operator: Equal, values: ["1"]}]
+""")
+    d = one_error(p)
+    assert d.path == "spec.kprobes[0].selectors[0].matchArgs[0].index"
+    assert "type nop (not captured)" in d.message
+
+
+def test_lenient_drops_whole_tracepoint_when_an_arg_is_undecodable(tmp_path: Path) -> None:
+    """matchArgs on tracepoints count positions in args: dropping one arg would shift the
+    others, so the hook goes instead."""
+    p = write(tmp_path, """\
+tracepoints:
+- subsystem: syscalls
+  event: sys_enter_openat
+  args:
+  - {index: 5, type: sock}
+  - {index: 6, type: string}
+  selectors:
+  - matchArgs: [{index: 1, operator: Prefix, values: [/etc/]}]
+""")
+    result = validate(p, lenient=True)
+    assert result.ok
+    assert any("dropped spec.tracepoints[0] (--lenient)" in d.message for d in result.diagnostics)
