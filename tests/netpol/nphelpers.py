@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ipaddress
 import os
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +19,11 @@ from bpfpolicy.kernel import bpf, cgroup, tc
 from bpfpolicy.kernel import libbpf as lb
 from bpfpolicy.kernel.maps import read_counters, write_records
 from bpfpolicy.kinds import Artifact, CompileContext
-from bpfpolicy.kinds.netpol_lower import ACTION_NAMES
+from bpfpolicy.kinds.netpol_events import decode
 from bpfpolicy.kinds.network_policy import NetworkPolicyKind
 from bpfpolicy.load import load_file
 from bpfpolicy.validate import validate_documents
 
-EVENT = struct.Struct("<QIBBBBHH16s16sI")
 _CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
 
 
@@ -40,14 +37,6 @@ def compile_text(tmp: Path, text: str, inventory: list[dict[str, Any]], lenient:
     assert result.ok, "\n".join(str(d) for d in result.diagnostics)
     docs = [v.doc for v in result.policies]
     return NetworkPolicyKind().compile_set(docs, CompileContext(options={"inventory": inventory}))
-
-
-def decode_event(raw: bytes) -> dict[str, Any]:
-    ts, slot, action, d, proto, fam, lport, rport, la, ra, _ = EVENT.unpack_from(raw)
-    size = 4 if fam == 4 else 16
-    return {"slot": slot, "action": ACTION_NAMES[action], "direction": "ingress" if d == 0 else "egress",
-            "proto": proto, "lport": lport, "rport": rport,
-            "local": str(ipaddress.ip_address(la[:size])), "remote": str(ipaddress.ip_address(ra[:size]))}
 
 
 class Loaded:
@@ -105,7 +94,7 @@ class Loaded:
         out: list[dict[str, Any]] = []
 
         def cb(_ctx: int, data: int, size: int) -> int:
-            out.append(decode_event(ctypes.string_at(data, size)))
+            out.append(decode(ctypes.string_at(data, size), self.art.manifest))
             return 0
 
         fn = _CB(cb)
@@ -115,9 +104,6 @@ class Loaded:
             so.ring_buffer__consume(rb)
         finally:
             so.ring_buffer__free(rb)
-        rules = self.art.manifest["counters"]["rules"]
-        for e in out:
-            e["rule"] = rules[e["slot"]]["name"] if e["slot"] < len(rules) else "?"
         return out
 
     def close(self) -> None:

@@ -195,6 +195,7 @@ def test_interface_endpoint_tc_enforces_cilium_semantics(tmp_path, veth_pair, bp
         denies = [e for e in events if e["action"] == "deny"]
         assert denies and all(e["rule"] == "NetworkPolicy/srv-in:spec.ingressDeny[0]" for e in denies)
         assert {(e["remote"], e["lport"]) for e in denies} == {(cli, 8002)}
+        assert {(e["endpoint"], e["policy"], e["proto"]) for e in denies} == {("srv", "NetworkPolicy/srv-in", "TCP")}
         assert any(e["action"] == "default-deny" and e["lport"] == 8004 for e in events)
 
         ld.detach()
