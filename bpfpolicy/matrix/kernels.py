@@ -9,6 +9,8 @@ kept; with a warm cache no network is touched.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import lzma
 import os
@@ -18,6 +20,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,7 +133,8 @@ class PrivateApt:
 
     def update(self) -> None:
         """Refresh the private package lists (at most once a day)."""
-        with _apt_lock:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with _apt_lock, _file_lock(self.root / ".update.lock"):
             self.write_sources()
             (self.lists / "partial").mkdir(parents=True, exist_ok=True)
             (self.cache / "archives" / "partial").mkdir(parents=True, exist_ok=True)
@@ -208,6 +212,17 @@ def _debian_version_key(version: str) -> list[tuple[int, str]]:
     return [(int(p), "") if p.isdigit() else (-1, p) for p in re.split(r"[.+~-]", version)]
 
 
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """flock: concurrent test runs sharing the cache download each kernel once."""
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def fetch(spec: KernelSpec, apt: PrivateApt | None = None) -> Kernel:
     """Return the cached kernel, downloading and extracting it first if needed."""
     hit = cached(spec)
@@ -215,6 +230,12 @@ def fetch(spec: KernelSpec, apt: PrivateApt | None = None) -> Kernel:
         return hit
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         raise FetchError(f"{spec.name}: not cached and apt-get/dpkg-deb are unavailable")
+    kernels_dir().mkdir(parents=True, exist_ok=True)
+    with _file_lock(kernels_dir() / f".{spec.name}.lock"):
+        return cached(spec) or _download(spec, apt)
+
+
+def _download(spec: KernelSpec, apt: PrivateApt | None) -> Kernel:
     apt = apt or PrivateApt(kernels_dir() / "apt")
     apt.update()
     release, packages = resolve(apt, spec)
