@@ -311,9 +311,12 @@ def _swap(cfg: HostConfig, att: dict[str, Any], i: int, prog: Any, prev: dict[st
             cgroup.update(str(link_pin), prog.fd)
             rec.update(tc=prev["tc"], link_pin=str(link_pin), prog_id=new_id)
             return rec, old
-        old_ids = tc.cls_query(att["interface"], att["direction"], att.get("netns")) if prev else []
+        prio = (prev or {}).get("tc", {}).get("prio") or tc_prio(f"{entry['kind']}/{entry['name']}", i)
+        old_ids = [f for f in tc.cls_query(att["interface"], att["direction"], att.get("netns"))
+                   if f["prio"] == prio] if prev else []
         res = tc.attach(prog.fd, att["interface"], att["direction"], att.get("netns"),
-                        link_pin=str(stage / f"link_{i}"), name=f"bpfpolicy-{entry['name']}"[:32])
+                        link_pin=str(stage / f"link_{i}"), name=f"bpfpolicy-{entry['name']}"[:32], prio=prio,
+                        prefer_tcx=os.environ.get("BPFPOLICY_TC_MECHANISM", "auto") != "tc")
         if res.get("mechanism") == "tcx":
             res["link_pin"] = str(link_pin)
             rec["link_pin"] = str(link_pin)
@@ -335,6 +338,14 @@ def _swap(cfg: HostConfig, att: dict[str, Any], i: int, prog: Any, prev: dict[st
     link.close()
     rec.update(link_pin=str(link_pin), prog_id=new_id)
     return rec, None
+
+
+def tc_prio(key: str, index: int) -> int:
+    """A stable cls_bpf prio per (policy, attachment): two policies on one interface
+    never replace each other's filter, and a new version lands on the same prio."""
+    import zlib
+
+    return 0x1000 + zlib.crc32(f"{key}#{index}".encode()) % 0x6000
 
 
 def _our_prog_ids(prev: dict[str, Any] | None, entry: dict[str, Any], prog: Any) -> set[int]:
@@ -391,7 +402,8 @@ def _rollback(swapped: list[tuple[dict[str, Any], int | None]]) -> None:
 
                 fd = bpf.prog_get_fd_by_id(old_id)
                 try:
-                    tc.cls_attach(fd, rec["interface"], rec["direction"], rec.get("netns"))
+                    tc.cls_attach(fd, rec["interface"], rec["direction"], rec.get("netns"),
+                                  prio=rec.get("tc", {}).get("prio", tc.DEFAULT_PRIO))
                 finally:
                     os.close(fd)
 
@@ -481,8 +493,9 @@ def reattach(cfg: HostConfig, d: DesiredPolicy, entry: dict[str, Any]) -> dict[s
                            expected_prog_id=cur)
             elif t == "tc":
                 tc.detach(rec.get("tc", {}), rec["interface"], rec["direction"], rec.get("netns"))
+                prio = rec.get("tc", {}).get("prio") or tc_prio(f"{entry['kind']}/{entry['name']}", rec["index"])
                 rec["tc"] = tc.attach(fd, rec["interface"], rec["direction"], rec.get("netns"),
-                                      link_pin=rec.get("link_pin"))
+                                      link_pin=rec.get("link_pin"), prio=prio)
             elif t == "cgroup_skb":
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(rec["link_pin"])

@@ -209,7 +209,12 @@ def _generic_artifact(out: Path, veth, cg: Path, variant: int, cg_verdict: int, 
     return Artifact("NetworkPolicy", "web", {"prog.bpf.o": obj, "maps/deny_src.bin": contents}, manifest).write(out)
 
 
-def test_controller_drives_tc_and_cgroup_attachments(ctl, veth, cgroup_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mechanism", ["auto", "tc"])
+def test_controller_drives_tc_and_cgroup_attachments(ctl, veth, cgroup_dir: Path, tmp_path: Path,
+                                                     mechanism: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tcx when the kernel has it ("auto"), and the clsact/cls_bpf path forced with
+    BPFPOLICY_TC_MECHANISM=tc (what kernels before 6.6 get)."""
+    monkeypatch.setenv("BPFPOLICY_TC_MECHANISM", mechanism)
     from bpfpolicy.controller.reconcile import Reconciler
     from bpfpolicy.controller.state import Store
     from bpfpolicy.controller.status import collect
@@ -234,12 +239,22 @@ def test_controller_drives_tc_and_cgroup_attachments(ctl, veth, cgroup_dir: Path
     assert udp_received(veth) > 0
     assert _send_from_cgroup(cgroup_dir, veth) == 3
     assert all(a["attached"] for a in collect(ctl)["policies"][0]["attachments"])
+    from bpfpolicy.kernel import tc
+
+    filters = tc.cls_query(veth.if_a, "ingress", veth.ns_a)
+    if mechanism == "tc":  # replaced in place: still exactly one filter, now the new program
+        assert [f["prog_id"] for f in filters] == [new["programs"]["tc_filter"]["id"]]
+        assert new["attachments"][0]["tc"]["mechanism"] == "tc"
+    elif tc.tcx_supported()[0]:
+        assert filters == [] and new["attachments"][0]["tc"]["mechanism"] == "tcx"
 
     import shutil
 
     shutil.rmtree(src / "NetworkPolicy")
     assert Reconciler(ctl, [src], allow_empty=True).cycle().ok
     assert Store(ctl.state_dir).inventory() == {}
+    assert tc.cls_query(veth.if_a, "ingress", veth.ns_a) == []
+    assert tc.prog_query(veth.if_a, "ingress", veth.ns_a) == []
     from bpfpolicy.kernel import cgroup
 
     assert cgroup.query(str(cgroup_dir), "egress") == []
