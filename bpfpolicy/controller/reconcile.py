@@ -123,6 +123,7 @@ class Reconciler:
                 res.skipped = "suspended"
                 self._source_status(snap.revision, "Ready", "Suspended", "reconciliation suspended")
                 return self._done(res, t0)
+            self._mark_reconciling(res.plan, snap.revision)
             res.applied = apply_plan(self.cfg, res.plan, self.store, revision=snap.revision,
                                      progress=self.progress, heal=heal)
             self._record(res, snap.revision, desired)
@@ -199,6 +200,18 @@ class Reconciler:
             self._last_status = json.loads(json.dumps(status))
             src["last_reconcile"] = events.now_iso()
             self.store.save_status(status)
+
+    def _mark_reconciling(self, plan: Plan, revision: str) -> None:
+        """Policies about to change show `Reconciling` while apply runs (status is read
+        by other processes: `bpfpolicy status` during a long apply)."""
+        changing = [p.key for p in plan.policies if p.changes and p.desired is not None]
+        if not changing:
+            return
+        status = self.store.status()
+        for key in changing:
+            st = status["policies"].setdefault(key, {})
+            st.update(condition="Reconciling", reason="Progressing", message=f"applying {revision}")
+        self.store.save_status(status)
 
     def _source_status(self, revision: str | None, condition: str, reason: str, message: str) -> None:
         status = self.store.status()

@@ -205,3 +205,24 @@ def test_seccomp_artifact_installed_atomically(ctl, tmp_path: Path) -> None:
     shutil.rmtree(src / "SeccompProfile")
     assert _cycle(ctl, src, allow_empty=True).ok
     assert not installed.parent.exists()
+
+
+def test_destroy_events_and_metrics(ctl, veth, tmp_path: Path) -> None:
+    from bpfpolicy.controller import metrics
+
+    src = _src(tmp_path, "src")
+    artifacts.write(src, "edge", [veth.ip4_b], interface=veth.if_a, netns=veth.ns_a)
+    before = metrics.REGISTRY.get_sample_value("bpfpolicy_apply_total", {"action": "create", "result": "success"}) or 0
+    assert _cycle(ctl, src).ok
+    after = metrics.REGISTRY.get_sample_value("bpfpolicy_apply_total", {"action": "create", "result": "success"})
+    assert after == before + 1
+    assert metrics.REGISTRY.get_sample_value("bpfpolicy_map_entries", {"policy": "XDPBlocklist/edge", "map": "deny_v4"}) == 1
+    assert (metrics.REGISTRY.get_sample_value("bpfpolicy_policies", {"condition": "Ready"}) or 0) >= 1
+    assert _xdp_id(veth) is not None
+    proc = run_cli(ctl, "destroy", "--yes")
+    assert proc.returncode == 0 and "removed XDPBlocklist/edge" in proc.stdout
+    assert _xdp_id(veth) is None and ping(veth)
+    assert not ctl.bpffs_root.exists() or not any(ctl.bpffs_root.iterdir())
+    assert _inv(ctl) == {}
+    evs = [json.loads(x) for x in run_cli(ctl, "events", "--policy", "XDPBlocklist/edge").stdout.splitlines()]
+    assert [e["reason"] for e in evs] == ["Applied", "Pruned"]

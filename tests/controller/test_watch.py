@@ -97,7 +97,12 @@ def test_sigterm_leaves_enforcement_and_restart_adopts(ctl, veth, tmp_path: Path
     src = tmp_path / "src"
     src.mkdir()
     (src / "edge.yaml").write_text(_policy(veth, [veth.ip4_b]))
-    env = {**ctl.env, "BPFPOLICY_INTERVAL": "3600"}
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**ctl.env, "BPFPOLICY_INTERVAL": "3600", "BPFPOLICY_METRICS_ADDR": f"127.0.0.1:{port}"}
 
     def start() -> subprocess.Popen[str]:
         return subprocess.Popen([*BPFPOLICY, "watch", str(src)], env=env, cwd=REPO, text=True,
@@ -107,6 +112,11 @@ def test_sigterm_leaves_enforcement_and_restart_adopts(ctl, veth, tmp_path: Path
     try:
         assert _wait(lambda: "XDPBlocklist/edge" in _inventory(ctl))
         pid = xdp.query(veth.if_a, veth.ns_a).prog_id
+        import urllib.request
+
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        assert 'bpfpolicy_apply_total{action="create",result="success"} 1.0' in body
+        assert "bpfpolicy_reconcile_duration_seconds_count" in body
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
