@@ -21,6 +21,7 @@ tests check the tables against it on every probe.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import struct
 from collections.abc import Iterable
@@ -333,8 +334,14 @@ def encode_maps(plan: EndpointPlan) -> dict[str, list[tuple[bytes, bytes]]]:
         key = struct.pack("<I I B B", prefix, peer, dn, proto or 0) + struct.pack(">H", base)
         verdicts.append((key, VERDICT_VAL.pack(action, slot)))
     defaults = [(struct.pack("<I", DIR_NUM[d]), VERDICT_VAL.pack(*plan.default(d))) for d in DIRS]
-    return {"np_peers4": sorted(peers4), "np_peers6": sorted(peers6),
-            "np_verdicts": sorted(verdicts), "np_defaults": sorted(defaults)}
+    out = {"np_peers4": sorted(peers4), "np_peers6": sorted(peers6),
+           "np_verdicts": sorted(verdicts), "np_defaults": sorted(defaults)}
+    h = hashlib.sha256()
+    for name in sorted(out):
+        h.update(name.encode() + b"".join(k + v for k, v in out[name]))
+    generation = int.from_bytes(h.digest()[:4], "little") or 1
+    out["np_config"] = [(struct.pack("<I", 0), struct.pack("<I", generation))]
+    return out
 
 
 ICMP_PROTOS = (ICMP, ICMPV6)

@@ -45,6 +45,7 @@ MAP_SPECS = {  # name -> (type, key_size, value_size)
     "np_peers6": ("lpm_trie", 20, 4),
     "np_verdicts": ("lpm_trie", 12, 8),
     "np_defaults": ("array", 4, 8),
+    "np_config": ("array", 4, 4),
 }
 
 
@@ -152,7 +153,7 @@ def build_artifact(plan: EndpointPlan, ctx: CompileContext) -> Artifact:
         maps.append({"name": name, "type": mtype, "key_size": ks, "value_size": vs,
                      "contents": f"maps/{name}.bin", "entries": len(contents[name]), "percpu": False})
     maps += [
-        {"name": "np_conntrack", "type": "lru_hash", "key_size": 40, "value_size": 8, "percpu": False},
+        {"name": "np_conntrack", "type": "lru_hash", "key_size": 40, "value_size": 16, "percpu": False},
         {"name": "np_stats", "type": "percpu_array", "key_size": 4, "value_size": 16, "percpu": True},
         {"name": "np_events", "type": "ringbuf", "key_size": 0, "value_size": 0, "percpu": False},
     ]
