@@ -367,3 +367,48 @@ spec:
         assert c["CiliumNetworkPolicy/deny-only:spec.ingressDeny[0]"][0] >= 1
         assert c["ingress/default-deny"][0] >= 1
         assert c["ingress/reply"][0] >= 2  # SYN-ACK and echo reply of the open egress
+
+
+def test_policy_change_cuts_established_flow_once_rechecked(tmp_path, veth_pair, bpffs_dir):
+    """A map-only policy change bumps the generation: the established UDP flow (same
+    socket, same ports) is re-checked on its next packet and dropped."""
+    from nphelpers import Loaded
+
+    from bpfpolicy.kernel.maps import apply_map_contents
+    from bpfpolicy.kernel.netns import socket_in_netns
+
+    pair = veth_pair
+    text = """apiVersion: bpfpolicy.io/v1
+kind: NetworkPolicy
+metadata: {{name: udp}}
+spec:
+  endpointSelector: {{matchLabels: {{app: srv}}}}
+  ingress:
+  - toPorts: [{{ports: [{{port: "{port}", protocol: UDP}}]}}]
+"""
+    a = _compile(tmp_path, text.format(port=9000), _srv_inventory(pair))
+    b = _compile(tmp_path, text.format(port=9001), _srv_inventory(pair))
+    assert a.manifest["program_hash"] == b.manifest["program_hash"]
+    with servers(pair.ns_a, [], [9000, 9001]), Loaded(a) as ld:
+        ld.attach(bpffs_dir)
+        s = socket_in_netns(pair.ns_b, socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(1.0)
+
+        def echo() -> bool:
+            s.sendto(b"x", (pair.ip4_a, 9000))
+            try:
+                return s.recv(8) == b"x"
+            except OSError:
+                return False
+
+        try:
+            assert echo() and echo()
+            slot = "NetworkPolicy/udp:spec.ingress[0]"
+            assert ld.counters()[slot][0] == 2  # the established packet counts to its rule
+            for m in a.manifest["maps"]:
+                if m.get("contents"):
+                    apply_map_contents(ld.obj.map(m["name"]).fd, a.files[m["contents"]],
+                                       b.files[m["contents"]], m["key_size"], m["value_size"])
+            assert not echo()  # same flow, new generation: re-checked, now denied
+        finally:
+            s.close()
