@@ -105,6 +105,7 @@ class PrivateApt:
         self.sources = root / "sources.list"
         self.lists = root / "lists"
         self.cache = root / "cache"
+        self.warnings = ""  # what the last `apt-get update` could not fetch
 
     def options(self) -> list[str]:
         return [
@@ -141,18 +142,22 @@ class PrivateApt:
             stamp = self.root / "lists.stamp"
             if stamp.exists() and time.time() - stamp.stat().st_mtime < LISTS_MAX_AGE:
                 return
-            self._run(["apt-get", "-q", *self.options(), "update"], "apt-get update")
-            stamp.touch()
+            out = self._run(["apt-get", "-q", *self.options(), "update"], "apt-get update", stderr=True)
+            failed = [ln.strip() for ln in out.splitlines() if ln.startswith(("Err:", "W: Failed"))]
+            if failed:  # one unreachable suite must not hide the others; retry next time
+                self.warnings = " / ".join(failed[:3])
+            else:
+                stamp.touch()
 
-    def _run(self, cmd: list[str], what: str, cwd: Path | None = None) -> str:
+    def _run(self, cmd: list[str], what: str, cwd: Path | None = None, stderr: bool = False) -> str:
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=900)
         except (OSError, subprocess.TimeoutExpired) as e:
             raise FetchError(f"{what}: {e}") from e
-        if proc.returncode != 0 or (what == "apt-get update" and "Err:" in proc.stdout):
+        if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
             raise FetchError(f"{what} failed: {' / '.join(tail)}")
-        return proc.stdout
+        return proc.stdout + (proc.stderr if stderr else "")
 
     def madison(self, package: str) -> list[tuple[str, str]]:
         """(version, suite) pairs for a package, as apt-cache madison lists them."""
@@ -191,7 +196,8 @@ def resolve(apt: PrivateApt, spec: KernelSpec) -> tuple[str, list[str]]:
     linux-binary-<release> (vmlinuz) and linux-modules-<release>."""
     versions = [v for v, suite in apt.madison("linux-image-amd64") if suite in spec.suites]
     if not versions:
-        raise FetchError(f"{spec.name}: no linux-image-amd64 in {', '.join(spec.suites)}")
+        why = f" (apt-get update: {apt.warnings})" if apt.warnings else ""
+        raise FetchError(f"{spec.name}: no linux-image-amd64 in {', '.join(spec.suites)}{why}")
     best = max(versions, key=_debian_version_key)
     image = None
     for dep in apt.depends(f"linux-image-amd64={best}"):
