@@ -56,12 +56,30 @@ class MatrixReport:
     def results_for(self, kernel: str, artifact: str) -> list[StepResult]:
         return [r for r in self.run(kernel).results if r.artifact == artifact]
 
+    def gaps(self) -> dict[str, list[str]]:
+        """Per kernel: the distinct features it lacks, as the runner/compiler stated them."""
+        out: dict[str, list[str]] = {}
+        for run in self.runs:
+            seen: dict[str, None] = {}
+            for r in run.results:
+                m = _GAP.search(r.detail) or (_COMPILE_GAP.search(r.detail) if r.step == "compile" else None)
+                if m and r.status in ("skip", "ok"):
+                    seen.setdefault(m[1].strip())
+            out[run.name] = list(seen)
+        return out
+
     def as_dict(self) -> dict[str, object]:
         table = {a: {run.name: results.cell([r for r in run.results if r.artifact == a])
                      for run in self.runs} for a in self.artifacts}
         return {"ok": self.ok, "wall_seconds": round(self.wall_seconds, 2),
                 "fetch_seconds": round(self.fetch_seconds, 2), "artifacts": self.artifacts,
-                "table": table, "kernels": [run.as_dict() for run in self.runs]}
+                "table": table, "gaps": self.gaps(), "kernels": [run.as_dict() for run in self.runs]}
+
+
+# "kernel lacks feature: kprobes (no kprobe PMU ...)" -> "kprobes"; program types keep their name.
+_GAP = re.compile(r"kernel lacks feature: ([^(;:]+?)\s*(?:\(|;|:|$)")
+# The compiler's wording ("kernel 6.18 lacks bpf_lsm (...)") -> "bpf_lsm".
+_COMPILE_GAP = re.compile(r"\blacks? ([\w./-]+(?: [\w./-]+)?)")
 
 
 def fetch_all(kernel_names: list[str]) -> tuple[dict[str, Kernel | str], float]:
@@ -181,10 +199,9 @@ def render(report: MatrixReport, console: object | None = None) -> None:
         con.print(f"[red]FAIL[/] {r.kernel} {r.artifact}:{r.line} {r.step}: {r.detail}")
         if r.log_file:
             con.print(f"     verifier log: {r.log_file}")
-    skips = [r for run in report.runs for r in run.results if r.status == "skip"
-             and "kernel lacks" in r.detail]
-    for r in skips:
-        con.print(f"[yellow]skip[/] {r.kernel} {r.artifact}:{r.line} {r.step}: {r.detail}")
+    for kernel, gaps in report.gaps().items():
+        if gaps:
+            con.print(f"[yellow]{kernel} lacks[/]: {'; '.join(gaps)}")
     verdict = "[green]all kernels ok[/]" if report.ok else f"[red]{len(report.failures)} failure(s)[/]"
     con.print(f"{verdict} — wall {report.wall_seconds:.1f} s (fetch {report.fetch_seconds:.1f} s); "
               f"logs in {report.out_dir}")

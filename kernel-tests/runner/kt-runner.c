@@ -355,22 +355,26 @@ static void do_object(int ln, int argc, char **argv)
 	}
 	/* A program type this kernel will not load is a kernel gap, not a policy bug: leave
 	 * that program out (later lines naming it skip) and load the rest. */
-	char gaps[512] = "";
+	char gaps[512] = "", types[256] = "";
 	int loadable = 0;
 	bpf_object__for_each_program(prog, obj) {
 		enum bpf_prog_type type = bpf_program__type(prog);
+		const char *tname = libbpf_bpf_prog_type_str(type);
 		if (libbpf_probe_bpf_prog_type(type, NULL) == 0) {
 			size_t used = strlen(gaps);
-			snprintf(gaps + used, sizeof(gaps) - used, "%s%s (%s)", used ? ", " : "",
-				 bpf_program__name(prog), libbpf_bpf_prog_type_str(type));
+			snprintf(gaps + used, sizeof(gaps) - used, "%s%s", used ? ", " : "", bpf_program__name(prog));
+			if (!strstr(types, tname)) {
+				used = strlen(types);
+				snprintf(types + used, sizeof(types) - used, "%s%s", used ? ", " : "", tname);
+			}
 			bpf_program__set_autoload(prog, false);
 		} else {
 			loadable++;
 		}
 	}
 	if (!loadable) {
-		result(ln, "object", "skip", "%s: kernel lacks feature: program type does not load here: %s",
-		       argv[1], gaps);
+		result(ln, "object", "skip", "%s: kernel lacks feature: program type %s (does not load here: %s)",
+		       argv[1], types, gaps);
 		obj_missing = "object skipped (kernel lacks program type)";
 		bpf_object__close(obj);
 		obj = NULL;
@@ -390,8 +394,8 @@ static void do_object(int ln, int argc, char **argv)
 	}
 	obj_missing = NULL;
 	if (gaps[0])
-		result(ln, "object", "ok", "%s: %d program(s) loaded; kernel lacks feature: program type does not load here: %s",
-		       argv[1], loadable, gaps);
+		result(ln, "object", "ok", "%s: %d program(s) loaded; kernel lacks feature: program type %s (not loaded: %s)",
+		       argv[1], loadable, types, gaps);
 	else
 		result(ln, "object", "ok", "%s: %d program(s) loaded", argv[1], loadable);
 }
@@ -447,7 +451,7 @@ static struct bpf_program *find_prog(int ln, const char *step, const char *name)
 		return NULL;
 	}
 	if (!bpf_program__autoload(prog)) {
-		result(ln, step, "skip", "%s: kernel lacks feature: program type %s does not load here (line %d)",
+		result(ln, step, "skip", "%s: kernel lacks feature: program type %s (not loaded at line %d)",
 		       name, libbpf_bpf_prog_type_str(bpf_program__type(prog)), obj_line);
 		return NULL;
 	}
@@ -539,10 +543,9 @@ static void do_prog_run(int ln, int argc, char **argv)
 	err = bpf_prog_test_run_opts(bpf_program__fd(prog), &opts);
 	if (err) {
 		err = -errno;
-		const char *why = lacking_feature(prog, err);
 		if (err == -ENOTSUPP || err == -EOPNOTSUPP)
-			result(ln, "prog-run", "skip", "%s: kernel lacks feature: BPF_PROG_TEST_RUN for %s (%s)",
-			       argv[1], bpf_program__section_name(prog), why ? why : strerror(EOPNOTSUPP));
+			result(ln, "prog-run", "skip", "%s: kernel lacks feature: BPF_PROG_TEST_RUN for %s programs",
+			       argv[1], libbpf_bpf_prog_type_str(bpf_program__type(prog)));
 		else
 			result(ln, "prog-run", "fail", "%s: BPF_PROG_TEST_RUN: %s", argv[1], strerror(-err));
 	} else if (opts.retval != (__u32)expect) {
