@@ -294,10 +294,9 @@ def _swap(cfg: HostConfig, att: dict[str, Any], i: int, prog: Any, prev: dict[st
     rec: dict[str, Any] = {**att, "index": i}
     new_id = int(bpf.prog_info(prog.fd)["id"])
     t = att["type"]
-    ours = _our_prog_ids(prev, entry, prog)
     if t == "xdp":
         cur = xdp.query(att["interface"], att.get("netns")).prog_id
-        if cur is not None and cur not in ours:
+        if cur is not None and cur not in _our_prog_ids(prev, entry, prog, att["program"], cur):
             raise ApplyError(f"{att['interface']} runs XDP program {cur}, which bpfpolicy did not attach",
                              "AttachConflict")
         rec["mode_used"] = xdp.attach(att["interface"], prog.fd, att.get("mode", "auto"), att.get("netns"),
@@ -348,30 +347,46 @@ def tc_prio(key: str, index: int) -> int:
     return 0x1000 + zlib.crc32(f"{key}#{index}".encode()) % 0x6000
 
 
-def _our_prog_ids(prev: dict[str, Any] | None, entry: dict[str, Any], prog: Any) -> set[int]:
+def _our_prog_ids(prev: dict[str, Any] | None, entry: dict[str, Any], prog: Any, program: str,
+                  candidate: int | None = None) -> set[int]:
     """Programs we may replace: what the inventory says we attached, what our pins hold,
-    and (after a crash between swap and commit) a program with the new one's tag+name."""
+    and (after a crash between swap and commit) a program with the new one's tag+name
+    or stamped with this policy in `bpf_metadata_bpfpolicy_policy`."""
     from ..kernel import bpf
 
     ours: set[int] = set()
     if prev and prev.get("prog_id"):
         ours.add(int(prev["prog_id"]))
-    pin = Path(entry["dir"]) / f"prog_{prev.get('program') if prev else ''}"
+    pin = Path(entry["dir"]) / f"prog_{program}"
     with contextlib.suppress(OSError):
         fd = bpf.obj_get(str(pin))
         ours.add(int(bpf.prog_info(fd)["id"]))
         os.close(fd)
+    if candidate in ours:
+        return ours
     new = bpf.prog_info(prog.fd)
-    for pid in bpf.prog_ids():
+    for pid in ([candidate] if candidate is not None else bpf.prog_ids()):
         with contextlib.suppress(OSError):
             fd = bpf.prog_get_fd_by_id(pid)
             try:
                 info = bpf.prog_info(fd)
             finally:
                 os.close(fd)
-            if info["tag"] == new["tag"] and info["name"] == new["name"]:
+            same_code = info["tag"] == new["tag"] and info["name"] == new["name"]
+            if same_code or (candidate is not None and _stamped(pid) == f"{entry['kind']}/{entry['name']}"):
                 ours.add(pid)
     return ours
+
+
+def _stamped(prog_id: int) -> str | None:
+    """The policy a program was stamped with (bpftool reads .rodata metadata via BTF)."""
+    from ..kernel import bpftool
+
+    try:
+        info = bpftool.run("prog", "show", "id", str(prog_id))
+    except (OSError, ValueError):
+        return None
+    return (info.get("metadata") or {}).get("bpfpolicy_policy") if isinstance(info, dict) else None
 
 
 def _rollback(swapped: list[tuple[dict[str, Any], int | None]]) -> None:
