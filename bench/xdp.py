@@ -169,7 +169,7 @@ class XdpFilter:
 
 
 def main() -> None:
-    from loader import load
+    from xdp_loader import load
 
     if os.geteuid() != 0:
         raise SystemExit("bench/xdp.py needs root (BPF_PROG_TEST_RUN, netns, xdp-filter)")
