@@ -104,6 +104,22 @@ class NetworkPolicyKind(Kind):
         return out
 
 
+def compile_validated(policies: list[Any], ctx: CompileContext) -> list[tuple[Any, Artifact]]:
+    """For the compile step (bpfpolicy/compile.py): every validated NetworkPolicy of a tree
+    (objects with `.doc`) → (the first policy merged into the artifact, artifact) pairs.
+    Raises BuildError like `compile()`."""
+    arts = NetworkPolicyKind().compile_set([p.doc for p in policies], ctx)
+    by_id: dict[str, Any] = {}
+    for p in policies:
+        data = p.doc.data if isinstance(p.doc.data, dict) else {}
+        by_id.setdefault(f"{data.get('kind')}/{(data.get('metadata') or {}).get('name')}", p)
+    out = []
+    for a in arts:
+        owner = next((by_id[i] for i in a.manifest["metadata"]["policies"] if i in by_id), policies[0])
+        out.append((owner, a))
+    return out
+
+
 # --------------------------------------------------------------------------- artifact
 
 

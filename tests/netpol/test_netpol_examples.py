@@ -35,3 +35,11 @@ def test_host_config_example_is_a_valid_controller_config():
 
     cfg = load_config(ROOT / "examples" / "host-config.yaml")
     assert [e.name for e in cfg.endpoints] == ["demo"]
+
+
+def test_compile_validated_pairs_each_endpoint_artifact_with_a_policy(clang_required):
+    from bpfpolicy.kinds.network_policy import compile_validated
+
+    result = validate_paths([ROOT / "policies" / "netpol", ROOT / "examples" / "netpol-audit.yaml"])
+    pairs = compile_validated(result.policies, CompileContext(options={"inventory": str(ROOT / "examples" / "host-config.yaml")}))
+    assert [(p.name, a.name) for p, a in pairs] == [("demo", "demo")]
