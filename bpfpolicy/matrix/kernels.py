@@ -18,7 +18,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -94,14 +93,13 @@ def cached(spec: KernelSpec) -> Kernel | None:
     return Kernel(spec, vmlinuz, [m for m in modules if m.is_file()], meta["release"], meta["package"])
 
 
-_apt_lock = threading.Lock()
-
-
 class PrivateApt:
-    """apt-get/apt-cache bound to our own sources.list, lists and cache directories."""
+    """apt-get/apt-cache bound to our own sources.list, lists and cache directories —
+    one per matrix member, so fetching one kernel reads only its suites' indexes."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, suites: tuple[str, ...]) -> None:
         self.root = root
+        self.suites = suites
         self.sources = root / "sources.list"
         self.lists = root / "lists"
         self.cache = root / "cache"
@@ -122,10 +120,9 @@ class PrivateApt:
 
     def write_sources(self) -> None:
         lines = []
-        for spec in KERNELS.values():
-            for suite in spec.suites:
-                url = SECURITY_MIRROR if suite.endswith("-security") else MIRROR
-                lines.append(f"deb [signed-by={KEYRING}] {url} {suite} main")
+        for suite in self.suites:
+            url = SECURITY_MIRROR if suite.endswith("-security") else MIRROR
+            lines.append(f"deb [signed-by={KEYRING}] {url} {suite} main")
         text = "\n".join(lines) + "\n"
         self.root.mkdir(parents=True, exist_ok=True)
         if not self.sources.exists() or self.sources.read_text() != text:
@@ -135,7 +132,7 @@ class PrivateApt:
     def update(self) -> None:
         """Refresh the private package lists (at most once a day)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with _apt_lock, _file_lock(self.root / ".update.lock"):
+        with _file_lock(self.root / ".update.lock"):
             self.write_sources()
             (self.lists / "partial").mkdir(parents=True, exist_ok=True)
             (self.cache / "archives" / "partial").mkdir(parents=True, exist_ok=True)
@@ -242,7 +239,7 @@ def fetch(spec: KernelSpec, apt: PrivateApt | None = None) -> Kernel:
 
 
 def _download(spec: KernelSpec, apt: PrivateApt | None) -> Kernel:
-    apt = apt or PrivateApt(kernels_dir() / "apt")
+    apt = apt or PrivateApt(kernels_dir() / "apt" / spec.name, spec.suites)
     apt.update()
     release, packages = resolve(apt, spec)
     kernels_dir().mkdir(parents=True, exist_ok=True)
