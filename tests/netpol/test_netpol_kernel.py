@@ -263,8 +263,10 @@ def test_cgroup_endpoint_cgroup_skb_merged_policies(tmp_path, veth_pair, cgroup_
             ["udp", srv, 9000],
             ["udp", srv, 9001],
             ["ping", srv],        # second policy (merged): ICMP echo to world
+            ["tcp", pair.ip6_a, 8000],  # IPv6 through cgroup_skb: the L4 rule (any peer)
+            ["tcp", pair.ip6_a, 8002],
         ], cgroup=cgroup_dir)
-        assert got == [True, False, False, True, False, True]
+        assert got == [True, False, False, True, False, True, True, False]
         # a process outside the cgroup is not the endpoint: unaffected
         assert probe(pair.ns_b, [["tcp", srv, 8001], ["tcp", srv, 8002]]) == [True, True]
         c = ld.counters()
