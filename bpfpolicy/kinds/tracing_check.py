@@ -281,7 +281,8 @@ class TracingChecker:
         if t not in S.IMPLEMENTED_TYPES:
             self.r.unsupported((*apath, "type"), f'argument type "{t}" is recognised but not '
                                "decoded by bpfpolicy yet (supported: integers, string, char_buf, "
-                               "file, path, dentry, linux_binprm, nop)", drop=arg_drop)
+                               "file, path, dentry, linux_binprm, sock, skb, sockaddr, socket, "
+                               "net_device, nop)", drop=arg_drop)
         if "resolve" in arg:
             self.r.unsupported((*apath, "resolve"), "resolve (BTF field paths) is not "
                                "implemented", drop=arg_drop)
@@ -380,12 +381,18 @@ class TracingChecker:
             return
         t = types.get(idx, "auto")
         if op in S.NETWORK_OPERATORS:
-            if t not in ("sock", "skb", "sockaddr", "socket"):
+            if not in_hook or t == "auto":
+                return
+            if t not in S.NET_TYPES:
                 self.r.error((*path, "operator"), f"operator {op} works only on sock, skb, sockaddr "
                              f'or socket arguments (argument {idx} is "{t}")')
-            else:
-                self.r.unsupported((*path, "operator"), f"network operator {op} is not "
-                                   "implemented", drop=drop)
+                return
+            from .tracing_net import value_error
+
+            for k, v in enumerate(values):
+                why = value_error(op, str(v))
+                if why:
+                    self.r.error((*path, "values", k), why)
             return
         if op in ("InMap", "NotInMap", "SubString", "SubStringIgnCase", "CelExpr", "FileType",
                   "NotFileType", "CapabilitiesGained"):
@@ -403,8 +410,11 @@ class TracingChecker:
             return
         if t in S.INT_TYPES:
             self._int_values(path, op, values)
-        elif t in S.STRING_TYPES or t in S.PATH_TYPES:
+        elif t in S.STRING_TYPES or t in S.PATH_TYPES or t == "net_device":
             self._string_values(path, op, values, t, drop)
+        elif t in S.NET_TYPES:
+            self.r.error((*path, "operator"), f'argument {idx} is a "{t}": match it with a network '
+                         "operator (SAddr, DAddr, SPort, DPort, Protocol, Family, State, ...)")
 
     def _int_values(self, path: Path_, op: str, values: list[Any]) -> None:
         if op not in S.IMPLEMENTED_INT_OPERATORS:

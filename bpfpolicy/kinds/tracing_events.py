@@ -18,7 +18,8 @@ STR = S.CAPTURE_STRING
 ARG_SIZE = 8 + 4 + 4 + STR
 HEADER = struct.Struct("<QIIIIiIq16sII")  # time .. nargs
 ARG = struct.Struct(f"<qII{STR}s")
-ARG_KINDS = {0: "none", 1: "int", 2: "uint", 3: "string", 4: "path", 5: "bytes"}
+ARG_KINDS = {0: "none", 1: "int", 2: "uint", 3: "string", 4: "path", 5: "bytes", 6: "sock"}
+SOCKINFO = struct.Struct("<HHHHI16s16s")  # struct tp_sockinfo
 MONITOR_BIT = 31
 
 
@@ -81,12 +82,27 @@ def decode_event(raw: bytes, manifest: dict[str, Any], boot_offset_ns: int | Non
             arg["value"] = ival if name == "int" else ival & 0xFFFFFFFFFFFFFFFF
         elif name in ("string", "path"):
             arg["value"] = _cstr(buf, min(length, STR - 1))
+        elif name == "sock":
+            arg["value"] = _sockinfo(buf)
         elif name == "bytes":
             arg["value"] = buf[:min(length, STR)].hex()
             arg["size"] = ival
         else:
             continue
         out["args"].append(arg)
+    return out
+
+
+def _sockinfo(buf: bytes) -> dict[str, Any]:
+    import ipaddress
+
+    family, proto, sport, dport, state, saddr, daddr = SOCKINFO.unpack_from(buf, 0)
+    out: dict[str, Any] = {"family": family, "protocol": proto, "sport": sport, "dport": dport,
+                           "state": state}
+    if family == 2:
+        out.update(saddr=str(ipaddress.IPv4Address(saddr[:4])), daddr=str(ipaddress.IPv4Address(daddr[:4])))
+    elif family == 10:
+        out.update(saddr=str(ipaddress.IPv6Address(saddr)), daddr=str(ipaddress.IPv6Address(daddr)))
     return out
 
 

@@ -109,6 +109,7 @@ class Lowering:
         self.hooks: list[dict[str, Any]] = []
         self.uses_rate_limit = False
         self.uses_parent_binary = False
+        self.uses_sock = False
         self.literals: dict[tuple[str, bytes], dict[str, str]] = {}
         self._lower()
 
@@ -535,6 +536,18 @@ class Lowering:
                 size = (f"(__u64){self._raw(b, int(size_idx) - 1, apath, section, hook)}"
                         if size_idx else "TP_STR_MAX")
                 p.captures.append(f"tp_capture_bytes(e, {k}, (const void *){raw}, {size}, {user});")
+            elif t in S.NET_TYPES or t == "net_device":
+                if b.user and t != "sockaddr":
+                    raise HookError((*apath, "type"), f"type {t} needs a kernel pointer, but "
+                                    f"argument {idx} of a syscall is a user value")
+                self.uses_sock = self.uses_sock or t != "net_device"
+                p.captures.append({
+                    "sock": f"tp_capture_sock(e, {k}, (struct sock *){raw});",
+                    "socket": f"tp_capture_sock(e, {k}, BPF_CORE_READ((struct socket *){raw}, sk));",
+                    "skb": f"tp_capture_skb(e, {k}, (struct sk_buff *){raw});",
+                    "sockaddr": f"tp_capture_sockaddr(e, {k}, (const void *){raw}, {user});",
+                    "net_device": f"tp_capture_str(e, {k}, (const void *)((struct net_device *){raw})->name, false);",
+                }[t])
             elif t in S.PATH_TYPES:
                 if b.user:
                     raise HookError((*apath, "type"), f"type {t} needs a kernel pointer, but "
@@ -599,7 +612,11 @@ class Lowering:
             unsigned = not S.INT_TYPES.get(t, (8, True))[1]
             v = f"(__u64)e->args[{slot}].ival" if unsigned else f"e->args[{slot}].ival"
             return self._matcher(path, text, _int_expr(v, op, values, unsigned))
-        if t in S.STRING_TYPES or t in S.PATH_TYPES:
+        if t in S.NET_TYPES and op in S.NETWORK_OPERATORS:
+            from .tracing_net import expr
+
+            return self._matcher(path, text, expr(f"TP_SOCK(e, {slot})", op, values))
+        if t in S.STRING_TYPES or t in S.PATH_TYPES or t == "net_device":
             return self._match_strings({"operator": op, "values": values}, path,
                                        f"e->args[{slot}].buf", f"e->args[{slot}].len", text=text)
         raise HookError(path, f"argument {idx} of type {t} cannot be matched")
@@ -707,7 +724,8 @@ class Lowering:
                       source_hash=self.source_hash, programs=self.programs,
                       literals=list(self.literals.values()),
                       str_max=S.CAPTURE_STRING, max_args=S.MAX_ARGS, ringbuf_size=256 * 1024,
-                      uses_rate_limit=self.uses_rate_limit, uses_parent_binary=self.uses_parent_binary)
+                      uses_rate_limit=self.uses_rate_limit, uses_parent_binary=self.uses_parent_binary,
+                      uses_sock=self.uses_sock)
 
     def artifact(self, source: str, obj: bytes) -> Artifact:
         programs = [{"name": p.name, "type": p.kind, "section": p.sec, "hook": p.hook_id} for p in self.programs]

@@ -99,7 +99,8 @@ INT_TYPES: dict[str, tuple[int, bool]] = {
 STRING_TYPES = frozenset({"string", "filename", "char_buf", "data_loc"})
 PATH_TYPES = frozenset({"file", "path", "dentry", "linux_binprm"})
 # Types bpfpolicy captures and matches; the rest are recognised and reported.
-IMPLEMENTED_TYPES = frozenset(INT_TYPES) | STRING_TYPES | PATH_TYPES | {"nop"}
+NET_TYPES = frozenset({"sock", "skb", "sockaddr", "socket"})
+IMPLEMENTED_TYPES = frozenset(INT_TYPES) | STRING_TYPES | PATH_TYPES | NET_TYPES | {"nop", "net_device"}
 
 # ------------------------------------------------------------------ limits (code)
 MAX_SELECTORS = 5

@@ -13,7 +13,6 @@ from bpfpolicy.validate import validate_paths
 
 ACCEPT = "accept"
 UNDECODED = "recognised but not decoded"
-NET_OP = "network operator"
 
 # file -> ACCEPT, or (error paths, a phrase every one of them must contain or None)
 VERDICTS: dict[str, object] = {
@@ -30,17 +29,14 @@ VERDICTS: dict[str, object] = {
         '"cred" is ' + UNDECODED),
     "process-credentials__process.credentials.changes.at.syscalls.yaml": ACCEPT,
     "sandbox-linux-namespaces__kill_unprivileged_user_namespace_in_pid_namespace.yaml": ACCEPT,
-    "tracingpolicy__datagram-with-selectors.yaml": (
-        {"spec.kprobes[0].args[0].type", "spec.kprobes[0].args[1].type",
-         "spec.kprobes[0].selectors[0].matchArgs[0].operator", "spec.kprobes[0].selectors[0].matchArgs[1].operator"}, None),
+    "tracingpolicy__datagram-with-selectors.yaml": ACCEPT,
     "tracingpolicy__datagram-with-sock-tracking.yaml": (
-        {"spec.kprobes[0].returnArg.type", "spec.kprobes[0].returnArgAction", "spec.kprobes[1].args[0].type",
-         "spec.kprobes[1].selectors[0].matchActions[0].action", "spec.kprobes[2].args[0].type",
-         "spec.kprobes[2].args[1].type", "spec.kprobes[2].selectors[0].matchArgs[0].operator",
-         "spec.kprobes[2].selectors[0].matchArgs[1].operator"}, None),
-    "tracingpolicy__datagram_518.yaml": (None, None),  # 21 errors: sock/skb types, network operators, TrackSock
-    "tracingpolicy__dev_hard_start_xmit.yaml": (
-        {"spec.kprobes[0].args[0].type", "spec.kprobes[0].selectors[0].matchArgs[0].index"}, "net_device"),
+        {"spec.kprobes[0].returnArg.type", "spec.kprobes[0].returnArgAction",
+         "spec.kprobes[1].selectors[0].matchActions[0].action"}, "socket tracking"),
+    "tracingpolicy__datagram_518.yaml": (
+        {"spec.kprobes[0].returnArg.type", "spec.kprobes[0].returnArgAction",
+         "spec.kprobes[1].selectors[1].matchActions[0].action"}, "socket tracking"),
+    "tracingpolicy__dev_hard_start_xmit.yaml": ACCEPT,
     "tracingpolicy__fd_install_cap_changes.yaml": (
         {"spec.kprobes[0].selectors[0].matchCapabilityChanges"}, "matchCapabilityChanges"),
     "tracingpolicy__fd_install_caps.yaml": (
@@ -61,25 +57,24 @@ VERDICTS: dict[str, object] = {
     "tracingpolicy__override-security.yaml": ACCEPT,
     "tracingpolicy__raw_syscalls.yaml": ACCEPT,
     "tracingpolicy__rawtp.yaml": ACCEPT,
-    "tracingpolicy__security-socket-connect-block-others.yaml": (None, None),
-    "tracingpolicy__security-socket-connect.yaml": (
-        {"spec.kprobes[0].args[0].type", "spec.kprobes[0].selectors[0].matchArgs[0].operator"}, None),
+    "tracingpolicy__security-socket-connect-block-others.yaml": ACCEPT,
+    "tracingpolicy__security-socket-connect.yaml": ACCEPT,
     "tracingpolicy__security_bprm_check.yaml": ACCEPT,  # warning: returnArg without return
     "tracingpolicy__security_inode_follow_link.yaml": ACCEPT,
     "tracingpolicy__stack_traces.yaml": (
-        {"spec.kprobes[0].args[0].type", "spec.kprobes[0].selectors[0].matchActions[0].kernelStackTrace",
-         "spec.kprobes[0].selectors[0].matchActions[0].userStackTrace"}, None),
+        {"spec.kprobes[0].selectors[0].matchActions[0].kernelStackTrace",
+         "spec.kprobes[0].selectors[0].matchActions[0].userStackTrace"}, "stack traces"),
     "tracingpolicy__symlink-observe.yaml": ACCEPT,
     "tracingpolicy__sys_mount.yaml": ACCEPT,
     "tracingpolicy__sys_pivot_root.yaml": (
         {"spec.kprobes[0].selectors[0].matchPIDs[0].followForks",
          "spec.kprobes[0].selectors[0].matchPIDs[1].followForks"}, "followForks"),
-    "tracingpolicy__tcp-connect-only-local-addrs.yaml": (
-        {"spec.kprobes[0].args[0].type", "spec.kprobes[0].selectors[0].matchArgs[0].operator"}, None),
-    "tracingpolicy__tcp-connect-only-private-addrs.yaml": (
-        {"spec.kprobes[0].args[0].type", "spec.kprobes[0].selectors[0].matchArgs[0].operator"}, None),
-    "tracingpolicy__tcp-connect-with-selectors.yaml": (None, None),
-    "tracingpolicy__tcp-listen.yaml": (None, None),
+    "tracingpolicy__tcp-connect-only-local-addrs.yaml": ACCEPT,
+    "tracingpolicy__tcp-connect-only-private-addrs.yaml": ACCEPT,
+    "tracingpolicy__tcp-connect-with-selectors.yaml": ACCEPT,
+    "tracingpolicy__tcp-listen.yaml": (
+        {"spec.kprobes[0].returnArg.type", "spec.kprobes[0].returnArgAction",
+         "spec.kprobes[1].selectors[0].matchActions[0].action"}, "socket tracking"),
     "tracingpolicy__tty.yaml": (
         {"spec.kprobes[0].args[0].type", "spec.kprobes[0].args[1].maxData", "spec.kprobes[0].args[1].type"}, None),
     "tracingpolicy__uprobe-binaries.yaml": ({"spec.uprobes[0]"}, "uprobes are not implemented"),

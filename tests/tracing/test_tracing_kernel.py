@@ -157,3 +157,49 @@ def test_lsm_and_kprobe_examples_load_where_the_kernel_allows(example: str) -> N
     art, diags = compile_one(ROOT / "docs/examples/tracing" / example, kernel=(6, 12))
     assert art is not None, diags
     _try_load(art)
+
+
+def test_connect_sockaddr_network_operators(tmp_path: Path) -> None:
+    """sys_connect's sockaddr (a user pointer) matched with DAddr CIDR + DPort; Sigkill
+    for one port, Post for the other, nothing for a third."""
+    import socket
+
+    servers = [socket.socket() for _ in range(3)]
+    for s in servers:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+    kill_port, post_port, other_port = (s.getsockname()[1] for s in servers)
+    p = write(tmp_path, f"""\
+kprobes:
+- call: sys_connect
+  args: [{{index: 1, type: sockaddr, label: addr}}]
+  selectors:
+  - matchArgs:
+    - {{index: 1, operator: DAddr, values: ["127.0.0.0/8"]}}
+    - {{index: 1, operator: DPort, values: ["{kill_port}"]}}
+    matchActions: [{{action: Sigkill}}, {{action: Post}}]
+  - matchArgs:
+    - {{index: 1, operator: Family, values: [AF_INET]}}
+    - {{index: 1, operator: DPort, values: ["{post_port}:{post_port}"]}}
+""")
+    art, diags = compile_one(p)
+    assert art is not None, diags
+    assert art.manifest["programs"][0]["section"] == "tp/syscalls/sys_enter_connect"
+    code = "import socket,sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])))"
+    try:
+        with loaded(art) as (_obj, reader):
+            killed = subprocess.run(["python3", "-c", code, str(kill_port)])
+            posted = subprocess.run(["python3", "-c", code, str(post_port)])
+            quiet = subprocess.run(["python3", "-c", code, str(other_port)])
+            got = events(art, reader)
+    finally:
+        for s in servers:
+            s.close()
+    assert killed.returncode == -9 and posted.returncode == 0 and quiet.returncode == 0
+    mine = [e for e in got if e["comm"].startswith("python")]
+    assert sorted(e["selector"] for e in mine) == [0, 1], mine  # the third connect: no event
+    by_sel = {e["selector"]: e for e in mine}
+    addr = by_sel[1]["args"][0]["value"]
+    assert addr["family"] == 2 and addr["daddr"] == "127.0.0.1" and addr["dport"] == post_port
+    assert by_sel[0]["args"][0]["value"]["dport"] == kill_port
+    assert set(by_sel[0]["action"]) == {"Sigkill", "Post"}
