@@ -220,10 +220,9 @@ def _build_peers(plan: EndpointPlan) -> None:
             for e in c.excepts:
                 atoms.add(e)
                 holders.setdefault(e, []).append((i, k, True))
-    plens = {4: sorted({n.prefixlen for n in holders if n.version == 4}),
-             6: sorted({n.prefixlen for n in holders if n.version == 6})}
-    managed = {n for n in plan.managed}
-    host = set(plan.host_nets)
+    held = _PrefixIndex(holders)
+    managed = _PrefixIndex(dict.fromkeys(plan.managed, True))
+    host = _PrefixIndex(dict.fromkeys(plan.host_nets, True))
     ep_addr: dict[Net, list[Endpoint]] = {}
     for ep in plan.inventory:
         if not ep.host:
@@ -234,13 +233,11 @@ def _build_peers(plan: EndpointPlan) -> None:
     endpoint_rules = [i for i, r in enumerate(plan.rules) if not r.any_peer and not r.cidrs and not r.entities]
     set_ids: dict[frozenset[int], int] = {}
     for p in sorted(atoms, key=lambda n: (n.version, n.network_address.packed, n.prefixlen)):
-        is_managed = _within(p, managed)
-        is_host = _within(p, host)
+        is_managed = bool(managed.containing(p))
+        is_host = bool(host.containing(p))
         cidr_hits: dict[tuple[int, int], bool] = {}
-        for plen in plens[p.version]:
-            if plen > p.prefixlen:
-                break
-            for (i, k, exc) in holders.get(p.supernet(new_prefix=plen) if plen < p.prefixlen else p, ()):
+        for hs in held.containing(p):
+            for (i, k, exc) in hs:
                 cidr_hits[(i, k)] = cidr_hits.get((i, k), False) or exc
         members = set(any_rules)
         if not is_managed:
@@ -258,11 +255,29 @@ def _build_peers(plan: EndpointPlan) -> None:
         plan.peers[p] = set_ids[key]
 
 
-def _within(p: Net, nets: set[Net]) -> bool:
-    for plen in range(p.prefixlen, -1, -1):
-        if (p.supernet(new_prefix=plen) if plen < p.prefixlen else p) in nets:
-            return True
-    return False
+class _PrefixIndex:
+    """Prefixes as (version, prefixlen) -> {network int: value}, so "which of these
+    contain P" is one dict probe per distinct prefix length (integer masks, no
+    ipaddress objects on the hot path)."""
+
+    def __init__(self, items: dict[Net, object]) -> None:
+        self.by_len: dict[tuple[int, int], dict[int, object]] = {}
+        for net, value in items.items():
+            self.by_len.setdefault((net.version, net.prefixlen), {})[int(net.network_address)] = value
+        self.lens = {v: sorted(pl for (ver, pl) in self.by_len if ver == v) for v in (4, 6)}
+
+    def containing(self, p: Net) -> list[object]:
+        bits = 32 if p.version == 4 else 128
+        addr = int(p.network_address)
+        out = []
+        for plen in self.lens[p.version]:
+            if plen > p.prefixlen:
+                break
+            shift = bits - plen
+            hit = self.by_len[(p.version, plen)].get(addr >> shift << shift if shift < bits else 0)
+            if hit is not None:
+                out.append(hit)
+        return out
 
 
 def _build_verdicts(plan: EndpointPlan) -> None:
