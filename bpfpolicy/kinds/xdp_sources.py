@@ -163,16 +163,15 @@ def _parse_v4_vectorised(data: bytes) -> tuple[np.ndarray, np.ndarray] | None:
     length = ends - starts + 1
     if len(starts) == 0 or len(starts) != len(ends) or length.max() > 3:
         return None
+    if np.any(buf[starts[length > 1]] == 48):
+        return None  # leading zeros ("010.1.1.1"): inet_pton refuses them, so do we
     val = buf[ends].astype(np.int64) - 48
     for k in (1, 2):
         has = np.flatnonzero(length > k)
         val[has] += (buf[ends[has] - k].astype(np.int64) - 48) * (10 ** k)
     sep = buf[ends + 1]  # the character after each number
-    before = np.where(starts > 0, buf[np.maximum(starts - 1, 0)], ord("\n"))
-    # every number is preceded by a separator: '\n' (line start) or the one its
-    # predecessor ended with, directly adjacent
-    if np.any((before != ord("\n")) & (before != ord(".")) & (before != ord("/"))):
-        return None
+    # only digits and . / \n are present, so a number is always preceded by a separator
+    # (or starts the file); separators must be single: "1..2" leaves a gap
     if len(starts) > 1 and np.any((sep[:-1] != ord("\n")) & (starts[1:] != ends[:-1] + 2)):
         return None
     # group numbers into lines and check the shape: . . . then \n, or . . . / then \n
@@ -182,8 +181,9 @@ def _parse_v4_vectorised(data: bytes) -> tuple[np.ndarray, np.ndarray] | None:
     if len(ends_idx) == 0 or ends_idx[-1] != len(sep) - 1 or np.any((counts != 4) & (counts != 5)):
         return None
     first = np.concatenate([[0], ends_idx[:-1] + 1])
-    if np.any(before[first] != ord("\n")):
-        return None
+    line_start = starts[first]
+    if np.any(buf[np.maximum(line_start - 1, 0)][line_start > 0] != ord("\n")):
+        return None  # a line starting with "." or "/"
     dots_ok = (sep[first] == 46) & (sep[first + 1] == 46) & (sep[first + 2] == 46)
     cidr = counts == 5
     if not np.all(dots_ok) or np.any(sep[first[cidr] + 3] != ord("/")):
