@@ -8,7 +8,8 @@ KT_PYTEST    ?= $(KT_VENV)/bin/pytest
 # What to run: policy trees (compiled once per target kernel) and/or artifact directories.
 KT_PATHS     ?= policies
 KT_OUT       ?= out/kernel-test
-KT_ARGS      ?=
+# NetworkPolicy needs the endpoint inventory of the host config the demo uses.
+KT_ARGS      ?= $(if $(wildcard examples/host-config.yaml),--inventory examples/host-config.yaml)
 
 .PHONY: kernel-matrix kernel-smoke kernel-fetch kernel-bundle
 

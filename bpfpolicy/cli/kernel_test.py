@@ -57,7 +57,7 @@ def _split_paths(paths: tuple[str, ...]) -> tuple[list[ArtifactDir], list[str], 
               help="Seconds per artifact (a guest gets one minute to boot plus this per artifact).")
 @click.option("--caps", help="Capabilities for seccomp includes/excludes when compiling policy paths.")
 @click.option("--inventory", type=click.Path(exists=True, dir_okay=False),
-              help="Endpoint inventory for NetworkPolicy (YAML list or host config with `inventory:`).")
+              help="Endpoint inventory for NetworkPolicy (YAML list, or a host config's `endpoints:`).")
 @click.option("--revision", help="Revision stamped into artifacts compiled from policy paths.")
 @click.option("--lenient", is_flag=True, help="Compile policy paths with --lenient.")
 @click.option("--bundle", "bundle_dir", type=click.Path(file_okay=False),
@@ -118,6 +118,16 @@ def command(paths: tuple[str, ...], kernel_names: list[str], fmt: str, out_dir: 
     sys.exit(0 if report.ok else 1)
 
 
+def _inventory(path: Path) -> list[object]:
+    """Endpoint inventory: a YAML list, or a host config's `inventory:` / `endpoints:`."""
+    import yaml
+
+    data = yaml.safe_load(path.read_text()) or []
+    if isinstance(data, dict):
+        data = data.get("inventory", data.get("endpoints", []))
+    return data if isinstance(data, list) else []
+
+
 def _nominal(name: str) -> tuple[int, int]:
     major, _, minor = name.partition(".")
     return int(major), int(minor or 0)
@@ -139,7 +149,9 @@ def _compile(policies: list[str], version: tuple[int, int] | None, out: Path, ca
         for d in validation.diagnostics:
             click.echo(str(d), err=True)
         sys.exit(1)
-    ctx = dataclasses.replace(make_context(None, "x86_64", caps, inventory, revision), kernel=version)
+    ctx = dataclasses.replace(make_context(None, "x86_64", caps, None, revision), kernel=version)
+    if inventory:
+        ctx.options["inventory"] = _inventory(Path(inventory))
     target = "host" if version is None else f"{version[0]}.{version[1]}"
     dest = out / "artifacts" / target
     found: list[ArtifactDir] = []

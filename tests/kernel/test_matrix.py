@@ -232,3 +232,25 @@ def test_vagrantfile_validates(tmp_path: Path) -> None:
     env = dict(os.environ, VAGRANT_HOME=str(tmp_path / "vagrant.d"), VAGRANT_CHECKPOINT_DISABLE="1")
     proc = subprocess.run(["vagrant", "validate"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.kernel
+def test_cli_compiles_policy_paths_per_kernel(tmp_path: Path) -> None:
+    """A policy path (not an artifact dir) is compiled through bpfpolicy.compile and run."""
+    policy = ROOT / "policies" / "seccomp"
+    if not policy.is_dir() or not any(policy.glob("*.y*ml")):
+        pytest.skip("no example seccomp policy in policies/seccomp")
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    from click.testing import CliRunner
+
+    from bpfpolicy.cli.kernel_test import command
+
+    res = CliRunner().invoke(command, ["--kernels", "host", "--format", "json", "--out", str(tmp_path), str(policy)])
+    data = json.loads(res.output[res.output.index("{"):])
+    seccomp = [a for a in data["artifacts"] if a.startswith("SeccompProfile/")]
+    assert seccomp, data["artifacts"]
+    cell = data["table"][seccomp[0]]["host"]
+    assert cell["load"]["ok"] == 1 and cell["behaviour"]["ok"] > 0 and cell["behaviour"]["fail"] == 0
+    assert (tmp_path / "artifacts" / "host").is_dir()  # compiled for the host target
+    assert res.exit_code == 0, res.output
