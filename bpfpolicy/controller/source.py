@@ -10,6 +10,7 @@ cycle and good enough to tell "something changed" in status.
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,16 +29,38 @@ class Snapshot:
 
 
 def directory_revision(paths: list[Path]) -> str:
-    """A fingerprint of a tree of policy files (names, sizes, mtimes)."""
-    from ..load import iter_policy_files
+    """A fingerprint of a tree of policy files: names, sizes, mtimes and inodes (an
+    artifact tree replaced by rename changes its manifest's inode). Hidden entries are
+    skipped, like the loader does; os.scandir keeps this ~1 ms for 100 files."""
+    from ..load import POLICY_SUFFIXES
 
     h = hashlib.sha256()
-    for f in iter_policy_files(paths):
+
+    def walk(d: str) -> None:
         try:
-            st = f.stat()
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            if e.is_dir(follow_symlinks=True):
+                walk(e.path)
+            elif e.name.lower().endswith(POLICY_SUFFIXES):
+                _add(e.path)
+
+    def _add(path: str) -> None:
+        try:
+            st = os.stat(path)
         except FileNotFoundError:
-            continue
-        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            return
+        h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
+
+    for p in paths:
+        if p.is_dir():
+            walk(str(p))
+        else:
+            _add(str(p))
     return f"dir@sha256:{h.hexdigest()[:16]}"
 
 
