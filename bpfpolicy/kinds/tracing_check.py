@@ -282,7 +282,7 @@ class TracingChecker:
             self.r.unsupported((*apath, "type"), f'argument type "{t}" is recognised but not '
                                "decoded by bpfpolicy yet (supported: integers, string, char_buf, "
                                "file, path, dentry, linux_binprm, sock, skb, sockaddr, socket, "
-                               "net_device, nop)", drop=arg_drop)
+                               "net_device, module, cred, user_namespace, nop)", drop=arg_drop)
         if "resolve" in arg:
             self.r.unsupported((*apath, "resolve"), "resolve (BTF field paths) is not "
                                "implemented", drop=arg_drop)
@@ -410,8 +410,11 @@ class TracingChecker:
             return
         if t in S.INT_TYPES:
             self._int_values(path, op, values)
-        elif t in S.STRING_TYPES or t in S.PATH_TYPES or t == "net_device":
+        elif t in S.STRING_TYPES or t in S.PATH_TYPES or t in ("net_device", "module"):
             self._string_values(path, op, values, t, drop)
+        elif t in S.REPORT_ONLY_TYPES:
+            self.r.error((*path, "index"), f'argument {idx} is a "{t}": it is reported in events '
+                         "but has no operators (match matchCapabilities/matchNamespaces instead)")
         elif t in S.NET_TYPES:
             self.r.error((*path, "operator"), f'argument {idx} is a "{t}": match it with a network '
                          "operator (SAddr, DAddr, SPort, DPort, Protocol, Family, State, ...)")

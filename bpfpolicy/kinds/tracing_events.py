@@ -18,7 +18,10 @@ STR = S.CAPTURE_STRING
 ARG_SIZE = 8 + 4 + 4 + STR
 HEADER = struct.Struct("<QIIIIiIq16sII")  # time .. nargs
 ARG = struct.Struct(f"<qII{STR}s")
-ARG_KINDS = {0: "none", 1: "int", 2: "uint", 3: "string", 4: "path", 5: "bytes", 6: "sock"}
+ARG_KINDS = {0: "none", 1: "int", 2: "uint", 3: "string", 4: "path", 5: "bytes", 6: "sock",
+             7: "cred", 8: "user_namespace"}
+CREDINFO = struct.Struct("<IIIIQQQ")  # struct tp_credinfo
+USERNSINFO = struct.Struct("<iII")  # struct tp_usernsinfo
 SOCKINFO = struct.Struct("<HHHHI16s16s")  # struct tp_sockinfo
 MONITOR_BIT = 31
 
@@ -84,6 +87,14 @@ def decode_event(raw: bytes, manifest: dict[str, Any], boot_offset_ns: int | Non
             arg["value"] = _cstr(buf, min(length, STR - 1))
         elif name == "sock":
             arg["value"] = _sockinfo(buf)
+        elif name == "cred":
+            uid, gid, euid, egid, eff, perm, inh = CREDINFO.unpack_from(buf, 0)
+            arg["value"] = {"uid": uid, "gid": gid, "euid": euid, "egid": egid,
+                            "cap_effective": f"{eff:#x}", "cap_permitted": f"{perm:#x}",
+                            "cap_inheritable": f"{inh:#x}"}
+        elif name == "user_namespace":
+            level, owner, inum = USERNSINFO.unpack_from(buf, 0)
+            arg["value"] = {"level": level, "owner": owner, "ns_inum": inum}
         elif name == "bytes":
             arg["value"] = buf[:min(length, STR)].hex()
             arg["size"] = ival

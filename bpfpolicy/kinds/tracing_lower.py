@@ -110,6 +110,7 @@ class Lowering:
         self.uses_rate_limit = False
         self.uses_parent_binary = False
         self.uses_sock = False
+        self.uses_cred = False
         self.literals: dict[tuple[str, bytes], dict[str, str]] = {}
         self._lower()
 
@@ -213,8 +214,9 @@ class Lowering:
                                      "(ignore.callNotFound)")
                 return None
             raise HookError((*path, "call") if "call" in hook else path,
-                            f'function "{func}" is not in the kernel\'s BTF (not a traceable '
-                            "function on this kernel; set ignore.callNotFound to skip it)")
+                            f'kernel {self.features.get("kernel")} lacks function "{func}" (not in '
+                            f"its BTF, {self.btf_source}: not traceable there; set "
+                            "ignore.callNotFound to skip the hook)")
         return self.btf.funcs[func]
 
     def _backend(self, section: str, hook: dict[str, Any], path: PathT, enforce: bool,
@@ -536,6 +538,18 @@ class Lowering:
                 size = (f"(__u64){self._raw(b, int(size_idx) - 1, apath, section, hook)}"
                         if size_idx else "TP_STR_MAX")
                 p.captures.append(f"tp_capture_bytes(e, {k}, (const void *){raw}, {size}, {user});")
+            elif t in ("cred", "user_namespace", "module"):
+                if b.user:
+                    raise HookError((*apath, "type"), f"type {t} needs a kernel pointer, but "
+                                    f"argument {idx} of a syscall is a user value")
+                self.uses_cred = self.uses_cred or t != "module"
+                p.captures.append({
+                    "cred": f"tp_capture_cred(e, {k}, (const struct cred *){raw});",
+                    "user_namespace": f"tp_capture_userns(e, {k}, (struct user_namespace *){raw});",
+                    "module": f"tp_capture_str(e, {k}, (const void *)((struct module *){raw})->name, false);",
+                }[t])
+                if t == "module":
+                    positions[key] = (k, "string")
             elif t in S.NET_TYPES or t == "net_device":
                 if b.user and t != "sockaddr":
                     raise HookError((*apath, "type"), f"type {t} needs a kernel pointer, but "
@@ -725,7 +739,7 @@ class Lowering:
                       literals=list(self.literals.values()),
                       str_max=S.CAPTURE_STRING, max_args=S.MAX_ARGS, ringbuf_size=256 * 1024,
                       uses_rate_limit=self.uses_rate_limit, uses_parent_binary=self.uses_parent_binary,
-                      uses_sock=self.uses_sock)
+                      uses_sock=self.uses_sock, uses_cred=self.uses_cred)
 
     def artifact(self, source: str, obj: bytes) -> Artifact:
         programs = [{"name": p.name, "type": p.kind, "section": p.sec, "hook": p.hook_id} for p in self.programs]

@@ -100,7 +100,10 @@ STRING_TYPES = frozenset({"string", "filename", "char_buf", "data_loc"})
 PATH_TYPES = frozenset({"file", "path", "dentry", "linux_binprm"})
 # Types bpfpolicy captures and matches; the rest are recognised and reported.
 NET_TYPES = frozenset({"sock", "skb", "sockaddr", "socket"})
-IMPLEMENTED_TYPES = frozenset(INT_TYPES) | STRING_TYPES | PATH_TYPES | NET_TYPES | {"nop", "net_device"}
+# Reported in events but not matchable (Tetragon has no operators for them either).
+REPORT_ONLY_TYPES = frozenset({"cred", "user_namespace"})
+IMPLEMENTED_TYPES = (frozenset(INT_TYPES) | STRING_TYPES | PATH_TYPES | NET_TYPES | REPORT_ONLY_TYPES
+                     | {"nop", "net_device", "module"})
 
 # ------------------------------------------------------------------ limits (code)
 MAX_SELECTORS = 5

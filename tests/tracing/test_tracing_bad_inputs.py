@@ -326,7 +326,7 @@ tracepoints:
 - subsystem: syscalls
   event: sys_enter_openat
   args:
-  - {index: 5, type: cred}
+  - {index: 5, type: kiocb}
   - {index: 6, type: string}
   selectors:
   - matchArgs: [{index: 1, operator: Prefix, values: [/etc/]}]

@@ -18,15 +18,11 @@ UNDECODED = "recognised but not decoded"
 VERDICTS: dict[str, object] = {
     "cves__cve-2023-2640-overlayfs-ubuntu.yaml": ACCEPT,
     "cves__cve-2024-3094-xz-ssh.yaml": ACCEPT,
-    "host-changes__monitor-kernel-modules.yaml": (
-        {"spec.kprobes[2].args[0].type", "spec.kprobes[3].args[0].type"}, '"module" is ' + UNDECODED),
+    "host-changes__monitor-kernel-modules.yaml": ACCEPT,
     "host-changes__monitor-signed-kernel-modules.yaml": (
         {"spec.kprobes[2].args[1].type"}, '"load_info" is ' + UNDECODED),
-    "process-credentials__creds-capability-usage.yaml": (
-        {"spec.kprobes[0].args[0].type"}, '"user_namespace" is ' + UNDECODED),
-    "process-credentials__process-creds-changed.yaml": (
-        {"spec.kprobes[0].args[0].type", "spec.kprobes[1].args[0].type", "spec.kprobes[2].args[0].type"},
-        '"cred" is ' + UNDECODED),
+    "process-credentials__creds-capability-usage.yaml": ACCEPT,
+    "process-credentials__process-creds-changed.yaml": ACCEPT,
     "process-credentials__process.credentials.changes.at.syscalls.yaml": ACCEPT,
     "sandbox-linux-namespaces__kill_unprivileged_user_namespace_in_pid_namespace.yaml": ACCEPT,
     "tracingpolicy__datagram-with-selectors.yaml": ACCEPT,
