@@ -10,6 +10,8 @@
    to its own veth interface), one reconcile cycle with nothing to do: shallow (what a
    file event triggers) and deep (the interval's drift check: every pin, attachment and
    content map read back from the kernel).
+4. `compile only`: the XDPBlocklist kind compiling the bench policy in-process — the
+   share of (1) and (2) that is the kind's lowering, not the controller.
 
 Prints one JSON line last (docs/HELPERS.md). There is no upstream anchor for these;
 the rows with impl "target" carry SPEC §6's targets and the ratios are measured/target.
@@ -125,6 +127,21 @@ def watch_latency(reps: int, env: dict[str, str], work: Path, netns: str) -> dic
     return out
 
 
+def compile_cost(reps: int, work: Path, netns: str) -> list[float]:
+    """The XDPBlocklist kind's compile of the bench policy alone (part of map-only)."""
+    from bpfpolicy.compile import compile_paths
+
+    f = work / "compile-only.yaml"
+    out = []
+    for i in range(reps):
+        f.write_text(POLICY.format(netns=netns, extra=f", 198.51.100.{i}", rule=""))
+        t0 = time.perf_counter()
+        res = compile_paths([f])
+        out.append((time.perf_counter() - t0) * 1000)
+        assert res.ok
+    return out
+
+
 def noop_cost(reps: int, root: str, state: str, netns: str, n: int = 100) -> dict[str, list[float]]:
     import artifacts
 
@@ -180,6 +197,7 @@ def main() -> None:
                "BPFPOLICY_INTERVAL": "3600"}
         lat = watch_latency(args.reps, env, work, netns)
         noop = noop_cost(args.reps, roots[1], states[1], netns)
+        lat["compile only (XDPBlocklist kind)"] = compile_cost(args.reps, work, netns)
     finally:
         for r, s in zip(roots, states, strict=True):
             destroy(r, s)
