@@ -226,3 +226,40 @@ def test_destroy_events_and_metrics(ctl, veth, tmp_path: Path) -> None:
     assert _inv(ctl) == {}
     evs = [json.loads(x) for x in run_cli(ctl, "events", "--policy", "XDPBlocklist/edge").stdout.splitlines()]
     assert [e["reason"] for e in evs] == ["Applied", "Pruned"]
+
+
+def test_runtime_maps_survive_program_replacement(ctl, veth, tmp_path: Path) -> None:
+    """Counters (a map without `contents`) are reused by pin when a new program version
+    is loaded; content maps are fresh."""
+    src = _src(tmp_path, "src")
+    artifacts.write(src, "edge", [veth.ip4_b], interface=veth.if_a, netns=veth.ns_a)
+    assert _cycle(ctl, src).ok
+    assert not ping(veth)
+    from bpfpolicy.controller.status import collect
+
+    before = collect(ctl)["policies"][0]["counters"][0]["packets"]
+    old = _inv(ctl)["XDPBlocklist/edge"]
+    artifacts.write(src, "edge", [veth.ip4_b], interface=veth.if_a, netns=veth.ns_a, variant=3)
+    res = _cycle(ctl, src)
+    assert [o.action for o in res.applied.outcomes] == ["replace"]
+    new = _inv(ctl)["XDPBlocklist/edge"]
+    assert new["programs"]["xdp_blocklist"]["id"] != old["programs"]["xdp_blocklist"]["id"]
+    assert new["maps"]["rule_stats"]["id"] == old["maps"]["rule_stats"]["id"]
+    assert new["maps"]["deny_v4"]["id"] != old["maps"]["deny_v4"]["id"]
+    assert before >= 1 and collect(ctl)["policies"][0]["counters"][0]["packets"] >= before
+    assert not ping(veth)
+    assert collect(ctl)["policies"][0]["counters"][0]["packets"] > before
+
+
+def test_lost_inventory_adopts_pinned_objects(ctl, veth, tmp_path: Path) -> None:
+    """State dir wiped (bpfman #1563-style): the pins and the attachment are adopted
+    (reload + compare-and-swap against the pinned program), nothing leaks or detaches."""
+    src = _src(tmp_path, "src")
+    artifacts.write(src, "edge", [veth.ip4_b], interface=veth.if_a, netns=veth.ns_a)
+    assert _cycle(ctl, src).ok
+    (ctl.state_dir / "inventory.json").unlink()
+    res = _cycle(ctl, src)
+    assert [(o.action, o.drift, o.ok) for o in res.applied.outcomes] == [("replace", True, True)]
+    assert _xdp_id(veth) == _inv(ctl)["XDPBlocklist/edge"]["programs"]["xdp_blocklist"]["id"]
+    assert not ping(veth)
+    assert _cycle(ctl, src).applied.outcomes == []
