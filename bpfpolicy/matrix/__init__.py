@@ -179,6 +179,9 @@ def render(report: MatrixReport, console: object | None = None) -> None:
     from rich.table import Table
 
     con = console if isinstance(console, Console) else Console()
+    if not con.is_terminal:  # logs and CI: wide enough that artifact names are not cut
+        need = max([len(a) for a in report.artifacts] + [10]) + 4 + 24 * len(report.runs)
+        con = Console(width=max(con.width, need))
     table = Table(title="bpfpolicy kernel-test", show_lines=True)
     table.add_column("artifact", style="bold")
     for run in report.runs:
