@@ -263,3 +263,21 @@ def test_lost_inventory_adopts_pinned_objects(ctl, veth, tmp_path: Path) -> None
     assert _xdp_id(veth) == _inv(ctl)["XDPBlocklist/edge"]["programs"]["xdp_blocklist"]["id"]
     assert not ping(veth)
     assert _cycle(ctl, src).applied.outcomes == []
+
+
+def test_real_seccomp_profile_installed_for_exec(ctl, tmp_path: Path) -> None:
+    """The repo's example SeccompProfile goes through compile → controller install →
+    `bpfpolicy exec --seccomp NAME` (which looks it up in the state dir)."""
+    from bpfpolicy.kinds import KINDS
+
+    from conftest import REPO
+
+    if "SeccompProfile" not in KINDS or not (REPO / "policies" / "seccomp").is_dir():
+        pytest.skip("SeccompProfile kind or policies/seccomp not present")
+    src = REPO / "policies" / "seccomp"
+    proc = run_cli(ctl, "apply", str(src))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    names = [p.name for p in (ctl.state_dir / "seccomp").iterdir() if not p.name.startswith(".")]
+    assert names and all((ctl.state_dir / "seccomp" / n / "filter.bin").stat().st_size % 8 == 0 for n in names)
+    assert run_cli(ctl, "exec", "--seccomp", names[0], "--", "/bin/true").returncode == 0
+    assert run_cli(ctl, "plan", str(src)).returncode == 0
