@@ -34,8 +34,7 @@ kernel-fetch:
 ## kernel-bundle: runner + fixture and $(KT_PATHS) artifacts per Debian kernel in
 ## out/kernel-bundle, for the Vagrant VMs (the Vagrantfile runs this before `up`/`provision`).
 KT_BUNDLE ?= out/kernel-bundle
-kernel-bundle:
-	bash scripts/setup.sh
+kernel-bundle:  # needs what scripts/setup.sh installs (not run here: it may need root)
 	rm -rf $(KT_BUNDLE) out/kernel-fixtures
 	$(KT_VENV)/bin/python tests/kernel/fixtures/kt_fixtures.py out/kernel-fixtures --without broken_xdp
 	$(KT_BPFPOLICY) kernel-test --bundle $(KT_BUNDLE) --kernels 5.10,6.1,6.12,7 out/kernel-fixtures/artifacts $(KT_PATHS)
