@@ -264,6 +264,12 @@ def probes(plan: EndpointPlan) -> list[tuple[str, str, int, int]]:
         else:
             proto, port = 6, 80
         out.append((r.direction, addr, proto, port))
+        # the edges: just past the first port range, and inside each except
+        if l4 and l4[0].hi < 65535 and proto not in (ICMP, ICMPV6):
+            out.append((r.direction, addr, proto, l4[0].hi + 1))
+        for c in r.cidrs:
+            for e in c.excepts:
+                out.append((r.direction, str(e[-1] if e.num_addresses > 1 else e[0]), proto, port))
     for d in ("ingress", "egress"):
         out.append((d, "198.51.100.200", 6, 4))
     return out
