@@ -37,4 +37,4 @@ KT_BUNDLE ?= out/kernel-bundle
 kernel-bundle:  # needs what scripts/setup.sh installs (not run here: it may need root)
 	rm -rf $(KT_BUNDLE) out/kernel-fixtures
 	$(KT_VENV)/bin/python tests/kernel/fixtures/kt_fixtures.py out/kernel-fixtures --without broken_xdp
-	$(KT_BPFPOLICY) kernel-test --bundle $(KT_BUNDLE) --kernels 5.10,6.1,6.12,7 out/kernel-fixtures/artifacts $(KT_PATHS)
+	$(KT_BPFPOLICY) kernel-test --bundle $(KT_BUNDLE) --kernels 5.10,6.1,6.12,7 $(KT_ARGS) out/kernel-fixtures/artifacts $(KT_PATHS)

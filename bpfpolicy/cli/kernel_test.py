@@ -99,6 +99,10 @@ def command(paths: tuple[str, ...], kernel_names: list[str], fmt: str, out_dir: 
 
     if bundle_dir:
         members = [k for k in kernel_names if k != "host"]
+        for member in members:
+            for art in source(versions.get(member)):
+                if art.error is not None:
+                    click.echo(f"kernel-test: {member}: {art.name} not bundled ({art.error_status}): {art.error}", err=True)
         try:
             dest = write_bundle(Path(bundle_dir), members, source, versions)
         except GuestError as e:
