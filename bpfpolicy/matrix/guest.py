@@ -76,26 +76,26 @@ def build_runner() -> Path:
 def busybox() -> Path:
     for cand in BUSYBOX_CANDIDATES:
         p = Path(cand)
-        if p.is_file() and b"statically linked" in _file_type(p):
+        if p.is_file() and _is_static_elf(p):
             return p
     raise GuestError("no static busybox (apt-get install busybox-static)")
 
 
-def _file_type(path: Path) -> bytes:
-    """Static ELF = no PT_INTERP program header; checked without `file(1)`."""
+def _is_static_elf(path: Path) -> bool:
+    """A 64-bit ELF without a PT_INTERP program header (checked without `file(1)`): it
+    runs in a guest that has no dynamic loader."""
     with path.open("rb") as f:
         head = f.read(64)
         if head[:4] != b"\x7fELF" or head[4] != 2:
-            return b""
+            return False
         phoff = int.from_bytes(head[32:40], "little")
         phentsize = int.from_bytes(head[54:56], "little")
         phnum = int.from_bytes(head[56:58], "little")
         f.seek(phoff)
         table = f.read(phentsize * phnum)
-    for i in range(phnum):
-        if int.from_bytes(table[i * phentsize:i * phentsize + 4], "little") == 3:  # PT_INTERP
-            return b"dynamically linked"
-    return b"statically linked"
+    pt_interp = 3
+    return not any(int.from_bytes(table[i * phentsize:i * phentsize + 4], "little") == pt_interp
+                   for i in range(phnum))
 
 
 # ---- initramfs (cpio newc, written here: no cpio(1), no root needed for /dev nodes) --
