@@ -177,6 +177,7 @@ def load_and_swap(cfg: HostConfig, d: DesiredPolicy, old: dict[str, Any] | None,
         try:
             obj = BpfObject.open_file(d.file(m["object"]))
             _reuse_runtime_maps(obj, m, pdir)
+            stamp_revision(obj, revision)
             obj.load()
             checkpoint("loaded")
         except BpfLoadError as e:
@@ -233,6 +234,42 @@ def load_and_swap(cfg: HostConfig, d: DesiredPolicy, old: dict[str, Any] | None,
     obj.close()
     checkpoint("committed")
     return entry
+
+
+REVISION_PLACEHOLDER = b"@@bpfpolicy-revision@@"
+REVISION_FIELD = 64
+
+
+def stamp_revision(obj: Any, revision: str | None) -> bool:
+    """Write the source revision into the program's `.rodata` before load, so
+    `bpftool prog show` lists `bpfpolicy_revision` in its metadata. The contract for
+    templates: `const volatile char bpf_metadata_bpfpolicy_revision[64] SEC(".rodata") =
+    "@@bpfpolicy-revision@@";` — only the initial value changes, never the
+    instructions, so the program tag and program_hash stay the same. Objects without
+    the placeholder are left alone (the revision is then in the inventory only)."""
+    import ctypes
+
+    from ..kernel.libbpf import lib
+
+    if not revision:
+        return False
+    fn = lib().bpf_map__initial_value
+    fn.restype, fn.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t)]
+    for bm in obj.maps():
+        if not bm.name.endswith(".rodata"):
+            continue
+        size = ctypes.c_size_t()
+        ptr = fn(bm._ptr, ctypes.byref(size))
+        if not ptr:
+            continue
+        data = ctypes.string_at(ptr, size.value)
+        at = data.find(REVISION_PLACEHOLDER)
+        if at < 0 or at + REVISION_FIELD > size.value:
+            continue
+        value = revision.encode()[: REVISION_FIELD - 1].ljust(REVISION_FIELD, b"\0")
+        ctypes.memmove(ptr + at, value, REVISION_FIELD)
+        return True
+    return False
 
 
 def _new_entry(d: DesiredPolicy, revision: str | None, pdir: Path) -> dict[str, Any]:

@@ -41,6 +41,7 @@ struct {
 
 const volatile char bpf_metadata_bpfpolicy_policy[] SEC(".rodata") = "XDPBlocklist/%(name)s";
 const volatile char bpf_metadata_bpfpolicy_hash[] SEC(".rodata") = "v%(variant)d";
+const volatile char bpf_metadata_bpfpolicy_revision[64] SEC(".rodata") = "@@bpfpolicy-revision@@";
 
 SEC("xdp")
 int xdp_blocklist(struct xdp_md *ctx)

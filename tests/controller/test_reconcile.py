@@ -281,3 +281,15 @@ def test_real_seccomp_profile_installed_for_exec(ctl, tmp_path: Path) -> None:
     assert names and all((ctl.state_dir / "seccomp" / n / "filter.bin").stat().st_size % 8 == 0 for n in names)
     assert run_cli(ctl, "exec", "--seccomp", names[0], "--", "/bin/true").returncode == 0
     assert run_cli(ctl, "plan", str(src)).returncode == 0
+
+
+def test_revision_stamped_into_program_metadata(ctl, veth, tmp_path: Path) -> None:
+    from bpfpolicy.kernel import bpftool
+
+    src = _src(tmp_path, "src")
+    artifacts.write(src, "edge", [veth.ip4_b], interface=veth.if_a, netns=veth.ns_a)
+    res = _cycle(ctl, src)
+    assert res.ok
+    pid = _inv(ctl)["XDPBlocklist/edge"]["programs"]["xdp_blocklist"]["id"]
+    meta = bpftool.run("prog", "show", "id", str(pid))["metadata"]
+    assert meta["bpfpolicy_revision"] == res.revision and meta["bpfpolicy_policy"] == "XDPBlocklist/edge"
