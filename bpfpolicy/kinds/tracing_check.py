@@ -464,9 +464,7 @@ class TracingChecker:
             if len(m.get("values") or []) > S.MAX_PID_VALUES:
                 self.r.error((*p, "values", S.MAX_PID_VALUES), f"at most {S.MAX_PID_VALUES} "
                              f"matchPIDs values (has {len(m['values'])})")
-            if m.get("followForks"):
-                self.r.unsupported((*p, "followForks"), "followForks (matching the children of "
-                                   "the PIDs) needs a process tree and is not implemented", drop=drop)
+
 
     def _match_binaries(self, path: Path_, key: str, sels: list[dict[str, Any]], drop: Path_) -> None:
         if len(sels) > S.MAX_BINARY_SELECTORS:
@@ -521,10 +519,6 @@ class TracingChecker:
                 self.r.error((*p, "type"), f'unknown capability set "{ctype}"'
                              f"{did_you_mean(ctype, S.CAPABILITY_TYPES, 0.6)}")
             self._operator((*p, "operator"), str(m.get("operator")), ("In", "NotIn"))
-            if m.get("isNamespaceCapability"):
-                self.r.unsupported((*p, "isNamespaceCapability"), "namespace-relative "
-                                   "capability checks (isNamespaceCapability: true) are not "
-                                   "implemented", drop=drop)
             for v, value in enumerate(m.get("values") or []):
                 if str(value).upper() not in CAPABILITIES:
                     self.r.error((*p, "values", v), f'unknown capability "{value}"'

@@ -111,6 +111,7 @@ class Lowering:
         self.uses_parent_binary = False
         self.uses_sock = False
         self.uses_cred = False
+        self.uses_pid_tree = False
         self.literals: dict[tuple[str, bytes], dict[str, str]] = {}
         self._lower()
 
@@ -660,9 +661,18 @@ class Lowering:
         return self.literals[key]["name"]
 
     def _match_pids(self, m: dict[str, Any], path: PathT) -> dict[str, Any]:
-        pid = "tp_ns_tgid()" if m.get("isNamespacePID") else "e->pid"
+        isns = bool(m.get("isNamespacePID"))
+        pid = "tp_ns_tgid()" if isns else "e->pid"
         values = [int(v) for v in m["values"]]
-        text = f"pid {m['operator']} {values}" + (" (namespace pid)" if m.get("isNamespacePID") else "")
+        text = f"pid {m['operator']} {values}" + (" (namespace pid)" if isns else "")
+        if m.get("followForks"):
+            self.uses_pid_tree = True
+            vals = (values + values * 4)[:4]
+            call = f"tp_tree_has_pid({', '.join(f'{v}U' for v in vals)}, {'true' if isns else 'false'})"
+            expr = call if m["operator"] == "In" else f"!{call}"
+            if isns:  # Tetragon: a process outside any PID namespace never matches
+                expr = f"tp_ns_tgid() != 0 && {expr}"
+            return self._matcher(path, text + " or an ancestor's (followForks)", expr)
         return self._matcher(path, text, _int_expr(pid, "In" if m["operator"] == "In" else "NotIn",
                                                    [str(v) for v in values], True))
 
@@ -685,6 +695,8 @@ class Lowering:
         expr = f"(tp_caps_{which}() & {mask:#x}ULL) != 0"
         if m["operator"] == "NotIn":
             expr = f"!({expr})"
+        if m.get("isNamespaceCapability"):  # Tetragon: only tasks outside the host user namespace
+            expr = f"tp_ns_inum(TP_NS_USER) != {S.HOST_NS_INUM['User']:#x} && {expr}"
         return self._matcher(path, f"{m.get('type', 'Effective')} caps {m['operator']} {m['values']}", expr)
 
     # -------------------------------------------------------------- actions
@@ -739,7 +751,8 @@ class Lowering:
                       literals=list(self.literals.values()),
                       str_max=S.CAPTURE_STRING, max_args=S.MAX_ARGS, ringbuf_size=256 * 1024,
                       uses_rate_limit=self.uses_rate_limit, uses_parent_binary=self.uses_parent_binary,
-                      uses_sock=self.uses_sock, uses_cred=self.uses_cred)
+                      uses_sock=self.uses_sock, uses_cred=self.uses_cred,
+                      uses_pid_tree=self.uses_pid_tree)
 
     def artifact(self, source: str, obj: bytes) -> Artifact:
         programs = [{"name": p.name, "type": p.kind, "section": p.sec, "hook": p.hook_id} for p in self.programs]

@@ -203,3 +203,28 @@ kprobes:
     assert addr["family"] == 2 and addr["daddr"] == "127.0.0.1" and addr["dport"] == post_port
     assert by_sel[0]["args"][0]["value"]["dport"] == kill_port
     assert set(by_sel[0]["action"]) == {"Sigkill", "Post"}
+
+
+def test_follow_forks_matches_descendants_only(tmp_path: Path) -> None:
+    """matchPIDs In [this test's pid]: with followForks a child's getppid posts, without
+    it the child does not. isNamespacePID: host processes have nspid 0 (Tetragon)."""
+    me = os.getpid()
+    seen = {}
+    for follow in (True, False):
+        p = write(tmp_path, f"""\
+kprobes:
+- call: sys_getppid
+  selectors:
+  - matchPIDs: [{{operator: In, followForks: {str(follow).lower()}, values: [{me}]}}]
+  - matchPIDs: [{{operator: In, isNamespacePID: true, values: [0]}}]
+    matchActions: [{{action: NoPost}}]
+""", name=f"follow-{follow}".lower())
+        art, diags = compile_one(p)
+        assert art is not None, diags
+        with loaded(art) as (_obj, reader):
+            child = subprocess.run(["python3", "-c", "import os; os.getppid()"], check=True)
+            del child
+            got = events(art, reader)
+        assert all(e["selector"] == 0 for e in got)  # the NoPost selector posts nothing
+        seen[follow] = [e for e in got if e["pid"] != me and e["comm"].startswith("python")]
+    assert len(seen[True]) == 1 and seen[False] == []
