@@ -87,7 +87,8 @@ class Reconciler:
             events.emit(self.cfg.events_path, "GarbageCollected", f"removed leftover {what}")
         gc_installed(self.cfg)
 
-    def cycle(self, *, dry_run: bool = False, heal: bool | None = None, deep: bool = True) -> CycleResult:
+    def cycle(self, *, dry_run: bool = False, heal: bool | None = None, deep: bool = True,
+              retry_failed: bool = True) -> CycleResult:
         """One reconcile. `deep=False` (file-triggered) trusts the inventory for unchanged
         policies; deep cycles (startup, interval, `apply`) check the kernel for drift."""
         t0 = time.perf_counter()
@@ -115,6 +116,8 @@ class Reconciler:
                                  allow_empty=self.allow_empty, deep=deep)
             if dry_run:
                 return self._done(res, t0)
+            if not retry_failed:
+                self._hold_stalled(res.plan)
             if res.plan.refused:
                 res.error = res.plan.refused
                 self._source_status(snap.revision, "Stalled", "PruneFailed", res.plan.refused)
@@ -174,9 +177,13 @@ class Reconciler:
             if pp.key in failed:
                 o = failed[pp.key]
                 st.update(condition="Stalled", reason=o.reason or "ApplyFailed", message=o.message,
-                          log=o.log[-8000:] if o.log else None)
+                          log=o.log[-8000:] if o.log else None, failed_digest=pp.desired.digest)
             else:
                 drift_left = heal_off and any(a.drift for a in pp.actions)
+                if (st.get("condition") == "Stalled" and st.get("failed_digest") == pp.desired.digest
+                        and not pp.changes):
+                    continue  # held (see _hold_stalled): keep the failure visible
+                st.pop("failed_digest", None)
                 st.update(condition="Ready", reason="DriftDetected" if drift_left else "Applied",
                           message="; ".join(a.detail for a in pp.actions if a.drift) if drift_left else "",
                           log=None)
@@ -189,17 +196,32 @@ class Reconciler:
                 st["updated"] = events.now_iso()
         src = status["source"]
         src["last_attempted_revision"] = revision
-        if res.applied.ok:
+        stalled = sorted(k for k, st in pols.items() if st.get("condition") == "Stalled")
+        if not stalled:
             src["last_applied_revision"] = revision
             push_history(src, revision)
             src.update(condition="Ready", reason="ReconciliationSucceeded", message="")
         else:
             src.update(condition="Stalled", reason="ApplyFailed",
-                       message=f"{len(failed)} policies failed: {', '.join(failed)}")
+                       message=f"{len(stalled)} policies failed: {', '.join(stalled)}")
         if status != self._last_status or res.applied.outcomes:
             self._last_status = json.loads(json.dumps(status))
             src["last_reconcile"] = events.now_iso()
             self.store.save_status(status)
+
+    def _hold_stalled(self, plan: Plan) -> None:
+        """Like Flux: a policy Stalled at a digest is not retried every cycle (no event
+        storm, no verifier run per interval) until its digest changes, drift is found,
+        or the operator asks (SIGHUP, `bpfpolicy apply`)."""
+        from .plan import Action
+
+        pols = self.store.status()["policies"]
+        for pp in plan.policies:
+            st = pols.get(pp.key, {})
+            if (pp.desired is not None and st.get("condition") == "Stalled"
+                    and st.get("failed_digest") == pp.desired.digest
+                    and not any(a.drift for a in pp.actions)):
+                pp.actions = [Action("noop", f"stalled at digest {pp.desired.digest[:12]}: {st.get('reason')}")]
 
     def _mark_reconciling(self, plan: Plan, revision: str) -> None:
         """Policies about to change show `Reconciling` while apply runs (status is read

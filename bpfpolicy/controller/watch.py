@@ -142,7 +142,7 @@ class Watcher:
         self.cycles += 1
         # file events alone: a shallow cycle (trust the inventory, diff against the
         # applied copies); startup, interval, git poll and SIGHUP: a deep drift check
-        res = self.reconciler.cycle(deep=not reasons <= {"file"})
+        res = self.reconciler.cycle(deep=not reasons <= {"file"}, retry_failed="SIGHUP" in reasons)
         self.log(_summary(res, reasons))
         return res
 

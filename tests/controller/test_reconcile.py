@@ -95,10 +95,24 @@ def test_verifier_rejection_keeps_previous_version(ctl, veth, tmp_path: Path) ->
     assert row["last_applied_revision"] != row["last_attempted_revision"]
     evs = [json.loads(x) for x in run_cli(ctl, "events").stdout.splitlines()]
     assert any(e["reason"] == "VerifierFailed" and e["type"] == "Warning" for e in evs)
+    # the watch loop does not retry the same broken digest every cycle (no event storm)
+    from bpfpolicy.controller.reconcile import Reconciler
+
+    res = Reconciler(ctl, [bad]).cycle(retry_failed=False)
+    assert res.applied.outcomes == []
+    evs2 = [json.loads(x) for x in run_cli(ctl, "events").stdout.splitlines()]
+    assert sum(e["reason"] == "VerifierFailed" for e in evs2) == 1
+    st = json.loads(run_cli(ctl, "status", "--format", "json").stdout)
+    assert st["policies"][0]["condition"] == "Stalled" and st["source"]["condition"] == "Stalled"
     # nothing of the rejected version is left behind
     assert sorted(p.name for p in (ctl.bpffs_root / "XDPBlocklist" / "edge").iterdir()) == [
         "map_deny_v4", "map_rule_stats", "prog_xdp_blocklist"]
     assert not (ctl.bpffs_root / "_staging").exists() or not any((ctl.bpffs_root / "_staging").iterdir())
+    # a revert (git revert) makes it Ready again without touching the kernel
+    res = _cycle(ctl, good)
+    assert res.ok and res.applied.outcomes == [] and _xdp_id(veth) == pid
+    st = json.loads(run_cli(ctl, "status", "--format", "json").stdout)
+    assert st["policies"][0]["condition"] == "Ready" and st["source"]["condition"] == "Ready"
 
 
 def test_plan_exit_codes(ctl, veth, tmp_path: Path) -> None:
