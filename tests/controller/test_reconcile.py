@@ -307,3 +307,40 @@ def test_revision_stamped_into_program_metadata(ctl, veth, tmp_path: Path) -> No
     pid = _inv(ctl)["XDPBlocklist/edge"]["programs"]["xdp_blocklist"]["id"]
     meta = bpftool.run("prog", "show", "id", str(pid))["metadata"]
     assert meta["bpfpolicy_revision"] == res.revision and meta["bpfpolicy_policy"] == "XDPBlocklist/edge"
+
+
+def test_one_failing_policy_does_not_block_others(ctl, veth, tmp_path: Path) -> None:
+    src = _src(tmp_path, "src")
+    artifacts.write(src, "good", [veth.ip4_b], interface=veth.if_a, netns=veth.ns_a)
+    artifacts.write(src, "bad", ["192.0.2.1"], interface=None, netns=None, broken=True)
+    proc = run_cli(ctl, "apply", str(src), "--format", "json")
+    assert proc.returncode == 1
+    out = {o["policy"]: o for o in json.loads(proc.stdout)["outcomes"]}
+    assert out["XDPBlocklist/good"]["ok"] and not out["XDPBlocklist/bad"]["ok"]
+    assert out["XDPBlocklist/bad"]["reason"] == "VerifierFailed"
+    assert not ping(veth)
+    st = {p["policy"]: p for p in json.loads(run_cli(ctl, "status", "--format", "json").stdout)["policies"]}
+    assert st["XDPBlocklist/good"]["condition"] == "Ready" and st["XDPBlocklist/bad"]["condition"] == "Stalled"
+    assert not (ctl.bpffs_root / "XDPBlocklist" / "bad").exists()
+
+
+def test_foreign_xdp_program_is_not_replaced(ctl, veth, tmp_path: Path) -> None:
+    """An interface already running someone else's XDP program: bpfpolicy refuses
+    (Stalled / AttachConflict) instead of clobbering it."""
+    from bpfpolicy.build import build_bpf
+
+    obj = tmp_path / "foreign.o"
+    obj.write_bytes(build_bpf('#include <linux/bpf.h>\n#include <bpf/bpf_helpers.h>\n'
+                              'SEC("xdp") int foreign(struct xdp_md *c) { return XDP_PASS; }\n'
+                              'char LICENSE[] SEC("license") = "GPL";\n', name="foreign").object)
+    subprocess.run(["ip", "-n", veth.ns_a, "link", "set", "dev", veth.if_a, "xdpgeneric", "obj", str(obj),
+                    "sec", "xdp"], check=True)
+    foreign = _xdp_id(veth)
+    src = _src(tmp_path, "src")
+    artifacts.write(src, "edge", [veth.ip4_b], interface=veth.if_a, netns=veth.ns_a)
+    res = _cycle(ctl, src)
+    assert not res.ok and res.applied.outcomes[0].reason == "AttachConflict"
+    assert f"runs XDP program {foreign}" in res.applied.outcomes[0].message
+    assert _xdp_id(veth) == foreign and ping(veth)
+    assert not (ctl.bpffs_root / "XDPBlocklist" / "edge").exists()
+    subprocess.run(["ip", "-n", veth.ns_a, "link", "set", "dev", veth.if_a, "xdpgeneric", "off"], check=True)
