@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,6 +122,12 @@ def _rec(keys: np.ndarray, values: np.ndarray) -> bytes:
             order = np.lexsort([cols[:, j] for j in range(cols.shape[1] - 1, -1, -1)])
             keys, values = keys[order], values[order]
     return np.concatenate([keys, values], axis=1).tobytes()
+
+
+def _le(a: np.ndarray) -> np.ndarray:
+    """`a` with little-endian elements (no copy on little-endian hosts)."""
+    return a if a.dtype.byteorder in ("<", "|") or (a.dtype.byteorder == "=" and sys.byteorder == "little") \
+        else a.astype(a.dtype.newbyteorder("<"))
 
 
 def _array_rec(dense: np.ndarray, used: np.ndarray) -> bytes:
@@ -333,7 +340,7 @@ def lower(rules: list[Rule], rate_limit: dict[str, int] | None) -> Lowered:
     low.ruleset_masks = np.concatenate([[np.uint64(0)], uniq]).astype(np.uint64)
     maps = low.maps
     maps["rulesets"] = MapSpec("rulesets", "array", 4, 8, RULESETS_MAX,
-                               _array_rec(low.ruleset_masks.astype("<u8"), np.arange(1, len(uniq) + 1)))
+                               _array_rec(_le(low.ruleset_masks), np.arange(1, len(uniq) + 1)))
 
     if v4.layout == "dir24":
         slots = np.zeros(1 << 24, dtype=np.uint16)
@@ -345,7 +352,7 @@ def lower(rules: list[Rule], rate_limit: dict[str, int] | None) -> Lowered:
         groups = slots.reshape(TBL24_ENTRIES, TBL24_GROUP)
         used = np.flatnonzero(groups.view(np.uint64).any(axis=1))
         maps["v4_tbl24"] = MapSpec("v4_tbl24", "array", 4, 2 * TBL24_GROUP, TBL24_ENTRIES,
-                                   _array_rec(groups.astype("<u2"), used), flags=MMAPABLE)
+                                   _array_rec(_le(groups), used), flags=MMAPABLE)
     if v4.layout == "dir24":
         ea = v4.exact_addr if v4.exact_addr is not None else np.zeros(0, dtype=np.uint32)
         eid = ids(v4.exact_mask) if v4.exact_mask is not None else np.zeros(0, dtype=np.uint32)
@@ -381,7 +388,7 @@ def lower(rules: list[Rule], rate_limit: dict[str, int] | None) -> Lowered:
             for lo, hi in r.ports or ():
                 pm[lo:hi + 1] |= np.uint64(r.bit)
         maps["port_rules"] = MapSpec("port_rules", "array", 4, 8, PORTS_MAX,
-                                     _array_rec(pm.astype("<u8"), np.flatnonzero(pm)))
+                                     _array_rec(_le(pm), np.flatnonzero(pm)))
 
     maps["rule_stats"] = MapSpec("rule_stats", "percpu_array", 4, 16, len(rules) + 1, None, percpu=True)
     if rate_limit:

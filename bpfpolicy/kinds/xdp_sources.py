@@ -165,10 +165,11 @@ def _parse_v4_vectorised(data: bytes) -> tuple[np.ndarray, np.ndarray] | None:
         return None
     if np.any(buf[starts[length > 1]] == 48):
         return None  # leading zeros ("010.1.1.1"): inet_pton refuses them, so do we
-    val = buf[ends].astype(np.int64) - 48
-    for k in (1, 2):
-        has = np.flatnonzero(length > k)
-        val[has] += (buf[ends[has] - k].astype(np.int64) - 48) * (10 ** k)
+    # value = last digit + 10 * the one before + 100 * the one before that (when present);
+    # np.where instead of fancy-indexed updates: ~10x faster on 4M numbers
+    val = buf[ends].astype(np.int32) - 48
+    val += np.where(length > 1, buf[ends - 1].astype(np.int32) - 48, 0) * 10
+    val += np.where(length > 2, buf[ends - 2].astype(np.int32) - 48, 0) * 100
     sep = buf[ends + 1]  # the character after each number
     # only digits and . / \n are present, so a number is always preceded by a separator
     # (or starts the file); separators must be single: "1..2" leaves a gap
@@ -188,10 +189,11 @@ def _parse_v4_vectorised(data: bytes) -> tuple[np.ndarray, np.ndarray] | None:
     cidr = counts == 5
     if not np.all(dots_ok) or np.any(sep[first[cidr] + 3] != ord("/")):
         return None
-    o = val[first[:, None] + np.arange(4)]
-    if np.any(o > 255):
+    o = [val[first + k] for k in range(4)]  # four 1-D gathers beat one 2-D fancy index
+    if any(bool(np.any(x > 255)) for x in o):
         return None
-    addr = ((o[:, 0] << 24) | (o[:, 1] << 16) | (o[:, 2] << 8) | o[:, 3]).astype(np.uint32)
+    o = [x.astype(np.uint32) for x in o]
+    addr = (o[0] << 24) | (o[1] << 16) | (o[2] << 8) | o[3]
     plen = np.full(len(first), 32, dtype=np.int64)
     plen[cidr] = val[first[cidr] + 4]
     if np.any(plen > 32):
