@@ -217,6 +217,10 @@ def load_and_swap(cfg: HostConfig, d: DesiredPolicy, old: dict[str, Any] | None,
             obj.close()
         raise
     checkpoint("swapped")  # every attachment runs the new programs
+    # attachments the new version no longer has go first: their link pins may share a
+    # name (link_<index>) with a staged new link that is about to be renamed into place
+    for stale in old_atts.values():
+        detach(stale)
     pdir.mkdir(parents=True, exist_ok=True)
     for p in stage.iterdir():
         os.replace(p, pdir / p.name)
@@ -225,8 +229,6 @@ def load_and_swap(cfg: HostConfig, d: DesiredPolicy, old: dict[str, Any] | None,
         stage.parent.rmdir()  # only when no other apply is staging
     keep = {f"prog_{n}" for n in entry["programs"]} | {f"map_{n}" for n in entry["maps"]}
     keep |= {Path(a["link_pin"]).name for a in entry["attachments"] if a.get("link_pin")}
-    for stale in old_atts.values():
-        detach(stale)
     for p in pdir.iterdir():
         if p.name not in keep:
             with contextlib.suppress(OSError):
@@ -359,13 +361,14 @@ def _swap(cfg: HostConfig, att: dict[str, Any], i: int, prog: Any, prev: dict[st
         rec.update(tc=res, prog_id=new_id)
         return rec, (old_ids[0]["prog_id"] if old_ids else None)
     if t == "cgroup_skb":
-        if link_pin.exists() and cgroup.link_prog_id(str(link_pin)) is not None:
+        if link_pin.exists() and _link_on_cgroup(str(link_pin), att["cgroup"]):
             old = cgroup.link_prog_id(str(link_pin))
             cgroup.update(str(link_pin), prog.fd)
         else:
             old = None
             cgroup.attach_pinned(prog.fd, att["cgroup"], att["direction"], str(stage / f"link_{i}"))
-        rec.update(link_pin=str(link_pin), prog_id=new_id)
+        rec.update(link_pin=str(link_pin), prog_id=new_id,
+                   link_id=_link_id(str(link_pin) if old is not None else str(stage / f"link_{i}")))
         return rec, old
     # auto-attach by SEC() (tracepoints, ...): new link first, the old one goes at commit
     link = prog.attach()
@@ -382,6 +385,37 @@ def tc_prio(key: str, index: int) -> int:
     import zlib
 
     return 0x1000 + zlib.crc32(f"{key}#{index}".encode()) % 0x6000
+
+
+def _link_id(pin: str) -> int | None:
+    from ..kernel import bpf
+
+    try:
+        fd = bpf.obj_get(pin)
+    except OSError:
+        return None
+    try:
+        return int(bpf.link_info(fd)["id"])
+    finally:
+        os.close(fd)
+
+
+def _link_on_cgroup(pin: str, cgroup_path: str) -> bool:
+    """Whether the link pinned at `pin` is a live cgroup link on `cgroup_path` (a cgroup
+    v2 id is its directory's inode number): only then may we swap its program."""
+    from ..kernel import bpf
+
+    try:
+        fd = bpf.obj_get(pin)
+    except OSError:
+        return False
+    try:
+        info = bpf.link_info(fd)
+        return info.get("type") == "cgroup" and info.get("cgroup_id") == os.stat(cgroup_path).st_ino
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _our_prog_ids(prev: dict[str, Any] | None, entry: dict[str, Any], prog: Any, program: str,

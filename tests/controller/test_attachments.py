@@ -236,6 +236,7 @@ def test_controller_drives_tc_and_cgroup_attachments(ctl, veth, cgroup_dir: Path
     new = Store(ctl.state_dir).inventory()["NetworkPolicy/web"]
     assert new["programs"]["tc_filter"]["id"] != entry["programs"]["tc_filter"]["id"]
     assert new["attachments"][1]["link_pin"] == entry["attachments"][1]["link_pin"]
+    assert new["attachments"][1]["link_id"] == entry["attachments"][1]["link_id"] is not None  # BPF_LINK_UPDATE
     assert udp_received(veth) > 0
     assert _send_from_cgroup(cgroup_dir, veth) == 3
     assert all(a["attached"] for a in collect(ctl)["policies"][0]["attachments"])
