@@ -280,3 +280,21 @@ def test_manifest_describes_maps_attachments_and_counters(tmp_path: Path) -> Non
             assert keys == sorted(keys), f"{spec['name']} contents must be sorted by key"
     src = art.files["prog.bpf.c"].decode()
     assert "@policy " in src and 'SEC("xdp")' in src and "bpf_metadata_bpfpolicy_policy" in src
+
+
+def test_million_line_list_compiles(tmp_path: Path) -> None:
+    """SPEC: 1M-line lists must work (timing lives in bench/xdp.py)."""
+    rng = np.random.default_rng(2)
+    addrs = np.unique(rng.integers(1 << 24, 2**32, 1_000_000, dtype=np.uint64).astype(np.uint32))
+    text = "\n".join(socket.inet_ntoa(int(a).to_bytes(4, "big")) for a in addrs[:-1])
+    (tmp_path / "big.txt").write_text("# a million addresses\n" + text + "\n10.0.0.0/8\n")
+    p = write(tmp_path, """\
+      deny:
+        - sourceFiles: [big.txt]
+    """)
+    res = compile_paths([p])
+    assert res.ok, [str(d) for d in res.diagnostics[:3]]
+    art = res.artifacts[0][1]
+    assert art.manifest["metadata"]["entries"]["v4"] == len(addrs)
+    maps = {m["name"]: m for m in art.manifest["maps"]}
+    assert maps["v4_buckets"]["entries"] > 0 and maps["v4_tbl24"]["entries"] > 0
