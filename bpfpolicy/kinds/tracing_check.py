@@ -90,6 +90,8 @@ class TracingChecker:
         self.r = report
         self.foreign_kind = foreign_kind
         self.macros: dict[str, Any] = {}
+        self.lists: dict[str, dict[str, Any]] = {}
+        self.unsupported_lists: set[str] = set()
         self.section = ""
 
     # ------------------------------------------------------------------ top level
@@ -110,9 +112,7 @@ class TracingChecker:
         if spec.get("loader"):
             self.r.unsupported(("spec", "loader"), "loader (library load events) is not "
                                "implemented", drop=("spec", "loader"))
-        if "lists" in spec:
-            self.r.unsupported(("spec", "lists"), "lists (list:NAME calls and InMap over "
-                               "syscall lists) are not implemented", drop=("spec", "lists"))
+        self.lists = self._lists(spec.get("lists") or [])
         if "enforcers" in spec:
             self.r.unsupported(("spec", "enforcers"), "enforcers (NotifyEnforcer) are not "
                                "implemented; use Override or Sigkill in matchActions",
@@ -122,6 +122,47 @@ class TracingChecker:
         for name, sel in self.macros.items():
             self._selector(("spec", "selectorsMacros", name), sel, None, "macros", {}, None)
         self._sections(spec)
+
+    def _lists(self, lists: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from .tracing_lists import LIST_TYPES, syscall_problem
+
+        out: dict[str, dict[str, Any]] = {}
+        for i, lst in enumerate(lists):
+            path = ("spec", "lists", i)
+            name, ltype = str(lst.get("name")), str(lst.get("type", "syscalls"))
+            if name in out:
+                self.r.error((*path, "name"), f'duplicate list name "{name}"')
+            out[name] = lst
+            if ltype not in LIST_TYPES:
+                self.r.error((*path, "type"), f'unknown list type "{ltype}"'
+                             f"{did_you_mean(ltype, LIST_TYPES, 0.6)}")
+            elif ltype != "syscalls":
+                self.unsupported_lists.add(name)
+                self.r.unsupported((*path, "type"), f"{ltype} lists (every syscall or ftrace "
+                                   "function, one hook each) are not implemented; list the "
+                                   "syscalls (type: syscalls)", drop=path)
+            else:
+                if not lst.get("values"):
+                    self.r.error(path, "a syscalls list needs values")
+                for k, v in enumerate(lst.get("values") or []):
+                    why = syscall_problem(str(v))
+                    if why and "32-bit" in why:  # valid for Tetragon: dropping it only narrows
+                        self.r.unsupported((*path, "values", k), why, drop=(*path, "values", k))
+                    elif why:
+                        self.r.error((*path, "values", k), why)
+        return out
+
+    def _list_ref(self, path: Path_, ref: str, drop: Path_ | None = None) -> dict[str, Any] | None:
+        name = ref.removeprefix("list:")
+        if name in self.unsupported_lists:
+            self.r.unsupported(path, f'list "{name}" is not supported (see spec.lists)',
+                               drop=drop or path)
+            return None
+        if name not in self.lists:
+            self.r.error(path, f'unknown list "{name}"{did_you_mean(name, self.lists)} '
+                         "(define it in spec.lists)")
+            return None
+        return self.lists[name]
 
     def _options(self, options: list[dict[str, Any]]) -> None:
         for i, opt in enumerate(options):
@@ -186,8 +227,12 @@ class TracingChecker:
     def _kprobe(self, section: str, path: Path_, hook: dict[str, Any]) -> None:
         call = str(hook.get("call", ""))
         if call.startswith("list:"):
-            self.r.unsupported((*path, "call"), f'"{call}": list: calls are not implemented '
-                               "(spec.lists); write one hook per function", drop=path)
+            from .tracing_lists import MAX_LIST_CALLS
+
+            lst = self._list_ref((*path, "call"), call, drop=path)
+            if lst is not None and len(lst.get("values") or []) > MAX_LIST_CALLS:
+                self.r.error((*path, "call"), f"{call} has {len(lst['values'])} entries: at most "
+                             f"{MAX_LIST_CALLS} (one program each)")
         if hook.get("syscall", True) and not SYSCALL_CALL.match(call) and not call.startswith("list:"):
             how = "is true" if "syscall" in hook else "defaults to true (Tetragon's CRD)"
             self.r.warning((*path, "call"), f'syscall {how} but "{call}" is not a syscall '
@@ -394,7 +439,17 @@ class TracingChecker:
                 if why:
                     self.r.error((*path, "values", k), why)
             return
-        if op in ("InMap", "NotInMap", "SubString", "SubStringIgnCase", "CelExpr", "FileType",
+        if op in ("InMap", "NotInMap"):
+            if in_hook and t not in S.INT_TYPES and t != "auto":
+                self.r.error((*path, "operator"), f"{op} works on integer arguments here "
+                             f'(argument {idx} is "{t}")')
+            for k, v in enumerate(values):
+                if str(v).startswith("list:"):
+                    self._list_ref((*path, "values", k), str(v), drop=drop)
+                elif parse_int(v) is None:
+                    self.r.error((*path, "values", k), f'"{v}" is not an integer or list:NAME')
+            return
+        if op in ("SubString", "SubStringIgnCase", "CelExpr", "FileType",
                   "NotFileType", "CapabilitiesGained"):
             self.r.unsupported((*path, "operator"), f"operator {op} is not implemented", drop=drop)
             return

@@ -140,7 +140,8 @@ class Lowering:
         for i, hook in enumerate(self.spec[section]):
             path: PathT = ("spec", section, i)
             try:
-                self._hook(section, i, hook, path)
+                for j, one in enumerate(self._expand_list_call(hook, path)):
+                    self._hook(section, i, one, path, suffix=f"_{j}" if one is not hook else "")
             except HookError as e:
                 errors.append(self.doc.diag(e.path, e.message))
         if errors:
@@ -149,7 +150,19 @@ class Lowering:
             raise PolicyError([self.doc.diag(("spec", section), "nothing to compile: every hook "
                                              "was skipped (ignore.callNotFound)")])
 
-    def _hook(self, section: str, i: int, hook: dict[str, Any], path: PathT) -> None:
+    def _expand_list_call(self, hook: dict[str, Any], path: PathT) -> list[dict[str, Any]]:
+        """`call: list:NAME` is one hook per syscall in the list (Tetragon's semantics)."""
+        call = str(hook.get("call", ""))
+        if not call.startswith("list:"):
+            return [hook]
+        from .tracing_lists import lists_by_name
+
+        lst = lists_by_name(self.spec).get(call.removeprefix("list:"))
+        if lst is None or not lst.get("values"):
+            raise HookError((*path, "call"), f"{call}: no such list with values")
+        return [{**hook, "call": str(v), "syscall": True} for v in lst["values"]]
+
+    def _hook(self, section: str, i: int, hook: dict[str, Any], path: PathT, suffix: str = "") -> None:
         selectors = [self._expand_macros(s) for s in hook.get("selectors") or []]
         actions = {a.get("action") for s in selectors for a in s.get("matchActions") or []}
         enforce = bool(actions & set(ENFORCE)) and not self.monitor
@@ -162,7 +175,7 @@ class Lowering:
             hook, selectors = self._remap_to_file(hook, selectors, backend.remap, path)
         hook_id = len(self.hooks)
         self.hooks.append(self._hook_meta(section, hook, path, backend))
-        base = f"{section.rstrip('s')}_{i}"
+        base = f"{section.rstrip('s')}_{i}{suffix}"
         if ret_probe:
             fexit = self._fexit_backend(section, hook, path)
             if enforce:
@@ -626,6 +639,8 @@ class Lowering:
         if t in S.INT_TYPES or t == "int64":
             unsigned = not S.INT_TYPES.get(t, (8, True))[1]
             v = f"(__u64)e->args[{slot}].ival" if unsigned else f"e->args[{slot}].ival"
+            if op in ("InMap", "NotInMap"):
+                op, values = ("In" if op == "InMap" else "NotIn"), self._map_values(values, path)
             return self._matcher(path, text, _int_expr(v, op, values, unsigned))
         if t in S.NET_TYPES and op in S.NETWORK_OPERATORS:
             from .tracing_net import expr
@@ -635,6 +650,22 @@ class Lowering:
             return self._match_strings({"operator": op, "values": values}, path,
                                        f"e->args[{slot}].buf", f"e->args[{slot}].len", text=text)
         raise HookError(path, f"argument {idx} of type {t} cannot be matched")
+
+    def _map_values(self, values: list[str], path: PathT) -> list[str]:
+        """InMap values: integers, and `list:NAME` syscall lists as syscall numbers."""
+        from .tracing_lists import lists_by_name, syscall_numbers
+
+        out: list[str] = []
+        for v in values:
+            if v.startswith("list:"):
+                lst = lists_by_name(self.spec).get(v.removeprefix("list:")) or {}
+                out += [str(n) for n in syscall_numbers([str(x) for x in lst.get("values") or []],
+                                                        self.ctx.arch)]
+            else:
+                out.append(v)
+        if not out:
+            raise HookError(path, "InMap has no values left")
+        return out
 
     def _match_strings(self, m: dict[str, Any], path: PathT, buf: str, length: str,
                        binary: bool = False, text: str | None = None) -> dict[str, Any]:

@@ -334,3 +334,17 @@ tracepoints:
     result = validate(p, lenient=True)
     assert result.ok
     assert any("dropped spec.tracepoints[0] (--lenient)" in d.message for d in result.diagnostics)
+
+
+def test_list_reference_and_values(tmp_path: Path) -> None:
+    p = write(tmp_path, """\
+lists:
+- {name: dups, type: syscalls, values: [sys_dup, sys_dupp]}
+- {name: all, type: generated_syscal}
+kprobes:
+- call: list:dupz
+""")
+    errs = {d.path: d.message for d in errors(validate(p))}
+    assert errs["spec.lists[0].values[1]"] == '"sys_dupp" is not a x86_64 syscall (did you mean "dup"?)'
+    assert errs["spec.lists[1].type"].startswith('unknown list type "generated_syscal" (did you mean "generated_syscalls"?)')
+    assert errs["spec.kprobes[0].call"].startswith('unknown list "dupz" (did you mean "dups"?)')

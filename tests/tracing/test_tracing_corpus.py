@@ -40,11 +40,11 @@ VERDICTS: dict[str, object] = {
     "tracingpolicy__fd_install_ns_host.yaml": ACCEPT,
     "tracingpolicy__filename_monitoring_filtered.yaml": ACCEPT,
     "tracingpolicy__killer.yaml": (
-        {"spec.enforcers", "spec.lists", "spec.tracepoints[0].selectors[0].matchActions[0].action",
-         "spec.tracepoints[0].selectors[0].matchArgs[0].operator"}, "not implemented"),
-    "tracingpolicy__list-syscalls-generated.yaml": ({"spec.kprobes[0].call", "spec.lists"}, "not implemented"),
-    "tracingpolicy__list-syscalls-tracepoint.yaml": (
-        {"spec.lists", "spec.tracepoints[0].selectors[0].matchArgs[0].operator"}, "not implemented"),
+        {"spec.lists[0].values[2]", "spec.enforcers", "spec.tracepoints[0].selectors[0].matchActions[0].action"},
+        None),
+    "tracingpolicy__list-syscalls-generated.yaml": (
+        {"spec.lists[0].type", "spec.kprobes[0].call"}, "generated_syscalls lists"),
+    "tracingpolicy__list-syscalls-tracepoint.yaml": ACCEPT,
     "tracingpolicy__lsm_file_open.yaml": ACCEPT,
     "tracingpolicy__lsm_track_grandparent.yaml": ({"spec.lsmhooks[0].args[0].resolve"}, "resolve"),
     "tracingpolicy__open_dnsrequest.yaml": (

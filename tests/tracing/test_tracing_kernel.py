@@ -228,3 +228,18 @@ kprobes:
         assert all(e["selector"] == 0 for e in got)  # the NoPost selector posts nothing
         seen[follow] = [e for e in got if e["pid"] != me and e["comm"].startswith("python")]
     assert len(seen[True]) == 1 and seen[False] == []
+
+
+def test_inmap_over_a_syscall_list_on_raw_syscalls() -> None:
+    """Tetragon's list-syscalls-tracepoint example, unchanged: raw_syscalls/sys_enter with
+    InMap list:dups (sys_dup, sys_dup2 -> 32, 33 on x86_64; Python dup() is fcntl)."""
+    corpus = ROOT.parent / "shared/corpus/tetragon/tracingpolicy__list-syscalls-tracepoint.yaml"
+    if not corpus.exists():
+        pytest.skip("corpus not found")
+    art, diags = compile_one(corpus)
+    assert art is not None, diags
+    with loaded(art) as (_obj, reader):
+        proc = subprocess.run(["python3", "-c", "import os; os.dup2(1, 7); os.getppid()"], check=True)
+        del proc
+        got = [e for e in events(art, reader) if e["comm"].startswith("python")]
+    assert [e["args"][0]["value"] for e in got] == [33], got  # dup2; getppid is not in the list
