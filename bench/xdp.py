@@ -8,7 +8,8 @@ Per-packet cost: BPF_PROG_TEST_RUN, repeat 1e6, median of 7, for blocklists of 1
 xdp-filter 1.3.1 is loaded for real (`xdp-filter load -m skb -f ipv4` on a veth in a
 throw-away netns), 10k entries are batch-inserted into its pinned `filter_ipv4` map (its
 CLI takes ~2.3 ms per entry, measured here on 50 entries), and its attached program is
-test-run with the same packets. Load: compile (parse + lower + C + clang) and fill time
+test-run with the same packets, and so is a bare LPM trie holding the same entries (the
+layout we did not pick, for comparison). Load: compile (parse + lower + C + clang) and fill time
 of 1M entries ("compile_s": list parse + lowering + codegen with the clang object cached,
 as on every list update; "compile_cold_s" is the first compile, with clang and an empty
 build cache). Delta: add one address to the 1M list, recompile, apply; assert the
@@ -108,6 +109,48 @@ def bare_drop() -> BpfObject:
     obj = BpfObject.open_mem(build_bpf(src, name="bare-drop").object, "bare")
     obj.load()
     return obj
+
+
+LPM_SRC = """#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+struct lpm_key { __u32 prefixlen; __be32 addr; };
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MAX_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lpm_key);
+	__type(value, __u32);
+} lpm SEC(".maps");
+SEC("xdp") int lpm_drop(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *iph = (void *)(eth + 1);
+	struct lpm_key key = { .prefixlen = 32 };
+	if ((void *)(iph + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return XDP_PASS;
+	key.addr = iph->saddr;
+	return bpf_map_lookup_elem(&lpm, &key) ? XDP_DROP : XDP_PASS;
+}
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+def lpm_trie(rows: np.ndarray) -> tuple[BpfObject, float]:
+    """The layout we did not pick: every entry in one LPM trie. Returns (object, fill s)."""
+    src = LPM_SRC.replace("MAX_ENTRIES", str(len(rows) + 16))
+    obj = BpfObject.open_mem(build_bpf(src, name="lpm-baseline").object, "lpm")
+    obj.load()
+    keys = np.zeros((len(rows), 8), dtype=np.uint8)
+    keys[:, :4] = rows[:, 1].astype("<u4").view(np.uint8).reshape(-1, 4)
+    keys[:, 4:] = rows[:, 0].astype(">u4").view(np.uint8).reshape(-1, 4)
+    vals = np.ones(len(rows), dtype="<u4").tobytes()
+    t = time.perf_counter()
+    bpf.map_update_batch(obj.map("lpm").fd, keys.tobytes(), vals, 8, 4)
+    return obj, time.perf_counter() - t
 
 
 class XdpFilter:
@@ -213,12 +256,22 @@ def main() -> None:
             bare = bare_drop()
             progs = {"bare-drop": (bare.program("bare_drop").fd, pass_pkt, 1),
                      "xdp-filter/pass": (xf.prog_fd, pass_pkt, 2), "xdp-filter/drop": (xf.prog_fd, drop_pkt, 1)}
+            lpms = {case: lpm_trie(make_list(SIZES[case])) for case in ("100k", "1M")}
+            for case, (obj, _) in lpms.items():
+                progs[f"lpm-{case}/pass"] = (obj.program("lpm_drop").fd, pass_pkt, 2)
+                progs[f"lpm-{case}/drop"] = (obj.program("lpm_drop").fd, drop_pkt, 1)
+                progs[f"lpm-{case}/drop_prefix"] = (obj.program("lpm_drop").fd, pfx_pkt, 1)
             for case, L in loaded.items():
                 progs[f"{case}/pass"] = (L.prog_fd, pass_pkt, 2)
                 progs[f"{case}/drop"] = (L.prog_fd, drop_pkt, 1)
                 progs[f"{case}/drop_prefix"] = (L.prog_fd, pfx_pkt, 1)
             ns = interleaved(progs)
             bare.close()
+            for case, (obj, fill_s) in lpms.items():
+                rows.append({"impl": "lpm-trie (layout not chosen)", "case": case, "pass_ns": ns[f"lpm-{case}/pass"],
+                             "drop_ns": ns[f"lpm-{case}/drop"], "drop_prefix_ns": ns[f"lpm-{case}/drop_prefix"],
+                             "batch_fill_s": round(fill_s, 3)})
+                obj.close()
             rows.append({"impl": "bare-drop", "case": "XDP_DROP", "drop_ns": ns["bare-drop"]})
             rows.append({"impl": f"xdp-filter ({xf.name})", "case": "10k", "pass_ns": ns["xdp-filter/pass"],
                          "drop_ns": ns["xdp-filter/drop"], "cli_insert_ms_per_entry": round(cli_ms, 2),
