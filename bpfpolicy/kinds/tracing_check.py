@@ -614,10 +614,12 @@ class TracingChecker:
         if scope is not None and scope not in ("thread", "process", "global"):
             self.r.error((*path, "rateLimitScope"), f'"{scope}" is not one of: thread, process, '
                          f"global{did_you_mean(str(scope), ('thread', 'process', 'global'), 0.6)}")
-        for key in ("kernelStackTrace", "userStackTrace", "imaHash"):
-            if act.get(key):
-                self.r.unsupported((*path, key), f"{key} is not implemented (events carry no "
-                                   "stack traces or hashes)", drop=(*path, key))
+        if act.get("imaHash"):
+            self.r.unsupported((*path, "imaHash"), "imaHash is not implemented (events carry no "
+                               "file hashes)", drop=(*path, "imaHash"))
+        for key in ("kernelStackTrace", "userStackTrace"):
+            if act.get(key) and name != "Post":
+                self.r.error((*path, key), f"{key} applies to the Post action")
 
     def _override(self, path: Path_, act: dict[str, Any], hook: dict[str, Any] | None,
                   section: str) -> None:

@@ -29,14 +29,17 @@ MONITOR_BIT = 31
 def event_layout() -> dict[str, Any]:
     binary_off = HEADER.size
     args_off = binary_off + STR
+    stacks_off = args_off + S.MAX_ARGS * ARG_SIZE
     return {
-        "size": args_off + S.MAX_ARGS * ARG_SIZE,
+        "size": stacks_off + 8,
         "clock": "CLOCK_MONOTONIC (bpf_ktime_get_ns)",
         "fields": {
             "time_ns": [0, "u64"], "pid": [8, "u32"], "tid": [12, "u32"], "uid": [16, "u32"],
             "hook": [20, "u32"], "selector": [24, "s32"], "actions": [28, "u32 bitmask of 1<<action id; bit 31 = monitor"],
             "ret": [32, "s64"], "comm": [40, "char[16]"], "binary_len": [56, "u32"],
             "nargs": [60, "u32"], "binary": [binary_off, f"char[{STR}]"],
+            "kernel_stack": [stacks_off, "s32 id in map `stacks`, -1 = none"],
+            "user_stack": [stacks_off + 4, "s32 id in map `stacks`, -1 = none"],
         },
         "args": {"offset": args_off, "count": S.MAX_ARGS, "stride": ARG_SIZE,
                  "fields": {"ival": [0, "s64"], "len": [8, "u32"], "kind": [12, "u32"],
@@ -72,6 +75,13 @@ def decode_event(raw: bytes, manifest: dict[str, Any], boot_offset_ns: int | Non
     }
     if meta.get("return"):
         out["return"] = ret
+    stacks_off = HEADER.size + STR + S.MAX_ARGS * ARG_SIZE
+    if len(raw) >= stacks_off + 8:
+        kstack, ustack = struct.unpack_from("<ii", raw, stacks_off)
+        if kstack >= 0:
+            out["kernel_stack_id"] = kstack
+        if ustack >= 0:
+            out["user_stack_id"] = ustack
     specs = meta.get("args") or []
     base = HEADER.size + STR
     for k in range(min(nargs, S.MAX_ARGS)):

@@ -112,6 +112,7 @@ class Lowering:
         self.uses_sock = False
         self.uses_cred = False
         self.uses_pid_tree = False
+        self.uses_stacks = False
         self.literals: dict[tuple[str, bytes], dict[str, str]] = {}
         self._lower()
 
@@ -761,6 +762,12 @@ class Lowering:
             bits |= 1 << 31
         lines = [f"e->actions = {bits:#x};"]
         if post is not None:
+            if post.get("kernelStackTrace"):
+                self.uses_stacks = True
+                lines.append("e->kernel_stack = bpf_get_stackid(ctx, &stacks, 0);  /* kernelStackTrace */")
+            if post.get("userStackTrace"):
+                self.uses_stacks = True
+                lines.append("e->user_stack = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);  /* userStackTrace */")
             limit = parse_rate_limit(post["rateLimit"]) if "rateLimit" in post else None
             if limit:
                 self.uses_rate_limit = True
@@ -783,7 +790,7 @@ class Lowering:
                       str_max=S.CAPTURE_STRING, max_args=S.MAX_ARGS, ringbuf_size=256 * 1024,
                       uses_rate_limit=self.uses_rate_limit, uses_parent_binary=self.uses_parent_binary,
                       uses_sock=self.uses_sock, uses_cred=self.uses_cred,
-                      uses_pid_tree=self.uses_pid_tree)
+                      uses_pid_tree=self.uses_pid_tree, uses_stacks=self.uses_stacks)
 
     def artifact(self, source: str, obj: bytes) -> Artifact:
         programs = [{"name": p.name, "type": p.kind, "section": p.sec, "hook": p.hook_id} for p in self.programs]
@@ -796,6 +803,7 @@ class Lowering:
                 {"name": "tp_heap", "type": "percpu_array"},
                 {"name": "tp_scratch_map", "type": "percpu_array"},
                 *([{"name": "tp_rate_limit", "type": "lru_hash"}] if self.uses_rate_limit else []),
+                *([{"name": "stacks", "type": "stack_trace"}] if self.uses_stacks else []),
             ],
             "attachments": [{"program": p.name, "type": p.kind} for p in self.programs],
             "events": {"map": "events", "type": "ringbuf", "layout": "tracing_event_v1",

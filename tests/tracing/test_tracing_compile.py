@@ -166,7 +166,7 @@ def test_manifest_describes_programs_attachments_and_events(tmp_path: Path) -> N
     assert m["attachments"] == [{"program": m["programs"][0]["name"], "type": "tracepoint"}]
     ev = m["events"]
     assert ev["map"] == "events" and ev["type"] == "ringbuf" and ev["layout"] == "tracing_event_v1"
-    assert ev["size"] == 1680 and ev["hooks"][0]["name"] == "sys_openat"
+    assert ev["size"] == 1688 and ev["hooks"][0]["name"] == "sys_openat"
     assert ev["hooks"][0]["attach"] == "tp/syscalls/sys_enter_openat"
     kt = art.files["kernel-test.txt"].decode().splitlines()
     assert kt[1:] == ["object prog.bpf.o", f"attach {m['programs'][0]['name']} auto"]

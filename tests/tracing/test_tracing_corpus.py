@@ -56,9 +56,7 @@ VERDICTS: dict[str, object] = {
     "tracingpolicy__security-socket-connect.yaml": ACCEPT,
     "tracingpolicy__security_bprm_check.yaml": ACCEPT,  # warning: returnArg without return
     "tracingpolicy__security_inode_follow_link.yaml": ACCEPT,
-    "tracingpolicy__stack_traces.yaml": (
-        {"spec.kprobes[0].selectors[0].matchActions[0].kernelStackTrace",
-         "spec.kprobes[0].selectors[0].matchActions[0].userStackTrace"}, "stack traces"),
+    "tracingpolicy__stack_traces.yaml": ACCEPT,
     "tracingpolicy__symlink-observe.yaml": ACCEPT,
     "tracingpolicy__sys_mount.yaml": ACCEPT,
     "tracingpolicy__sys_pivot_root.yaml": ACCEPT,
@@ -75,6 +73,10 @@ VERDICTS: dict[str, object] = {
     "tracingpolicy__write.yaml": ACCEPT,
 }
 ACCEPTED = sorted(f for f, v in VERDICTS.items() if v == ACCEPT)
+# Examples hooking functions that 6.12 (or, without the matrix's cached 6.12 image, this
+# host's kernel) no longer has: kfree_skb_reason (now sk_skb_reason_drop), override_creds.
+MAY_LACK_FUNCTIONS = {"tracingpolicy__stack_traces.yaml", "process-credentials__process-creds-changed.yaml",
+                      "host-changes__monitor-kernel-modules.yaml"}
 
 
 def _tetragon(corpus: Path) -> Path:
@@ -130,7 +132,10 @@ def test_accepted_corpus_compiles_for_debian_612(corpus: Path, name: str) -> Non
     result = validate_paths([_tetragon(corpus) / name])
     (policy,) = result.policies
     art, diags = compile_policy(policy, CompileContext(kernel=(6, 12)))
-    assert art is not None, "\n".join(map(str, diags))
+    if art is None:  # a function the example hooks may not exist in that kernel's BTF
+        assert diags and all("lacks function" in d.message for d in diags), "\n".join(map(str, diags))
+        assert name in MAY_LACK_FUNCTIONS, "\n".join(map(str, diags))
+        return
     assert art.files["prog.bpf.o"][:4] == b"\x7fELF"
     assert "object prog.bpf.o" in art.files["kernel-test.txt"].decode()
     assert art.manifest["programs"] and art.manifest["events"]["map"] == "events"

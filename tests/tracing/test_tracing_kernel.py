@@ -243,3 +243,21 @@ def test_inmap_over_a_syscall_list_on_raw_syscalls() -> None:
         del proc
         got = [e for e in events(art, reader) if e["comm"].startswith("python")]
     assert [e["args"][0]["value"] for e in got] == [33], got  # dup2; getppid is not in the list
+
+
+def test_post_with_stack_traces(tmp_path: Path) -> None:
+    p = write(tmp_path, f"""\
+kprobes:
+- call: sys_getppid
+  selectors:
+  - matchPIDs: [{{operator: In, values: [{os.getpid()}]}}]
+    matchActions: [{{action: Post, kernelStackTrace: true, userStackTrace: true}}]
+""")
+    art, diags = compile_one(p)
+    assert art is not None, diags
+    assert {"name": "stacks", "type": "stack_trace"} in art.manifest["maps"]
+    with loaded(art) as (obj, reader):
+        os.getppid()
+        got = events(art, reader)
+        assert obj.map("stacks").fd >= 0
+    assert len(got) == 1 and got[0]["kernel_stack_id"] >= 0 and "user_stack_id" in got[0], got
