@@ -760,7 +760,8 @@ class Lowering:
                 post = a
         if self.monitor:
             bits |= 1 << 31
-        lines = [f"e->actions = {bits:#x};"]
+        names = [n for n, b in S.ACTIONS.items() if bits & (1 << b)] + (["monitor"] if self.monitor else [])
+        lines = [f"e->actions = {bits:#x};  /* {' | '.join(names)} */"]
         if post is not None:
             if post.get("kernelStackTrace"):
                 self.uses_stacks = True
@@ -777,7 +778,11 @@ class Lowering:
             else:
                 lines.append("tp_post(e);")
         lines += out
-        lines.append(f"return {ret if ret is not None else ('ret' if b.kind == 'lsm' else '0')};")
+        if ret is not None:
+            lines.append(f"return {ret};  /* Override: argError (an earlier LSM's denial stands) */"
+                         if b.kind == "lsm" else f"return {ret};  /* Override: argError */")
+        else:
+            lines.append(f"return {'ret' if b.kind == 'lsm' else '0'};")
         return lines
 
     # -------------------------------------------------------------- output
