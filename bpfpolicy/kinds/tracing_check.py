@@ -101,6 +101,10 @@ class TracingChecker:
             self.r.unsupported(("kind",), "TracingPolicyNamespaced applies to the pods of one "
                                "Kubernetes namespace, which has no meaning on a single host "
                                "(use kind TracingPolicy)", drop=("spec",))
+        namespace = (data.get("metadata") or {}).get("namespace")
+        if namespace is not None and self.foreign_kind != "TracingPolicyNamespaced":
+            self.r.warning(("metadata", "namespace"), "metadata.namespace has no effect: "
+                           "TracingPolicy is cluster-scoped (it applies to the whole host)")
         for key in ("podSelector", "containerSelector"):
             if key in spec:
                 self.r.unsupported(("spec", key), f"{key} selects Kubernetes pods/containers, "

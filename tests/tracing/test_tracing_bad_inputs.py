@@ -348,3 +348,33 @@ kprobes:
     assert errs["spec.lists[0].values[1]"] == '"sys_dupp" is not a x86_64 syscall (did you mean "dup"?)'
     assert errs["spec.lists[1].type"].startswith('unknown list type "generated_syscal" (did you mean "generated_syscalls"?)')
     assert errs["spec.kprobes[0].call"].startswith('unknown list "dupz" (did you mean "dups"?)')
+
+
+def test_kubernetes_scoping_is_unsupported_on_a_host(tmp_path: Path) -> None:
+    p = write(tmp_path, """\
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicyNamespaced
+metadata: {name: ns, namespace: web}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  kprobes:
+  - call: sys_openat
+""", raw=True)
+    errs = {d.path: d for d in errors(validate(p))}
+    assert set(errs) == {"kind", "spec.podSelector"}
+    assert "TracingPolicyNamespaced applies to the pods of one Kubernetes namespace" in errs["kind"].message
+    assert (errs["spec.podSelector"].line, errs["spec.podSelector"].col) == located(p, "podSelector:")
+
+
+def test_namespace_on_cluster_scoped_policy_warns(tmp_path: Path) -> None:
+    p = write(tmp_path, """\
+apiVersion: bpfpolicy.io/v1
+kind: TracingPolicy
+metadata: {name: ns, namespace: web}
+spec:
+  kprobes:
+  - call: sys_openat
+""", raw=True)
+    result = validate(p)
+    assert result.ok
+    assert [d.path for d in result.diagnostics if d.severity == "warning"] == ["metadata.namespace"]
