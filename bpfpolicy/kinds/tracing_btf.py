@@ -23,11 +23,104 @@ _KIND_FUNC, _KIND_FUNC_PROTO, _KIND_VAR, _KIND_DATASEC = 12, 13, 14, 15
 _KIND_DECL_TAG, _KIND_ENUM64 = 17, 19
 
 
+_KIND_PTR, _KIND_TYPEDEF, _KIND_VOLATILE, _KIND_CONST, _KIND_RESTRICT = 2, 8, 9, 10, 11
+_KIND_TYPE_TAG = 18
+
+
+@dataclass
+class Member:
+    name: str
+    kind: str  # "ptr" (to struct `target`), "struct" (embedded `target`), "array", "int", "other"
+    target: str = ""  # struct/union name for ptr/struct members
+
+
 @dataclass
 class Btf:
     funcs: dict[str, int] = field(default_factory=dict)  # name -> parameter count
     structs: dict[str, list[str]] = field(default_factory=dict)  # trace_event_raw_* members
     digest: str = ""
+    # Raw sections and per-type offsets, decoded on demand (resolve paths, parameter types).
+    _types: bytes = b""
+    _strs: bytes = b""
+    _pos: list[int] = field(default_factory=list)  # type id -> offset in _types
+    _func_proto: dict[str, int] = field(default_factory=dict)  # function -> FUNC_PROTO id
+    _struct_ids: dict[str, int] = field(default_factory=dict)  # struct/union name -> type id
+
+    def _name(self, off: int) -> str:
+        end = self._strs.index(b"\0", off)
+        return self._strs[off:end].decode(errors="replace")
+
+    def _header(self, tid: int) -> tuple[int, int, int, int]:
+        """(name_off, kind, vlen, size_or_type) of type `tid`."""
+        name_off, info, size_or_type = struct.unpack_from("<III", self._types, self._pos[tid])
+        return name_off, (info >> 24) & 0x1F, info & 0xFFFF, size_or_type
+
+    def _strip(self, tid: int) -> int:
+        """Skip typedefs and qualifiers."""
+        for _ in range(32):
+            if tid <= 0 or tid >= len(self._pos):
+                return 0
+            _, kind, _, ref = self._header(tid)
+            if kind not in (_KIND_TYPEDEF, _KIND_VOLATILE, _KIND_CONST, _KIND_RESTRICT, _KIND_TYPE_TAG):
+                return tid
+            tid = ref
+        return 0
+
+    def _describe(self, tid: int) -> Member:
+        tid = self._strip(tid)
+        if not tid:
+            return Member("", "other")
+        name_off, kind, _, ref = self._header(tid)
+        if kind == _KIND_PTR:
+            target = self._strip(ref)
+            if target:
+                t_name, t_kind, _, _ = self._header(target)
+                if t_kind in (_KIND_STRUCT, _KIND_UNION) and t_name:
+                    return Member("", "ptr", self._name(t_name))
+            return Member("", "ptr")
+        if kind in (_KIND_STRUCT, _KIND_UNION):
+            return Member("", "struct", self._name(name_off) if name_off else f"#{tid}")
+        if kind == _KIND_ARRAY:
+            return Member("", "array")
+        if kind in (_KIND_INT, _KIND_ENUM, _KIND_ENUM64):
+            return Member("", "int")
+        return Member("", "other")
+
+    def param(self, func: str, index: int) -> Member | None:
+        """The type of parameter `index` of `func`."""
+        proto = self._func_proto.get(func)
+        if proto is None:
+            return None
+        _, _, vlen, _ = self._header(proto)
+        if index >= vlen:
+            return None
+        _, ptype = struct.unpack_from("<II", self._types, self._pos[proto] + 12 + 8 * index)
+        return self._describe(ptype)
+
+    def member(self, struct_name: str, name: str) -> Member | None:
+        """Member `name` of a struct/union, looking into anonymous members as C does."""
+        tid = self._struct_ids.get(struct_name)
+        if tid is None and struct_name.startswith("#"):
+            tid = int(struct_name[1:])
+        return self._member(tid, name, 0) if tid else None
+
+    def _member(self, tid: int, name: str, depth: int) -> Member | None:
+        _, kind, vlen, _ = self._header(tid)
+        if kind not in (_KIND_STRUCT, _KIND_UNION) or depth > 4:
+            return None
+        base = self._pos[tid] + 12
+        for m in range(vlen):
+            m_name_off, m_type, _ = struct.unpack_from("<III", self._types, base + 12 * m)
+            m_name = self._name(m_name_off) if m_name_off else ""
+            if m_name == name:
+                d = self._describe(m_type)
+                return Member(name, d.kind, d.target)
+            if not m_name:
+                inner = self._strip(m_type)
+                found = self._member(inner, name, depth + 1) if inner else None
+                if found:
+                    return found
+        return None
 
 
 def parse(data: bytes) -> Btf:
@@ -44,9 +137,10 @@ def parse(data: bytes) -> Btf:
 
     protos: dict[int, int] = {}  # type id -> vlen (FUNC_PROTO)
     func_refs: list[tuple[str, int]] = []
-    out = Btf()
+    out = Btf(_types=types, _strs=strs, _pos=[0])
     pos, tid = 0, 1
     while pos < len(types):
+        out._pos.append(pos)
         name_off, info, size_or_type = struct.unpack_from("<III", types, pos)
         pos += 12
         kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
@@ -56,6 +150,8 @@ def parse(data: bytes) -> Btf:
             pos += 12
         elif kind in (_KIND_STRUCT, _KIND_UNION):
             sname = name(name_off) if name_off else ""
+            if sname and vlen:
+                out._struct_ids.setdefault(sname, tid)
             if kind == _KIND_STRUCT and sname.startswith("trace_event_raw_"):
                 out.structs[sname] = [name(struct.unpack_from("<I", types, pos + 12 * m)[0])
                                       for m in range(vlen)]
@@ -72,6 +168,7 @@ def parse(data: bytes) -> Btf:
         tid += 1
     for fname, proto in func_refs:
         out.funcs[fname] = protos.get(proto, 0)
+        out._func_proto[fname] = proto
     return out
 
 

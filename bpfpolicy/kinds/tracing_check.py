@@ -332,9 +332,9 @@ class TracingChecker:
                                "decoded by bpfpolicy yet (supported: integers, string, char_buf, "
                                "file, path, dentry, linux_binprm, sock, skb, sockaddr, socket, "
                                "net_device, module, cred, user_namespace, nop)", drop=arg_drop)
-        if "resolve" in arg:
-            self.r.unsupported((*apath, "resolve"), "resolve (BTF field paths) is not "
-                               "implemented", drop=arg_drop)
+        if "resolve" in arg and not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", str(arg["resolve"])):
+            self.r.error((*apath, "resolve"), f'"{arg["resolve"]}" is not a member path like '
+                         "mm.owner.comm")
         if arg.get("returnCopy"):
             self.r.unsupported((*apath, "returnCopy"), "returnCopy is not implemented",
                                drop=hpath)

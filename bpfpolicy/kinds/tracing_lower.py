@@ -534,6 +534,16 @@ class Lowering:
                 continue
             raw = self._raw(b, idx, apath, section, hook)
             user = "true" if b.user else "false"
+            close_block = False
+            if arg.get("resolve"):
+                raw, array_addr = self._resolve(p, b, idx, str(arg["resolve"]), raw, apath)
+                close_block = True
+                if array_addr is not None:
+                    if t not in ("string", "filename", "char_buf"):
+                        raise HookError((*apath, "resolve"), f"resolve ends at an array: type must be string (got {t})")
+                    p.captures.append(f"\ttp_capture_str(e, {k}, (const void *){array_addr}, false);")
+                    p.captures.append("}")
+                    continue
             if raw.startswith("ctx->__data_loc_"):
                 p.captures.append(f"tp_capture_str(e, {k}, (const void *)ctx + ({raw} & 0xffff), false);")
                 positions[key] = (k, "string")
@@ -584,7 +594,51 @@ class Lowering:
                 p.captures.append(self._path_capture(k, t, raw))
             else:
                 raise HookError((*apath, "type"), f"argument type {t} is not decoded by bpfpolicy")
+            if close_block:
+                p.captures[-1] = "\t" + p.captures[-1]
+                p.captures.append("}")
         return positions
+
+    def _resolve(self, p: Program, b: Backend, idx: int, resolve: str, raw: str,
+                 apath: PathT) -> tuple[str, str | None]:
+        """Tetragon's `resolve: a.b.c`: follow BTF members from the argument's own type.
+        Opens a `{` block with one typed pointer per dereference; returns the C value of
+        the last member (or the address of a final array, for strings)."""
+        path = (*apath, "resolve")
+        if b.user or b.kind in ("tracepoint", "raw_tracepoint"):
+            raise HookError(path, "resolve needs a kernel function or LSM argument with BTF types")
+        if self.btf is None:
+            raise HookError(path, "resolve needs kernel BTF, which is unavailable")
+        func = f"bpf_lsm_{b.func}" if b.kind == "lsm" else b.func
+        base = self.btf.param(func, idx)
+        if base is None or base.kind != "ptr" or not base.target:
+            raise HookError(path, f"argument {idx} of {func} is not a pointer to a struct; nothing to resolve")
+        p.captures.append("{")
+        p.captures.append(f"\tstruct {base.target} *r0 = (struct {base.target} *){raw};")
+        cur, var, pending, n = base.target, "r0", [], 0
+        parts = resolve.split(".")
+        for i, part in enumerate(parts):
+            m = self.btf.member(cur, part)
+            if m is None:
+                raise HookError(path, f'struct {cur.lstrip("#")} has no member "{part}" (resolve "{resolve}")')
+            pending.append(part)
+            access = ".".join(pending)
+            if i == len(parts) - 1:
+                if m.kind == "array":
+                    return "0", f"&{var}->{access}"
+                if m.kind == "struct":
+                    return f"(unsigned long)&{var}->{access}", None
+                return f"BPF_CORE_READ({var}, {access})", None
+            if m.kind == "ptr" and m.target:
+                n += 1
+                p.captures.append(f"\tstruct {m.target} *r{n} = BPF_CORE_READ({var}, {access});")
+                cur, var, pending = m.target, f"r{n}", []
+            elif m.kind == "struct":
+                cur = m.target
+            else:
+                raise HookError(path, f'cannot resolve through "{part}": it is neither a pointer to '
+                                "a struct nor an embedded struct")
+        raise HookError(path, "empty resolve path")
 
     @staticmethod
     def _path_capture(k: int, t: str, raw: str) -> str:

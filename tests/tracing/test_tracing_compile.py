@@ -253,3 +253,34 @@ def test_openat_override_remapped_to_lsm_file_open_without_syscall_override(tmp_
     assert "tp_capture_file(e, 0, (struct file *)ctx[0]);" in src
     assert "return ret ? ret : -13;" in src
     assert any("lsm/file_open" in w for w in art.warnings)
+
+
+def test_resolve_follows_btf_members(tmp_path: Path) -> None:
+    """Tetragon's resolve: one typed CO-RE read per pointer, the final array's address."""
+    p = write(tmp_path, """\
+lsmhooks:
+- hook: bprm_check_security
+  args:
+  - {index: 0, type: string, resolve: mm.owner.real_parent.comm}
+  - {index: 0, type: path, resolve: file.f_path}
+""")
+    art, diags = compile_one(p, options={"features": FULL})
+    assert art is not None, diags
+    src = art.files["prog.bpf.c"].decode()
+    assert "struct mm_struct *r1 = BPF_CORE_READ(r0, mm);" in src
+    assert "struct task_struct *r3 = BPF_CORE_READ(r2, real_parent);" in src
+    assert "tp_capture_str(e, 0, (const void *)&r3->comm, false);" in src
+    assert "(struct path *)(unsigned long)&r1->f_path" in src
+
+
+def test_resolve_unknown_member_is_located(tmp_path: Path) -> None:
+    p = write(tmp_path, """\
+lsmhooks:
+- hook: bprm_check_security
+  args:
+  - {index: 0, type: string, resolve: mm.ownr.comm}
+""")
+    art, diags = compile_one(p, options={"features": FULL})
+    assert art is None
+    assert diags[0].path == "spec.lsmhooks[0].args[0].resolve"
+    assert 'struct mm_struct has no member "ownr"' in diags[0].message
