@@ -150,7 +150,8 @@ def status_cmd(config_path: str | None, fmt: str) -> None:
 
 @click.command("destroy")
 @_config_opt
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--yes", "--allow-empty", "yes", is_flag=True,
+              help="Do not ask for confirmation (--allow-empty: same, for symmetry with apply).")
 def destroy_cmd(config_path: str | None, yes: bool) -> None:
     """Remove everything bpfpolicy loaded (inventory-driven, then every pin under the root)."""
     from ..controller import events

@@ -264,7 +264,7 @@ def render(plan: Plan, console: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    console = console or Console(width=None if _tty() else 160)
     table = Table(title="bpfpolicy plan", show_lines=False)
     table.add_column("policy")
     table.add_column("action")
@@ -278,3 +278,10 @@ def render(plan: Plan, console: Any = None) -> None:
     console.print(f"{n} of {len(plan.policies)} policies change" if n else "no changes")
     if plan.refused:
         console.print(f"[red]{plan.refused}[/]")
+
+
+def _tty() -> bool:
+    """Piped output (CI logs, scripts) gets a wide table instead of rich's 80 columns."""
+    import sys
+
+    return sys.stdout.isatty()

@@ -81,7 +81,7 @@ def render(data: dict[str, Any], console: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    console = console or Console(width=None if _tty() else 160)
     src = data.get("source", {})
     console.print(f"source: {src.get('condition', 'Unknown')} {src.get('reason', '')}  "
                   f"last applied {src.get('last_applied_revision', '-')}  "
@@ -107,3 +107,10 @@ def render(data: dict[str, Any], console: Any = None) -> None:
             rev += f"\n(attempted {p['last_attempted_revision']})"
         t.add_row(p["policy"], cond, rev, progs, atts, ctr)
     console.print(t)
+
+
+def _tty() -> bool:
+    """Piped output (CI logs, scripts) gets a wide table instead of rich's 80 columns."""
+    import sys
+
+    return sys.stdout.isatty()
