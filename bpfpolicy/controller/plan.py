@@ -199,6 +199,7 @@ def map_deltas(d: DesiredPolicy, e: dict[str, Any], state_dir: Path | None = Non
 
 
 ARRAYS = ("array", "percpu_array")
+WALK_LIMIT = 65536  # maps without batch lookup are walked per key only up to this size
 
 
 def read_map(pin: str, spec: dict[str, Any]) -> bytes | None:
@@ -215,6 +216,8 @@ def read_map(pin: str, spec: dict[str, Any]) -> bytes | None:
         try:
             recs = maps.read_records(fd, ks, vs, percpu)
         except OSError:
+            if int(spec.get("entries") or 0) > WALK_LIMIT:
+                return None  # too big to walk key by key every interval: trust the copy
             stride = bpf.value_stride(vs, percpu)
             out = []
             for k in bpf.map_keys(fd, ks):
