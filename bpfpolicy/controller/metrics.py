@@ -7,6 +7,7 @@
 * bpfpolicy_policies{condition}              — policies by condition (Ready|Stalled|...)
 * bpfpolicy_map_entries{policy,map}          — records in each content map (desired)
 * bpfpolicy_drift_repairs_total              — drift detected and repaired
+* bpfpolicy_rule_packets/bytes{policy,rule}  — per-rule counters, refreshed on deep cycles
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ APPLIES = Counter("bpfpolicy_apply", "Per-policy actions applied", ["action", "r
 POLICIES = Gauge("bpfpolicy_policies", "Policies by condition", ["condition"], registry=REGISTRY)
 MAP_ENTRIES = Gauge("bpfpolicy_map_entries", "Entries in content maps", ["policy", "map"], registry=REGISTRY)
 DRIFT = Counter("bpfpolicy_drift_repairs", "Drift detected and repaired", registry=REGISTRY)
+RULE_PACKETS = Gauge("bpfpolicy_rule_packets", "Packets matched per policy rule (summed over CPUs)",
+                     ["policy", "rule"], registry=REGISTRY)
+RULE_BYTES = Gauge("bpfpolicy_rule_bytes", "Bytes matched per policy rule (summed over CPUs)",
+                   ["policy", "rule"], registry=REGISTRY)
 
 
 def serve(address: str) -> None:
@@ -47,6 +52,14 @@ def observe_cycle(cfg: Any, res: Any) -> None:
             APPLIES.labels(o.action, "success" if o.ok else "failure").inc()
             if o.ok and o.drift:
                 DRIFT.inc()
+    if res.plan is not None and getattr(res, "deep", False):
+        from .state import Store
+        from .status import counters
+
+        for key, entry in Store(cfg.state_dir).inventory().items():
+            for c in counters(entry):
+                RULE_PACKETS.labels(key, c["rule"]).set(c["packets"])
+                RULE_BYTES.labels(key, c["rule"]).set(c["bytes"])
     if res.plan is not None:
         counts: dict[str, int] = {"Ready": 0, "Stalled": 0}
         from .state import Store

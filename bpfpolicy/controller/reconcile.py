@@ -35,6 +35,7 @@ class CycleResult:
     error: str | None = None  # source / build / refused
     seconds: float = 0.0
     skipped: str | None = None  # "suspended"
+    deep: bool = True
 
     @property
     def ok(self) -> bool:
@@ -92,7 +93,7 @@ class Reconciler:
         """One reconcile. `deep=False` (file-triggered) trusts the inventory for unchanged
         policies; deep cycles (startup, interval, `apply`) check the kernel for drift."""
         t0 = time.perf_counter()
-        res = CycleResult()
+        res = CycleResult(deep=deep)
         with self.store.lock():
             if not dry_run:
                 self.startup()
