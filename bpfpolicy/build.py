@@ -97,7 +97,9 @@ def build_bpf(source: str, *, name: str = "prog", extra_flags: tuple[str, ...] =
         src = Path(tmp) / f"{_safe(name)}.bpf.c"
         obj = src.with_suffix(".o")
         src.write_text(source)
-        proc = subprocess.run([clang_binary(), *flags, "-c", str(src), "-o", str(obj)],
+        # The temp dir must not leak into debug info, or identical sources would give
+        # different objects (and a needless program reload).
+        proc = subprocess.run([clang_binary(), *flags, f"-fdebug-prefix-map={tmp}=.", "-c", str(src), "-o", str(obj)],
                               capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise BuildError(explain_clang_failure(source, proc.stderr))

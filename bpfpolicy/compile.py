@@ -38,12 +38,37 @@ def compile_paths(paths: Iterable[str | Path], ctx: CompileContext | None = None
     result = CompileResult(diagnostics=list(validation.diagnostics), validation=validation)
     if not validation.ok:
         return result
+    ctx = ctx or CompileContext()
+    groups: dict[type, list[Validated]] = {}
     for policy in validation.policies:
-        artifact, diags = compile_policy(policy, ctx or CompileContext())
-        result.diagnostics.extend(diags)
-        if artifact is not None:
-            result.artifacts.append((policy, artifact))
+        groups.setdefault(policy.ident.kind, []).append(policy)
+    for kind_cls, policies in groups.items():
+        kind = kind_cls()
+        if hasattr(kind, "compile_group"):
+            pairs, diags = compile_group(kind, policies, ctx)
+            result.artifacts.extend(pairs)
+            result.diagnostics.extend(diags)
+            continue
+        for policy in policies:
+            artifact, diags = compile_policy(policy, ctx)
+            result.diagnostics.extend(diags)
+            if artifact is not None:
+                result.artifacts.append((policy, artifact))
     return result
+
+
+def compile_group(kind: object, policies: list[Validated], ctx: CompileContext
+                  ) -> tuple[list[tuple[Validated, Artifact]], list[Diagnostic]]:
+    """Kinds whose artifacts merge several policies (NetworkPolicy: one program per
+    endpoint, because several programs on one hook would AND their verdicts) compile a
+    whole tree at once through `compile_group(policies, ctx) -> (pairs, diagnostics)`."""
+    first = policies[0].doc
+    try:
+        return kind.compile_group(policies, ctx)  # type: ignore[attr-defined]
+    except PolicyError as e:
+        return [], e.diagnostics
+    except BuildError as e:
+        return [], [located_diagnostic(str(e), first.diag((), str(e)))]
 
 
 def compile_policy(policy: Validated, ctx: CompileContext) -> tuple[Artifact | None, list[Diagnostic]]:

@@ -8,7 +8,6 @@ import tempfile
 from pathlib import Path
 
 import click
-import yaml
 
 from ..compile import compile_paths, write_artifacts
 from ..errors import Diagnostic
@@ -45,9 +44,8 @@ def make_context(kernel: tuple[int, int] | None, arch: str, caps: str | None,
     options: dict[str, object] = {}
     if caps is not None:
         options["caps"] = [c.strip() for c in caps.split(",") if c.strip()]
-    if inventory:
-        data = yaml.safe_load(Path(inventory).read_text()) or []
-        options["inventory"] = data.get("inventory", []) if isinstance(data, dict) else data
+    if inventory:  # a list of endpoints, or a host config with `endpoints:`; the kind parses it
+        options["inventory"] = inventory
     return CompileContext(kernel=kernel, arch=arch, options=options, revision=revision)
 
 
@@ -108,6 +106,8 @@ def report(fmt: str, diags: list[Diagnostic], result, written: list[Path], ok: b
     else:
         output.emit_text(diags)
         for _policy, artifact in result.artifacts:
+            for warning in artifact.warnings:
+                click.echo(f"{artifact.kind}/{artifact.name}: warning: {warning}")
             where = "(dry run)" if dry_run else f"→ {Path(written[0]).parent.parent if written else ''}/{artifact.kind}/{artifact.name}"
             click.echo(f"compiled {artifact.kind}/{artifact.name} {where} digest {artifact.digest[:12]}")
         click.echo(("ok" if ok else "failed") + f": {len(result.artifacts)} artifact(s), "

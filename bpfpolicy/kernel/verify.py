@@ -22,6 +22,8 @@ _LOG_SOURCE = re.compile(r"^; (.*?)(?: @ [^:]+:(\d+))?$")
 def verify_artifact(artifact_dir: Path, fallback: Diagnostic | None = None) -> list[Diagnostic]:
     """Load the artifact's object (if it has one) and unload it; diagnostics on refusal."""
     manifest = json.loads((artifact_dir / "manifest.json").read_text())
+    if (artifact_dir / "filter.bin").exists():
+        return _verify_seccomp(artifact_dir, manifest, fallback)
     obj_name = manifest.get("object")
     if not obj_name:
         return []
@@ -32,6 +34,19 @@ def verify_artifact(artifact_dir: Path, fallback: Diagnostic | None = None) -> l
         source = artifact_dir / "prog.bpf.c"
         return [rejection(manifest, str(e), e.log, source.read_text() if source.exists() else "", fallback)]
     return []
+
+
+def _verify_seccomp(artifact_dir: Path, manifest: dict, fallback: Diagnostic | None) -> list[Diagnostic]:
+    """Seccomp filters are checked by the kernel in a throwaway child (never us)."""
+    from .seccomp import verify
+
+    error = verify((artifact_dir / "filter.bin").read_bytes())
+    if error is None:
+        return []
+    text = f"the kernel refused the seccomp filter of {manifest.get('kind')}/{manifest.get('name')}: {error}"
+    if fallback is not None:
+        return [Diagnostic(fallback.file, fallback.line, fallback.col, fallback.path, text)]
+    return [Diagnostic(str(artifact_dir), 0, 0, "$", text)]
 
 
 def rejection(manifest: dict, message: str, log: str, source: str, fallback: Diagnostic | None) -> Diagnostic:

@@ -20,7 +20,7 @@ import json
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from ..errors import BuildError
+from ..errors import BuildError, Diagnostic
 from ..load import Document
 from .base import Artifact, CompileContext, ForeignFormat, Kind, Reporter
 from .netpol_inventory import InventoryError, from_options
@@ -81,6 +81,20 @@ class NetworkPolicyKind(Kind):
                 f"NetworkPolicy artifacts are per endpoint and this policy selects "
                 f"{len(arts)} ({', '.join(sorted(mine)) or 'none'}); compile the tree with compile_set()")
         return arts[0]
+
+    def compile_group(self, policies: list[Any], ctx: CompileContext
+                      ) -> tuple[list[tuple[Any, Artifact]], list[Diagnostic]]:
+        """The compile step's entry point (bpfpolicy/compile.py): the whole tree at once.
+        Without an inventory there are no endpoints to build for; that is said, not
+        silently skipped, and validation has already checked every policy."""
+        if not ctx.options.get("inventory"):
+            where = policies[0].doc.diag((), "")
+            note = Diagnostic(where.file, where.line, where.col, "$",
+                              f"{len(policies)} NetworkPolicy document(s) validated but not built: "
+                              "programs are per endpoint and no inventory was given "
+                              "(--inventory FILE, or the controller config's endpoints:)", "warning")
+            return [], [note]
+        return compile_validated(policies, ctx), []
 
     def compile_set(self, docs: Iterable[Document], ctx: CompileContext) -> list[Artifact]:
         """Every NetworkPolicy document of a tree → one artifact per selected endpoint."""

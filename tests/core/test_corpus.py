@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CORPUS
-
+CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
 FILES = sorted(p for p in CORPUS.rglob("*") if p.suffix in (".yaml", ".yml", ".json")) if CORPUS.is_dir() else []
 
 
