@@ -9,7 +9,7 @@ APT_PACKAGES=(
   clang llvm libbpf-dev libbpf1 bpftool linux-libc-dev gcc-multilib
   iproute2 nftables ethtool xdp-tools
   python3 python3-venv python3-dev python3-seccomp libseccomp-dev
-  qemu-system-x86 busybox-static cpio zstd git make
+  qemu-system-x86 busybox-static cpio zstd git make iputils-ping
   libelf-dev zlib1g-dev libzstd-dev
 )
 
