@@ -177,20 +177,47 @@ def destroy_cmd(config_path: str | None, yes: bool) -> None:
 
 @click.command("events")
 @_config_opt
-@click.option("--follow", "-f", is_flag=True, help="Keep printing new events.")
-@click.option("--policy", help="Only events of Kind/name.")
+@click.option("--follow", "-f", is_flag=True,
+              help="Stream kernel events (ring buffers of applied policies) and new controller events.")
+@click.option("--policy", help="Only events of Kind/name (or name).")
+@click.option("--kind", help="Only events of this kind (e.g. TracingPolicy).")
+@click.option("--source", type=click.Choice(["kernel", "controller"]), help="Only kernel or controller events.")
 @click.option("--since", help="ISO time (events at or after it).")
-def events_cmd(config_path: str | None, follow: bool, policy: str | None, since: str | None) -> None:
-    """Controller (and tracing) events as JSON lines."""
+@click.option("--count", type=click.IntRange(min=1), help="Stop after this many events.")
+def events_cmd(config_path: str | None, follow: bool, policy: str | None, kind: str | None,
+               source: str | None, since: str | None, count: int | None) -> None:
+    """Controller events (the log), or with --follow a live stream of kernel and
+    controller events, one JSON object per line."""
     from ..controller import events
 
     cfg = _cfg(config_path)
-    it = events.follow(cfg.events_path, since=since, policy=policy) if follow else \
-        events.read(cfg.events_path, since=since, policy=policy)
-    try:
-        for ev in it:
+    if not follow:
+        for ev in events.read(cfg.events_path, since=since, policy=policy):
             click.echo(json.dumps(ev, default=str))
-    except KeyboardInterrupt:
+        return
+    _follow(cfg, policy=policy, kind=kind, source=source, since=since, count=count)
+
+
+def _follow(cfg, *, count: int | None, **filters: str | None) -> None:  # noqa: ANN001
+    """The --follow loop: SIGINT/SIGTERM end it cleanly (exit 0)."""
+    import signal
+
+    from ..controller.stream import EventStream, matches
+
+    since = filters.pop("since")
+    stream = EventStream(cfg.bpffs_root, cfg.state_dir, since=since)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stream.stop())
+    seen = 0
+    try:
+        for ev in stream.run():
+            if not matches(ev, **filters):
+                continue
+            click.echo(json.dumps(ev, default=str))
+            seen += 1
+            if count is not None and seen >= count:
+                break
+    except BrokenPipeError:
         pass
 
 

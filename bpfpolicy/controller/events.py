@@ -57,24 +57,10 @@ def follow(path: Path, *, since: str | None = None, policy: str | None = None,
 
 def _iter_lines(path: Path, since: str | None, policy: str | None, *, follow: bool,
                 poll: float = 0.2) -> Iterator[dict[str, Any]]:
-    pos, inode, buf = 0, None, b""
+    tail = LogTail(path)
     while True:
-        try:
-            st = path.stat()
-            if inode is not None and (st.st_ino != inode or st.st_size < pos):
-                pos, buf = 0, b""  # rotated or truncated
-            inode = st.st_ino
-            with open(path, "rb") as f:
-                f.seek(pos)
-                chunk = f.read()
-                pos = f.tell()
-        except FileNotFoundError:
-            chunk = b""
-        buf += chunk
-        *lines, buf = buf.split(b"\n")
-        for raw in lines:
-            ev = _parse(raw)
-            if ev is None or (since and str(ev.get("time", "")) < since):
+        for ev in tail.new():
+            if since and str(ev.get("time", "")) < since:
                 continue
             if policy and ev.get("policy") != policy:
                 continue
@@ -82,6 +68,38 @@ def _iter_lines(path: Path, since: str | None, policy: str | None, *, follow: bo
         if not follow:
             return
         time.sleep(poll)
+
+
+class LogTail:
+    """Incremental reader of the log (`tail -F`): `new()` returns the complete lines
+    appended since the last call, following rotation and truncation. Non-blocking, so
+    the kernel-event stream can interleave it with its ring-buffer poll."""
+
+    def __init__(self, path: Path, *, at_end: bool = False) -> None:
+        self.path = path
+        self.pos, self.inode, self.buf = 0, None, b""
+        if at_end:
+            try:
+                st = path.stat()
+                self.pos, self.inode = st.st_size, st.st_ino
+            except FileNotFoundError:
+                pass
+
+    def new(self) -> list[dict[str, Any]]:
+        try:
+            st = self.path.stat()
+            if self.inode is not None and (st.st_ino != self.inode or st.st_size < self.pos):
+                self.pos, self.buf = 0, b""  # rotated or truncated
+            self.inode = st.st_ino
+            with open(self.path, "rb") as f:
+                f.seek(self.pos)
+                chunk = f.read()
+                self.pos = f.tell()
+        except FileNotFoundError:
+            chunk = b""
+        self.buf += chunk
+        *lines, self.buf = self.buf.split(b"\n")
+        return [ev for ev in map(_parse, lines) if ev is not None]
 
 
 def _parse(raw: bytes) -> dict[str, Any] | None:

@@ -1,0 +1,205 @@
+"""`bpfpolicy events --follow`: kernel events of every applied policy, interleaved with
+new controller log lines, as one stream of dicts.
+
+Kind-independent: a policy takes part when its applied manifest (inventory.json) has an
+`events` section `{"map": ..., "type": "ringbuf", "layout": ...}`; its ring buffer is
+opened from the pin `<policy dir>/map_<map>` and each record is decoded by the decoder
+registered for `layout`. Decoders are pure functions `(raw, manifest) -> dict` that live
+with their kind; the table below names them by import path so neither this module nor
+the CLI imports a kind up front, and `register_decoder` adds more.
+
+Every line carries `time`, `source` ("kernel" | "controller"), `kind` and `policy`.
+The set of ring buffers follows the inventory: a policy applied (or replaced with a new
+map) while the stream runs is picked up within a second.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import events as log
+from .state import Store
+
+Decoder = Callable[[bytes, dict[str, Any]], dict[str, Any]]
+
+# layout -> "module:function"; resolved on first use.
+_DECODERS: dict[str, str | Decoder] = {
+    "tracing_event_v1": "bpfpolicy.kinds.tracing_events:decode_event",
+    "netpol_event_v1": "bpfpolicy.kinds.netpol_events:decode",
+}
+
+
+def register_decoder(layout: str, fn: Decoder | str) -> None:
+    """Decode ring-buffer records whose manifest says `events.layout == layout`."""
+    _DECODERS[layout] = fn
+
+
+def decoder_for(manifest: dict[str, Any]) -> Decoder | None:
+    """The decoder for a manifest's `events.layout` (falling back to the kind name)."""
+    spec = manifest.get("events") or {}
+    fn = _DECODERS.get(str(spec.get("layout"))) or _DECODERS.get(str(manifest.get("kind")))
+    if isinstance(fn, str):
+        mod, _, name = fn.partition(":")
+        fn = getattr(importlib.import_module(mod), name)
+        _DECODERS[str(spec.get("layout"))] = fn
+    return fn
+
+
+def normalize(decoded: dict[str, Any], key: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Add the common fields to one decoded kernel record. `policy` is the decoder's (a
+    NetworkPolicy verdict names the rule's policy) or else the artifact's `Kind/name`;
+    `artifact` is always the applied artifact the ring buffer belongs to."""
+    kind = str(manifest.get("kind") or key.split("/", 1)[0])
+    ev = dict(decoded)
+    if "time" not in ev:
+        ts = ev.get("ts_ns")  # bpf_ktime_get_ns(): CLOCK_MONOTONIC
+        ns = int(ts) + time.time_ns() - time.monotonic_ns() if isinstance(ts, int) else time.time_ns()
+        ev["time"] = _iso(ns)
+    policy = ev.get("policy") or (manifest.get("metadata") or {}).get("policy") or key
+    head = {"time": ev.pop("time"), "source": "kernel", "kind": kind, "policy": policy,
+            "artifact": key}
+    ev.pop("policy", None)
+    return head | ev
+
+
+def from_controller(ev: dict[str, Any]) -> dict[str, Any]:
+    """A controller log line with the common fields in front."""
+    policy = ev.get("policy")
+    kind = policy.split("/", 1)[0] if isinstance(policy, str) and "/" in policy else None
+    return {"time": ev.get("time"), "source": "controller", "kind": kind, "policy": policy} | \
+        {k: v for k, v in ev.items() if k not in ("time", "policy")}
+
+
+def matches(ev: dict[str, Any], *, policy: str | None = None, kind: str | None = None,
+            source: str | None = None) -> bool:
+    """Filters of the CLI. `policy` is `Kind/name` or just `name`; it also matches the
+    artifact (a NetworkPolicy endpoint artifact's events)."""
+    if source and ev.get("source") != source:
+        return False
+    if kind and str(ev.get("kind") or "").lower() != kind.lower():
+        return False
+    if policy:
+        names = {str(ev.get("policy") or ""), str(ev.get("artifact") or "")}
+        if policy not in names and policy not in {n.split("/", 1)[-1] for n in names}:
+            return False
+    return True
+
+
+@dataclass
+class _Source:
+    key: str
+    path: str
+    map_id: int
+    manifest: dict[str, Any]
+
+
+@dataclass
+class EventStream:
+    """Open ring buffers of applied policies and tail the controller log."""
+
+    bpffs_root: Path
+    state_dir: Path
+    since: str | None = None
+    poll_ms: int = 200
+    rescan_s: float = 1.0
+    sources: dict[str, _Source] = field(default_factory=dict)
+    _pending: list[dict[str, Any]] = field(default_factory=list)
+    _stop: bool = False
+
+    def stop(self) -> None:
+        """Ask `run()` to return after the current poll (signal handlers call this)."""
+        self._stop = True
+
+    def discover(self) -> dict[str, _Source]:
+        """Applied policies with an `events` ring buffer whose pin exists."""
+        from ..kernel import bpf
+
+        out: dict[str, _Source] = {}
+        for key, entry in Store(self.state_dir).inventory().items():
+            manifest = dict(entry.get("manifest") or {})
+            spec = manifest.get("events") or {}
+            if not spec.get("map") or spec.get("type", "ringbuf") != "ringbuf":
+                continue
+            manifest.setdefault("kind", entry.get("kind") or key.split("/", 1)[0])
+            if decoder_for(manifest) is None:
+                continue
+            pin_dir = entry.get("dir") or str(self.bpffs_root / key)
+            path = os.path.join(pin_dir, f"map_{spec['map']}")
+            try:
+                fd = bpf.obj_get(path, read_only=True)
+            except OSError:
+                continue  # not pinned (yet / any more)
+            try:
+                map_id = int(bpf.map_info(fd)["id"])
+            finally:
+                os.close(fd)
+            out[key] = _Source(key, path, map_id, manifest)
+        return out
+
+    def run(self) -> Iterator[dict[str, Any]]:
+        """Yield events until `stop()`. Controller lines start at the end of the log
+        (or at `since`, replaying history first)."""
+        from ..kernel.ringbuf import RingBuffer
+
+        tail = log.LogTail(self.state_dir / "events.jsonl", at_end=self.since is None)
+        rb: RingBuffer | None = None
+        next_scan = 0.0
+        try:
+            while not self._stop:
+                if time.monotonic() >= next_scan:
+                    rb = self._rescan(rb)
+                    next_scan = time.monotonic() + self.rescan_s
+                if rb is not None and len(rb):
+                    rb.poll(self.poll_ms)
+                else:
+                    time.sleep(self.poll_ms / 1000)
+                for ev in tail.new():
+                    if self.since and str(ev.get("time", "")) < self.since:
+                        continue
+                    self._pending.append(from_controller(ev))
+                while self._pending:
+                    yield self._pending.pop(0)
+        finally:
+            if rb is not None:
+                rb.close()
+
+    def _rescan(self, rb: Any) -> Any:
+        """Rebuild the ring buffer set when the applied policies (or their maps) changed;
+        records already in the old rings are consumed first."""
+        from ..kernel.ringbuf import RingBuffer
+
+        found = self.discover()
+        if rb is not None and {k: s.map_id for k, s in found.items()} == \
+                {k: s.map_id for k, s in self.sources.items()}:
+            return rb
+        if rb is not None:
+            rb.consume()
+            rb.close()
+        rb = RingBuffer()
+        self.sources = {}
+        for key, src in found.items():
+            try:
+                rb.add_pinned(src.path, self._collector(src))
+            except OSError:
+                continue  # unpinned between the scan and now: retried next scan
+            self.sources[key] = src
+        return rb
+
+    def _collector(self, src: _Source) -> Callable[[bytes], None]:
+        decode = decoder_for(src.manifest)
+        assert decode is not None
+
+        def collect(raw: bytes) -> None:
+            self._pending.append(normalize(decode(raw, src.manifest), src.key, src.manifest))
+        return collect
+
+
+def _iso(ns: int) -> str:
+    secs, rem = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{rem // 1_000_000:03d}Z"
