@@ -10,7 +10,6 @@ tests exercise the artifact itself.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 from pathlib import Path
 from typing import Any
@@ -18,13 +17,12 @@ from typing import Any
 from bpfpolicy.kernel import bpf, cgroup, tc
 from bpfpolicy.kernel import libbpf as lb
 from bpfpolicy.kernel.maps import read_counters, write_records
+from bpfpolicy.kernel.ringbuf import drain
 from bpfpolicy.kinds import Artifact, CompileContext
 from bpfpolicy.kinds.netpol_events import decode
 from bpfpolicy.kinds.network_policy import NetworkPolicyKind
 from bpfpolicy.load import load_file
 from bpfpolicy.validate import validate_documents
-
-_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
 
 
 def compile_text(tmp: Path, text: str, inventory: list[dict[str, Any]], lenient: bool = False,
@@ -85,26 +83,8 @@ class Loaded:
         return {r["name"]: (v[0], v[1]) for r, v in zip(rules, vals, strict=True)}
 
     def events(self) -> list[dict[str, Any]]:
-        """Drain the ring buffer (libbpf ring_buffer__consume)."""
-        so = lb.lib()
-        so.ring_buffer__new.restype = ctypes.c_void_p
-        so.ring_buffer__new.argtypes = [ctypes.c_int, _CB, ctypes.c_void_p, ctypes.c_void_p]
-        so.ring_buffer__consume.argtypes = [ctypes.c_void_p]
-        so.ring_buffer__free.argtypes = [ctypes.c_void_p]
-        out: list[dict[str, Any]] = []
-
-        def cb(_ctx: int, data: int, size: int) -> int:
-            out.append(decode(ctypes.string_at(data, size), self.art.manifest))
-            return 0
-
-        fn = _CB(cb)
-        rb = so.ring_buffer__new(self.obj.map("np_events").fd, fn, None, None)
-        assert rb, "ring_buffer__new failed"
-        try:
-            so.ring_buffer__consume(rb)
-        finally:
-            so.ring_buffer__free(rb)
-        return out
+        """Drain the ring buffer (bpfpolicy.kernel.ringbuf, ring_buffer__consume)."""
+        return [decode(r, self.art.manifest) for r in drain(self.obj.map("np_events").fd)]
 
     def close(self) -> None:
         self.detach()

@@ -3,7 +3,6 @@ tests) load an artifact with the kernel layer and read its ring buffer."""
 
 from __future__ import annotations
 
-import ctypes
 import json
 import textwrap
 from pathlib import Path
@@ -55,35 +54,22 @@ def features(**on: bool) -> dict[str, Any]:
 
 
 class RingReader:
-    """libbpf ring_buffer__poll over the artifact's `events` map (test-side helper)."""
-
-    CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+    """The artifact's `events` ring buffer through bpfpolicy.kernel.ringbuf (test-side
+    view: every record polled so far, accumulated in `records`)."""
 
     def __init__(self, map_fd: int) -> None:
-        from bpfpolicy.kernel import libbpf
+        from bpfpolicy.kernel.ringbuf import RingBuffer
 
-        self.so = libbpf.lib()
-        self.so.ring_buffer__new.restype = ctypes.c_void_p
-        self.so.ring_buffer__new.argtypes = [ctypes.c_int, self.CB, ctypes.c_void_p, ctypes.c_void_p]
-        self.so.ring_buffer__poll.argtypes = [ctypes.c_void_p, ctypes.c_int]
-        self.so.ring_buffer__free.argtypes = [ctypes.c_void_p]
         self.records: list[bytes] = []
-        self._cb = self.CB(self._on_record)
-        self.rb = self.so.ring_buffer__new(map_fd, self._cb, None, None)
-        assert self.rb, "ring_buffer__new failed"
-
-    def _on_record(self, _ctx: int, data: int, size: int) -> int:
-        self.records.append(ctypes.string_at(data, size))
-        return 0
+        self.rb = RingBuffer()
+        self.rb.add(map_fd, self.records.append)
 
     def poll(self, timeout_ms: int = 200) -> list[bytes]:
-        self.so.ring_buffer__poll(self.rb, timeout_ms)
+        self.rb.poll(timeout_ms)
         return self.records
 
     def close(self) -> None:
-        if self.rb:
-            self.so.ring_buffer__free(self.rb)
-            self.rb = None
+        self.rb.close()
 
 
 def manifest(art: Artifact) -> dict[str, Any]:
