@@ -1,6 +1,7 @@
 """`bpfpolicy events --follow` on the real kernel: the example TracingPolicies applied by
 the controller, the real CLI streaming their ring buffers, real processes triggering the
-hooks (an open of /etc/shadow, a mkdir that gets SIGKILLed)."""
+hooks (an open of /etc/shadow, a mkdir that gets SIGKILLed); and a NetworkPolicy verdict
+(a UDP datagram dropped by tc on a veth in a throwaway netns)."""
 
 from __future__ import annotations
 
@@ -207,3 +208,34 @@ def test_filters() -> None:
     assert matches(k, kind="networkpolicy") and not matches(k, kind="TracingPolicy")
     c = from_controller({"time": "t", "reason": "Applied", "policy": "TracingPolicy/x"})
     assert c["source"] == "controller" and c["kind"] == "TracingPolicy" and c["reason"] == "Applied"
+
+
+@pytest.mark.kernel
+def test_networkpolicy_drop_names_policy_and_rule(ctl, veth, follow, tmp_path: Path) -> None:  # noqa: ANN001
+    from conftest import udp_received
+
+    Path(ctl.env["BPFPOLICY_CONFIG"]).write_text(
+        "selfHeal: true\ninterval: 1\nendpoints:\n"
+        f"  - name: ep\n    labels: {{app: ev}}\n"
+        f"    interfaces: [{{name: {veth.if_a}, netns: {veth.ns_a}}}]\n"
+        f"    addresses: [{veth.ip4_a}]\n")
+    src = tmp_path / "np"
+    src.mkdir()
+    (src / "np.yaml").write_text(
+        "apiVersion: bpfpolicy.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: deny-peer\n"
+        "spec:\n  endpointSelector:\n    matchLabels: {app: ev}\n"
+        f"  ingressDeny:\n    - fromCIDR: [{veth.ip4_b}/32]\n")
+    res = run_cli(ctl, "apply", str(src))
+    assert res.returncode == 0, res.stdout + res.stderr
+    f = follow("--kind", "NetworkPolicy", "--source", "kernel")
+    got: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 40
+    while not got and time.monotonic() < deadline:
+        assert udp_received(veth, count=2, wait=0.2) == 0  # dropped by the deny rule
+        got = [e for e in f.lines(0.7) if e.get("direction") == "ingress"]
+    assert got, f"no verdict event; streamed {f.seen!r}; stderr: {f.stderr()}"
+    ev = got[0]
+    assert ev["policy"] == "NetworkPolicy/deny-peer" and ev["artifact"] == "NetworkPolicy/ep"
+    assert ev["rule"] == "NetworkPolicy/deny-peer:spec.ingressDeny[0]"
+    assert ev["action"] == "deny" and ev["audited"] is False
+    assert ev["remote"] == veth.ip4_b and ev["local"] == veth.ip4_a and ev["proto"] == "UDP"
