@@ -205,7 +205,8 @@ def _follow(cfg, *, count: int | None, **filters: str | None) -> None:  # noqa: 
     from ..controller.stream import EventStream, matches
 
     since = filters.pop("since")
-    stream = EventStream(cfg.bpffs_root, cfg.state_dir, since=since)
+    stream = EventStream(cfg.bpffs_root, cfg.state_dir, since=since,
+                         on_warning=lambda m: click.echo(f"warning: {m}", err=True))
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stream.stop())
     seen = 0

@@ -108,9 +108,11 @@ class EventStream:
     since: str | None = None
     poll_ms: int = 200
     rescan_s: float = 1.0
+    on_warning: Callable[[str], None] | None = None  # e.g. "permission denied" once per pin
     sources: dict[str, _Source] = field(default_factory=dict)
     _pending: list[dict[str, Any]] = field(default_factory=list)
     _stop: bool = False
+    _warned: set[str] = field(default_factory=set)
 
     def stop(self) -> None:
         """Ask `run()` to return after the current poll (signal handlers call this)."""
@@ -133,14 +135,22 @@ class EventStream:
             path = os.path.join(pin_dir, f"map_{spec['map']}")
             try:
                 fd = bpf.obj_get(path, read_only=True)
-            except OSError:
+            except FileNotFoundError:
                 continue  # not pinned (yet / any more)
+            except OSError as e:
+                self._warn(f"{key}: cannot open {path}: {e.strerror or e}")
+                continue
             try:
                 map_id = int(bpf.map_info(fd)["id"])
             finally:
                 os.close(fd)
             out[key] = _Source(key, path, map_id, manifest)
         return out
+
+    def _warn(self, msg: str) -> None:
+        if msg not in self._warned and self.on_warning is not None:
+            self._warned.add(msg)
+            self.on_warning(msg)
 
     def run(self) -> Iterator[dict[str, Any]]:
         """Yield events until `stop()`. Controller lines start at the end of the log
@@ -186,8 +196,10 @@ class EventStream:
         for key, src in found.items():
             try:
                 rb.add_pinned(src.path, self._collector(src))
-            except OSError:
-                continue  # unpinned between the scan and now: retried next scan
+            except OSError as e:  # unpinned since the scan: retried next scan
+                if not isinstance(e, FileNotFoundError):
+                    self._warn(f"{key}: cannot read {src.path}: {e.strerror or e}")
+                continue
             self.sources[key] = src
         return rb
 
