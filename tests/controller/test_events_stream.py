@@ -239,3 +239,37 @@ def test_networkpolicy_drop_names_policy_and_rule(ctl, veth, follow, tmp_path: P
     assert ev["rule"] == "NetworkPolicy/deny-peer:spec.ingressDeny[0]"
     assert ev["action"] == "deny" and ev["audited"] is False
     assert ev["remote"] == veth.ip4_b and ev["local"] == veth.ip4_a and ev["proto"] == "UDP"
+
+
+@pytest.mark.kernel
+def test_ringbuf_reads_several_pinned_maps_in_one_poll_and_reraises(ctl) -> None:  # noqa: ANN001
+    from bpfpolicy.kernel.ringbuf import RingBuffer
+
+    _apply(ctl)
+    pins = {name: str(ctl.bpffs_root / "TracingPolicy" / name / "map_events")
+            for name in ("sensitive-files", "forbidden-mkdir")}
+    target = f"/tmp/bpfpolicy-forbidden-{secrets.token_hex(4)}"
+    got: dict[str, list[bytes]] = {n: [] for n in pins}
+    with RingBuffer() as rb:
+        for name, pin in pins.items():
+            rb.add_pinned(pin, got[name].append)
+        assert len(rb) == 2
+        try:
+            _run(["cat", "/etc/shadow"])
+            assert _run(["mkdir", target]).returncode == -signal.SIGKILL
+        finally:
+            if Path(target).is_dir():
+                Path(target).rmdir()
+        deadline = time.monotonic() + 10
+        while not all(got.values()) and time.monotonic() < deadline:
+            rb.poll(200)
+        assert all(got.values()), {n: len(v) for n, v in got.items()}
+
+    def boom(_raw: bytes) -> None:
+        raise ValueError("decoder failed")
+    with RingBuffer() as rb:
+        rb.add_pinned(pins["sensitive-files"], boom)
+        _run(["cat", "/etc/shadow"])
+        with pytest.raises(ValueError, match="decoder failed"):
+            for _ in range(50):
+                rb.poll(200)
