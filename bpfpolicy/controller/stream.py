@@ -138,7 +138,7 @@ class EventStream:
             except FileNotFoundError:
                 continue  # not pinned (yet / any more)
             except OSError as e:
-                self._warn(f"{key}: cannot open {path}: {e.strerror or e}")
+                self._warn(f"{key}: {e.strerror or e}")
                 continue
             try:
                 map_id = int(bpf.map_info(fd)["id"])
@@ -198,7 +198,7 @@ class EventStream:
                 rb.add_pinned(src.path, self._collector(src))
             except OSError as e:  # unpinned since the scan: retried next scan
                 if not isinstance(e, FileNotFoundError):
-                    self._warn(f"{key}: cannot read {src.path}: {e.strerror or e}")
+                    self._warn(f"{key}: {e.strerror or e}")
                 continue
             self.sources[key] = src
         return rb
