@@ -9,15 +9,18 @@ with their kind; the table below names them by import path so neither this modul
 the CLI imports a kind up front, and `register_decoder` adds more.
 
 Every line carries `time`, `source` ("kernel" | "controller"), `kind` and `policy`.
-The set of ring buffers follows the inventory: a policy applied (or replaced with a new
-map) while the stream runs is picked up within a second.
+The set of ring buffers follows the inventory: a policy applied (or replaced: new map or
+new digest) while the stream runs is picked up within a second. A record the decoder
+cannot read becomes a line with `error` instead of ending the stream.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import struct
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +100,11 @@ class _Source:
     path: str
     map_id: int
     manifest: dict[str, Any]
+    digest: str | None = None  # a replaced program may reuse the map with new hooks
+
+    @property
+    def ident(self) -> tuple[int, str | None]:
+        return (self.map_id, self.digest)
 
 
 @dataclass
@@ -110,7 +118,7 @@ class EventStream:
     rescan_s: float = 1.0
     on_warning: Callable[[str], None] | None = None  # e.g. "permission denied" once per pin
     sources: dict[str, _Source] = field(default_factory=dict)
-    _pending: list[dict[str, Any]] = field(default_factory=list)
+    _pending: deque[dict[str, Any]] = field(default_factory=deque)
     _stop: bool = False
     _warned: set[str] = field(default_factory=set)
 
@@ -144,7 +152,7 @@ class EventStream:
                 map_id = int(bpf.map_info(fd)["id"])
             finally:
                 os.close(fd)
-            out[key] = _Source(key, path, map_id, manifest)
+            out[key] = _Source(key, path, map_id, manifest, entry.get("digest") or manifest.get("digest"))
         return out
 
     def _warn(self, msg: str) -> None:
@@ -174,7 +182,7 @@ class EventStream:
                         continue
                     self._pending.append(from_controller(ev))
                 while self._pending:
-                    yield self._pending.pop(0)
+                    yield self._pending.popleft()
         finally:
             if rb is not None:
                 rb.close()
@@ -185,8 +193,8 @@ class EventStream:
         from ..kernel.ringbuf import RingBuffer
 
         found = self.discover()
-        if rb is not None and {k: s.map_id for k, s in found.items()} == \
-                {k: s.map_id for k, s in self.sources.items()}:
+        if rb is not None and {k: s.ident for k, s in found.items()} == \
+                {k: s.ident for k, s in self.sources.items()}:
             return rb
         if rb is not None:
             rb.consume()
@@ -208,7 +216,13 @@ class EventStream:
         assert decode is not None
 
         def collect(raw: bytes) -> None:
-            self._pending.append(normalize(decode(raw, src.manifest), src.key, src.manifest))
+            try:
+                decoded = decode(raw, src.manifest)
+            except (ValueError, IndexError, KeyError, TypeError, struct.error) as e:
+                # one record the decoder cannot read (e.g. written by the previous program
+                # during a replace) must not end the stream
+                decoded = {"error": f"undecodable record ({len(raw)} bytes): {e}"}
+            self._pending.append(normalize(decoded, src.key, src.manifest))
         return collect
 
 

@@ -198,6 +198,23 @@ def test_decoder_registry_is_keyed_by_layout() -> None:
     assert ev["n"] == 7
 
 
+def test_undecodable_record_becomes_an_error_line(tmp_path: Path) -> None:
+    from bpfpolicy.controller import stream
+
+    def short(raw: bytes, _m: dict) -> dict:
+        import struct
+        return {"v": struct.unpack("<Q", raw)[0]}
+    stream.register_decoder("test_short_v1", short)
+    manifest = {"kind": "Demo", "events": {"layout": "test_short_v1"}}
+    es = stream.EventStream(tmp_path, tmp_path)
+    collect = es._collector(stream._Source("Demo/d", "unused", 1, manifest))
+    collect(b"\x01" + bytes(7))
+    collect(b"\x01")
+    ok, bad = list(es._pending)
+    assert ok["v"] == 1 and ok["policy"] == "Demo/d"
+    assert bad["source"] == "kernel" and bad["error"].startswith("undecodable record (1 bytes)")
+
+
 def test_filters() -> None:
     from bpfpolicy.controller.stream import from_controller, matches
 
