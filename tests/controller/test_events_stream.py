@@ -249,10 +249,10 @@ def test_networkpolicy_drop_names_policy_and_rule(ctl, veth, follow, tmp_path: P
     deadline = time.monotonic() + 40
     while not got and time.monotonic() < deadline:
         assert udp_received(veth, count=2, wait=0.2) == 0  # dropped by the deny rule
-        got = [e for e in f.lines(0.7) if e.get("direction") == "ingress"]
+        got = [e for e in f.lines(0.7) if e.get("proto") == "UDP" and e.get("remote") == veth.ip4_b]
     assert got, f"no verdict event; streamed {f.seen!r}; stderr: {f.stderr()}"
     ev = got[0]
-    assert ev["policy"] == "NetworkPolicy/deny-peer" and ev["artifact"] == "NetworkPolicy/ep"
+    assert ev["policy"] == "NetworkPolicy/deny-peer" and ev["artifact"] == "NetworkPolicy/ep", f.seen
     assert ev["rule"] == "NetworkPolicy/deny-peer:spec.ingressDeny[0]"
     assert ev["action"] == "deny" and ev["audited"] is False
     assert ev["remote"] == veth.ip4_b and ev["local"] == veth.ip4_a and ev["proto"] == "UDP"
