@@ -256,26 +256,12 @@ def _cgroup_attach() -> Check:
 
 
 def _seccomp_install() -> Check:
-    """Fork a child that installs an allow-all filter (NO_NEW_PRIVS + seccomp(2))."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            insn = (ctypes.c_ubyte * 8)(0x06, 0, 0, 0, 0, 0, 0xFF, 0x7F)  # ret SECCOMP_RET_ALLOW
+    """Install an allow-all filter in a throwaway child (NO_NEW_PRIVS + seccomp(2))."""
+    from .seccomp import verify
 
-            class SockFprog(ctypes.Structure):
-                _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-            prog = SockFprog(1, ctypes.cast(insn, ctypes.c_void_p))
-            if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
-                os._exit(2)
-            rc = libc.syscall(317, 1, 0, ctypes.byref(prog))  # seccomp(SET_MODE_FILTER)
-            os._exit(0 if rc == 0 else 3)
-        except BaseException:
-            os._exit(4)
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    return Check("attach", "seccomp", code == 0, "filter installed in a child" if code == 0 else f"child exit {code}")
+    allow_all = bytes([0x06, 0, 0, 0, 0, 0, 0xFF, 0x7F])  # ret SECCOMP_RET_ALLOW
+    error = verify(allow_all)
+    return Check("attach", "seccomp", error is None, "filter installed in a child" if error is None else error)
 
 
 # --------------------------------------------------------------------------- helpers

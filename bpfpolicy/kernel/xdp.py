@@ -23,7 +23,10 @@ Modes: "native" (driver, XDP_FLAGS_DRV_MODE), "generic" (skb, XDP_FLAGS_SKB_MODE
 from __future__ import annotations
 
 import errno as _errno
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from . import bpf
 from .netns import in_netns
@@ -57,8 +60,6 @@ def _ipr():  # noqa: ANN202 - pyroute2 type
 
 def _netlink_error(e: Exception, what: str) -> OSError:
     code = getattr(e, "code", None) or _errno.EIO
-    import os
-
     return OSError(code, f"{what}: {os.strerror(code)}")
 
 
@@ -121,22 +122,31 @@ def attach(ifname: str, prog_fd: int, mode: str = "auto", netns: str | None = No
                      f"XDP replace on {where}")
                 return used
             finally:
-                import os
-
                 os.close(old_fd)
-        modes = ["native", "generic"] if mode == "auto" else [mode]
-        last: OSError | None = None
-        for m in modes:
-            try:
-                _set(ipr, idx, prog_fd, MODE_FLAGS[m] | XDP_FLAGS_UPDATE_IF_NOEXIST, None,
-                     f"XDP attach ({m}) on {where}")
-                return m
-            except OSError as e:
-                last = e
-                if e.errno in (_errno.EBUSY, _errno.EEXIST):
-                    raise
-        assert last is not None
-        raise last
+        def set_mode(m: str) -> str:
+            _set(ipr, idx, prog_fd, MODE_FLAGS[m] | XDP_FLAGS_UPDATE_IF_NOEXIST, None,
+                 f"XDP attach ({m}) on {where}")
+            return m
+
+        return _first_mode_that_works(mode, set_mode)
+
+
+_T = TypeVar("_T")
+
+
+def _first_mode_that_works(mode: str, attempt: Callable[[str], _T]) -> _T:
+    """`auto` tries native (driver) mode, then generic; a busy interface (EBUSY/EEXIST:
+    something else is attached) is an answer, not a reason to fall back."""
+    last: OSError | None = None
+    for m in (["native", "generic"] if mode == "auto" else [mode]):
+        try:
+            return attempt(m)
+        except OSError as e:
+            last = e
+            if e.errno in (_errno.EBUSY, _errno.EEXIST):
+                raise
+    assert last is not None
+    raise last
 
 
 def detach(ifname: str, netns: str | None = None, expected_prog_id: int | None = None) -> bool:
@@ -156,8 +166,6 @@ def detach(ifname: str, netns: str | None = None, expected_prog_id: int | None =
             try:
                 _set(ipr, idx, -1, flags | XDP_FLAGS_REPLACE, old_fd, f"XDP detach on {ifname}")
             finally:
-                import os
-
                 os.close(old_fd)
         else:
             _set(ipr, idx, -1, flags, None, f"XDP detach on {ifname}")
@@ -170,15 +178,9 @@ def attach_link(ifname: str, prog_fd: int, mode: str = "auto", netns: str | None
     from .netns import ifindex
 
     idx = ifindex(ifname, netns)
-    modes = ["native", "generic"] if mode == "auto" else [mode]
-    last: OSError | None = None
-    for m in modes:
-        try:
-            with in_netns(netns):
-                return bpf.link_create(prog_fd, idx, bpf.BPF_XDP, MODE_FLAGS[m]), m
-        except OSError as e:
-            last = e
-            if e.errno in (_errno.EBUSY, _errno.EEXIST):
-                raise
-    assert last is not None
-    raise last
+
+    def create(m: str) -> tuple[int, str]:
+        with in_netns(netns):
+            return bpf.link_create(prog_fd, idx, bpf.BPF_XDP, MODE_FLAGS[m]), m
+
+    return _first_mode_that_works(mode, create)
