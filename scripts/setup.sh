@@ -10,7 +10,7 @@ APT_PACKAGES=(
   iproute2 nftables ethtool xdp-tools
   python3 python3-venv python3-dev python3-seccomp libseccomp-dev
   qemu-system-x86 busybox-static cpio zstd git make iputils-ping
-  libelf-dev zlib1g-dev libzstd-dev
+  libelf-dev zlib1g-dev libzstd-dev gnupg openssh-client
 )
 
 missing=()
