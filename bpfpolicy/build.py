@@ -3,8 +3,9 @@
 The cache key is the source text, the flags and clang's version: the same policy never
 compiles twice, and a toolchain upgrade never serves a stale object.
 
-Templates mark the code they emit for a policy rule with a `@policy FILE:LINE:COL PATH`
-comment; when clang rejects generated code, the error is reported at the nearest marker
+Templates mark the code they emit for a policy rule with a `@policy #FILE:LINE:COL PATH`
+comment (`codegen.policy_marker`; FILE indexes the `@policy-files` table at the end of the
+source); when clang rejects generated code, the error is reported at the nearest marker
 above the failing line, so the user is pointed at their rule, not at generated C.
 """
 
@@ -20,11 +21,11 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from .codegen import find_marker
 from .errors import BuildError
 from .paths import cache_dir
 
 CFLAGS = ("-O2", "-g", "-target", "bpf", "-Wall", "-Wno-unused-function", "-Werror=implicit-function-declaration")
-_MARKER = re.compile(r"@policy (\S+:\d+:\d+) (\S+)")
 _CLANG_DIAG = re.compile(r"^[^:]+:(\d+):(\d+): (error|warning): (.*)$", re.M)
 
 
@@ -118,11 +119,9 @@ def explain_clang_failure(source: str, stderr: str) -> str:
     if not m:
         return f"generated C failed to compile: {stderr.strip()[:2000]}"
     line_no, message = int(m.group(1)), m.group(4)
-    lines = source.splitlines()
-    for i in range(min(line_no, len(lines)) - 1, -1, -1):
-        marker = _MARKER.search(lines[i])
-        if marker:
-            return f"{marker.group(1)}: {marker.group(2)}: generated C failed to compile: {message}"
+    marker = find_marker(source, line_no - 1)
+    if marker:
+        return f"{marker.file}:{marker.line}:{marker.col}: {marker.path}: generated C failed to compile: {message}"
     return f"generated C line {line_no} failed to compile: {message}"
 
 

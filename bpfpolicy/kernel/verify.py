@@ -2,8 +2,9 @@
 (`compile --dry-run` when privileged), and point a rejection back at the policy rule.
 
 With `-g`, the verifier log quotes the generated source line it was checking (`; code
-@ prog.bpf.c:123`); the nearest `@policy FILE:LINE:COL PATH` marker above that line
-names the rule the user wrote.
+@ prog.bpf.c:123`); the nearest `@policy #FILE:LINE:COL PATH` marker above that line
+(`codegen.find_marker`, FILE resolved through the source's `@policy-files` table) names
+the rule the user wrote.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import json
 import re
 from pathlib import Path
 
+from ..codegen import find_marker
 from ..errors import Diagnostic
 from .libbpf import BpfLoadError, BpfObject
 
-_MARKER = re.compile(r"@policy (\S+):(\d+):(\d+) (\S+)")
 _LOG_SOURCE = re.compile(r"^; (.*?)(?: @ [^:]+:(\d+))?$")
 
 
@@ -79,8 +80,7 @@ def marker_for_log(log: str, source: str) -> tuple[str, int, int, str] | None:
     code, line_no = quoted[-1].group(1).strip(), quoted[-1].group(2)
     index = int(line_no) - 1 if line_no else next(
         (i for i in range(len(src_lines) - 1, -1, -1) if src_lines[i].strip() == code), -1)
-    for i in range(min(index, len(src_lines) - 1), -1, -1):
-        m = _MARKER.search(src_lines[i])
-        if m:
-            return m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
-    return None
+    if index < 0:
+        return None
+    m = find_marker(source, index)
+    return (m.file, m.line, m.col, m.path) if m else None

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..build import build_bpf, vmlinux_header
-from ..codegen import c_comment, c_ident, render
+from ..codegen import c_comment, c_ident, policy_marker, render
 from ..errors import Diagnostic, PolicyError
 from ..load import Document
 from . import tracing_spec as S
@@ -443,7 +443,7 @@ class Lowering:
 
     def _where(self, path: PathT) -> str:
         line, col = self.doc.pos(path)
-        return f"{_safe_file(self.doc.file)}:{line}:{col}"
+        return f"{self.doc.file}:{line}:{col}"  # reaches C only through policy_marker
 
     def _ctx_decl(self, b: Backend, hook: dict[str, Any]) -> str:
         if b.kind == "kprobe":
@@ -528,7 +528,7 @@ class Lowering:
             key = k if section == "tracepoints" else idx
             positions[key] = (k, t)
             label = arg.get("label") or f"arg{idx}"
-            p.captures.append(f"/* @policy {self._where(apath)} {_fmt(apath)} -- {c_comment(label)} ({t}) */")
+            p.captures.append(f"/* {policy_marker(self._where(apath), _fmt(apath))} -- {c_comment(label)} ({c_comment(t)}) */")
             if t == "nop":
                 p.captures.append(f"tp_capture_int(e, {k}, 0, TP_ARG_NONE);")
                 continue
@@ -799,13 +799,13 @@ class Lowering:
             if name in ENFORCE and self.monitor:
                 continue
             if name == "Sigkill":
-                out.append(f"bpf_send_signal(9);  /* @policy {self._where(apath)} {_fmt(apath)} -- Sigkill */")
+                out.append(f"bpf_send_signal(9);  /* {policy_marker(self._where(apath), _fmt(apath))} -- Sigkill */")
             elif name == "Signal":
-                out.append(f"bpf_send_signal({int(a['argSig'])});  /* @policy {self._where(apath)} {_fmt(apath)} -- Signal */")
+                out.append(f"bpf_send_signal({int(a['argSig'])});  /* {policy_marker(self._where(apath), _fmt(apath))} -- Signal */")
             elif name == "Override":
                 err = int(a.get("argError", 0))
                 if b.kind == "kprobe":
-                    out.append(f"bpf_override_return(ctx, {err});  /* @policy {self._where(apath)} {_fmt(apath)} -- Override */")
+                    out.append(f"bpf_override_return(ctx, {err});  /* {policy_marker(self._where(apath), _fmt(apath))} -- Override */")
                 elif b.kind == "lsm":
                     ret = f"ret ? ret : {max(-4095, min(0, err))}"
                 elif b.kind == "fmod_ret":
@@ -961,7 +961,3 @@ def _fmt(path: PathT) -> str:
     from ..errors import format_path
 
     return format_path(path)
-
-
-def _safe_file(name: str) -> str:
-    return re.sub(r"[^\w./:+-]", "_", name)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bpfpolicy.build import build_bpf, explain_clang_failure
-from bpfpolicy.codegen import c_comment, c_ident, c_string
+from bpfpolicy.codegen import c_comment, c_ident, c_string, policy_marker, resolve_markers
 from bpfpolicy.errors import BuildError
 
 NASTY = [
@@ -62,7 +62,8 @@ def test_build_cache_hit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clang_
 
 
 def test_clang_error_is_attributed_to_the_policy_rule(clang_required: None) -> None:
-    src = "int ok = 1;\n/* @policy edge.yaml:12:7 spec.deny[2] */\nint bad = undefined_symbol;\n"
+    marker = policy_marker("edge.yaml:12:7", "spec.deny[2]")
+    src = resolve_markers(f"int ok = 1;\n/* {marker} */\nint bad = undefined_symbol;\n")
     with pytest.raises(BuildError) as e:
         build_bpf(src, name="bad", use_cache=False)
     assert str(e.value).startswith("edge.yaml:12:7: spec.deny[2]: generated C failed to compile:")

@@ -8,21 +8,22 @@ from pathlib import Path
 import pytest
 
 from bpfpolicy.build import build_bpf
+from bpfpolicy.codegen import policy_marker, resolve_markers
 
-BROKEN = """#include <linux/bpf.h>
+BROKEN = resolve_markers("""#include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
 SEC("xdp")
 int xdp_prog(struct xdp_md *ctx)
 {
 \tvoid *data = (void *)(long)ctx->data;
-\t/* @policy policies/edge.yaml:9:7 spec.deny[1] */
+\t/* MARKER */
 \tunsigned char first = *(unsigned char *)(data + 20);  /* no bounds check */
 \treturn first == 7 ? XDP_DROP : XDP_PASS;
 }
 
 char LICENSE[] SEC("license") = "GPL";
-"""
+""".replace("MARKER", policy_marker("policies/edge.yaml:9:7", "spec.deny[1]")))
 
 
 @pytest.mark.kernel

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from tracing_helpers import compile_one, features, write
 
+from bpfpolicy.codegen import find_marker
 from bpfpolicy.kinds import tracing_schema
 from bpfpolicy.kinds.tracing_events import HEADER, decode_event, event_layout
 from bpfpolicy.kinds.tracing_features import STATIC_FEATURES, features_for, probe_host_features
@@ -155,7 +156,8 @@ def test_generated_c_points_back_to_the_policy(tmp_path: Path) -> None:
     paths = {m[3] for m in markers}
     assert {"spec.kprobes[0]", "spec.kprobes[0].selectors[0]",
             "spec.kprobes[0].selectors[0].matchArgs[0]"} <= paths
-    assert all(m[0] == str(p) for m in markers)
+    assert all(m[0] == "#0" for m in markers)  # file #0 of the @policy-files table
+    assert find_marker(src, len(src.splitlines())).file == str(p)
     assert 'bpf_metadata_bpfpolicy_policy[] SEC(".rodata") = "TracingPolicy/t"' in src
 
 
