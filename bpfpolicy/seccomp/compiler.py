@@ -460,12 +460,15 @@ class ArgEmitter:
         a = self.asm
         lo_off, hi_off = bpf.off_arg(c.index, False), bpf.off_arg(c.index, True)
         desc = f"{c.op.removeprefix('SCMP_CMP_')} {c.value:#x}" + (
-            f" == {c.datum:#x}" if c.op == "SCMP_CMP_MASKED_EQ" else "") + ("" if c.wide else " (32-bit)")
+            f" == {c.datum:#x}" if c.op == "SCMP_CMP_MASKED_EQ" else "") + ("" if c.wide else f" ({c.bits}-bit)")
         if c.op == "SCMP_CMP_MASKED_EQ":
             return self.masked(c, ok, fail, known, comment + f"args[{c.index}] {desc}")
         vh, vl = c.value >> 32, c.value & U32
         if not c.wide:
             known = self.load(lo_off, known, comment + f"args[{c.index}] {desc}: ")
+            if c.bits < 32:  # e.g. umode_t: the kernel keeps 16 bits
+                a.op(bpf.ALU | bpf.AND | bpf.K, (1 << c.bits) - 1)
+                known = None
             _cmp32(a, c.op, vl, ok, fail)
             return known, {known}
         # 64-bit: decide on the high word, then the low word

@@ -13,9 +13,10 @@ Semantics (documented in docs/seccomp.md):
   on its internal tree layout, and it refuses identical comparisons with -EEXIST.
 * A rule whose action equals the default is dropped (libseccomp fails such a profile
   with -EACCES; validation warns).
-* Argument values are 64-bit unsigned. For arguments the kernel declares 32 bits wide
-  (`int`, `unsigned int`, `pid_t`, `uid_t`, `umode_t`; see `ARG32`) -- and for every
-  argument of the 32-bit i386 ABI -- only the low word is compared, which is what the
+* Argument values are 64-bit unsigned. For arguments the kernel declares narrower
+  (`int`, `unsigned int`, `pid_t`, `uid_t`: 32 bits; `umode_t`: 16 bits; generated
+  from the kernel's prototypes per ABI, see `arg_bits`) -- and for every argument of
+  the 32-bit i386 ABI -- only the low bits the kernel uses are compared, which is what the
   kernel itself uses: `value: 4294967295` and `value: -1` then mean the same thing and
   match whether the caller sign-extended or not (libseccomp#69/#383).  Everywhere
   else the full 64-bit value is compared and a negative value is its two's complement
@@ -29,34 +30,35 @@ from typing import Any
 
 from . import bpf
 from .arch import ACTIONS, EPERM, X32_SYSCALL_BIT, Abi, abi
+from .argtypes import ARGS
 
 U64 = (1 << 64) - 1
 U32 = 0xFFFFFFFF
 
-# Arguments the kernel declares 32 bits wide on 64-bit ABIs (SYSCALL_DEFINEx types).
-ARG32: dict[str, frozenset[int]] = {k: frozenset(v) for k, v in {
-    "personality": (0,), "socket": (0, 1, 2), "socketpair": (0, 1, 2),
-    "setsockopt": (0, 1, 2, 4), "getsockopt": (0, 1, 2), "bind": (0, 2), "connect": (0, 2),
-    "listen": (0, 1), "accept4": (0, 3), "shutdown": (0, 1), "sendto": (0, 3, 5),
-    "recvfrom": (0, 3), "sendmsg": (0, 2), "recvmsg": (0, 2),
-    "kill": (0, 1), "tkill": (0, 1), "tgkill": (0, 1, 2), "ioctl": (0, 1), "fcntl": (0, 1),
-    "prctl": (0,), "open": (1, 2), "openat": (0, 2, 3), "close": (0,), "dup": (0,),
-    "dup2": (0, 1), "dup3": (0, 1, 2), "read": (0,), "write": (0,), "kcmp": (0, 1, 2),
-    "setuid": (0,), "setgid": (0,), "setreuid": (0, 1), "setregid": (0, 1),
-    "setresuid": (0, 1, 2), "setresgid": (0, 1, 2), "setfsuid": (0,), "setfsgid": (0,),
-    "madvise": (2,), "faccessat": (0, 2), "faccessat2": (0, 2, 3), "fchmodat": (0, 2),
-    "mkdirat": (0, 2), "mknodat": (0, 2, 3), "umask": (0,), "chmod": (1,), "fchmod": (0, 1),
-    "flock": (0, 1), "epoll_ctl": (0, 1, 2), "setpriority": (0, 1, 2), "getpriority": (0, 1),
-    "ioprio_set": (0, 1, 2), "memfd_create": (1,), "pidfd_open": (0, 1), "keyctl": (0,),
-    "bpf": (0, 2), "perf_event_open": (1, 2, 3), "quotactl": (0,), "seccomp": (0, 1),
-    "setns": (0, 1), "userfaultfd": (0,), "sched_setscheduler": (0, 1), "unlinkat": (0, 2),
-    "renameat2": (0, 2, 4), "fchownat": (0, 2, 3, 4), "linkat": (0, 2, 4),
-    "symlinkat": (1,), "openat2": (0,), "execveat": (0, 4), "clock_gettime": (0,),
-    "clock_settime": (0,), "timerfd_create": (0, 1), "eventfd2": (0, 1), "inotify_init1": (0,),
-    "pipe2": (1,), "signalfd4": (0, 3), "rt_sigaction": (0,), "rt_sigqueueinfo": (0, 1),
-    "wait4": (0, 2), "waitid": (0, 1, 3), "setsid": (), "capget": (), "capset": (),
-    "mlock2": (2,), "copy_file_range": (0, 2, 5), "splice": (0, 2, 5), "tee": (0, 1, 3),
-}.items()}
+
+
+def arg_bits(abi_name: str, syscall: str, index: int) -> int:
+    """How many low bits of args[index] the kernel uses for `syscall` on `abi_name`:
+    the width of the C type its handler declares (generated from the kernel's
+    SYSCALL_DEFINE prototypes, `argtypes.ARGS`). i386 registers are 32 bits wide;
+    an argument the handler does not declare (or a syscall without a prototype)
+    is compared in full."""
+    args = ARGS.get(abi_name, {}).get(syscall)
+    full = 32 if abi_name == "i386" else 64
+    if args is None or index >= len(args):
+        return full
+    return min(args[index][1], full)
+
+
+def narrow_args(abi_name: str) -> dict[str, frozenset[int]]:
+    """syscall -> indices of the arguments the kernel truncates below 64 bits."""
+    return {name: frozenset(i for i, (_t, b) in enumerate(args) if b < 64)
+            for name, args in ARGS.get(abi_name, {}).items()}
+
+
+# Arguments the kernel declares narrower than 64 bits on x86_64 (kept for callers that
+# ask "is this argument 32-bit" without an ABI; the compiler uses `arg_bits`).
+ARG32: dict[str, frozenset[int]] = narrow_args("x86_64")
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,11 @@ class Cond:
     op: str  # SCMP_CMP_*
     value: int  # for MASKED_EQ: the mask
     datum: int = 0  # MASKED_EQ only: the value compared after masking
-    wide: bool = True  # False: compare the low 32-bit word only
+    bits: int = 64  # the kernel uses only the low `bits` bits: 64, 32, 16 or 8
+
+    @property
+    def wide(self) -> bool:
+        return self.bits == 64
 
 
 @dataclass(frozen=True)
@@ -123,11 +129,11 @@ def to_u64(v: int) -> int:
 
 def make_cond(arg: dict[str, Any], syscall: str, abi_name: str) -> Cond:
     index, op = int(arg["index"]), arg["op"]
-    wide = abi_name != "i386" and index not in ARG32.get(syscall, frozenset())
-    mask = U64 if wide else U32
+    bits = arg_bits(abi_name, syscall, index)
+    mask = (1 << bits) - 1
     value = to_u64(arg.get("value", 0)) & mask
     datum = to_u64(arg.get("valueTwo", 0)) & mask if op == "SCMP_CMP_MASKED_EQ" else 0
-    return Cond(index, op, value, datum, wide)
+    return Cond(index, op, value, datum, bits)
 
 
 def build_model(profile: dict[str, Any], bad_arch: int = bpf.RET_KILL_PROCESS) -> FilterModel:

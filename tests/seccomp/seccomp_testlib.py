@@ -12,7 +12,7 @@ import pytest
 
 from bpfpolicy.seccomp import bpf
 from bpfpolicy.seccomp.arch import ACTIONS, EPERM
-from bpfpolicy.seccomp.model import ARG32
+from bpfpolicy.seccomp.model import arg_bits
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT.parent / "shared" / "corpus" / "seccomp"
@@ -39,10 +39,9 @@ def action_of(rule_or_profile: dict[str, Any], default: bool = False) -> int:
 
 
 def cond_holds(arg: dict[str, Any], args: tuple[int, ...], syscall: str, abi: str) -> bool:
-    """OCI comparison on the value the kernel uses (low word for 32-bit arguments)."""
+    """OCI comparison on the value the kernel uses (the low bits of a narrow argument)."""
     i, op = int(arg["index"]), arg["op"]
-    narrow = abi == "i386" or i in ARG32.get(syscall, ())
-    mask = U32 if narrow else U64
+    mask = (1 << arg_bits(abi, syscall, i)) - 1
     a = args[i] & mask
     v = int(arg.get("value", 0)) & mask
     if op == "SCMP_CMP_MASKED_EQ":
