@@ -90,7 +90,7 @@ class EndpointPlan:
     # ------------------------------------------------------------------ lookups
     def table_verdict(self, d: str, addr: Addr | str, proto: int, port: int) -> Verdict:
         """What the datapath computes: LPM peer lookup, then LPM verdict lookup."""
-        a = ipaddress.ip_address(addr)
+        a = peer_address(addr)
         best = max((n for n in self.peers if n.version == a.version and a in n), key=lambda n: n.prefixlen)
         peer = self.peers[best]
         dn = DIR_NUM[d]
@@ -104,7 +104,7 @@ class EndpointPlan:
 
     def reference_verdict(self, d: str, addr: Addr | str, proto: int, port: int) -> Verdict:
         """Cilium's semantics evaluated directly on the rules (the tests' oracle)."""
-        a = ipaddress.ip_address(addr)
+        a = peer_address(addr)
         net = ipaddress.ip_network(a)
         matching = [i for i, r in enumerate(self.rules)
                     if r.direction == d and self._peer_matches(r, net) and _l4_matches(self.l4[i], proto, port)]
@@ -147,6 +147,16 @@ class EndpointPlan:
         if self.dd_all[d]:
             return (AUDIT_DEFAULT, SLOT_DEFAULT[d])
         return (PASS, SLOT_NOPOLICY[d])
+
+
+def peer_address(addr: Addr | str) -> Addr:
+    """The address policy judges: an IPv4-mapped IPv6 peer (::ffff:a.b.c.d) is the IPv4
+    peer a.b.c.d — the datapath looks it up in the IPv4 trie, so an IPv4 deny cannot be
+    sidestepped by writing the same address in IPv6 form."""
+    a = ipaddress.ip_address(addr)
+    if a.version == 6 and a.ipv4_mapped is not None:  # type: ignore[union-attr]
+        return a.ipv4_mapped  # type: ignore[union-attr]
+    return a
 
 
 def _entity(e: str, p: Net, managed: bool, host: bool) -> bool:

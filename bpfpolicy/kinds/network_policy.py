@@ -155,8 +155,19 @@ def render_source(plan: EndpointPlan, sizes: dict[str, int], policy_id: str) -> 
     attach = plan.endpoint.attach_kind
     program_part = json.dumps([attach, sizes, [s["ident"] for s in slots]], sort_keys=True)
     return render(TEMPLATE, endpoint=plan.endpoint.name, attach=attach, sizes=sizes, slots=slots,
+                  stats_map=stats_map_name(plan),
                   slot_default=SLOT_DEFAULT, slot_reply=SLOT_REPLY, policy_id=policy_id,
                   source_hash=hashlib.sha256(program_part.encode()).hexdigest()[:16])
+
+
+def stats_map_name(plan: EndpointPlan) -> str:
+    """The counter map is named by the identities of its slots (rule name, direction,
+    action): the controller reuses a pinned runtime map of the same name across program
+    replaces, so a changed rule set gets a fresh, zeroed map instead of inheriting the
+    old rules' counts slot by slot. 15 characters: the kernel's object-name limit."""
+    ident = json.dumps([[r["name"], r.get("direction"), r["action"], r.get("audit")]
+                        for r in counter_rules(plan)])
+    return "np_stats_" + hashlib.sha256(ident.encode()).hexdigest()[:6]
 
 
 def build_artifact(plan: EndpointPlan, ctx: CompileContext) -> Artifact:
@@ -173,6 +184,7 @@ def build_artifact(plan: EndpointPlan, ctx: CompileContext) -> Artifact:
         "conntrack": int(ctx.options.get("conntrack_entries", 65536)),
     }
     policy_id = f"NetworkPolicy/{ep.name}"
+    stats = stats_map_name(plan)
     source = render_source(plan, sizes, policy_id)
     obj = build_bpf(source, name=f"netpol-{ep.name}", extra_flags=("-gdwarf-4",),
                     use_cache=ctx.cache_dir is not None or ctx.options.get("use_cache", True))
@@ -184,7 +196,8 @@ def build_artifact(plan: EndpointPlan, ctx: CompileContext) -> Artifact:
                      "contents": f"maps/{name}.bin", "entries": len(contents[name]), "percpu": False})
     maps += [
         {"name": "np_conntrack", "type": "lru_hash", "key_size": 40, "value_size": 16, "percpu": False},
-        {"name": "np_stats", "type": "percpu_array", "key_size": 4, "value_size": 16, "percpu": True},
+        {"name": "np_frags", "type": "lru_hash", "key_size": 40, "value_size": 8, "percpu": False},
+        {"name": stats, "type": "percpu_array", "key_size": 4, "value_size": 16, "percpu": True},
         {"name": "np_events", "type": "ringbuf", "key_size": 0, "value_size": 0, "percpu": False},
     ]
     if ep.cgroup:
@@ -204,7 +217,7 @@ def build_artifact(plan: EndpointPlan, ctx: CompileContext) -> Artifact:
         "programs": programs,
         "maps": maps,
         "attachments": attachments,
-        "counters": {"map": "np_stats", "layout": "percpu_array_u64x2", "rules": counter_rules(plan)},
+        "counters": {"map": stats, "layout": "percpu_array_u64x2", "rules": counter_rules(plan)},
         "events": {"map": "np_events", "type": "ringbuf", "layout": "netpol_event_v1",
                    "fields": "ts_ns u64, slot u32, action u8, dir u8 (0 ingress), proto u8, family u8, "
                              "lport u16, rport u16, laddr [16]u8, raddr [16]u8, pad u32 (56 bytes)",

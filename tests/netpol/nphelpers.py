@@ -79,7 +79,7 @@ class Loaded:
 
     def counters(self) -> dict[str, tuple[int, int]]:
         rules = self.art.manifest["counters"]["rules"]
-        vals = read_counters(self.obj.map("np_stats").fd, len(rules))
+        vals = read_counters(self.obj.map(self.art.manifest["counters"]["map"]).fd, len(rules))
         return {r["name"]: (v[0], v[1]) for r, v in zip(rules, vals, strict=True)}
 
     def events(self) -> list[dict[str, Any]]:
