@@ -20,14 +20,12 @@ from typing import Any
 from ..errors import Diagnostic, PolicyError, format_path
 from ..load import Document
 from .base import Artifact, CompileContext, Kind, Reporter
-from .xdp_lower import MAX_RULES, PORT_PROTOCOLS, PROTOCOLS, Lowered, Rule, classify, lower
-from .xdp_sources import Sources, load_list, parse_cidr
+from .xdp_lower import LIMITS, MAX_RULES, PORT_PROTOCOLS, PROTOCOLS, Lowered, Rule, classify, lower
+from .xdp_sources import Sources, UnsafeListFile, open_list, parse_cidr
 
 IFNAMSIZ = 16
 _IFNAME_BAD = re.compile(r"[\s/:]")
 _PROTO_NAMES = {v: k for k, v in PROTOCOLS.items()}
-VLAN_DEPTH = 2
-IPV6_EXT_MAX = 6
 
 
 def _base_dir(doc: Document, ctx: CompileContext | None = None) -> Path:
@@ -160,10 +158,11 @@ class XDPBlocklistKind(Kind):
 
     def _load_file(self, doc: Document, rel: str, fpath: tuple[str | int, ...],
                    report: Reporter | None) -> Sources | None:
-        p = Path(rel)
-        full = p if p.is_absolute() else _base_dir(doc) / p
+        root = getattr(doc, "tree_root", None) or Path(doc.file).resolve().parent
         try:
-            return load_list(full)
+            return open_list(root, rel, _base_dir(doc))
+        except UnsafeListFile as e:
+            msg = f"source list {e}"
         except FileNotFoundError:
             msg = f"source list {_display(doc, rel)} does not exist (paths are relative to the policy file)"
         except IsADirectoryError:
@@ -255,6 +254,8 @@ class XDPBlocklistKind(Kind):
                     for r in rules]
         if rate:
             counters.append({"index": len(rules), "name": "rateLimit", "path": "spec.rateLimit", "action": "drop"})
+        # packets dropped because what a rule depends on could not be parsed (docs/xdp.md "Fail closed")
+        counters.append({"index": len(rules) + 1, "name": "failClosed", "path": "spec", "action": "drop"})
         manifest = {
             "object": "prog.bpf.o",
             "program_hash": program_hash,
@@ -279,8 +280,8 @@ class XDPBlocklistKind(Kind):
             "rules": [{"index": r.index, "name": r.name, "action": r.action, "where": r.where,
                        "path": format_path(r.path)} for r in low.rules],
             "maps": low.maps, "masks": {k: hex(v) for k, v in low.masks.items()},
-            "proto_masks": proto_masks, "tbl24_group": 32, "vlan_depth": VLAN_DEPTH,
-            "ipv6_ext_max": IPV6_EXT_MAX,
+            "proto_masks": proto_masks, "tbl24_group": 32, "limits": LIMITS,
+            "fail_closed_index": len(low.rules) + 1,
             "syn_cost_ns": (10**9 // rate["synPerSecond"]) if rate else 0,
             "syn_burst_ns": (10**9 // rate["synPerSecond"]) * rate["burst"] if rate else 0,
         }

@@ -55,6 +55,22 @@ SYN_BUCKETS_MAX = 1 << 16
 PROTOCOLS = {"tcp": 6, "udp": 17, "sctp": 132, "icmp": 1, "icmpv6": 58}
 PORT_PROTOCOLS = {6, 17, 132}
 
+# Fail-closed parsing limits: one name each, rendered into the C program under the same
+# name (codegen/xdp_blocklist.bpf.c.j2) and used by the reference `classify_frame`.
+# docs/xdp.md "Fail closed" says what is dropped and why.
+MAX_VLAN_DEPTH = 4  # 802.1Q/802.1ad tags: QinQ uses 2, provider stacks 3; the kernel strips
+#                     any number of VID-0 tags, so a deeper stack is dropped, not passed
+MAX_IPV6_EXT_HEADERS = 8  # RFC 8200 4.1 allows 6 before ESP/L4 (each once, dst-opts twice);
+#                           a longer chain is dropped when a rule of the source needs L4
+TCP_MIN_HDR = 20  # TCP header up to flags+window: a shorter first fragment is an RFC 1858 tiny fragment
+UDP_MIN_HDR = 8   # UDP header
+SCTP_MIN_HDR = 12  # SCTP common header (ports, verification tag, checksum)
+FRAG_OFFSET_OVERLAP = 1  # fragment offset (8-byte units) overlapping the TCP flags: RFC 1858 3.2
+LIMITS = {"MAX_VLAN_DEPTH": MAX_VLAN_DEPTH, "MAX_IPV6_EXT_HEADERS": MAX_IPV6_EXT_HEADERS,
+          "TCP_MIN_HDR": TCP_MIN_HDR, "UDP_MIN_HDR": UDP_MIN_HDR, "SCTP_MIN_HDR": SCTP_MIN_HDR,
+          "FRAG_OFFSET_OVERLAP": FRAG_OFFSET_OVERLAP}
+L4_MIN_HDR = {6: TCP_MIN_HDR, 17: UDP_MIN_HDR, 132: SCTP_MIN_HDR}
+
 
 @dataclass
 class Rule:
@@ -390,14 +406,17 @@ def lower(rules: list[Rule], rate_limit: dict[str, int] | None) -> Lowered:
         maps["port_rules"] = MapSpec("port_rules", "array", 4, 8, PORTS_MAX,
                                      _array_rec(_le(pm), np.flatnonzero(pm)))
 
-    maps["rule_stats"] = MapSpec("rule_stats", "percpu_array", 4, 16, len(rules) + 1, None, percpu=True)
+    # counters: one per rule, then the SYN limit (len(rules)), then fail-closed drops
+    maps["rule_stats"] = MapSpec("rule_stats", "percpu_array", 4, 16, len(rules) + 2, None, percpu=True)
     if rate_limit:
         maps["syn_buckets"] = MapSpec("syn_buckets", "lru_hash", 16, 16, SYN_BUCKETS_MAX, None)
 
     allow = sum(r.bit for r in rules if r.action == "pass")
     deny = sum(r.bit for r in rules if r.action == "drop")
     portless = sum(r.bit for r in rules if r.ports is None)
-    low.masks = {"allow": allow, "deny": deny, "portless": portless, "all": allow | deny}
+    scoped = sum(r.bit for r in rules if r.ports is not None or r.protocols is not None)
+    low.masks = {"allow": allow, "deny": deny, "portless": portless, "all": allow | deny,
+                 "scoped": scoped}
     any_proto = sum(r.bit for r in rules if r.protocols is None)
     protos = sorted({p for r in rules for p in (r.protocols or ())})
     low.proto_masks = {p: any_proto | sum(r.bit for r in rules if r.protocols and p in r.protocols)
@@ -409,32 +428,127 @@ def lower(rules: list[Rule], rate_limit: dict[str, int] | None) -> Lowered:
 # --------------------------------------------------------------------------- reference
 
 
-def classify(low: Lowered, src: str, proto: int, dport: int | None) -> tuple[str, int | None]:
-    """What the generated program should do with a first-fragment packet from `src`
-    (ignoring the SYN rate limit): ("pass"|"drop", matching rule index or None).
-    The Python reference used by kernel-test vectors and tests."""
+def embedded_v4(addr6: int) -> int | None:
+    """The IPv4 address an IPv6 source stands for, as the program reads it: ::ffff:a.b.c.d
+    (IPv4-mapped), ::a.b.c.d (IPv4-compatible, not :: or ::1), 64:ff9b::a.b.c.d (NAT64
+    well-known prefix, RFC 6052). None for every other address."""
+    hi, lo = addr6 >> 32, addr6 & 0xFFFFFFFF
+    if hi == 0xFFFF or (hi == 0 and lo > 1) or hi == 0x0064FF9B << 64:
+        return lo
+    return None
+
+
+def source_mask(low: Lowered, src: str) -> int:
+    """Bit i set = rule i lists `src` (an IPv6 source embedding an IPv4 address is also
+    matched against the IPv4 entries, like the program does)."""
     fam6 = ":" in src
     addr = int.from_bytes(socket.inet_pton(socket.AF_INET6 if fam6 else socket.AF_INET, src), "big")
+    v4 = embedded_v4(addr) if fam6 else addr
     mask = 0
     for r in low.rules:
-        if fam6:
-            hit = any(((addr ^ a) >> (128 - p) if p else 0) == 0 for a, p in r.sources.v6)
-        else:
+        hit = fam6 and any(((addr ^ a) >> (128 - p) if p else 0) == 0 for a, p in r.sources.v6)
+        if not hit and v4 is not None and len(r.sources.v4_addr):
             a4, p4 = r.sources.v4_addr.astype(np.uint64), r.sources.v4_plen.astype(np.uint64)
             shift = np.uint64(32) - p4
-            hit = bool(np.any(((np.uint64(addr) ^ a4) >> shift) == 0)) if len(a4) else False
-            if len(a4) and bool(np.any(p4 == 0)):
-                hit = True
-        if not hit:
+            hit = bool(np.any(((np.uint64(v4) ^ a4) >> shift) == 0)) or bool(np.any(p4 == 0))
+        if hit:
+            mask |= r.bit
+    return mask
+
+
+def decide(low: Lowered, mask: int, proto: int | None, dport: int | None) -> tuple[str, int | None]:
+    """Narrow the rules listing a source by protocol (None: not parsed, only possible when
+    no rule in `mask` filters by protocol or port) and destination port (None: no ports,
+    e.g. a non-first fragment), then allow > deny > pass."""
+    for r in low.rules:
+        if not mask & r.bit:
             continue
-        if r.protocols is not None and proto not in r.protocols:
-            continue
-        if r.ports is not None and (dport is None or proto not in PORT_PROTOCOLS
-                                    or not any(lo <= dport <= hi for lo, hi in r.ports)):
-            continue
-        mask |= r.bit
+        wrong_proto = r.protocols is not None and proto not in r.protocols
+        wrong_port = r.ports is not None and (dport is None or proto not in PORT_PROTOCOLS
+                                              or not any(lo <= dport <= hi for lo, hi in r.ports))
+        if wrong_proto or wrong_port:
+            mask &= ~r.bit
     for action in ("pass", "drop"):
         for r in low.rules:
             if r.action == action and mask & r.bit:
                 return action, r.index
     return "pass", None
+
+
+def classify(low: Lowered, src: str, proto: int, dport: int | None) -> tuple[str, int | None]:
+    """What the generated program should do with a first-fragment packet from `src`
+    (ignoring the SYN rate limit): ("pass"|"drop", matching rule index or None).
+    The Python reference used by kernel-test vectors and tests."""
+    return decide(low, source_mask(low, src), proto, dport)
+
+
+def classify_frame(low: Lowered, frame: bytes) -> tuple[str, int | None]:
+    """The reference for a whole Ethernet frame, with the program's fail-closed parsing
+    (VLAN stacks, IPv6 extension headers, fragments, embedded IPv4 sources; the SYN limit
+    ignored): ("pass"|"drop", rule index | len(rules) + 1 for a fail-closed drop | None)."""
+    fail = ("drop", len(low.rules) + 1)
+    n = len(frame)
+    if n < 14:
+        return "pass", None
+    ethertype, off = struct.unpack_from("!H", frame, 12)[0], 14
+    for _ in range(MAX_VLAN_DEPTH):
+        if ethertype not in (0x8100, 0x88A8):
+            break
+        if off + 4 > n:
+            return "pass", None
+        ethertype, off = struct.unpack_from("!H", frame, off + 2)[0], off + 4
+    if ethertype in (0x8100, 0x88A8):
+        return fail
+    scoped = low.masks["scoped"]
+    rate = bool(low.features.get("rate_limit"))
+
+    def l4(mask: int, proto: int, at: int) -> tuple[str, int | None]:
+        need = L4_MIN_HDR.get(proto)
+        if need is None:
+            return decide(low, mask, proto, None)
+        if at + need > n:  # cut short: fail closed if anything depended on it
+            return fail if (rate and proto == 6) or mask & scoped else decide(low, mask, proto, None)
+        return decide(low, mask, proto, struct.unpack_from("!H", frame, at + 2)[0])
+
+    if ethertype == 0x0800:
+        if off + 20 > n or frame[off] & 0x0F < 5:
+            return "pass", None
+        mask = source_mask(low, socket.inet_ntoa(frame[off + 12:off + 16]))
+        if not (rate or mask & scoped):
+            return decide(low, mask, None, None)
+        proto = frame[off + 9]
+        offset = struct.unpack_from("!H", frame, off + 6)[0] & 0x1FFF
+        if offset == FRAG_OFFSET_OVERLAP:
+            return fail
+        if offset:
+            return decide(low, mask, proto, None)
+        return l4(mask, proto, off + (frame[off] & 0x0F) * 4)
+    if ethertype != 0x86DD:
+        return "pass", None
+    if off + 40 > n:
+        return "pass", None
+    mask = source_mask(low, socket.inet_ntop(socket.AF_INET6, frame[off + 8:off + 24]))
+    if not (rate or mask & scoped):
+        return decide(low, mask, None, None)
+    nh, cur = frame[off + 6], off + 40
+    for _ in range(MAX_IPV6_EXT_HEADERS):
+        if nh in (0, 43, 60):
+            if cur + 2 > n:
+                return fail
+            nh, cur = frame[cur], cur + (frame[cur + 1] + 1) * 8
+        elif nh == 44:
+            if cur + 8 > n:
+                return fail
+            nh, offset = frame[cur], struct.unpack_from("!H", frame, cur + 2)[0] >> 3
+            if offset == FRAG_OFFSET_OVERLAP:
+                return fail
+            if offset:
+                return decide(low, mask, nh, None)
+            cur += 8
+        elif nh == 51:
+            if cur + 2 > n:
+                return fail
+            nh, cur = frame[cur], cur + (frame[cur + 1] + 2) * 4
+        else:
+            return l4(mask, nh, cur)
+    return fail

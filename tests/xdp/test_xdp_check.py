@@ -270,7 +270,7 @@ def test_manifest_describes_maps_attachments_and_counters(tmp_path: Path) -> Non
     assert m["attachments"] == [{"program": "xdp_blocklist", "type": "xdp", "interface": "veth-demo0",
                                  "netns": "bpfpolicy-demo", "mode": "auto"}]
     names = [r["name"] for r in m["counters"]["rules"]]
-    assert names == ["bogons", "no-ssh-from-lab", "monitoring", "rateLimit"]
+    assert names == ["bogons", "no-ssh-from-lab", "monitoring", "rateLimit", "failClosed"]
     for spec in m["maps"]:
         if "contents" in spec:
             data = art.files[spec["contents"]]

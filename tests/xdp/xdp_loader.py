@@ -33,7 +33,7 @@ class Loaded:
 
     def counters(self) -> dict[str, tuple[int, int]]:
         rules = self.artifact.manifest["counters"]["rules"]
-        values = maps.read_counters(self.map_fd("rule_stats"), len(rules))
+        values = maps.read_counters(self.map_fd("rule_stats"), max(int(r["index"]) for r in rules) + 1)
         return {r["name"]: values[r["index"]] for r in rules}  # type: ignore[misc]
 
     def update(self, new: Artifact) -> dict[str, tuple[int, int]]:
