@@ -8,6 +8,8 @@
 * bpfpolicy_map_entries{policy,map}          — records in each content map (desired)
 * bpfpolicy_drift_repairs_total              — drift detected and repaired
 * bpfpolicy_rule_packets/bytes{policy,rule}  — per-rule counters, refreshed on deep cycles
+* bpfpolicy_source_stalled{reason}           — 1 while the source is Stalled for that reason
+* bpfpolicy_cycle_errors_total{reason}       — cycles refused (BuildFailed, UntrustedRevision, ...)
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ MAP_ENTRIES = Gauge("bpfpolicy_map_entries", "Entries in content maps", ["policy
 DRIFT = Counter("bpfpolicy_drift_repairs", "Drift detected and repaired", registry=REGISTRY)
 RULE_PACKETS = Gauge("bpfpolicy_rule_packets", "Packets matched per policy rule (summed over CPUs)",
                      ["policy", "rule"], registry=REGISTRY)
+SOURCE_STALLED = Gauge("bpfpolicy_source_stalled", "1 while the source is Stalled (by reason)", ["reason"],
+                       registry=REGISTRY)
+CYCLE_ERRORS = Counter("bpfpolicy_cycle_errors", "Cycles that refused a revision, by reason", ["reason"],
+                       registry=REGISTRY)
+_STALLED_REASONS: set[str] = set()
 RULE_BYTES = Gauge("bpfpolicy_rule_bytes", "Bytes matched per policy rule (summed over CPUs)",
                    ["policy", "rule"], registry=REGISTRY)
 
@@ -47,6 +54,9 @@ def observe_cycle(cfg: Any, res: Any) -> None:
         RECONCILES.labels("success").inc()
     else:
         RECONCILES.labels("noop").inc()
+    if res.error and getattr(res, "reason", None):
+        CYCLE_ERRORS.labels(res.reason).inc()
+    _source_condition(cfg, res)
     if res.applied:
         for o in res.applied.outcomes:
             APPLIES.labels(o.action, "success" if o.ok else "failure").inc()
@@ -74,3 +84,17 @@ def observe_cycle(cfg: Any, res: Any) -> None:
             for spec in pp.desired.manifest.get("maps", []):
                 if spec.get("contents") and "entries" in spec:
                     MAP_ENTRIES.labels(pp.key, spec["name"]).set(spec["entries"])
+
+
+def _source_condition(cfg: Any, res: Any) -> None:
+    """The source's condition as status.json has it after this cycle."""
+    from .state import Store
+
+    if res.skipped:
+        return
+    src = Store(cfg.state_dir).status().get("source", {})
+    stalled = src.get("reason") if src.get("condition") == "Stalled" else None
+    for reason in _STALLED_REASONS | ({stalled} if stalled else set()):
+        SOURCE_STALLED.labels(reason).set(1 if reason == stalled else 0)
+    if stalled:
+        _STALLED_REASONS.add(stalled)

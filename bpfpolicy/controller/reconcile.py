@@ -6,11 +6,19 @@ Build failures apply nothing (a tree is accepted or rejected as a whole, like a 
 Kustomization) and mark the source Stalled/BuildFailed; a policy that fails to apply
 keeps its previous version enforcing and is marked Stalled with the reason (verifier
 log included) while the others converge.
+
+Every cycle is guarded: any exception from fetching, walking, loading, compiling,
+planning or applying a revision — foreseen or not — ends that cycle only. The source is
+marked Stalled (BuildFailed before anything was applied, ApplyFailed after; the source's
+own reason for fetch/tree/signature problems) with a one-line message naming the file
+when one can be found; the traceback goes to the `bpfpolicy.controller` logger at debug
+level. Nothing of the revision is applied, so the previous enforcement stays.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +33,16 @@ from .plan import Plan, make_plan
 from .source import Snapshot, SourceError, snapshot
 from .state import Store, gc_temporaries, push_history
 
+log = logging.getLogger("bpfpolicy.controller")
+
+
+def one_line(e: BaseException) -> str:
+    """`Type: first line of the message`, never a traceback."""
+    text = " ".join(str(e).split())
+    if len(text) > 300:
+        text = text[:300] + "…"
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
 
 @dataclass
 class CycleResult:
@@ -36,6 +54,7 @@ class CycleResult:
     seconds: float = 0.0
     skipped: str | None = None  # "suspended"
     deep: bool = True
+    reason: str | None = None  # the source's Stalled reason when error is set
 
     @property
     def ok(self) -> bool:
@@ -58,7 +77,7 @@ class Reconciler:
         self.store = Store(cfg.state_dir)
         self._memo: tuple[str, DesiredState] | None = None
         self._started = False
-        self._last_status: dict[str, Any] | None = None
+        self._snap: Snapshot | None = None
 
     def desired(self, snap: Snapshot) -> DesiredState:
         """Compile unless the source fingerprint is unchanged since the last cycle."""
@@ -95,44 +114,91 @@ class Reconciler:
         t0 = time.perf_counter()
         res = CycleResult(deep=deep)
         with self.store.lock():
-            if not dry_run:
-                self.startup()
+            phase = ["startup"]
             try:
-                snap = snapshot(self.cfg, self.paths)
-            except SourceError as e:
-                res.error = str(e)
+                self._cycle(res, phase, dry_run=dry_run, heal=heal, deep=deep, retry_failed=retry_failed)
+            except Exception as e:  # the cycle boundary: never let input kill the controller
+                log.debug("cycle failed in %s phase of %s", phase[0], res.revision, exc_info=True)
+                reason = "ApplyFailed" if phase[0] in ("apply", "record") else "BuildFailed"
+                res.error = self._describe(e, phase[0], res)
+                res.reason = reason
+                res.plan = res.plan if phase[0] in ("apply", "record") else None
                 if not dry_run:
-                    self._source_status(None, "Stalled", "ArtifactFailed", str(e))
-                return self._done(res, t0)
-            res.revision = snap.revision
-            desired = self.desired(snap)
-            res.diagnostics = desired.diagnostics
-            if not desired.ok:
-                res.error = "build failed:\n" + "\n".join(str(x) for x in desired.diagnostics
-                                                          if getattr(x, "severity", "error") == "error")
-                if not dry_run:
-                    self._source_status(snap.revision, "Stalled", "BuildFailed", res.error)
-                return self._done(res, t0)
-            res.plan = make_plan(self.cfg, desired, observe(self.cfg, self.store, deep=deep),
-                                 allow_empty=self.allow_empty, deep=deep)
-            if dry_run:
-                return self._done(res, t0)
-            if not retry_failed:
-                self._hold_stalled(res.plan)
-            if res.plan.refused:
-                res.error = res.plan.refused
-                self._source_status(snap.revision, "Stalled", "PruneFailed", res.plan.refused)
-                return self._done(res, t0)
-            if self.cfg.suspended:
-                res.skipped = "suspended"
-                self._source_status(snap.revision, "Ready", "Suspended", "reconciliation suspended")
-                return self._done(res, t0)
-            self._mark_reconciling(res.plan, snap.revision)
-            res.applied = apply_plan(self.cfg, res.plan, self.store, revision=snap.revision,
-                                     progress=self.progress, heal=heal)
-            self._record(res, snap.revision, desired)
-            gc_artifacts(self.cfg.state_dir / "artifacts", set(desired.policies))
+                    try:
+                        self._source_status(res.revision, "Stalled", reason, res.error)
+                    except Exception:  # status itself unwritable: the log line still says why
+                        log.debug("cannot record status", exc_info=True)
         return self._done(res, t0)
+
+    def _cycle(self, res: CycleResult, phase: list[str], *, dry_run: bool, heal: bool | None, deep: bool,
+               retry_failed: bool) -> None:
+        if not dry_run:
+            self.startup()
+        phase[0] = "source"
+        try:
+            snap = snapshot(self.cfg, self.paths)
+        except SourceError as e:
+            res.error, res.reason, res.revision = str(e), e.reason, e.revision
+            if not dry_run:
+                self._source_status(e.revision, "Stalled", e.reason, str(e))
+            return
+        res.revision = snap.revision
+        self._snap = snap
+        phase[0] = "build"
+        desired = self.desired(snap)
+        res.diagnostics = desired.diagnostics
+        if not desired.ok:
+            res.error = "build failed:\n" + "\n".join(str(x) for x in desired.diagnostics
+                                                      if getattr(x, "severity", "error") == "error")
+            res.reason = "BuildFailed"
+            if not dry_run:
+                self._source_status(snap.revision, "Stalled", "BuildFailed", res.error)
+            return
+        phase[0] = "plan"
+        res.plan = make_plan(self.cfg, desired, observe(self.cfg, self.store, deep=deep),
+                             allow_empty=self.allow_empty, deep=deep)
+        if dry_run:
+            return
+        if not retry_failed:
+            self._hold_stalled(res.plan)
+        if res.plan.refused:
+            res.error, res.reason = res.plan.refused, "PruneFailed"
+            self._source_status(snap.revision, "Stalled", "PruneFailed", res.plan.refused)
+            return
+        if self.cfg.suspended:
+            res.skipped = "suspended"
+            self._source_status(snap.revision, "Ready", "Suspended", "reconciliation suspended")
+            return
+        phase[0] = "apply"
+        self._mark_reconciling(res.plan, snap.revision)
+        res.applied = apply_plan(self.cfg, res.plan, self.store, revision=snap.revision,
+                                 progress=self.progress, heal=heal)
+        phase[0] = "record"
+        self._record(res, snap.revision, desired)
+        gc_artifacts(self.cfg.state_dir / "artifacts", set(desired.policies))
+
+    def _describe(self, e: Exception, phase: str, res: CycleResult) -> str:
+        """A one-line message for an unforeseen exception, naming the policy file that
+        raises it when loading the snapshot's files one by one finds it."""
+        what = f"{phase} of {res.revision}" if res.revision else phase
+        if phase == "build":
+            culprit = self._culprit()
+            if culprit:
+                return f"{culprit[0]}: cannot be loaded: {culprit[1]}"
+        return f"internal error during {what}: {one_line(e)}"
+
+    def _culprit(self) -> tuple[str, str] | None:
+        from ..load import LoadError, load_file
+
+        snap = getattr(self, "_snap", None)
+        for f in (snap.files if snap else []):
+            try:
+                load_file(f)
+            except LoadError:
+                continue
+            except Exception as e:  # noqa: BLE001 — this is the search for the one that raises
+                return str(f), one_line(e)
+        return None
 
     def _done(self, res: CycleResult, t0: float) -> CycleResult:
         res.seconds = time.perf_counter() - t0
@@ -148,10 +214,11 @@ class Reconciler:
     def _record(self, res: CycleResult, revision: str, desired: DesiredState) -> None:
         assert res.applied is not None and res.plan is not None
         status = self.store.status()
-        if self._last_status is None:
-            self._last_status = json.loads(json.dumps(status))
+        # compare against what is on disk now (a Stalled/BuildFailed written by an earlier
+        # cycle must be cleared by a fixed revision even when nothing is applied)
+        before = json.loads(json.dumps(status))
+        before["source"].pop("last_reconcile", None)
         status["source"].pop("last_reconcile", None)
-        self._last_status["source"].pop("last_reconcile", None)
         pols = status["policies"]
         failed = {o.key: o for o in res.applied.outcomes if not o.ok}
         done = {o.key: o for o in res.applied.outcomes if o.ok}
@@ -205,8 +272,10 @@ class Reconciler:
         else:
             src.update(condition="Stalled", reason="ApplyFailed",
                        message=f"{len(stalled)} policies failed: {', '.join(stalled)}")
-        if status != self._last_status or res.applied.outcomes:
-            self._last_status = json.loads(json.dumps(status))
+        if status != before or res.applied.outcomes:
+            if src.get("condition") == "Ready" and before["source"].get("condition") == "Stalled":
+                events.emit(ev, "Recovered", f"{revision} reconciled; was {before['source'].get('reason')}",
+                            revision=revision)
             src["last_reconcile"] = events.now_iso()
             self.store.save_status(status)
 

@@ -10,10 +10,17 @@ still converges on its final content with a handful of cycles.
 SIGTERM/SIGINT stop the loop after the current cycle and leave every program loaded and
 attached (pins keep them); the next start adopts them — same digests plan as no-op.
 `bpfpolicy suspend` (a flag file) pauses applying and drift correction.
+
+A cycle never ends the loop: whatever a revision holds (a 5000-digit port, a symlink
+loop, a FIFO named like a policy, YAML the loader chokes on), the reconciler marks the
+source Stalled and keeps the previous enforcement; an exception that escapes even that
+(status unwritable, lock trouble) is logged as one line and the loop waits for the next
+trigger. Only SIGTERM/SIGINT stop it.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import signal
 import threading
@@ -23,7 +30,9 @@ from typing import Any
 
 from . import events
 from .config import HostConfig
-from .reconcile import CycleResult, Reconciler
+from .reconcile import CycleResult, Reconciler, one_line
+
+log = logging.getLogger("bpfpolicy.controller")
 
 DEBOUNCE = 0.01
 MAX_DELAY = 0.5
@@ -98,8 +107,15 @@ class Watcher:
         self._observer = Observer()
         for p in self.paths:
             target = p if p.is_dir() else p.parent
-            self._observer.schedule(Handler(), str(target), recursive=True)
-        self._observer.start()
+            try:
+                self._observer.schedule(Handler(), str(target), recursive=True)
+            except Exception as e:  # unreadable dir, symlink loop: cycles still run on the interval
+                self.log(f"file watch on {target} failed: {one_line(e)}; relying on the interval")
+        try:
+            self._observer.start()
+        except Exception as e:
+            self.log(f"file watch failed: {one_line(e)}; relying on the interval")
+            self._observer = None
 
     def _signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -142,8 +158,15 @@ class Watcher:
         self.cycles += 1
         # file events alone: a shallow cycle (trust the inventory, diff against the
         # applied copies); startup, interval, git poll and SIGHUP: a deep drift check
-        res = self.reconciler.cycle(deep=not reasons <= {"file"}, retry_failed="SIGHUP" in reasons)
-        self.log(_summary(res, reasons))
+        try:
+            res = self.reconciler.cycle(deep=not reasons <= {"file"}, retry_failed="SIGHUP" in reasons)
+        except Exception as e:  # the reconciler guards a revision; this guards the loop itself
+            log.debug("cycle failed", exc_info=True)
+            res = CycleResult(error=f"internal error: {one_line(e)}", reason="InternalError")
+        try:
+            self.log(_summary(res, reasons))
+        except Exception:
+            log.debug("cannot log the cycle summary", exc_info=True)
         return res
 
 
@@ -152,7 +175,10 @@ def _summary(res: CycleResult, reasons: set[str]) -> str:
     if res.skipped:
         return f"[{why}] skipped: {res.skipped}"
     if res.error:
-        return f"[{why}] {res.revision}: error: {res.error.splitlines()[0]}"
+        lines = [x.strip() for x in res.error.splitlines() if x.strip()]
+        text = lines[0] + (" " + "; ".join(lines[1:4]) if len(lines) > 1 else "")
+        reason = f"{res.reason}: " if res.reason else ""
+        return f"[{why}] {res.revision}: error: {reason}{text}"
     outs = res.applied.outcomes if res.applied else []
     if not outs:
         return f"[{why}] {res.revision}: no changes ({res.seconds * 1000:.1f} ms)"
