@@ -8,19 +8,47 @@ Lists can hold a million lines, and `ipaddress` costs ~2 µs per line, so:
   `socket.inet_pton`, which also produces the precise `line: message` errors.
 
 Addresses are kept as integers (IPv4: numpy uint32 in host order; IPv6: Python ints).
+
+A list file is data from the policy tree, read by root on the host (`open_list`): it must
+resolve inside the tree root (the directory `validate`/`compile`/the controller was
+given, or a single file argument's directory) — no absolute paths, no `..` or symlink out
+of the tree, checked on the resolved path and again on the opened fd — and be a regular
+file (no FIFO, device or /proc file) of at most MAX_LIST_BYTES. Errors quote at most a
+short escaped token of a bad line (`token()`), never the file's contents at large.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
+import stat
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 MAX_LIST_ERRORS = 20
+# 256 MiB: ~16M IPv4 lines (16 bytes each), an order of magnitude above the largest public
+# blocklists (FireHOL level1-4 together are < 1M lines); bounds the read and numpy's
+# working memory (~10x the file), and makes a runaway file an error instead of an OOM.
+MAX_LIST_BYTES = 256 * 2**20
+# Errors quote at most this many characters of a bad line: enough to spot a typo, never
+# enough to leak a file that was not meant to be a list.
+TOKEN_CHARS = 40
+
+
+def token(text: str) -> str:
+    """A short, escaped, double-quoted excerpt of `text` for an error message."""
+    short = text[:TOKEN_CHARS]
+    if short.isprintable():
+        out = short
+    else:
+        out = repr(short)[1:-1]
+    return f'"{out}{"…" if len(text) > TOKEN_CHARS else ""}"'
 
 
 @dataclass
@@ -67,13 +95,13 @@ def parse_cidr(text: str) -> tuple[int, int, int]:
         raw = socket.inet_pton(socket.AF_INET6 if family == 6 else socket.AF_INET, addr_s)
     except OSError:
         kind = "IPv6" if family == 6 else "IPv4"
-        raise ValueError(f'"{s}" is not a valid {kind} address or CIDR') from None
+        raise ValueError(f'{token(s)} is not a valid {kind} address or CIDR') from None
     if sep:
         if not plen_s.isdigit() or len(plen_s) > 3:
-            raise ValueError(f'"{s}": prefix length "{plen_s}" is not a number')
+            raise ValueError(f'{token(s)}: prefix length {token(plen_s)} is not a number')
         plen = int(plen_s)
         if plen > bits:
-            raise ValueError(f'"{s}": prefix length {plen} is out of range (0-{bits})')
+            raise ValueError(f'{token(s)}: prefix length {plen} is out of range (0-{bits})')
     else:
         plen = bits
     addr = int.from_bytes(raw, "big")
@@ -81,7 +109,7 @@ def parse_cidr(text: str) -> tuple[int, int, int]:
     if addr & host:
         net = addr & ~host
         text_net = v6_text(net, plen) if family == 6 else v4_text(net, plen)
-        raise ValueError(f'"{s}" has host bits set: the network is {text_net}')
+        raise ValueError(f'{token(s)} has host bits set: the network is {text_net}')
     return family, addr, plen
 
 
@@ -204,18 +232,117 @@ def _parse_v4_vectorised(data: bytes) -> tuple[np.ndarray, np.ndarray] | None:
     return addr, plen.astype(np.uint8)
 
 
-_cache: dict[tuple[str, int, int], Sources] = {}
+_cache: dict[tuple[str, int, int, int, int], Sources] = {}
+
+
+class UnsafeListFile(ValueError):
+    """A sourceFiles entry the policy may not read (outside the tree, not a regular
+    file, too large). The message names the entry, never the file's contents."""
+
+
+_ROOTS: ContextVar[tuple[Path, ...] | None] = ContextVar("bpfpolicy_tree_roots", default=None)
+
+
+def tree_roots(paths: Iterable[str | Path]) -> tuple[Path, ...]:
+    """The policy tree roots of command arguments: a directory is its own root, a single
+    file's root is its directory."""
+    out = []
+    for raw in paths:
+        p = Path(raw)
+        out.append(Path(os.path.realpath(p if p.is_dir() else p.parent)))
+    return tuple(out)
+
+
+@contextlib.contextmanager
+def policy_tree(paths: Iterable[str | Path]) -> Iterator[None]:
+    """Fix the tree roots for everything validated inside (the controller passes its
+    source dirs here and then compiles a filtered file list)."""
+    tok = _ROOTS.set(tree_roots(paths))
+    try:
+        yield
+    finally:
+        _ROOTS.reset(tok)
+
+
+def current_roots() -> tuple[Path, ...] | None:
+    return _ROOTS.get()
+
+
+def root_for(file: str | Path, roots: Iterable[Path] | None = None) -> Path:
+    """The tree root a policy file belongs to: the deepest given root holding it, else
+    (a file outside every root) its own directory."""
+    real = Path(os.path.realpath(file))
+    best = None
+    for r in roots or ():
+        if real.is_relative_to(r) and (best is None or len(r.parts) > len(best.parts)):
+            best = r
+    return best if best is not None else real.parent
+
+
+def _inside(path: str | Path, root: Path) -> bool:
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(root))
+
+
+def open_list(root: Path, rel: str, base: Path) -> Sources:
+    """Parse the list file `rel` (relative to `base`, the policy file's directory) which
+    must stay inside the tree `root`. Raises UnsafeListFile or OSError."""
+    if "\0" in rel:
+        raise UnsafeListFile(f"{token(rel)} contains a NUL byte")
+    if os.path.isabs(rel):
+        raise UnsafeListFile(f"{token(rel)} is an absolute path; lists must be inside the policy tree {root}")
+    candidate = Path(base) / rel
+    if not _inside(candidate, root):  # `..` or a symlink out of the tree
+        raise UnsafeListFile(f"{token(rel)} resolves outside the policy tree {root}")
+    real = os.path.realpath(candidate)
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; O_NOFOLLOW: the final
+    # component was resolved above, a symlink swapped in since then is refused
+    fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(21, "Is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeListFile(f"{token(rel)} is not a regular file")
+        if not _inside(f"/proc/self/fd/{fd}", root):  # what we opened, after any race
+            raise UnsafeListFile(f"{token(rel)} resolves outside the policy tree {root}")
+        if st.st_size > MAX_LIST_BYTES:
+            raise UnsafeListFile(f"{token(rel)} is {st.st_size / 2**20:.0f} MiB; source lists are "
+                                 f"limited to {MAX_LIST_BYTES // 2**20} MiB")
+        key = (real, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        hit = _cache.get(key)
+        if hit is None:
+            data = _read_bounded(fd, st.st_size)
+            hit = parse_list(data)
+            if len(_cache) > 16:
+                _cache.clear()
+            _cache[key] = hit
+        return hit
+    finally:
+        os.close(fd)
+
+
+def _read_bounded(fd: int, size: int) -> bytes:
+    """Read the whole file, but never more than MAX_LIST_BYTES (it may grow meanwhile)."""
+    chunks = []
+    total = 0
+    with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
+        if size:
+            first = f.read(size)
+            chunks.append(first)
+            total = len(first)
+        while True:
+            more = f.read(min(1 << 20, MAX_LIST_BYTES + 1 - total))
+            if not more:
+                break
+            chunks.append(more)
+            total += len(more)
+            if total > MAX_LIST_BYTES:
+                raise UnsafeListFile(f"grew beyond {MAX_LIST_BYTES // 2**20} MiB while being read")
+    return b"".join(chunks)
 
 
 def load_list(path: Path) -> Sources:
-    """Parse a list file (cached by path+mtime+size: validation and compilation both need
-    it). Raises OSError when unreadable."""
-    st = os.stat(path)
-    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
-    hit = _cache.get(key)
-    if hit is None:
-        hit = parse_list(path.read_bytes())
-        if len(_cache) > 16:
-            _cache.clear()
-        _cache[key] = hit
-    return hit
+    """Parse a list file with `path`'s directory as the tree (callers that know the tree
+    root use `open_list`). Raises UnsafeListFile / OSError."""
+    path = Path(path)
+    return open_list(path.parent, path.name, path.parent)
