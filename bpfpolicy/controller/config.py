@@ -28,6 +28,26 @@ _ADDR = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]*):(\d{1,5})$")
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
+BPF_FS_MAGIC = 0xCAFE4A11  # statfs(2) f_type of a bpf filesystem (linux/magic.h)
+_SSH_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+                  "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
+
+
+@dataclass
+class TrustedKey:
+    """One key a git revision may be signed by: an OpenPGP public key (armored or binary)
+    or one SSH allowed-signers line (`principal[,…] [options] keytype base64`)."""
+
+    kind: str  # "openpgp" | "ssh"
+    text: str
+    origin: str  # where it was configured (for messages)
+    raw: bytes | None = None  # a key file's bytes (what `gpg --import` reads)
+
+    @property
+    def data(self) -> bytes:
+        return self.raw if self.raw is not None else self.text.encode()
+
+
 @dataclass
 class GitSource:
     """A git repository the controller polls; `path` selects a subdirectory of it."""
@@ -36,6 +56,7 @@ class GitSource:
     ref: str = "main"
     poll_interval: float = 60.0
     path: str = "."
+    trusted_keys: list[TrustedKey] = field(default_factory=list)  # empty: no signature check
 
 
 @dataclass
@@ -120,14 +141,14 @@ def parse_config(cfg_path: Path) -> HostConfig:
         return HostConfig(file=str(cfg_path))
     doc = docs[0]
     errors: list[Diagnostic] = []
-    cfg = _from_data(doc, errors)
+    cfg = _from_data(doc, errors, cfg_path.parent)
     if errors:
         raise PolicyError(sorted(errors))
     cfg.file = str(cfg_path)
     return cfg
 
 
-def _from_data(doc: Any, errors: list[Diagnostic]) -> HostConfig:
+def _from_data(doc: Any, errors: list[Diagnostic], cfg_dir: Path | None = None) -> HostConfig:
     from ..errors import did_you_mean
 
     data = doc.data
@@ -144,21 +165,23 @@ def _from_data(doc: Any, errors: list[Diagnostic]) -> HostConfig:
     def err(key: str, msg: str, sub: tuple[str | int, ...] = ()) -> None:
         errors.append(doc.diag((get[key][0], *sub), msg))
 
+    for key, attr in (("bpffsRoot", "bpffs_root"), ("stateDir", "state_dir")):
+        if key in get:
+            value = get[key][1]
+            problem = path_problem(value)
+            if problem is None and key == "bpffsRoot":
+                problem = bpffs_problem(Path(os.path.normpath(value)))
+            if problem:
+                err(key, problem)
+            else:
+                setattr(cfg, attr, Path(os.path.normpath(value)))
     if "source" in get:
-        _source(get["source"][1], cfg, lambda m, sub=(): err("source", m, sub))
+        _source(get["source"][1], cfg, lambda m, sub=(): err("source", m, sub),
+                [d for d in (cfg_dir, cfg.state_dir) if d is not None])
     if "endpoints" in get:
         cfg.endpoints = _endpoints(get["endpoints"][1], lambda m, sub=(): err("endpoints", m, sub))
         if isinstance(get["endpoints"][1], list):
             cfg.endpoints_raw = get["endpoints"][1]
-    for key, attr in (("bpffsRoot", "bpffs_root"), ("stateDir", "state_dir")):
-        if key in get:
-            value = get[key][1]
-            if not isinstance(value, str) or not value.startswith("/"):
-                err(key, "must be an absolute path")
-            else:
-                setattr(cfg, attr, Path(value))
-    if "bpffsRoot" in get and isinstance(get["bpffsRoot"][1], str) and not get["bpffsRoot"][1].startswith("/sys/fs/bpf"):
-        err("bpffsRoot", "must be under a bpffs mount (/sys/fs/bpf)")
     if "interval" in get:
         v = _duration(get["interval"][1])
         if v is None or v < MIN_INTERVAL:
@@ -180,9 +203,52 @@ def _from_data(doc: Any, errors: list[Diagnostic]) -> HostConfig:
     return cfg
 
 
-def _source(value: Any, cfg: HostConfig, err: Any) -> None:
+def path_problem(value: Any) -> str | None:
+    """Configured paths are absolute and free of `..` (normalised before use: `//` and `.`
+    collapse); None when fine."""
+    if not isinstance(value, str) or not value.startswith("/"):
+        return "must be an absolute path"
+    if "\0" in value:
+        return "must not contain a NUL byte"
+    if ".." in value.split("/"):
+        return 'must not contain ".." components'
+    return None
+
+
+def _statfs_magic(path: Path) -> int | None:
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    buf = ctypes.create_string_buffer(256)  # struct statfs; f_type is the first word
+    if libc.statfs(os.fsencode(str(path)), buf) != 0:
+        return None
+    return ctypes.c_ulong.from_buffer(buf).value & 0xFFFFFFFF
+
+
+def bpffs_problem(root: Path) -> str | None:
+    """bpffsRoot must lie on a bpf filesystem (statfs magic 0xcafe4a11) and be a directory
+    below its mount, never the mount itself (prune and GC remove what is under the root).
+    A root that does not exist yet is judged by its nearest existing ancestor."""
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        return f"{probe} is not a directory"
+    if _statfs_magic(probe) != BPF_FS_MAGIC:
+        return f"must be on a bpf filesystem (statfs magic 0x{BPF_FS_MAGIC:x}); {probe} is not (mount bpffs at /sys/fs/bpf)"
+    if _statfs_magic(root.parent) != BPF_FS_MAGIC:
+        return "must be a directory below the bpffs mount, not the mount point itself"
+    return None
+
+
+def _source(value: Any, cfg: HostConfig, err: Any, key_dirs: list[Path] | None = None) -> None:
     if isinstance(value, str):
-        cfg.source_dir = Path(value)
+        problem = path_problem(value)
+        if problem:
+            err(problem)
+        else:
+            cfg.source_dir = Path(os.path.normpath(value))
         return
     if not isinstance(value, dict):
         err("must be a directory path or a mapping with `directory` or `git`")
@@ -194,17 +260,18 @@ def _source(value: Any, cfg: HostConfig, err: Any) -> None:
         err('exactly one of "directory" or "git" is required')
         return
     if "directory" in value:
-        if not isinstance(value["directory"], str):
-            err("must be a path", ("directory",))
+        problem = path_problem(value["directory"])
+        if problem:
+            err(problem, ("directory",))
         else:
-            cfg.source_dir = Path(value["directory"])
+            cfg.source_dir = Path(os.path.normpath(value["directory"]))
         return
     g = value["git"]
     if not isinstance(g, dict):
         err("must be a mapping with repo, ref, pollInterval, path", ("git",))
         return
-    for k in set(g) - {"repo", "ref", "pollInterval", "path"}:
-        err(f'unknown field "{k}" (expected repo, ref, pollInterval, path)', ("git", k))
+    for k in set(g) - {"repo", "ref", "pollInterval", "path", "trustedKeys"}:
+        err(f'unknown field "{k}" (expected repo, ref, pollInterval, path, trustedKeys)', ("git", k))
     if not isinstance(g.get("repo"), str) or not g.get("repo"):
         err('missing required field "repo"' if "repo" not in g else "must be a URL or path", ("git",) if "repo" not in g else ("git", "repo"))
         return
@@ -225,7 +292,89 @@ def _source(value: Any, cfg: HostConfig, err: Any) -> None:
             err("must be a relative path inside the repository", ("git", "path"))
         else:
             src.path = g["path"]
+    if "trustedKeys" in g:
+        src.trusted_keys = _trusted_keys(g["trustedKeys"], lambda m, sub=(): err(m, ("git", "trustedKeys", *sub)),
+                                         key_dirs or [])
     cfg.git = src
+
+
+def _trusted_keys(value: Any, err: Any, key_dirs: list[Path]) -> list[TrustedKey]:
+    """Each entry: an armored OpenPGP public key, an SSH allowed-signers line, or a file
+    path (relative to the config file's directory, or absolute) inside the config or state
+    directory holding either (binary OpenPGP keyrings too)."""
+    out: list[TrustedKey] = []
+    if not isinstance(value, list) or not value:
+        err("must be a non-empty list of OpenPGP public keys, SSH allowed-signers lines or key files")
+        return out
+    for i, entry in enumerate(value):
+        if not isinstance(entry, str) or not entry.strip():
+            err("must be a string", (i,))
+            continue
+        origin = f"trustedKeys[{i}]"
+        text = entry.strip()
+        if "-----BEGIN PGP PUBLIC KEY BLOCK-----" in text:
+            out.append(TrustedKey("openpgp", text + "\n", origin))
+            continue
+        if "\n" not in text and _ssh_line_problem(text) is None:
+            out.append(TrustedKey("ssh", text, origin))
+            continue
+        if "\n" in text or any(t in text.split() for t in _SSH_KEY_TYPES):
+            err(_ssh_line_problem(text) if "\n" not in text else
+                "not an armored OpenPGP public key (-----BEGIN PGP PUBLIC KEY BLOCK-----)", (i,))
+            continue
+        path = Path(text) if text.startswith("/") else (key_dirs[0] / text if key_dirs else Path(text))
+        if ".." in Path(text).parts:
+            err('key file path must not contain ".." components', (i,))
+            continue
+        path = Path(os.path.normpath(path))
+        if key_dirs and not any(path.is_relative_to(d) for d in key_dirs):
+            err(f"key file {path} must be inside {' or '.join(map(str, key_dirs))}", (i,))
+            continue
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            err(f"cannot read key file {path}: {e.strerror or e}", (i,))
+            continue
+        kind = _key_file_kind(data)
+        if kind == "openpgp":
+            out.append(TrustedKey("openpgp", data.hex(), f"{origin} ({path})", data))
+            continue
+        lines = [ln.strip() for ln in data.decode("utf-8", "replace").splitlines()
+                 if ln.strip() and not ln.strip().startswith("#")]
+        bad = [(n, _ssh_line_problem(ln)) for n, ln in enumerate(lines, 1) if _ssh_line_problem(ln)]
+        if not lines or bad:
+            err(f"key file {path}: " + (f"line {bad[0][0]}: {bad[0][1]}" if bad else "empty"), (i,))
+            continue
+        out.extend(TrustedKey("ssh", ln, f"{origin} ({path})") for ln in lines)
+    return out
+
+
+def _key_file_kind(data: bytes) -> str:
+    if b"-----BEGIN PGP PUBLIC KEY BLOCK-----" in data or (data[:1] and data[0] & 0x80):
+        return "openpgp"
+    return "ssh"
+
+
+def _ssh_line_problem(line: str) -> str | None:
+    """An allowed-signers line: `principals [options] keytype base64 [comment]`."""
+    import base64
+    import binascii
+
+    toks = line.split()
+    idx = next((n for n, t in enumerate(toks) if t in _SSH_KEY_TYPES), None)
+    if idx is None:
+        return "not an SSH allowed-signers line (principal [options] ssh-ed25519 AAAA…)"
+    if idx == 0:
+        return "SSH allowed-signers line needs a principal before the key type (e.g. \"ci@example.com ssh-ed25519 AAAA…\")"
+    if idx + 1 >= len(toks):
+        return "SSH allowed-signers line has no key after the key type"
+    try:
+        blob = base64.b64decode(toks[idx + 1], validate=True)
+    except (binascii.Error, ValueError):
+        return "SSH allowed-signers line: the key is not base64"
+    if toks[idx].encode() not in blob[:64]:
+        return "SSH allowed-signers line: the key does not match its key type"
+    return None
 
 
 def _endpoints(value: Any, err: Any) -> list[Endpoint]:
@@ -303,10 +452,14 @@ def _valid_addr(v: str) -> bool:
 
 
 def _apply_env(cfg: HostConfig, env: dict[str, str]) -> None:
-    if env.get("BPFPOLICY_BPFFS_ROOT"):
-        cfg.bpffs_root = Path(env["BPFPOLICY_BPFFS_ROOT"])
-    if env.get("BPFPOLICY_STATE_DIR"):
-        cfg.state_dir = Path(env["BPFPOLICY_STATE_DIR"])
+    for var, attr in (("BPFPOLICY_BPFFS_ROOT", "bpffs_root"), ("BPFPOLICY_STATE_DIR", "state_dir")):
+        if env.get(var):
+            problem = path_problem(env[var])
+            if problem is None and attr == "bpffs_root":
+                problem = bpffs_problem(Path(os.path.normpath(env[var])))
+            if problem:
+                raise PolicyError([Diagnostic(f"${var}", 1, 1, "$", problem)])
+            setattr(cfg, attr, Path(os.path.normpath(env[var])))
     if env.get("BPFPOLICY_INTERVAL"):
         v = _duration(env["BPFPOLICY_INTERVAL"])
         if v is None or v <= 0:
