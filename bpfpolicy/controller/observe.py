@@ -167,6 +167,9 @@ def attached_prog_ids(att: dict[str, Any],
             return [pid] if pid else []
         if t == "tc":
             return tc.attached_prog_ids(att.get("tc", {}), att["interface"], att["direction"], att.get("netns"))
+        if t == "cgroup_skb" and att.get("link_pin") and att.get("cgroup"):
+            pid = cgroup.attached_prog_id(att["link_pin"], att["cgroup"])  # on that cgroup now
+            return [pid] if pid else []
         if att.get("link_pin"):
             pid = cgroup.link_prog_id(att["link_pin"])  # any pinned bpf_link
             return [pid] if pid else []

@@ -10,6 +10,7 @@ API:
     attach_pinned(prog_fd, cgroup_path, direction, pin) -> link_id
     update(link_pin_or_fd, new_prog_fd, old_prog_fd=None)   # atomic swap (EPERM if old is stale)
     link_prog_id(pin) -> prog_id | None                   # None when the pin is gone
+    attached_prog_id(pin, cgroup_path) -> prog_id | None  # None unless on that cgroup now
     query(cgroup_path, direction) -> [prog_id]            # programs attached directly there
     detach(pin) -> bool
 """
@@ -77,6 +78,25 @@ def link_prog_id(pin: str) -> int | None:
         return None
     try:
         return int(bpf.link_info(fd)["prog_id"]) or None
+    finally:
+        os.close(fd)
+
+
+def attached_prog_id(pin: str, cgroup_path: str) -> int | None:
+    """The program behind the link pinned at `pin`, if the link is attached to the cgroup
+    at `cgroup_path` *now* (a cgroup v2 id is its directory's inode): a cgroup removed and
+    recreated under the same path leaves the old link on the dead cgroup."""
+    try:
+        fd = bpf.obj_get(pin)
+    except OSError:
+        return None
+    try:
+        info = bpf.link_info(fd)
+        if info.get("cgroup_id") is not None and info["cgroup_id"] != os.stat(cgroup_path).st_ino:
+            return None
+        return int(info["prog_id"]) or None
+    except OSError:
+        return None
     finally:
         os.close(fd)
 

@@ -206,7 +206,9 @@ def attach(prog_fd: int, ifname: str, direction: str, netns: str | None = None, 
         fd = tcx_attach(prog_fd, ifname, direction, netns)
         try:
             bpf.obj_pin(fd, link_pin)
-            return {"mechanism": "tcx", "link_id": bpf.link_info(fd)["id"], "link_pin": link_pin}
+            info = bpf.link_info(fd)
+            return {"mechanism": "tcx", "link_id": info["id"], "link_pin": link_pin,
+                    "ifindex": info.get("ifindex")}
         finally:
             os.close(fd)
     cls_attach(prog_fd, ifname, direction, netns, prio=prio, handle=handle, name=name)
@@ -214,14 +216,24 @@ def attach(prog_fd: int, ifname: str, direction: str, netns: str | None = None, 
 
 
 def attached_prog_ids(att: dict[str, Any], ifname: str, direction: str, netns: str | None = None) -> list[int]:
-    """Program ids currently behind an attachment made by `attach()` ([] when gone)."""
+    """Program ids currently behind an attachment made by `attach()` ([] when gone).
+
+    A tcx link outlives its interface: when the device is deleted the kernel detaches
+    the link (its ifindex becomes 0) but the pin still names the program. So the link
+    counts only while it is attached to the interface that has this name *now* — a
+    deleted and recreated interface (same name, new ifindex) reads as detached."""
     try:
         if att.get("mechanism") == "tcx":
             fd = bpf.obj_get(att["link_pin"])
             try:
-                return [int(bpf.link_info(fd)["prog_id"])]
+                info = bpf.link_info(fd)
             finally:
                 os.close(fd)
+            with in_netns(netns):
+                now = socket_if_nametoindex(ifname)
+            if not info.get("ifindex") or info["ifindex"] != now:
+                return []
+            return [int(info["prog_id"])]
         return [f["prog_id"] for f in cls_query(ifname, direction, netns)
                 if f["prio"] == att.get("prio", DEFAULT_PRIO) and f["prog_id"] is not None]
     except OSError:
