@@ -56,7 +56,13 @@ class ValidationResult:
 
 
 def validate_paths(paths: Iterable[str | Path], lenient: bool = False) -> ValidationResult:
+    from .kinds.xdp_sources import current_roots, root_for, tree_roots
+
+    paths = list(paths)
     docs, diags = load_paths(paths)
+    roots = current_roots() or tree_roots(paths)
+    for doc in docs:  # files a policy may read (sourceFiles) stay inside its tree
+        doc.tree_root = root_for(doc.file, roots)  # type: ignore[attr-defined]
     result = validate_documents(docs, lenient=lenient)
     result.diagnostics[:0] = diags
     result.files = len({d.file for d in docs} | {d.file for d in diags})
