@@ -8,6 +8,7 @@ before anything was applied (bad config, build failure, refused prune).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -155,24 +156,32 @@ def status_cmd(config_path: str | None, fmt: str) -> None:
 def destroy_cmd(config_path: str | None, yes: bool) -> None:
     """Remove everything bpfpolicy loaded (inventory-driven, then every pin under the root)."""
     from ..controller import events
-    from ..controller.apply import _rmtree_pins, gc_staging, prune
+    from ..controller.apply import ApplyError, _rmtree_pins, gc_staging, prune
     from ..controller.state import Store
 
     cfg = _cfg(config_path)
     store = Store(cfg.state_dir)
     if not yes and sys.stdin.isatty():
         click.confirm(f"remove every policy under {cfg.bpffs_root}?", abort=True)
+    failed = False
     with store.lock():
         gc_staging(cfg)
         inv = store.inventory()
         for key, entry in inv.items():
-            prune(cfg, key, entry, store)
+            try:  # every path prune touches is derived from the roots and checked (controller/paths.py)
+                prune(cfg, key, entry, store)
+            except ApplyError as e:
+                click.echo(f"error: {e}", err=True)
+                failed = True
+                continue
             click.echo(f"removed {key}")
             events.emit(cfg.events_path, "Pruned", "destroy", policy=key)
-        _rmtree_pins(cfg.bpffs_root)
+        _rmtree_pins(cfg.bpffs_root, cfg.bpffs_root)
         status = store.status()
         status["policies"] = {}
         store.save_status(status)
+    if failed:
+        sys.exit(1)
 
 
 @click.command("events")
@@ -229,8 +238,12 @@ def suspend_cmd(config_path: str | None) -> None:
     from ..controller import events
 
     cfg = _cfg(config_path)
+    from ..controller.paths import create_private
+
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
-    cfg.suspend_flag.write_text(events.now_iso() + "\n")
+    fd = create_private(cfg.suspend_flag, os.O_WRONLY | os.O_TRUNC)
+    with os.fdopen(fd, "w") as f:
+        f.write(events.now_iso() + "\n")
     events.emit(cfg.events_path, "Suspended", "reconciliation suspended")
     click.echo("suspended")
 

@@ -32,7 +32,8 @@ from typing import Any
 from .config import HostConfig
 from .desired import DesiredPolicy
 from .events import now_iso
-from .observe import STAGING, attached_prog_ids, policy_dir
+from .observe import STAGING, attached_prog_ids
+from .paths import UnsafePath, check_inside, contained, is_inside
 from .plan import Plan, PolicyPlan, applied_copy, current_contents
 from .state import Store
 
@@ -85,14 +86,24 @@ def gc_staging(cfg: HostConfig) -> list[str]:
     if staging.is_dir():
         for d in staging.iterdir():
             removed.append(str(d))
-            _rmtree_pins(d)
+            with contextlib.suppress(UnsafePath):
+                _rmtree_pins(d, cfg.bpffs_root)
         with contextlib.suppress(OSError):
             staging.rmdir()
     return removed
 
 
-def _rmtree_pins(d: Path) -> None:
-    """bpffs has no recursive rmdir: unlink pins, then remove directories bottom-up."""
+def _rmtree_pins(d: Path, root: Path | None = None) -> None:
+    """bpffs has no recursive rmdir: unlink pins, then remove directories bottom-up.
+    With `root`, `d` must resolve inside it (a symlinked policy dir is never followed
+    out of the bpffs root); os.walk does not follow symlinks below `d`."""
+    top = root is not None and Path(d) == Path(root)
+    if root is not None:
+        check_inside(d.parent if d.is_symlink() and not top else d, root)
+    if d.is_symlink() and not top:
+        with contextlib.suppress(OSError):
+            os.unlink(d)
+        return
     if not d.exists():
         return
     for dirpath, dirnames, filenames in os.walk(d, topdown=False):
@@ -167,9 +178,9 @@ def load_and_swap(cfg: HostConfig, d: DesiredPolicy, old: dict[str, Any] | None,
     from ..kernel.libbpf import BpfLoadError, BpfObject
 
     m = d.manifest
-    pdir = policy_dir(cfg, d.kind, d.name)
-    stage = cfg.bpffs_root / STAGING / f"{d.kind}-{d.name}-{os.getpid()}"
-    _rmtree_pins(stage)
+    stage = contained(cfg.bpffs_root, STAGING, f"{contained_name(d.kind)}-{contained_name(d.name)}-{os.getpid()}")
+    pdir = contained(cfg.bpffs_root, d.kind, d.name)
+    _rmtree_pins(stage, cfg.bpffs_root)
     stage.mkdir(parents=True)
     obj = None
     swapped: list[tuple[dict[str, Any], int | None]] = []
@@ -212,7 +223,7 @@ def load_and_swap(cfg: HostConfig, d: DesiredPolicy, old: dict[str, Any] | None,
             entry["attachments"].append(rec)
     except BaseException:
         _rollback(swapped)
-        _rmtree_pins(stage)
+        _rmtree_pins(stage, cfg.bpffs_root)
         if obj is not None:
             obj.close()
         raise
@@ -224,7 +235,7 @@ def load_and_swap(cfg: HostConfig, d: DesiredPolicy, old: dict[str, Any] | None,
     pdir.mkdir(parents=True, exist_ok=True)
     for p in stage.iterdir():
         os.replace(p, pdir / p.name)
-    _rmtree_pins(stage)
+    _rmtree_pins(stage, cfg.bpffs_root)
     with contextlib.suppress(OSError):
         stage.parent.rmdir()  # only when no other apply is staging
     keep = {f"prog_{n}" for n in entry["programs"]} | {f"map_{n}" for n in entry["maps"]}
@@ -552,10 +563,15 @@ def update_maps(d: DesiredPolicy, entry: dict[str, Any], state_dir: Path, drift:
 
 def save_applied_copy(state_dir: Path, key: str, map_name: str, data: bytes) -> None:
     """Keep what we wrote as the next delta's base (temp + rename; trusted by hash)."""
-    dest = applied_copy(state_dir, key, map_name)
+    kind, name = key.split("/", 1)
+    contained(state_dir, "applied", kind, name)
+    dest = check_inside(applied_copy(state_dir, key, map_name), state_dir)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    check_inside(dest.parent, state_dir)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
     os.replace(tmp, dest)
 
 
@@ -596,18 +612,40 @@ def reattach(cfg: HostConfig, d: DesiredPolicy, entry: dict[str, Any]) -> dict[s
 # --------------------------------------------------------------------------- files, prune
 
 
-def install_dir(cfg: HostConfig, d_kind: str, name: str, manifest: dict[str, Any]) -> Path:
-    sub = manifest.get("install") or ("seccomp" if d_kind == "SeccompProfile" else d_kind.lower())
-    return cfg.state_dir / sub / name
+INSTALL_SUBDIRS = {"SeccompProfile": "seccomp"}  # kinds installed as files, and where
+
+
+def contained_name(part: str) -> str:
+    """A kind or policy name used as a path component (raises UnsafePath)."""
+    from .paths import check_component
+
+    return check_component(part)
+
+
+def install_dir(cfg: HostConfig, d_kind: str, name: str, manifest: dict[str, Any] | None = None) -> Path:
+    """`<state>/<the kind's fixed subdir>/<name>`. The manifest is *not* consulted: an
+    artifact never chooses where it is installed (a manifest `install: /etc` once did)."""
+    sub = INSTALL_SUBDIRS.get(d_kind)
+    if sub is None:
+        raise UnsafePath(f"{d_kind} artifacts are not installed as files")
+    return contained(cfg.state_dir, sub, name)
 
 
 def install_files(cfg: HostConfig, d: DesiredPolicy, revision: str | None) -> dict[str, Any]:
     """Install a non-BPF artifact (seccomp filter) atomically: temp dir + rename."""
-    dest = install_dir(cfg, d.kind, d.name, d.manifest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest = install_dir(cfg, d.kind, d.name)
+    except UnsafePath as e:
+        raise ApplyError(f"refused to install {d.key}: {e}", "UnsafePath") from None
+    dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    check_inside(dest.parent, cfg.state_dir)
     tmp = dest.with_name(f".{d.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(d.dir, tmp)
+    shutil.copytree(d.dir, tmp, symlinks=True)
+    for p in tmp.rglob("*"):  # an artifact holds regular files only: no links out
+        if p.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ApplyError(f"refused to install {d.key}: {p.name} is a symlink", "UnsafePath")
     files = {str(p.relative_to(tmp)): hashlib.sha256(p.read_bytes()).hexdigest()
              for p in tmp.rglob("*") if p.is_file()}
     for p in tmp.rglob("*"):
@@ -626,21 +664,40 @@ def install_files(cfg: HostConfig, d: DesiredPolicy, revision: str | None) -> di
 def prune(cfg: HostConfig, key: str, entry: dict[str, Any] | None, store: Store) -> None:
     """Remove one policy: detach what we attached, unpin, delete the inventory entry."""
     kind, name = key.split("/", 1)
+    try:  # the inventory is data too: the key names the dirs, each checked to stay inside
+        contained_name(kind)
+        contained_name(name)
+    except UnsafePath as e:
+        store.record_policy(key, None)  # nothing of ours can live at an unsafe name
+        raise ApplyError(f"refused to prune {key!r}: {e}", "UnsafePath") from None
     if entry is not None and not entry.get("bpf", True):
-        shutil.rmtree(entry["install_dir"], ignore_errors=True)
+        with contextlib.suppress(UnsafePath):  # only our own fixed install dir, never entry["install_dir"]
+            _rmtree_private(install_dir(cfg, kind, name), cfg.state_dir)
     else:
         for rec in (entry or {}).get("attachments", []):
             detach(rec)
-        _rmtree_pins(policy_dir(cfg, kind, name))
-        with contextlib.suppress(OSError):
-            (cfg.bpffs_root / kind).rmdir()
-    shutil.rmtree(cfg.state_dir / "applied" / kind / name, ignore_errors=True)
+        _rmtree_pins(contained(cfg.bpffs_root, kind, name), cfg.bpffs_root)
+        with contextlib.suppress(OSError, UnsafePath):
+            contained(cfg.bpffs_root, kind).rmdir()
+    with contextlib.suppress(UnsafePath):
+        _rmtree_private(contained(cfg.state_dir, "applied", kind, name), cfg.state_dir)
     store.record_policy(key, None)
+
+
+def _rmtree_private(d: Path, root: Path) -> None:
+    """rmtree of a dir we created under `root`: re-checked after resolve, never through
+    a symlink (shutil.rmtree refuses a symlink as its top and does not follow below)."""
+    check_inside(d, root)
+    if d.is_symlink():
+        os.unlink(d)
+        return
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def gc_installed(cfg: HostConfig) -> None:
     """Remove install temp dirs a killed apply left."""
-    for sub in (cfg.state_dir / "seccomp",):
-        if sub.is_dir():
+    for name in INSTALL_SUBDIRS.values():
+        sub = cfg.state_dir / name
+        if sub.is_dir() and not sub.is_symlink() and is_inside(sub, cfg.state_dir):
             for p in sub.glob(".*.tmp"):
-                shutil.rmtree(p, ignore_errors=True)
+                _rmtree_private(p, cfg.state_dir)

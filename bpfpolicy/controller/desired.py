@@ -1,10 +1,18 @@
 """Desired state: compiled artifacts with digests, read back from disk as manifests.
 
-Sources are policy files (compiled through `bpfpolicy.compile.compile_paths`, the same
-path `bpfpolicy compile` takes) or already-compiled artifact trees (`compile --out DIR`
-output: `<Kind>/<name>/manifest.json`), so CI can ship artifacts and hosts need no clang.
-Compiled artifacts are written under `<state_dir>/artifacts/` only when their digest
-changed; the apply step loads files from there.
+Sources are policy files, compiled on this host through `bpfpolicy.compile.compile_paths`
+(the same path `bpfpolicy compile` takes). A source holds policies, never prebuilt
+artifacts: a `manifest.json` in a source tree is ignored with a warning, because a
+prebuilt artifact is code and paths the host did not produce (an object file that skips
+validation, a manifest that once chose its own install dir). Compiled artifacts are
+written under `<state_dir>/artifacts/<Kind>/<name>/` (checked to stay there) only when
+their digest changed; the apply step loads files from there.
+
+`BPFPOLICY_PREBUILT_ARTIFACTS=trust` in the *host's* environment (never something a
+source can set) lets an artifact tree stand in for policies: the controller's own tests
+drive it with hand-written artifacts that have no policy source. Even then each
+manifest's kind and name must be safe path components and install dirs stay fixed
+(controller/apply.py `install_dir`).
 
 The git revision is *not* compiled into programs: a commit that touches one policy must
 not reload every program on the host. It is recorded per policy in the inventory (and
@@ -13,6 +21,7 @@ shown by `status`) instead.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -55,55 +64,100 @@ class DesiredState:
         return not any(d.severity == "error" for d in self.diagnostics)
 
 
+TRUST_ENV = "BPFPOLICY_PREBUILT_ARTIFACTS"
+MANIFEST = "manifest.json"
+
+
+class ManifestError(ValueError):
+    """A manifest.json that is not one of our artifacts."""
+
+
 def read_artifact_dir(d: Path) -> DesiredPolicy:
-    m = json.loads((d / "manifest.json").read_text())
+    """One artifact dir we wrote (or, with the host opt-in, a prebuilt one). Raises
+    ManifestError, never KeyError, when the manifest is not an artifact manifest."""
+    from .paths import UnsafePath, check_component
+
+    try:
+        m = json.loads((d / MANIFEST).read_text())
+    except (OSError, ValueError) as e:
+        raise ManifestError(f"unreadable manifest: {e}") from None
+    if not isinstance(m, dict) or not all(isinstance(m.get(k), str) for k in ("kind", "name", "digest")):
+        raise ManifestError("not an artifact manifest (kind, name and digest must be strings)")
+    try:
+        check_component(m["kind"])
+        check_component(m["name"])
+    except UnsafePath as e:
+        raise ManifestError(str(e)) from None
     return DesiredPolicy(m["kind"], m["name"], m["digest"], m, d)
 
 
-def is_artifact_tree(p: Path) -> bool:
+def _manifests(p: Path) -> list[Path]:
+    """manifest.json files a source path holds (hidden dirs skipped, as the loader does)."""
     if p.is_file():
-        return p.name == "manifest.json"
-    return p.is_dir() and (any(p.glob("*/*/manifest.json")) or (p / "manifest.json").exists())
-
-
-def artifact_dirs(p: Path) -> list[Path]:
-    if p.is_file():
-        return [p.parent]
-    if (p / "manifest.json").exists():
-        return [p]
-    return sorted(m.parent for m in p.glob("*/*/manifest.json") if not m.parent.name.startswith("."))
+        return [p] if p.name == MANIFEST else []
+    return sorted(m for m in p.rglob(MANIFEST)
+                  if not any(part.startswith(".") for part in m.relative_to(p).parts))
 
 
 def build(paths: list[Path], out_dir: Path, ctx: Any = None) -> DesiredState:
-    """Compile policy files / read artifact trees into one desired state."""
+    """Compile policy files into one desired state (manifests in sources are ignored)."""
     state = DesiredState()
-    policy_paths = []
+    trust = os.environ.get(TRUST_ENV) == "trust"
+    policy_paths: list[Path] = []
+    ignored: set[Path] = set()
     for p in paths:
         if not p.exists():
             state.diagnostics.append(Diagnostic(str(p), 1, 1, "$", "no such file or directory"))
-        elif is_artifact_tree(p):
-            for d in artifact_dirs(p):
-                _add(state, read_artifact_dir(d))
-        else:
-            policy_paths.append(p)
+            continue
+        manifests = _manifests(p)
+        if trust and manifests:
+            for m in manifests:
+                try:
+                    _add(state, read_artifact_dir(m.parent))
+                except ManifestError as e:
+                    state.diagnostics.append(Diagnostic(str(m), 1, 1, "$", str(e)))
+            continue
+        for m in manifests:
+            ignored.add(m)
+            state.diagnostics.append(Diagnostic(
+                str(m), 1, 1, "$", "ignored: a policy source holds policies, not prebuilt artifacts "
+                "(artifacts are compiled on this host; docs/controller.md)", "warning"))
+        policy_paths.append(p)
     if policy_paths:
-        _compile(policy_paths, out_dir, ctx, state)
+        _compile(policy_paths, out_dir, ctx, state, ignored)
     return state
 
 
-def _compile(paths: list[Path], out_dir: Path, ctx: Any, state: DesiredState) -> None:
+def _compile(paths: list[Path], out_dir: Path, ctx: Any, state: DesiredState,
+             ignored: set[Path] | None = None) -> None:
     from ..compile import compile_paths
     from ..kinds import CompileContext
+    from ..kinds.xdp_sources import policy_tree
+    from ..load import iter_policy_files
+    from .paths import UnsafePath, contained
 
-    result = compile_paths(paths, ctx or CompileContext())
+    files: list[Path] = list(paths)
+    if ignored:  # compile every file but the ignored manifests; sourceFiles keep the given roots
+        files = [f for f in iter_policy_files(paths) if f not in ignored]
+    with policy_tree(paths):
+        result = compile_paths(files, ctx or CompileContext())
     state.diagnostics.extend(result.diagnostics)
     if not result.ok:
         return
     for validated, artifact in result.artifacts:
-        dest = out_dir / artifact.kind / artifact.name
+        src = getattr(getattr(validated, "doc", None), "file", None) or "."
+        try:
+            dest = contained(out_dir, artifact.kind, artifact.name)
+        except UnsafePath as e:
+            state.diagnostics.append(Diagnostic(src, 1, 1, "metadata.name", f"refused artifact dir: {e}"))
+            continue
         if _on_disk_digest(dest) != artifact.digest:
             dest = artifact.write(out_dir)
-        pol = read_artifact_dir(dest)
+        try:
+            pol = read_artifact_dir(dest)
+        except ManifestError as e:
+            state.diagnostics.append(Diagnostic(src, 1, 1, "$", f"{dest}: {e}"))
+            continue
         pol.source = getattr(getattr(validated, "doc", None), "file", None)
         _add(state, pol)
 
@@ -128,13 +182,19 @@ def gc_artifacts(out_dir: Path, keep: set[str]) -> None:
     """Remove compiled artifacts of policies no longer desired (and torn temp dirs)."""
     import shutil
 
-    if not out_dir.is_dir():
+    from .paths import is_inside
+
+    if not out_dir.is_dir() or out_dir.is_symlink():
         return
     for kind_dir in out_dir.iterdir():
-        if not kind_dir.is_dir():
-            continue
+        if kind_dir.is_symlink() or not kind_dir.is_dir() or not is_inside(kind_dir, out_dir):
+            continue  # never follow a link out of the artifacts dir
         for d in kind_dir.iterdir():
             if d.name.startswith(".") or f"{kind_dir.name}/{d.name}" not in keep:
+                if d.is_symlink() or not is_inside(d, out_dir):
+                    with contextlib.suppress(OSError):
+                        os.unlink(d)  # the link itself, not what it points to
+                    continue
                 shutil.rmtree(d, ignore_errors=True)
         if not any(kind_dir.iterdir()):
             os.rmdir(kind_dir)

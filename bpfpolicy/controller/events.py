@@ -1,7 +1,10 @@
 """A JSON-lines event log in the state dir: one line per apply, prune, drift repair and
 failure (Flux/Argo emit the same kinds of events). Appends are single `write()` calls of
 one line, so concurrent writers (the controller, a TracingPolicy ring-buffer reader)
-never interleave inside a line."""
+never interleave inside a line.
+
+The log is created 0600 (umask-independent) and an existing one is chmod-ed down: event
+messages carry build errors, which quote (short tokens of) policy files."""
 
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from .paths import create_private
 
 MAX_BYTES = 16 * 1024 * 1024  # rotate to events.jsonl.1 beyond this
 
@@ -28,7 +33,7 @@ def emit(path: Path, reason: str, message: str, *, policy: str | None = None,
     path.parent.mkdir(parents=True, exist_ok=True)
     _rotate(path)
     line = (json.dumps(event, sort_keys=False, default=str) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = create_private(path)
     try:
         os.write(fd, line)
     finally:

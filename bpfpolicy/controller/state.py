@@ -8,6 +8,8 @@
   last-applied vs last-attempted revision, per policy and for the whole source.
 * `lock` — an flock so two controllers (a `watch` and a manual `apply`) never interleave.
 
+Every file here is 0600: temp files come from mkstemp (0600), the lock is created 0600.
+
 Atomic write = temp file in the same dir + fsync + rename + fsync(dir): a kill -9 at any
 point leaves either the old or the new file, never a torn one.
 """
@@ -22,6 +24,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from .paths import create_private
 
 INVENTORY_VERSION = 1
 HISTORY = 5
@@ -117,7 +121,7 @@ class Store:
     def lock(self, blocking: bool = True) -> Iterator[bool]:
         """Exclusive controller lock; yields False when non-blocking and already held."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = create_private(self.dir / "lock", os.O_RDWR)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
