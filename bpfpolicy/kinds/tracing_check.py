@@ -49,10 +49,21 @@ def parse_int(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value
+    text = str(value).strip()
+    if len(text) > S.MAX_INT_TEXT:  # int() of thousands of digits is slow, then refused
+        return None
     try:
-        return int(str(value).strip(), 0)
+        return int(text, 0)
     except ValueError:
         return None
+
+
+def int_range(t: str) -> tuple[int, int]:
+    """The values an integer argument of type `t` can hold (its C width and signedness);
+    `auto` is captured as a signed 64-bit value."""
+    size, signed = S.INT_TYPES.get(t, (8, True))
+    bits = 8 * size
+    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
 
 
 def parse_rate_limit(value: Any) -> int | None:
@@ -61,6 +72,11 @@ def parse_rate_limit(value: Any) -> int | None:
     if not m:
         return None
     return int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+def _clip(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def canonical(name: str, table: Any, extra: dict[str, str] | None = None) -> str | None:
@@ -451,7 +467,11 @@ class TracingChecker:
                 if str(v).startswith("list:"):
                     self._list_ref((*path, "values", k), str(v), drop=drop)
                 elif parse_int(v) is None:
-                    self.r.error((*path, "values", k), f'"{v}" is not an integer or list:NAME')
+                    self.r.error((*path, "values", k), f'"{_clip(v)}" is not an integer or list:NAME')
+                elif in_hook and t in S.INT_TYPES and not int_range(t)[0] <= parse_int(v) <= int_range(t)[1]:  # type: ignore[operator]
+                    lo, hi = int_range(t)
+                    self.r.error((*path, "values", k), f"{parse_int(v)} is out of range for a {t} "
+                                 f"argument ({lo}..{hi})")
             return
         if op in ("SubString", "SubStringIgnCase", "CelExpr", "FileType",
                   "NotFileType", "CapabilitiesGained"):
@@ -461,14 +481,18 @@ class TracingChecker:
             self.r.error((*path, "index"), f"argument {idx} has type nop (not captured), so it "
                          "cannot be matched; give it a type")
             return
-        if not in_hook or t == "auto":
+        if in_hook and t == "auto":
+            if op in S.INT_OPERATORS:
+                self._int_values(path, op, values, "auto", strict=False)
+            return
+        if not in_hook:
             return
         if t not in S.IMPLEMENTED_TYPES:
             self.r.unsupported((*path, "index"), f'argument {idx} has type "{t}", which '
                                "bpfpolicy does not decode, so it cannot be matched", drop=drop)
             return
         if t in S.INT_TYPES:
-            self._int_values(path, op, values)
+            self._int_values(path, op, values, t)
         elif t in S.STRING_TYPES or t in S.PATH_TYPES or t in ("net_device", "module"):
             self._string_values(path, op, values, t, drop)
         elif t in S.REPORT_ONLY_TYPES:
@@ -478,22 +502,54 @@ class TracingChecker:
             self.r.error((*path, "operator"), f'argument {idx} is a "{t}": match it with a network '
                          "operator (SAddr, DAddr, SPort, DPort, Protocol, Family, State, ...)")
 
-    def _int_values(self, path: Path_, op: str, values: list[Any]) -> None:
+    def _int_values(self, path: Path_, op: str, values: list[Any], t: str,
+                    strict: bool = True) -> None:
+        """Integer operands: parse like Tetragon (base 0), and refuse what compiles to C that
+        clang rejects or to a test that can never be true: values outside the argument's
+        type, empty or reversed ranges, Mask 0. `strict` is False for `auto` tracepoint
+        fields, which may be strings: only values that are integers are checked."""
         if op not in S.IMPLEMENTED_INT_OPERATORS:
-            self.r.error((*path, "operator"), f"operator {op} works on strings and paths; this "
-                         f"argument is an integer (use one of: {', '.join(sorted(S.IMPLEMENTED_INT_OPERATORS))})")
+            if strict:
+                self.r.error((*path, "operator"), f"operator {op} works on strings and paths; this "
+                             f"argument is an integer (use one of: {', '.join(sorted(S.IMPLEMENTED_INT_OPERATORS))})")
             return
         if len(values) > S.MAX_INT_VALUES:
             self.r.error((*path, "values", S.MAX_INT_VALUES), f"at most {S.MAX_INT_VALUES} values "
                          f"per integer operator (has {len(values)}); Tetragon uses InMap beyond that")
+        lo_t, hi_t = int_range(t)
+        tname = "auto (int64)" if t == "auto" else t
+
+        def in_type(k: int, n: int, what: str = "") -> bool:
+            if lo_t <= n <= hi_t:
+                return True
+            self.r.error((*path, "values", k), f"{what}{n} is out of range for a {tname} argument "
+                         f"({lo_t}..{hi_t}): the comparison could never be true")
+            return False
+
         for k, v in enumerate(values):
             if op in ("InRange", "NotInRange"):
-                lo, _, hi = str(v).partition(":")
-                ok = parse_int(lo) is not None and parse_int(hi) is not None
-                if not ok:
-                    self.r.error((*path, "values", k), f'"{v}" is not a range MIN:MAX')
-            elif parse_int(v) is None:
-                self.r.error((*path, "values", k), f'"{v}" is not an integer (decimal or 0x hex)')
+                lo_s, sep, hi_s = str(v).partition(":")
+                lo, hi = parse_int(lo_s), parse_int(hi_s)
+                if not sep or lo is None or hi is None:
+                    if strict or parse_int(v) is not None or sep:
+                        self.r.error((*path, "values", k), f'"{v}" is not a range MIN:MAX')
+                    continue
+                if not (in_type(k, lo, "range start ") and in_type(k, hi, "range end ")):
+                    continue
+                if lo > hi:
+                    self.r.error((*path, "values", k), f'range "{v}" is empty: MIN must not be '
+                                 f"greater than MAX (write {hi}:{lo})")
+                continue
+            n = parse_int(v)
+            if n is None:
+                if strict:
+                    self.r.error((*path, "values", k), f'"{_clip(v)}" is not an integer (decimal or 0x hex)')
+                continue
+            if not in_type(k, n):
+                continue
+            if op == "Mask" and n == 0:
+                self.r.error((*path, "values", k), "Mask 0 tests no bits: it can never match "
+                             "(the operator is true when arg & mask != 0)")
 
     def _string_values(self, path: Path_, op: str, values: list[Any], t: str, drop: Path_) -> None:
         if op not in S.IMPLEMENTED_STRING_OPERATORS:
@@ -520,9 +576,19 @@ class TracingChecker:
         for k, m in enumerate(pids):
             p = (*path, "matchPIDs", k)
             self._operator((*p, "operator"), str(m.get("operator")), S.PID_OPERATORS)
-            if len(m.get("values") or []) > S.MAX_PID_VALUES:
+            values = m.get("values") or []
+            if not values:
+                self.r.error((*p, "values"), "matchPIDs needs at least one PID (an empty list "
+                             "matches nothing with In and everything with NotIn)")
+            if len(values) > S.MAX_PID_VALUES:
                 self.r.error((*p, "values", S.MAX_PID_VALUES), f"at most {S.MAX_PID_VALUES} "
-                             f"matchPIDs values (has {len(m['values'])})")
+                             f"matchPIDs values (has {len(values)})")
+            for v, value in enumerate(values):
+                n = parse_int(value)
+                if n is None or isinstance(value, str) and not str(value).strip().isdigit():
+                    self.r.error((*p, "values", v), f'"{_clip(value)}" is not a PID (a decimal number)')
+                elif not 0 <= n <= S.MAX_PID:
+                    self.r.error((*p, "values", v), f"PID {n} is out of range (0..{S.MAX_PID})")
 
 
     def _match_binaries(self, path: Path_, key: str, sels: list[dict[str, Any]], drop: Path_) -> None:
@@ -558,6 +624,9 @@ class TracingChecker:
                 continue
             self._operator((*p, "operator"), str(m.get("operator")), S.NAMESPACE_OPERATORS)
             values = m.get("values") or []
+            if not values:
+                self.r.error((*p, "values"), "matchNamespaces needs at least one value (an inode "
+                             "number or host_ns)")
             if len(values) > S.MAX_NS_VALUES:
                 self.r.error((*p, "values", S.MAX_NS_VALUES), f"at most {S.MAX_NS_VALUES} values "
                              f"per matchNamespaces entry (has {len(values)})")
@@ -568,7 +637,10 @@ class TracingChecker:
                                            "no fixed inode number; give the inode (ls -Li "
                                            f"/proc/1/ns/{ns.lower()})", drop=drop)
                 elif parse_int(value) is None:
-                    self.r.error((*p, "values", v), f'"{value}" is not a namespace inode number or host_ns')
+                    self.r.error((*p, "values", v), f'"{_clip(value)}" is not a namespace inode number or host_ns')
+                elif not 0 <= parse_int(value) <= 0xFFFFFFFF:  # type: ignore[operator]
+                    self.r.error((*p, "values", v), f"{parse_int(value)} is out of range for a namespace "
+                                 "inode number (0..4294967295)")
 
     def _match_capabilities(self, path: Path_, sels: list[dict[str, Any]], drop: Path_) -> None:
         for k, m in enumerate(sels):

@@ -122,5 +122,10 @@ MAX_FILE_VALUES = 8
 MAX_MESSAGE = 256
 MAX_TAGS = 16
 MAX_NS_VALUES = 4
+# Integer operands longer than this are not numbers any argument can hold (a uint64 is
+# 20 digits, 0x + 16 hex, 0b + 64 bits); refusing them early keeps int() cheap.
+MAX_INT_TEXT = 80
+# PIDs are compared as 32-bit unsigned values (tgid); the kernel's limit is 2^22.
+MAX_PID = 0xFFFFFFFF
 # bpfpolicy's own capture sizes (the ring-buffer event layout).
 CAPTURE_STRING = 256  # bytes of a string / path argument kept in events and compared

@@ -378,3 +378,45 @@ spec:
     result = validate(p)
     assert result.ok
     assert [d.path for d in result.diagnostics if d.severity == "warning"] == ["metadata.namespace"]
+
+
+# Validated means compiled: each row once passed `validate` and then either failed in clang
+# (out-of-range literals) or compiled to a test that can never be true. Now each is an error
+# at the value that causes it. (case, type of argument 2, selector, needle located, message)
+INT_HOOK = """\
+kprobes:
+- call: sys_openat
+  syscall: true
+  args:
+  - {{index: 2, type: {t}}}
+  selectors:
+  - {sel}
+"""
+NONSENSE: list[tuple[str, str, str, str, str]] = [
+    ("pids-empty", "int", "{matchPIDs: [{operator: In, values: []}]}", "values: []", "matchPIDs needs at least one PID"),
+    ("pids-not-a-number", "int", "{matchPIDs: [{operator: In, values: ['0x10']}]}", "'0x10'", 'expected an integer, got "0x10"'),
+    ("pids-negative", "int", "{matchPIDs: [{operator: NotIn, values: [-1]}]}", "-1", "-1 is out of range: must be at least 0"),
+    ("pids-past-u32", "int", "{matchPIDs: [{operator: In, values: [4294967296]}]}", "4294967296", "PID 4294967296 is out of range"),
+    ("ns-empty", "int", "{matchNamespaces: [{namespace: Pid, operator: In, values: []}]}", "values: []", "matchNamespaces needs at least one value"),
+    ("ns-too-big", "int", "{matchNamespaces: [{namespace: Net, operator: In, values: [4294967296]}]}", "4294967296", "out of range for a namespace inode"),
+    ("uint64-past-max", "uint64", "{matchArgs: [{index: 2, operator: Equal, values: ['18446744073709551616']}]}", "'18446744073709551616'", "out of range for a uint64 argument"),
+    ("int64-below-min", "int64", "{matchArgs: [{index: 2, operator: GT, values: ['-9223372036854775809']}]}", "'-9223372036854775809'", "out of range for a int64 argument"),
+    ("uint32-past-max", "uint32", "{matchArgs: [{index: 2, operator: Equal, values: [4294967296]}]}", "4294967296", "out of range for a uint32 argument"),
+    ("int-past-max", "int", "{matchArgs: [{index: 2, operator: In, values: [2147483648]}]}", "2147483648", "out of range for a int argument"),
+    ("uint8-past-max", "uint8", "{matchArgs: [{index: 2, operator: Equal, values: [256]}]}", "256", "out of range for a uint8 argument"),
+    ("size_t-negative", "size_t", "{matchArgs: [{index: 2, operator: LT, values: [-1]}]}", "-1", "out of range for a size_t argument"),
+    ("range-reversed", "int", "{matchArgs: [{index: 2, operator: InRange, values: ['5:1']}]}", "'5:1'", 'range "5:1" is empty'),
+    ("range-half", "int", "{matchArgs: [{index: 2, operator: NotInRange, values: ['5:']}]}", "'5:'", '"5:" is not a range MIN:MAX'),
+    ("range-end-out-of-type", "uint16", "{matchArgs: [{index: 2, operator: InRange, values: ['1:65536']}]}", "'1:65536'", "range end 65536 is out of range for a uint16"),
+    ("mask-zero", "int", "{matchArgs: [{index: 2, operator: Mask, values: [0]}]}", "0]", "Mask 0 tests no bits"),
+    ("huge-digits", "int", "{matchArgs: [{index: 2, operator: Equal, values: ['" + "9" * 100 + "']}]}", "'999", "is not an integer"),
+    ("inmap-out-of-type", "uint16", "{matchArgs: [{index: 2, operator: InMap, values: [70000]}]}", "70000", "out of range for a uint16 argument"),
+]
+
+
+@pytest.mark.parametrize(("case", "t", "sel", "needle", "message"), NONSENSE, ids=[c[0] for c in NONSENSE])
+def test_validated_means_compilable(tmp_path: Path, case: str, t: str, sel: str, needle: str, message: str) -> None:
+    p = write(tmp_path, INT_HOOK.format(t=t, sel=sel))
+    d = one_error(p)
+    assert (d.line, d.col) == located(p, needle), str(d)
+    assert message in d.message, str(d)
