@@ -152,7 +152,10 @@ class Reconciler:
                                                       if getattr(x, "severity", "error") == "error")
             res.reason = "BuildFailed"
             if not dry_run:
-                self._source_status(snap.revision, "Stalled", "BuildFailed", res.error)
+                errs = [str(x) for x in desired.diagnostics if getattr(x, "severity", "error") == "error"]
+                more = f"; … {len(errs) - 10} more" if len(errs) > 10 else ""
+                self._source_status(snap.revision, "Stalled", "BuildFailed",
+                                    "build failed: " + "; ".join(" ".join(e.split()) for e in errs[:10]) + more)
             return
         phase[0] = "plan"
         res.plan = make_plan(self.cfg, desired, observe(self.cfg, self.store, deep=deep),
