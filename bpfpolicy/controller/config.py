@@ -237,7 +237,7 @@ def bpffs_problem(root: Path) -> str | None:
         return f"{probe} is not a directory"
     if _statfs_magic(probe) != BPF_FS_MAGIC:
         return f"must be on a bpf filesystem (statfs magic 0x{BPF_FS_MAGIC:x}); {probe} is not (mount bpffs at /sys/fs/bpf)"
-    if _statfs_magic(root.parent) != BPF_FS_MAGIC:
+    if probe == root and _statfs_magic(root.parent) != BPF_FS_MAGIC:  # an existing root is not the mount
         return "must be a directory below the bpffs mount, not the mount point itself"
     return None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,56 @@ endpoints:
 def test_missing_explicit_config(tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match="config file not found"):
         load_config(tmp_path / "nope.yaml", env={})
+
+
+# (config text, the located error it must produce)
+BAD_PATHS = [
+    ("bpffsRoot: /sys/fs/bpf/../../etc\n", '1:1: bpffsRoot: must not contain ".." components'),
+    ("bpffsRoot: /tmp/pins\n", "1:1: bpffsRoot: must be on a bpf filesystem (statfs magic 0xcafe4a11)"),
+    ("bpffsRoot: /sys/fs/bpf\n", "1:1: bpffsRoot: must be a directory below the bpffs mount"),
+    ("bpffsRoot: sys/fs/bpf/x\n", "1:1: bpffsRoot: must be an absolute path"),
+    ("stateDir: /var/lib/../../etc\n", '1:1: stateDir: must not contain ".." components'),
+    ("source: /srv/../etc/policies\n", '1:1: source: must not contain ".." components'),
+    ("source: {directory: relative/dir}\n", "source.directory: must be an absolute path"),
+    ("source: {git: {repo: /r, trustedKeys: []}}\n", "source.git.trustedKeys: must be a non-empty list"),
+    ("source: {git: {repo: /r, trustedKeys: [ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA]}}\n",
+     "source.git.trustedKeys[0]: SSH allowed-signers line needs a principal"),
+    ("source: {git: {repo: /r, trustedKeys: [../keys/ci.asc]}}\n",
+     'source.git.trustedKeys[0]: key file path must not contain ".." components'),
+    ("source: {git: {repo: /r, trustedKeys: [/etc/hostname]}}\n", "source.git.trustedKeys[0]: key file /etc/hostname must be inside"),
+    ("source: {git: {repo: /r, trustedKeys: [missing.asc]}}\n", "source.git.trustedKeys[0]: cannot read key file"),
+]
+
+
+@pytest.mark.parametrize(("text", "error"), BAD_PATHS, ids=[t for t, _ in BAD_PATHS])
+def test_bad_paths_and_keys_are_located(tmp_path: Path, text: str, error: str) -> None:
+    if not os.path.ismount("/sys/fs/bpf"):
+        pytest.skip("bpffs not mounted at /sys/fs/bpf")
+    f = tmp_path / "config.yaml"
+    f.write_text(text)
+    with pytest.raises(PolicyError) as e:
+        load_config(f, env={})
+    assert error in str(e.value) and str(f) in str(e.value)
+
+
+def test_paths_normalised_and_env_root_checked(tmp_path: Path) -> None:
+    if not os.path.ismount("/sys/fs/bpf"):
+        pytest.skip("bpffs not mounted at /sys/fs/bpf")
+    f = tmp_path / "config.yaml"
+    f.write_text("bpffsRoot: /sys/fs/bpf//bpfpolicy/./x/\nstateDir: /var/lib//bp/\nsource: /srv//p/\n")
+    cfg = load_config(f, env={})
+    assert (cfg.bpffs_root, cfg.state_dir, cfg.source_dir) == (Path("/sys/fs/bpf/bpfpolicy/x"), Path("/var/lib/bp"),
+                                                               Path("/srv/p"))
+    with pytest.raises(PolicyError, match=r"\$BPFPOLICY_BPFFS_ROOT:1:1: \$: must not contain"):
+        load_config(f, env={"BPFPOLICY_BPFFS_ROOT": "/sys/fs/bpf/x/../../.."})
+
+
+def test_trusted_key_file_inside_config_dir(tmp_path: Path) -> None:
+    (tmp_path / "keys").mkdir()
+    line = ('ci@example.test namespaces="git" ssh-ed25519 '
+            "AAAAC3NzaC1lZDI1NTE5AAAAIOh3aLHx5vXc4Jm4v3G9XjTq8mVtX9zGkGQfS9k2v9cL")
+    (tmp_path / "keys" / "allowed_signers").write_text(f"# CI\n{line}\n")
+    f = tmp_path / "config.yaml"
+    f.write_text("source: {git: {repo: /r, trustedKeys: [keys/allowed_signers]}}\n")
+    cfg = load_config(f, env={})
+    assert cfg.git and [(k.kind, k.text) for k in cfg.git.trusted_keys] == [("ssh", line)]
