@@ -697,7 +697,7 @@ class _JsonLocator:
     def locate_duplicate(self) -> tuple[dict[PathT, Pos], dict[PathT, Pos], tuple[PathT, Pos] | None]:
         try:
             self._value(())
-        except IndexError:
+        except (IndexError, ValueError):  # best effort: the diagnostic falls back to 1:1
             pass
         return self.value_pos, self.key_pos, self.duplicate
 
