@@ -1,8 +1,10 @@
 """`bpfpolicy exec --seccomp PROFILE -- CMD...`: run a command under a seccomp profile.
 
-PROFILE is a profile file (native YAML or Docker/OCI JSON, compiled on the spot), a
-compiled `filter.bin`, or a name looked up as `$BPFPOLICY_STATE_DIR/seccomp/<name>/filter.bin`
-(default state dir /var/lib/bpfpolicy). The filter is installed with NO_NEW_PRIVS in
+PROFILE is a path -- it contains a `/` (`./web.json`, `/etc/p.yaml`) -- to a profile
+file (native YAML or Docker/OCI JSON, compiled on the spot) or a compiled `filter.bin`;
+or a bare NAME, which is always the installed profile
+`$BPFPOLICY_STATE_DIR/seccomp/<name>/filter.bin` (default state dir /var/lib/bpfpolicy),
+never a file of that name in the current directory. The filter is installed with NO_NEW_PRIVS in
 this process, which then execs CMD: the exit status is CMD's own.
 """
 
@@ -22,22 +24,50 @@ def state_dir() -> Path:
     return Path(os.environ.get("BPFPOLICY_STATE_DIR") or DEFAULT_STATE_DIR)
 
 
+class ExecError(click.ClickException):
+    """A refusal before CMD runs: `bpfpolicy exec: <message>` on stderr, exit 1."""
+
+    def show(self, file=None) -> None:  # noqa: ANN001 (click's signature)
+        click.echo(f"bpfpolicy exec: {self.message}", err=True)
+
+
+def looks_like_path(profile: str) -> bool:
+    """A PROFILE naming a file must say so (`./web-api`, `/etc/x.json`, `dir/p.yaml`):
+    a bare word is always the installed profile of that name, never a file that happens
+    to sit in the current directory."""
+    return "/" in profile
+
+
 def load_filter(profile: str, caps: str | None, kernel: str | None, arch: str) -> tuple[bytes, list[str]]:
-    """(filter bytes, seccomp flags) for PROFILE; raises click.ClickException with a
+    """(filter bytes, seccomp flags) for PROFILE; raises a click exception with a
     `file:line:col` message when the profile is invalid."""
+    if not looks_like_path(profile):
+        return _installed(profile)
     p = Path(profile)
-    if p.is_file():
+    try:
+        if not p.is_file():
+            raise ExecError(f'seccomp profile "{profile}": no such file')
         if p.suffix == ".bin":
             return p.read_bytes(), _flags_beside(p)
-        return _compile_file(p, caps, kernel, arch)
-    if "/" not in profile:
-        for cand in (state_dir() / "seccomp" / profile / "filter.bin",
-                     state_dir() / "SeccompProfile" / profile / "filter.bin"):
+    except PermissionError as e:
+        raise ExecError(f'seccomp profile "{profile}": cannot read it ({e.strerror})') from None
+    return _compile_file(p, caps, kernel, arch)
+
+
+def _installed(name: str) -> tuple[bytes, list[str]]:
+    base = state_dir()
+    cands = (base / "seccomp" / name / "filter.bin", base / "SeccompProfile" / name / "filter.bin")
+    for cand in cands:
+        try:
             if cand.is_file():
                 return cand.read_bytes(), _flags_beside(cand)
-    raise click.ClickException(
-        f'seccomp profile "{profile}": no such file, and no compiled profile of that name in '
-        f"{state_dir() / 'seccomp'}")
+        except PermissionError:
+            raise ExecError(f'seccomp profile "{name}": {cand} needs root or the installed profile is not '
+                            f"readable by uid {os.getuid()} (run as root, or give a profile file as ./{name})"
+                            ) from None
+    hint = f' (a file of that name is in the current directory: write "./{name}" to use it)' \
+        if Path(name).is_file() else ""
+    raise ExecError(f'seccomp profile "{name}": no compiled profile of that name in {base / "seccomp"}{hint}')
 
 
 def _flags_beside(filter_bin: Path) -> list[str]:
@@ -59,6 +89,8 @@ def _compile_file(path: Path, caps: str | None, kernel: str | None, arch: str) -
         docs = load_file(path)
     except LoadError as e:
         raise click.ClickException(str(e.diagnostic)) from None
+    except OSError as e:
+        raise ExecError(f'seccomp profile "{path}": cannot read it ({e.strerror})') from None
     for doc in docs:
         validated, diags = validate_document(doc)
         for d in diags:
@@ -86,7 +118,7 @@ def _compile_file(path: Path, caps: str | None, kernel: str | None, arch: str) -
 
 @click.command("exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--seccomp", "profile", required=True, metavar="PROFILE",
-              help="Profile file (YAML/JSON), compiled filter.bin, or a name in the state dir.")
+              help="Path to a profile file or filter.bin (must contain '/', e.g. ./p.json), or the NAME of an installed profile.")
 @click.option("--caps", help="Comma-separated capabilities for includes/excludes (default: Docker's set).")
 @click.option("--kernel", help="Kernel MAJOR.MINOR for minKernel (default: running kernel).")
 @click.option("--arch", default=os.uname().machine, show_default=True, help="Native architecture.")

@@ -11,10 +11,13 @@ Foreign form: a JSON file whose top level has `defaultAction` and no `apiVersion
 (OCI `LinuxSeccomp`, Docker's profiles with `archMap`/`includes`/`excludes`,
 containers-common's). Its policy name is the file's stem made a DNS-1123 label.
 
-Unknown syscall names: Docker profiles name syscalls of other architectures and of
-kernels newer than some tables, and runc skips names it cannot resolve; so in the
-foreign format an unknown name is a warning and is skipped. In the native kind the
-author chose the names, so an unknown one is an error (with a did-you-mean).
+Unknown syscall names: a name that is a syscall on no architecture (ours from the
+kernel's tables, plus the names libseccomp knows on architectures we have no table
+for) is an error with a did-you-mean in both formats -- a typo ships a profile that
+breaks the workload (allow-list) or fails to deny (deny-list). With `--lenient` it is a
+warning and the name is skipped (runc's behaviour). A name known on another
+architecture than the profile's (Docker's profile lists arm and s390 calls) is fine:
+it applies to each ABI whose table has it.
 """
 
 from __future__ import annotations
@@ -99,10 +102,10 @@ class SeccompProfileKind(Kind):
                 if name in ALL_NAMES or name in OTHER_ARCH_SYSCALLS:
                     continue
                 msg = f'unknown syscall "{name}"{did_you_mean(name, ALL_NAMES)}'
-                if foreign:
-                    report.warning(npath, msg + "; skipped (as runc does)")
+                if report.lenient:
+                    report.warning(npath, msg + "; skipped (--lenient, as runc does)")
                 else:
-                    report.error(npath, msg)
+                    report.error(npath, msg + " (use --lenient to skip it with a warning, as runc does)")
             dup = [n for n, c in Counter(names).items() if c > 1]
             if dup:
                 report.warning((*path, "names"), f'"{dup[0]}" is listed twice')
@@ -115,6 +118,49 @@ class SeccompProfileKind(Kind):
             self._check_args(report, rule, path, names, foreign, ARG32, U32)
             for which in ("includes", "excludes"):
                 self._check_filter(report, rule.get(which) or {}, (*path, which), rs)
+        self._check_clone3(doc, report, body, base)
+
+    @staticmethod
+    def _check_clone3(doc: Document, report: Reporter, body: dict[str, Any], base: tuple[str | int, ...]) -> None:
+        """clone's flags are a register seccomp can check; clone3's live in a struct in
+        memory it cannot read. Restricting one while allowing the other is a hole."""
+        def names_of(rule: dict[str, Any]) -> list[str]:
+            return list(rule.get("names") or ([rule["name"]] if rule.get("name") else []))
+
+        # rules with includes/excludes depend on the target (Docker's profile allows
+        # clone and clone3 outright with CAP_SYS_ADMIN, else restricts clone and
+        # denies clone3): only unconditional rules are judged here
+        rules = [r if isinstance(r, dict) and not r.get("includes") and not r.get("excludes") else {}
+                 for r in body.get("syscalls") or []]
+        allowing = ("SCMP_ACT_ALLOW", "SCMP_ACT_LOG")
+        if any("clone" in names_of(r) and not r.get("args") for r in rules):
+            return  # an argument-free rule decides clone: its flags are not checked
+        clone_at = next((i for i, r in enumerate(rules) if "clone" in names_of(r)
+                         and r.get("action") != body.get("defaultAction")
+                         and any(isinstance(a, dict) and a.get("index") == 0 for a in r.get("args") or [])), None)
+        if clone_at is None:
+            return
+        clone3_rules = [i for i, r in enumerate(rules) if "clone3" in names_of(r)]
+        free = [i for i in clone3_rules if not rules[i].get("args")]
+        clone3_at = free[0] if free else (clone3_rules[0] if clone3_rules else None)
+        if clone3_at is not None and rules[clone3_at].get("action") not in allowing:
+            return
+        if clone3_at is None and body.get("defaultAction") not in allowing:
+            return
+        cnames = rules[clone_at].get("names")
+        cpath = (*base, "syscalls", clone_at, *(("names", cnames.index("clone")) if cnames else ("name",)))
+        where = doc.diag(cpath, "")
+        loc = f"{where.file}:{where.line}:{where.col}"
+        if clone3_at is None:
+            report.warning((*base, "defaultAction"), f"clone is restricted by its flags (argument 0) at {loc} "
+                           "but the default action allows clone3, whose flags are in memory where seccomp cannot "
+                           "check them: deny clone3 (SCMP_ACT_ERRNO with errnoRet 38, ENOSYS, makes libc fall back to clone)")
+            return
+        n3 = rules[clone3_at].get("names")
+        report.warning((*base, "syscalls", clone3_at, *(("names", n3.index("clone3")) if n3 else ("name",))),
+                       f"clone is restricted by its flags (argument 0) at {loc} "
+                       "but this rule allows clone3, whose flags are in memory where seccomp cannot check them: "
+                       "deny clone3 (SCMP_ACT_ERRNO with errnoRet 38, ENOSYS, makes libc fall back to clone)")
 
     @staticmethod
     def _action_key(action: Any, num: Any, name: Any, default_errno: Any, errno_value: Any) -> tuple[str, int] | None:
@@ -187,6 +233,7 @@ class SeccompProfileKind(Kind):
         from ..seccomp import render
         from ..seccomp.api import compile_profile
         from ..seccomp.arch import AUDIT_ARCH
+        from ..seccomp.compiler import FilterTooLarge
         from ..seccomp.resolve import ResolveError, Target
         from ..seccomp.tables import TABLES
 
@@ -197,6 +244,8 @@ class SeccompProfileKind(Kind):
             cp = compile_profile(body, target)
         except ResolveError as e:
             raise PolicyError([doc.diag((*base, *e.path), e.message)]) from None
+        except FilterTooLarge as e:
+            raise PolicyError([doc.diag((*base, "syscalls"), str(e))]) from None
         except ValueError as e:
             raise PolicyError([doc.diag(base, str(e))]) from None
         insns = cp.insns

@@ -89,10 +89,25 @@ class Program:
     comments: dict[int, str]
 
 
+MAX_INSNS = 4096  # BPF_MAXINSNS: the kernel refuses a longer classic BPF program (EINVAL)
+JUMP_REACH = 255  # jt/jf are 8-bit forward offsets
+
+
+class FilterTooLarge(ValueError):
+    """The profile needs more instructions than the kernel accepts."""
+
+
 def link(asm: Asm) -> Program:
-    """Resolve labels; insert `ja` trampolines for conditional jumps beyond 255."""
+    """Resolve labels; route conditional jumps beyond 255 through `ja` trampolines.
+
+    A trampoline is shared by every jump to the same target that can reach it. It is
+    placed as late as the jump's reach allows: right after an unconditional instruction
+    when there is one in reach (free), otherwise in the straight-line code behind a
+    `ja` that skips it (one extra instruction on that path). So any number of rules
+    links; only BPF_MAXINSNS bounds the program."""
     items = list(asm.items)
     tramp_n = 0
+    tramps: dict[str, str] = {}  # trampoline label -> its target
     while True:
         pcs: dict[str, int] = {}
         ops: list[tuple[int, Op]] = []  # (item index, op)
@@ -111,30 +126,38 @@ def link(asm: Asm) -> Program:
                 dist = pcs[tgt] - pc - 1
                 if dist < 0:
                     raise AssertionError(f"backward jump to {tgt}")
-                if dist > 255:
+                if dist > JUMP_REACH:
                     bad = (pc, idx, op, tgt)
                     break
             if bad:
                 break
         if bad is None:
             break
+        if len(ops) > 2 * MAX_INSNS:
+            raise FilterTooLarge(f"the filter needs more than {MAX_INSNS} instructions (BPF_MAXINSNS)")
         pc, idx, op, tgt = bad
-        # place a trampoline after the last unconditional op within reach
-        spot = None
-        for p in range(pc + 1, min(pc + 256, len(ops))):
-            cls = ops[p][1].code & 0x07
-            if cls == bpf.RET or ops[p][1].code == bpf.JMP | bpf.JA:
-                spot = p
-        if spot is None:
-            raise AssertionError("no place for a trampoline")
-        tramp_n += 1
-        name = f"_far{tramp_n}"
-        ins_at = ops[spot][0] + 1
-        items[ins_at:ins_at] = [Label(name), Op(bpf.JMP | bpf.JA, 0, tgt, None, f"trampoline to {tgt}")]
+        # an existing trampoline to the same target within reach?
+        shared = next((name for name, t in tramps.items()
+                       if t == tgt and 0 <= pcs[name] - pc - 1 <= JUMP_REACH), None)
+        if shared is None:
+            tramp_n += 1
+            shared = f"_far{tramp_n}"
+            tramps[shared] = tgt
+            tramp = [Label(shared), Op(bpf.JMP | bpf.JA, 0, tgt, None, f"trampoline to {tgt}")]
+            last = min(pc + JUMP_REACH, len(ops) - 1)
+            spot = next((p for p in range(last, pc, -1)
+                         if (ops[p][1].code & 0x07) == bpf.RET or ops[p][1].code == bpf.JMP | bpf.JA), None)
+            if spot is None or spot < pc + JUMP_REACH // 2:
+                # no free spot late enough: skip over the trampoline in straight-line code
+                spot = min(pc + JUMP_REACH - 1, len(ops) - 1)
+                over = f"_over{tramp_n}"
+                tramp = [Op(bpf.JMP | bpf.JA, 0, over, None, "skip a trampoline"), *tramp, Label(over)]
+            ins_at = ops[spot][0] + 1
+            items[ins_at:ins_at] = tramp
         if op.jt == tgt:
-            op.jt = name
+            op.jt = shared
         if op.jf == tgt:
-            op.jf = name
+            op.jf = shared
     # final encoding
     insns: list[Insn] = []
     labels: dict[int, list[str]] = {}
@@ -362,7 +385,15 @@ def compile_model(model: FilterModel, weights: dict[str, float] | None = None) -
         ranges = block_ranges(blk, model.default, model.bad_arch, weights)
         all_ranges[blk.label] = ranges
         _emit_node(asm, build_tree(ranges), model.default)
-    return Compiled(link(asm), model, all_ranges)
+    n_ops = sum(1 for it in asm.items if isinstance(it, Op))
+    program = link(asm) if n_ops <= MAX_INSNS else None  # trampolines only add instructions
+    n_insns = len(program.insns) if program else n_ops
+    if program is None or n_insns > MAX_INSNS:
+        raise FilterTooLarge(f"the filter needs {n_insns}{'+' if program is None else ''} instructions; "
+                             f"the kernel accepts at most "
+                             f"{MAX_INSNS} (BPF_MAXINSNS): split the argument rules of the busiest syscalls "
+                             "or use fewer values")
+    return Compiled(program, model, all_ranges)
 
 
 def _rdesc(r: Range) -> str:

@@ -106,3 +106,31 @@ def vectors_for(rules: list[dict[str, Any]]) -> list[tuple[int, ...]]:
                     vec[int(b["index"])] = vb
                     out.add(tuple(vec))
     return sorted(out)
+
+
+def run_in_child(filter_bytes: bytes, calls: list[tuple[int, tuple[int, ...]]]) -> tuple[list, int | None]:
+    """Install the filter in a forked child, make `calls` as raw syscalls (64-bit
+    registers, high words as given), return ([(ret, errno)], killing signal or None)."""
+    import json
+    import os
+
+    from bpfpolicy.kernel import seccomp as ks
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: nothing but the calls, then report
+        try:
+            os.close(r)
+            ks.install(filter_bytes)
+            out = [ks.syscall(nr, *args) for nr, args in calls]
+            os.write(w, json.dumps(out).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    chunks = []
+    while chunk := os.read(r, 1 << 16):
+        chunks.append(chunk)
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+    return (json.loads(b"".join(chunks)) if chunks else []), sig

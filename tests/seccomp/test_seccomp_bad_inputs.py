@@ -72,11 +72,13 @@ def test_foreign_profile_leniency_is_a_warning(cli, tmp_path: Path) -> None:
                  '  {"names": ["read", "frobnicate"], "action": "SCMP_ACT_ALLOW"},\n'
                  '  {"names": ["write"], "action": "SCMP_ACT_ERRNO"},\n'
                  '  {"names": ["clone"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 0, "value": 2114060288, "op": "SCMP_CMP_MASKED_EQ"}]}]}\n')
-    code, out = cli("validate", str(f))
+    code, out = cli("validate", str(f))  # an unknown name is an error in every format ...
+    assert code == 1 and re.search(rf"{re.escape(str(f))}:3:\d+: syscalls\[0\]\.names\[1\]: unknown syscall \"frobnicate\"", out), out
+    code, out = cli("validate", "--lenient", str(f))  # ... and a warning with --lenient (runc skips it)
     assert code == 0, out
     assert re.search(rf"{re.escape(str(f))}:3:\d+: syscalls\[0\]\.names\[1\]: warning: unknown syscall \"frobnicate\"", out), out
     assert re.search(r":4:\d+: syscalls\[1\]\.action: warning: .*default action already", out), out
-    code, out = cli("compile", str(f), "--out", str(tmp_path / "out"))
+    code, out = cli("compile", "--lenient", str(f), "--out", str(tmp_path / "out"))
     assert code == 0, out
     art = tmp_path / "out" / "SeccompProfile" / "my-profile"  # name from the file stem
     assert (art / "filter.bin").stat().st_size % 8 == 0
