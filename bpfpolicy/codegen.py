@@ -104,7 +104,7 @@ def policy_marker(where: str, path: object) -> str:
     """`@policy #<file>:<line>:<col> <path>` for a `FILE:LINE:COL` position. Until
     `render` (or `resolve_markers`) numbers the files, the file is a pending token."""
     file, line, col = str(where).rsplit(":", 2)
-    return f"@policy \x01F{_encode(file)}\x01:{int(line)}:{int(col)} {_encode(path) or '$'}"
+    return f"@policy \x01F{_encode(file)}\x01:{int(line)}:{int(col)} {_encode(str(path) or '$')}"
 
 
 def resolve_markers(source: str) -> str:
