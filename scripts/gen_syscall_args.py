@@ -71,7 +71,8 @@ def fetch_source(suite: str, work: Path) -> tuple[Path, str]:
     deb = next(work.glob(f"{pkg}_*.deb"))
     subprocess.run(["dpkg-deb", "-x", str(deb), str(work / "x")], check=True)
     tarball = next((work / "x" / "usr" / "src").glob("linux-source-*.tar.xz"))
-    subprocess.run(["tar", "-C", str(work), "-xJf", str(tarball), "--wildcards", "*.c", "*.tbl"], check=True)
+    subprocess.run(["tar", "-C", str(work), "-xJf", str(tarball), "--wildcards", "*.c", "*.tbl", "*/Makefile"],
+                   check=True)
     return next(work.glob("linux-source-*/")), deb.name.split("_")[1]
 
 
@@ -249,14 +250,12 @@ def main() -> int:
     args = ap.parse_args()
     btf = load_btf(args.btf)
     with tempfile.TemporaryDirectory(prefix="bpfpolicy-ksrc.") as tmp:
-        if args.src:
-            src, version = args.src, "unknown (--src)"
-            mk = args.src / "Makefile"
-            if mk.exists():
-                v = dict(re.findall(r"^(VERSION|PATCHLEVEL|SUBLEVEL) = (\d+)", mk.read_text(), re.M))
-                version = f"{v.get('VERSION')}.{v.get('PATCHLEVEL')}.{v.get('SUBLEVEL')} (--src)"
-        else:
-            src, version = fetch_source(args.suite, Path(tmp))
+        src = args.src or fetch_source(args.suite, Path(tmp))[0]
+        version = "unknown"
+        mk = src / "Makefile"
+        if mk.exists():  # the tree's own version: --src and a fetch of it write the same file
+            v = dict(re.findall(r"^(VERSION|PATCHLEVEL|SUBLEVEL) = (\d+)", mk.read_text(), re.M))
+            version = f"{v.get('VERSION')}.{v.get('PATCHLEVEL')}.{v.get('SUBLEVEL')}"
         result, missing = generate(src, btf)
     counts = {abi: sum(1 for _ in t) for abi, t in result.items()}
     if counts["x86_64"] < 300:
