@@ -20,7 +20,7 @@ from .base import Reporter
 
 Path_ = tuple[str | int, ...]
 
-RATE_LIMIT = re.compile(r"^(\d+)([smh]?)$")
+RATE_LIMIT = re.compile(r"^(\d{1,30})([smh]?)$")
 SYSCALL_CALL = re.compile(r"^(__x64_|__arm64_|__ia32_|__se_|__do_)?sys_\w+$")
 TRACEFS = "/sys/kernel/tracing/events"
 
@@ -684,8 +684,11 @@ class TracingChecker:
             self.r.unsupported((*path, "action"), S.UNSUPPORTED_ACTIONS[name],
                                drop=path if only_action else drop)
         if "rateLimit" in act and parse_rate_limit(act["rateLimit"]) is None:
-            self.r.error((*path, "rateLimit"), f'"{act["rateLimit"]}" is not a rate limit '
+            self.r.error((*path, "rateLimit"), f'"{_clip(act["rateLimit"])}" is not a rate limit '
                          '(N seconds, or Ns, Nm, Nh)')
+        elif "rateLimit" in act and parse_rate_limit(act["rateLimit"]) > S.MAX_RATE_LIMIT_S:  # type: ignore[operator]
+            self.r.error((*path, "rateLimit"), f"rateLimit {_clip(act['rateLimit'])} is longer than "
+                         f"{S.MAX_RATE_LIMIT_S} s: the window is kept in 64-bit nanoseconds")
         scope = act.get("rateLimitScope")
         if scope is not None and scope not in ("thread", "process", "global"):
             self.r.error((*path, "rateLimitScope"), f'"{scope}" is not one of: thread, process, '

@@ -125,6 +125,8 @@ MAX_NS_VALUES = 4
 # Integer operands longer than this are not numbers any argument can hold (a uint64 is
 # 20 digits, 0x + 16 hex, 0b + 64 bits); refusing them early keeps int() cheap.
 MAX_INT_TEXT = 80
+# rateLimit windows are compared in nanoseconds in a __u64: 2^64 ns is ~584 years.
+MAX_RATE_LIMIT_S = (2**64 - 1) // 1_000_000_000
 # PIDs are compared as 32-bit unsigned values (tgid); the kernel's limit is 2^22.
 MAX_PID = 0xFFFFFFFF
 # bpfpolicy's own capture sizes (the ring-buffer event layout).

@@ -410,6 +410,10 @@ NONSENSE: list[tuple[str, str, str, str, str]] = [
     ("range-end-out-of-type", "uint16", "{matchArgs: [{index: 2, operator: InRange, values: ['1:65536']}]}", "'1:65536'", "range end 65536 is out of range for a uint16"),
     ("mask-zero", "int", "{matchArgs: [{index: 2, operator: Mask, values: [0]}]}", "0]", "Mask 0 tests no bits"),
     ("huge-digits", "int", "{matchArgs: [{index: 2, operator: Equal, values: ['" + "9" * 100 + "']}]}", "'999", "is not an integer"),
+    ("rate-limit-past-u64-ns", "int", "{matchActions: [{action: Post, rateLimit: 18446744074s}]}", "rateLimit:", "is longer than 18446744073 s"),
+    ("rate-limit-5000-digits", "int", "{matchActions: [{action: Post, rateLimit: '" + "9" * 5000 + "'}]}", "rateLimit:", "is not a rate limit"),
+    ("arg-error-past-int32", "int", "{matchActions: [{action: Override, argError: 2147483648}]}", "argError:", "2147483648 is out of range: must be at most 2147483647"),
+    ("arg-sig-past-u32", "int", "{matchActions: [{action: Signal, argSig: 4294967296}]}", "argSig:", "4294967296 is out of range: must be at most 4294967295"),
     ("inmap-out-of-type", "uint16", "{matchArgs: [{index: 2, operator: InMap, values: [70000]}]}", "70000", "out of range for a uint16 argument"),
 ]
 
