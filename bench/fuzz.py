@@ -217,7 +217,8 @@ def compile_validated(path: Path) -> tuple[str | None, str | None]:
 
     try:
         result = validate_paths([path])
-        ctx = CompileContext(options={"features": ALL_FEATURES})
+        ctx = CompileContext(options={"features": ALL_FEATURES,
+                                      "inventory": str(ROOT / "examples" / "host-config.yaml")})
         for policy in result.policies:
             _, diags = compile_policy(policy, ctx)
             errs = [d for d in diags if d.severity == "error"]
@@ -249,6 +250,9 @@ def check_case(seed: int, seeds: list[tuple[str, str]], workdir: Path, compile_i
         out["validate"] = code
         if tb or code not in (0, 1):
             out["problem"], out["detail"] = "traceback", tb or text[-2000:]
+        elif "internal error while checking" in text:  # a checker crash, caught by validate
+            out["problem"] = "internal-error"
+            out["detail"] = next(ln for ln in text.splitlines() if "internal error while checking" in ln)
         elif code == 0 and compile_it:
             problem, detail = compile_validated(path)
             out["compile"] = 0 if problem is None else 1
@@ -349,6 +353,7 @@ def main() -> int:
         "compile_fraction": args.compile_fraction,
         "tracebacks": len(problems.get("traceback", [])),
         "hangs": len(problems.get("hang", [])),
+        "internal_errors": len(problems.get("internal-error", [])),
         "clang_failures_on_validated": len(problems.get("clang-failed-after-validate", [])),
         "compile_refusals_on_validated": len(problems.get("compile-refused-after-validate", [])),
         "unique_tracebacks": len({(r.get("detail") or "").strip().splitlines()[-1:][0] if r.get("detail") else ""

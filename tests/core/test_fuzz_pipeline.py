@@ -38,7 +38,7 @@ REPO_SEEDS = FUZZ.seed_files(corpus=None)
 CORPUS_SEEDS = FUZZ.seed_files(corpus=CORPUS) if CORPUS.is_dir() else []
 # Problems that mean a bug; a located compile refusal (no inventory for a NetworkPolicy,
 # a kernel function missing from BTF) is the pipeline working as documented.
-BUGS = ("traceback", "hang", "clang-failed-after-validate")
+BUGS = ("traceback", "hang", "internal-error", "clang-failed-after-validate")
 COMPILE_FRACTION = 0.25 if shutil.which("clang") else 0.0
 FUZZ_SETTINGS = settings(max_examples=200, derandomize=True, deadline=None, database=None,
                          suppress_health_check=[HealthCheck.too_slow])
