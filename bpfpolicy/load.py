@@ -535,9 +535,26 @@ class _YamlReader:
                     raise self._error(ev.start_mark, path, "mapping keys must be plain strings")
                 if len(stack) >= MAX_DEPTH:
                     raise self._error(ev.start_mark, path, f"nesting deeper than {MAX_DEPTH} levels")
-                stack.append(_Frame("seq" if t is SeqS else "map", path, ev.anchor,
-                                    self.own + self.added, ev.start_mark))
+                frame = _Frame("seq" if t is SeqS else "map", path, ev.anchor,
+                               self.own + self.added, ev.start_mark)
+                stack.append(frame)
                 ev = get()
+                if t is SeqS:  # fast path: a run of untagged, unanchored scalar items
+                    items, positions, n = frame.items, frame.pos, 0
+                    while type(ev) is ScalarE and ev.tag is None and ev.anchor is None:
+                        v = ev.value
+                        if ev.implicit[0] and not ev.style and not (v and v[0] not in maybe):
+                            try:
+                                v = plain(v, ev.start_mark)
+                            except _Refused as e:
+                                e.path = format_path((*path, len(items)))
+                                raise
+                        m = ev.start_mark
+                        items.append(v)
+                        positions.append((m.line + 1, m.column + 1))
+                        n += 1
+                        ev = get()
+                    self.own += n
                 continue
             elif t is SeqE or t is MapE:
                 f = stack.pop()
