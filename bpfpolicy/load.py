@@ -390,6 +390,12 @@ def _load_yaml(name: str, text: str) -> list[Document]:
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         msg = " ".join(x for x in (e.context, e.problem) if x) or "invalid YAML"
         raise LoadError(Diagnostic(name, line, col, "$", f"YAML syntax error: {msg}")) from None
+    except yaml.reader.ReaderError as e:  # a control character: locate it in the text
+        raw = text.encode("utf-8")[: max(e.position, 0)]
+        line, col = raw.count(b"\n") + 1, len(raw) - (raw.rfind(b"\n") + 1) + 1
+        what = f"#x{e.character:04x}" if isinstance(e.character, int) else repr(e.character)
+        raise LoadError(Diagnostic(name, line, col, "$", f"YAML syntax error: unacceptable "
+                                   f"character {what}: {e.reason}")) from None
     except yaml.YAMLError as e:
         raise LoadError(Diagnostic(name, 1, 1, "$", f"YAML error: {e}")) from None
 

@@ -42,6 +42,7 @@ REFUSED: list[tuple[str, str, int, int, str, str]] = [
     ("huge-int-tagged", "a: !!int '" + "7" * 50 + "'\n", 1, 4, "a", "integer with 50 digits"),
     ("huge-int-json", '{"a": [1, ' + "9" * 5000 + "]}", 1, 11, "$", "integer with 5000 digits"),
     ("alias-as-key", "a: &k x\n*k : 1\n", 2, 1, "$", "an alias cannot be a key"),
+    ("control-character", "a: 1\nb: \"x\x07\"\n", 2, 6, "$", "unacceptable character #x0007: control characters are not allowed"),
     ("mapping-as-key", "? {a: 1}\n: 2\n", 1, 3, "$", "mapping keys must be plain strings"),
 ]
 
