@@ -23,6 +23,8 @@ Path_ = tuple[str | int, ...]
 RATE_LIMIT = re.compile(r"^(\d{1,30})([smh]?)$")
 SYSCALL_CALL = re.compile(r"^(__x64_|__arm64_|__ia32_|__se_|__do_)?sys_\w+$")
 TRACEFS = "/sys/kernel/tracing/events"
+# A C identifier, with the `.isra.0`/`.constprop.0` suffixes compiler clones carry (KSYM_NAME_LEN 512).
+FUNCTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,255}(\.[A-Za-z0-9_]{1,64}){0,4}")
 
 OPTIONS = {
     "disable-kprobe-multi": ("true", "false", "1", "0"),
@@ -246,6 +248,10 @@ class TracingChecker:
 
     def _kprobe(self, section: str, path: Path_, hook: dict[str, Any]) -> None:
         call = str(hook.get("call", ""))
+        if not call.startswith("list:") and not FUNCTION_NAME.fullmatch(call):
+            self.r.error((*path, "call"), f'"{_clip(call)}" is not a kernel function name '
+                         "(letters, digits and _, optionally with .suffixes like .isra.0)")
+            return
         if call.startswith("list:"):
             from .tracing_lists import MAX_LIST_CALLS
 
@@ -291,6 +297,9 @@ class TracingChecker:
 
     def _lsmhook(self, path: Path_, hook: dict[str, Any]) -> None:
         name = str(hook.get("hook", ""))
+        if not FUNCTION_NAME.fullmatch(name):
+            self.r.error((*path, "hook"), f'"{_clip(name)}" is not an LSM hook name')
+            return
         if name.startswith("security_"):
             self.r.error((*path, "hook"), f'LSM hook names have no security_ prefix (did you '
                          f'mean "{name.removeprefix("security_")}"?)')

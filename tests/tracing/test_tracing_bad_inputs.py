@@ -380,6 +380,23 @@ spec:
     assert [d.path for d in result.diagnostics if d.severity == "warning"] == ["metadata.namespace"]
 
 
+# (case, spec, needle located, message): hook names that no kernel has
+BAD_NAMES = [
+    ("call-is-a-number", "kprobes:\n- call: '0xffffffffffffffff'\n  syscall: false\n", "call:", '"0xffffffffffffffff" is not a kernel function name'),
+    ("call-with-comma", "kprobes:\n- call: 'sys,_mkdir'\n", "call:", '"sys,_mkdir" is not a kernel function name'),
+    ("call-with-quote", "kprobes:\n- call: 'x\"y'\n  syscall: false\n", "call:", "is not a kernel function name"),
+    ("lsm-hook-with-slash", "lsmhooks:\n- hook: 'file/open'\n", "hook:", '"file/open" is not an LSM hook name'),
+]
+
+
+@pytest.mark.parametrize(("case", "spec", "needle", "message"), BAD_NAMES, ids=[c[0] for c in BAD_NAMES])
+def test_hook_names_that_cannot_exist(tmp_path: Path, case: str, spec: str, needle: str, message: str) -> None:
+    p = write(tmp_path, spec)
+    d = one_error(p)
+    assert (d.line, d.col) == located(p, needle), str(d)
+    assert message in d.message, str(d)
+
+
 # Validated means compiled: each row once passed `validate` and then either failed in clang
 # (out-of-range literals) or compiled to a test that can never be true. Now each is an error
 # at the value that causes it. (case, type of argument 2, selector, needle located, message)
