@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import sys
 import tempfile
@@ -84,6 +85,29 @@ def _get(node: Any, path: tuple[Any, ...]) -> Any:
     return node
 
 
+# Edges of every integer width an argument, port, PID or inode can have.
+BOUNDARIES = [0, -1, 1, 255, 256, 65535, 65536, 2**31 - 1, 2**31, -2**31, -2**31 - 1, 2**32 - 1,
+              2**32, 2**63 - 1, 2**63, -2**63, -2**63 - 1, 2**64 - 1, 2**64]
+
+
+def _boundary(rng: random.Random, old: Any) -> Any:
+    """An integer edge in place of an integer (or a range "a:b" of edges in place of one)."""
+    n = rng.choice(BOUNDARIES)
+    if isinstance(old, str) and ":" in old:
+        return f"{n}:{rng.choice(BOUNDARIES)}"
+    if isinstance(old, str) or rng.random() < 0.3:
+        return rng.choice([str(n), hex(n) if n >= 0 else str(n)])
+    return n
+
+
+def _is_intlike(v: Any) -> bool:
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, int):
+        return True
+    return isinstance(v, str) and bool(v) and all(c in "0123456789-:x" for c in v)
+
+
 def _scalar(rng: random.Random) -> Any:
     r = rng.random()
     if r < 0.3:
@@ -108,7 +132,9 @@ def mutate_tree(rng: random.Random, data: Any) -> Any:
             continue
         parent, key = _get(data, path[:-1]), path[-1]
         op = rng.random()
-        if op < 0.45:
+        if _is_intlike(parent[key]) and rng.random() < 0.6:  # mild: stays valid more often
+            parent[key] = _boundary(rng, parent[key])
+        elif op < 0.45:
             parent[key] = _scalar(rng)
         elif op < 0.6 and isinstance(parent, dict):
             del parent[key]
@@ -339,6 +365,11 @@ def main() -> int:
             shown[kind].append({"seed": r["seed"], "file": str(repro), "last_line": sig[0][:300]})
             if len(shown[kind]) >= args.show:
                 break
+    refusals: dict[str, int] = {}
+    for r in problems.get("compile-refused-after-validate", []):
+        line = (r.get("detail") or "").strip().splitlines()[-1:] or [""]
+        shape = re.sub(r'"[^"]*"|\d+', "_", line[0].split(": ", 2)[-1])[:120]
+        refusals[shape] = refusals.get(shape, 0) + 1
     validated = sum(1 for r in results if r["validate"] == 0)
     compiled = sum(1 for r in results if r["compile"] is not None)
     print(f"{len(results)} cases in {elapsed:.0f} s; {validated} validated, {compiled} compiled",
@@ -356,6 +387,7 @@ def main() -> int:
         "internal_errors": len(problems.get("internal-error", [])),
         "clang_failures_on_validated": len(problems.get("clang-failed-after-validate", [])),
         "compile_refusals_on_validated": len(problems.get("compile-refused-after-validate", [])),
+        "compile_refusal_shapes": dict(sorted(refusals.items(), key=lambda kv: -kv[1])[:10]),
         "unique_tracebacks": len({(r.get("detail") or "").strip().splitlines()[-1:][0] if r.get("detail") else ""
                                   for r in problems.get("traceback", [])}),
         "reproducers": shown,

@@ -347,6 +347,11 @@ class TracingChecker:
             self.r.error((*apath, "type"), f'type "{t}" is only valid for tracepoints '
                          "(Tetragon rejects it on kprobes)")
             return
+        if section == "tracepoints" and not raw_tp and t != "nop" and idx < S.TP_FIRST_FIELD:
+            self.r.unsupported((*apath, "index"), f"tracepoint field {idx} is a common_* field "
+                               f"(common_type, flags, preempt_count, pid); bpfpolicy decodes the "
+                               f"event's own fields, from index {S.TP_FIRST_FIELD}", drop=hpath)
+            return
         if section == "tracepoints" and not raw_tp and t == "auto":
             return
         # Dropping one arg keeps the others' meaning on functions (matched by index), but

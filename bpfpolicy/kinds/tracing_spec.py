@@ -125,6 +125,9 @@ MAX_NS_VALUES = 4
 # Integer operands longer than this are not numbers any argument can hold (a uint64 is
 # 20 digits, 0x + 16 hex, 0b + 64 bits); refusing them early keeps int() cheap.
 MAX_INT_TEXT = 80
+# Tracepoint `args` index counts the format's fields; 0..3 are the common_* header fields
+# (common_type, common_flags, common_preempt_count, common_pid), which are not decoded.
+TP_FIRST_FIELD = 4
 # rateLimit windows are compared in nanoseconds in a __u64: 2^64 ns is ~584 years.
 MAX_RATE_LIMIT_S = (2**64 - 1) // 1_000_000_000
 # PIDs are compared as 32-bit unsigned values (tgid); the kernel's limit is 2^22.

@@ -385,6 +385,7 @@ BAD_NAMES = [
     ("call-is-a-number", "kprobes:\n- call: '0xffffffffffffffff'\n  syscall: false\n", "call:", '"0xffffffffffffffff" is not a kernel function name'),
     ("call-with-comma", "kprobes:\n- call: 'sys,_mkdir'\n", "call:", '"sys,_mkdir" is not a kernel function name'),
     ("call-with-quote", "kprobes:\n- call: 'x\"y'\n  syscall: false\n", "call:", "is not a kernel function name"),
+    ("tracepoint-common-field", "tracepoints:\n- subsystem: syscalls\n  event: sys_enter_openat\n  args:\n  - {index: 2, type: int}\n", "index: 2", "tracepoint field 2 is a common_* field"),
     ("lsm-hook-with-slash", "lsmhooks:\n- hook: 'file/open'\n", "hook:", '"file/open" is not an LSM hook name'),
 ]
 
