@@ -17,6 +17,7 @@ from typing import Any
 
 import jsonschema
 from jsonschema import Draft202012Validator
+
 try:
     from jsonschema import _keywords as _jsonschema_keywords
 except ImportError:  # pragma: no cover - jsonschema < 4.18
