@@ -466,12 +466,17 @@ class TracingChecker:
                 self.r.error((*path, "operator"), f"operator {op} works only on sock, skb, sockaddr "
                              f'or socket arguments (argument {idx} is "{t}")')
                 return
-            from .tracing_net import value_error
+            from .tracing_net import NAMED, named_value, value_error
 
             for k, v in enumerate(values):
                 why = value_error(op, str(v))
                 if why:
                     self.r.error((*path, "values", k), why)
+                elif op in NAMED:  # compared with a socket field of a fixed width
+                    n, hi = named_value(op, str(v)), S.NET_FIELD_MAX[op]
+                    if n is not None and not 0 <= n <= hi:
+                        self.r.error((*path, "values", k), f"{_clip(v)} is out of range for "
+                                     f"{op} (0..{hi}): the comparison could never be true")
             return
         if op in ("InMap", "NotInMap"):
             if in_hook and t not in S.INT_TYPES and t != "auto":

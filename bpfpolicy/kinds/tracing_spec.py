@@ -128,6 +128,9 @@ MAX_INT_TEXT = 80
 # Tracepoint `args` index counts the format's fields; 0..3 are the common_* header fields
 # (common_type, common_flags, common_preempt_count, common_pid), which are not decoded.
 TP_FIRST_FIELD = 4
+# Widths of the socket fields network operators compare: skc_family and sk_protocol are
+# 16-bit, skc_state is an unsigned char.
+NET_FIELD_MAX = {"Family": 0xFFFF, "Protocol": 0xFFFF, "State": 0xFF}
 # rateLimit windows are compared in nanoseconds in a __u64: 2^64 ns is ~584 years.
 MAX_RATE_LIMIT_S = (2**64 - 1) // 1_000_000_000
 # PIDs are compared as 32-bit unsigned values (tgid); the kernel's limit is 2^22.

@@ -432,6 +432,9 @@ NONSENSE: list[tuple[str, str, str, str, str]] = [
     ("rate-limit-5000-digits", "int", "{matchActions: [{action: Post, rateLimit: '" + "9" * 5000 + "'}]}", "rateLimit:", "is not a rate limit"),
     ("arg-error-past-int32", "int", "{matchActions: [{action: Override, argError: 2147483648}]}", "argError:", "2147483648 is out of range: must be at most 2147483647"),
     ("arg-sig-past-u32", "int", "{matchActions: [{action: Signal, argSig: 4294967296}]}", "argSig:", "4294967296 is out of range: must be at most 4294967295"),
+    ("family-past-u16", "sock", "{matchArgs: [{index: 2, operator: Family, values: [18446744073709551616, AF_INET6]}]}", "18446744073709551616", "18446744073709551616 is out of range for Family (0..65535)"),
+    ("state-past-u8", "sock", "{matchArgs: [{index: 2, operator: State, values: [256]}]}", "256", "256 is out of range for State (0..255)"),
+    ("protocol-negative", "sock", "{matchArgs: [{index: 2, operator: Protocol, values: [-1]}]}", "-1", "-1 is out of range for Protocol"),
     ("inmap-out-of-type", "uint16", "{matchArgs: [{index: 2, operator: InMap, values: [70000]}]}", "70000", "out of range for a uint16 argument"),
 ]
 
