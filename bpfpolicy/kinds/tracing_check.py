@@ -329,6 +329,27 @@ class TracingChecker:
         for k, arg in enumerate(args):
             apath = (*path, "args", k)
             self._arg(section, path, apath, arg, bool(raw_tp))
+            if section == "tracepoints" and not raw_tp:
+                self._syscall_tp_field(hook, apath, arg)
+
+    def _syscall_tp_field(self, hook: dict[str, Any], apath: Path_, arg: dict[str, Any]) -> None:
+        """syscalls/raw_syscalls tracepoints have a fixed layout: 4 = nr, then the six
+        arguments (sys_enter_*) or ret (sys_exit_*); raw_syscalls' args is an array."""
+        sub, event = str(hook.get("subsystem")), str(hook.get("event"))
+        idx = int(arg["index"])
+        if sub not in ("syscalls", "raw_syscalls") or str(arg.get("type")) == "nop" or idx <= 4:
+            return
+        exit_ = event.startswith("sys_exit")
+        if exit_ and idx == 5:
+            return
+        if sub == "raw_syscalls" or exit_:
+            self.r.unsupported((*apath, "index"), f"field {idx} of {sub}/{event} is the argument "
+                               "array, which bpfpolicy does not decode (hook the per-syscall "
+                               "tracepoint instead)" if not exit_ else f"{sub}/{event} has fields "
+                               "4 (nr) and 5 (ret) only", drop=apath[:-2])
+        elif idx > 10:
+            self.r.error((*apath, "index"), f"field {idx} is out of range for {sub}/{event} "
+                         "(4 = nr, 5..10 = the syscall's arguments)")
 
     def _arg(self, section: str, hpath: Path_, apath: Path_, arg: dict[str, Any], raw_tp: bool) -> None:
         t = str(arg.get("type", "auto"))

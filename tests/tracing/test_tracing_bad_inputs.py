@@ -386,6 +386,8 @@ BAD_NAMES = [
     ("call-with-comma", "kprobes:\n- call: 'sys,_mkdir'\n", "call:", '"sys,_mkdir" is not a kernel function name'),
     ("call-with-quote", "kprobes:\n- call: 'x\"y'\n  syscall: false\n", "call:", "is not a kernel function name"),
     ("tracepoint-common-field", "tracepoints:\n- subsystem: syscalls\n  event: sys_enter_openat\n  args:\n  - {index: 2, type: int}\n", "index: 2", "tracepoint field 2 is a common_* field"),
+    ("raw-syscalls-args-array", "tracepoints:\n- subsystem: raw_syscalls\n  event: sys_enter\n  args:\n  - {index: 5, type: uint64}\n", "index: 5", "field 5 of raw_syscalls/sys_enter is the argument array"),
+    ("syscall-field-past-args", "tracepoints:\n- subsystem: syscalls\n  event: sys_enter_openat\n  args:\n  - {index: 11, type: int}\n", "index: 11", "field 11 is out of range for syscalls/sys_enter_openat"),
     ("lsm-hook-with-slash", "lsmhooks:\n- hook: 'file/open'\n", "hook:", '"file/open" is not an LSM hook name'),
 ]
 
