@@ -301,9 +301,10 @@ def controller_cfg(tmp_path):
         _rmtree_pins(cfg.bpffs_root)
 
 
-def test_controller_applies_endpoint_artifact_and_map_delta(tmp_path, veth_pair, controller_cfg):
+def test_controller_applies_endpoint_artifact_and_map_delta(tmp_path, veth_pair, controller_cfg, monkeypatch):
     """The controller's generic apply (artifact tree source): attach, enforce, then a
     policy edit that only changes map contents is a map delta on the same program."""
+    monkeypatch.setenv("BPFPOLICY_PREBUILT_ARTIFACTS", "trust")  # a hand-built artifact tree
     from nphelpers import compile_text
 
     from bpfpolicy.controller.reconcile import Reconciler
