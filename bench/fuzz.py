@@ -237,9 +237,9 @@ def compile_validated(path: Path) -> tuple[str | None, str | None]:
     """Compile every policy of a validated file (clang included). (problem, detail):
     `traceback`, `clang-failed-after-validate` (generated C rejected by clang),
     `compile-refused-after-validate` (another located compile error), or (None, None)."""
-    from bpfpolicy.compile import compile_policy
     from bpfpolicy.kinds.base import CompileContext
-    from bpfpolicy.validate import validate_paths
+    from bpfpolicy.policy.compile import compile_policy
+    from bpfpolicy.policy.validate import validate_paths
 
     try:
         result = validate_paths([path])

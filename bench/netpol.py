@@ -44,10 +44,10 @@ from bpfpolicy.kernel import libbpf as lb  # noqa: E402
 from bpfpolicy.kernel.maps import write_records  # noqa: E402
 from bpfpolicy.kernel.netns import VethPair  # noqa: E402
 from bpfpolicy.kinds import CompileContext  # noqa: E402
-from bpfpolicy.kinds.netpol_packets import frame  # noqa: E402
-from bpfpolicy.kinds.network_policy import NetworkPolicyKind  # noqa: E402
-from bpfpolicy.load import load_file  # noqa: E402
-from bpfpolicy.validate import validate_documents  # noqa: E402
+from bpfpolicy.kinds.netpol.kind import NetworkPolicyKind  # noqa: E402
+from bpfpolicy.kinds.netpol.packets import frame  # noqa: E402
+from bpfpolicy.policy.load import load_file  # noqa: E402
+from bpfpolicy.policy.validate import validate_documents  # noqa: E402
 
 SENDER_C = r"""
 #define _GNU_SOURCE
@@ -215,7 +215,7 @@ def main() -> None:
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/netpol.py needs root (BPF, netns, nft)")
-    from bpfpolicy.build import build_bpf
+    from bpfpolicy.codegen.build import build_bpf
 
     rows: list[dict[str, Any]] = []
     ratios: dict[str, float] = {}

@@ -129,7 +129,7 @@ def watch_latency(reps: int, env: dict[str, str], work: Path, netns: str) -> dic
 
 def compile_cost(reps: int, work: Path, netns: str) -> list[float]:
     """The XDPBlocklist kind's compile of the bench policy alone (part of map-only)."""
-    from bpfpolicy.compile import compile_paths
+    from bpfpolicy.policy.compile import compile_paths
 
     f = work / "compile-only.yaml"
     out = []
@@ -143,10 +143,10 @@ def compile_cost(reps: int, work: Path, netns: str) -> list[float]:
 
 
 def noop_cost(reps: int, root: str, state: str, netns: str, n: int = 100) -> dict[str, list[float]]:
-    import artifacts
-
     from bpfpolicy.controller.config import load_config
     from bpfpolicy.controller.reconcile import Reconciler
+
+    import helpers.controller_artifacts as artifacts
 
     for i in range(n):
         ip("link", "add", f"d{i}", "type", "veth", "peer", "name", f"e{i}", netns=netns)

@@ -6,7 +6,7 @@ X86 + X32, Docker's default capabilities, kernel 6.18); libseccomp via python3-s
 at optimize level 2 (Attr.CTL_OPTIMIZE, the binary tree runc uses above 32 rules).
 
 Static metrics run both filters in bpfpolicy's emulator (checked against the kernel in
-tests/seccomp/test_seccomp_kernel.py): total instructions, executed instructions per allowed
+tests/kinds/seccomp/test_seccomp_kernel.py): total instructions, executed instructions per allowed
 x86_64 syscall (mean / worst, zero arguments), the worst over every number and
 argument vector of every ABI, and the syscalls the kernel's action cache would prove
 constant. Timing comes from a small C helper (bench/seccomp_helper.c, built here with
@@ -37,10 +37,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
-from bpfpolicy.seccomp import bpf, emulator, libseccomp_ref, render  # noqa: E402
-from bpfpolicy.seccomp.api import compile_profile  # noqa: E402
-from bpfpolicy.seccomp.resolve import Target  # noqa: E402
-from bpfpolicy.seccomp.tables import TABLES  # noqa: E402
+from bpfpolicy.kinds.seccomp import bpf, emulator, libseccomp_ref, render  # noqa: E402
+from bpfpolicy.kinds.seccomp.api import compile_profile  # noqa: E402
+from bpfpolicy.kinds.seccomp.resolve import Target  # noqa: E402
+from bpfpolicy.syscalls.tables import TABLES  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "corpus" / "seccomp" / "moby-profiles-default.json"
 AUDIT = {"x86_64": 0xC000003E, "i386": 0x40000003, "x32": 0xC000003E}

@@ -37,12 +37,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "xdp"))
 
-from bpfpolicy.build import build_bpf  # noqa: E402
-from bpfpolicy.compile import compile_paths  # noqa: E402
+from bpfpolicy.codegen.build import build_bpf  # noqa: E402
 from bpfpolicy.kernel import bpf, netns, xdp  # noqa: E402
 from bpfpolicy.kernel.libbpf import BpfObject  # noqa: E402
-from bpfpolicy.kinds import xdp_packets as pk  # noqa: E402
-from bpfpolicy.kinds import xdp_sources  # noqa: E402
+from bpfpolicy.kinds.xdp import packets as pk  # noqa: E402
+from bpfpolicy.kinds.xdp import sources as xdp_sources  # noqa: E402
+from bpfpolicy.policy.compile import compile_paths  # noqa: E402
 
 REPEAT = 1_000_000
 RUNS = 7
@@ -215,7 +215,7 @@ class XdpFilter:
 
 
 def main() -> None:
-    from xdp_loader import load
+    from helpers.xdp import load
 
     if os.geteuid() != 0:
         raise SystemExit("bench/xdp.py needs root (BPF_PROG_TEST_RUN, netns, xdp-filter)")

@@ -14,17 +14,17 @@ KT_ARGS      ?= $(if $(wildcard examples/host-config.yaml),--inventory examples/
 .PHONY: kernel-matrix kernel-smoke kernel-fetch kernel-bundle
 
 ## kernel-matrix: Debian 5.10, 6.1, 6.12, 7.x under QEMU + the host kernel, on the
-## fixture programs (tests/kernel/test_matrix.py) and on $(KT_PATHS).
+## fixture programs (tests/matrix/test_matrix.py) and on $(KT_PATHS).
 kernel-matrix:
 	bash scripts/setup.sh
-	BPFPOLICY_KERNEL_TEST_KERNELS=5.10,6.1,6.12,7 $(KT_PYTEST) -q -m vm tests/kernel/test_matrix.py
+	BPFPOLICY_KERNEL_TEST_KERNELS=5.10,6.1,6.12,7 $(KT_PYTEST) -q -m vm tests/matrix/test_matrix.py
 	$(KT_BPFPOLICY) kernel-test --kernels 5.10,6.1,6.12,7,host --out $(KT_OUT) $(KT_ARGS) $(KT_PATHS)
 
 ## kernel-smoke: the CI smoke — fixture programs on Debian 6.12 + host (pytest), then
 ## $(KT_PATHS) on 6.12 + host.
 kernel-smoke:
 	bash scripts/setup.sh
-	$(KT_PYTEST) -q -m vm tests/kernel/test_matrix.py
+	$(KT_PYTEST) -q -m vm tests/matrix/test_matrix.py
 	$(KT_BPFPOLICY) kernel-test --kernels 6.12,host --out $(KT_OUT)-smoke $(KT_ARGS) $(KT_PATHS)
 
 ## kernel-fetch: download (or refresh) the four Debian kernels into the cache.
@@ -36,5 +36,5 @@ kernel-fetch:
 KT_BUNDLE ?= out/kernel-bundle
 kernel-bundle:  # needs what scripts/setup.sh installs (not run here: it may need root)
 	rm -rf $(KT_BUNDLE) out/kernel-fixtures
-	$(KT_VENV)/bin/python tests/kernel/fixtures/kt_fixtures.py out/kernel-fixtures --without broken_xdp
+	$(KT_VENV)/bin/python tests/matrix/fixtures/kt_fixtures.py out/kernel-fixtures --without broken_xdp
 	$(KT_BPFPOLICY) kernel-test --bundle $(KT_BUNDLE) --kernels 5.10,6.1,6.12,7 $(KT_ARGS) out/kernel-fixtures/artifacts $(KT_PATHS)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate bpfpolicy/seccomp/argtypes.py: the C type and width of every syscall argument.
+"""Generate bpfpolicy/kinds/seccomp/argtypes.py: the C type and width of every syscall argument.
 
 The kernel passes each syscall argument in a 64-bit register but a handler declared
 `int flags` uses only the low 32 bits (`__se_sys_*` casts the long to the declared
@@ -42,10 +42,10 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "bpfpolicy" / "seccomp" / "argtypes.py"
+OUT = ROOT / "bpfpolicy" / "kinds" / "seccomp" / "argtypes.py"
 sys.path.insert(0, str(ROOT))
 
-from bpfpolicy.seccomp.tables import TABLES  # noqa: E402
+from bpfpolicy.syscalls.tables import TABLES  # noqa: E402
 
 # widths of C's base types in the LP64 model (x86_64, x32's kernel side, aarch64)
 BASE_BITS = {"char": 8, "short": 16, "int": 32, "long": 64, "long long": 64, "_Bool": 8, "bool": 8}

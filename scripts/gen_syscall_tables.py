@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate bpfpolicy/seccomp/tables.py from Linux UAPI headers.
+"""Generate bpfpolicy/syscalls/tables.py from Linux UAPI headers.
 
 The syscall numbers come from Debian's `linux-libc-dev` (which, since 6.x, is an
 Architecture: all package carrying the UAPI headers of every architecture). Bookworm
@@ -30,7 +30,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "bpfpolicy" / "seccomp" / "tables.py"
+OUT = ROOT / "bpfpolicy" / "syscalls" / "tables.py"
 X32_SYSCALL_BIT = 0x40000000
 _DEFINE = re.compile(r"^#define\s+__NR_(\w+)\s+(?:\(__X32_SYSCALL_BIT\s*\+\s*)?(\d+)\)?\s*$")
 # arm64's choices for the generic table (arch/arm64/include/uapi/asm/unistd.h).

@@ -1,4 +1,4 @@
-"""Shared test fixtures. Kernel fixtures (netns, veth) live in tests/kernel_fixtures.py."""
+"""Shared test fixtures. Kernel fixtures (netns, veth) live in tests/helpers/kernel_fixtures.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / "shared" / "corpus"
 
 try:  # netns/veth fixtures from the kernel layer's test helpers
-    from kernel_fixtures import *  # noqa: F403
+    from helpers.kernel_fixtures import *  # noqa: F403
 except ImportError:
     pass
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
-from ..compile import compile_paths, write_artifacts
-from ..errors import Diagnostic
 from ..kinds import CompileContext
+from ..policy.compile import compile_paths, write_artifacts
+from ..policy.diagnostics import Diagnostic
 from . import output
 
 
@@ -81,7 +81,7 @@ def verify_in_kernel(artifact_dirs: list[Path], where: list[Diagnostic]) -> list
     """With privileges, load every object through the verifier (nothing attached)."""
     if os.geteuid() != 0:
         return []
-    from ..kernel.verify import verify_artifact
+    from ..codegen.verify import verify_artifact
 
     diags: list[Diagnostic] = []
     for artifact_dir, fallback in zip(artifact_dirs, where, strict=True):
@@ -102,7 +102,7 @@ def report(fmt: str, diags: list[Diagnostic], result, written: list[Path], ok: b
     elif fmt == "github":
         output.emit_github(diags)
     elif fmt == "junit":
-        click.echo(output.junit_xml(diags, files, "bpfpolicy.compile"))
+        click.echo(output.junit_xml(diags, files, "bpfpolicy.policy.compile"))
     else:
         output.emit_text(diags)
         for _policy, artifact in result.artifacts:

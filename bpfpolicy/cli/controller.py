@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import PolicyError
+from ..policy.diagnostics import PolicyError
 
 _config_opt = click.option("--config", "config_path", type=click.Path(dir_okay=False),
                            help="Host config (default /etc/bpfpolicy/config.yaml).")

@@ -12,7 +12,7 @@ import click
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def command(fmt: str) -> None:
     """Probe the kernel and toolchain: BTF, lockdown, program and attach types that load, tcx, clang, bpftool."""
-    from ..kernel.probe import run_all
+    from ..doctor import run_all
 
     checks = run_all()
     essential = {("tools", "clang"), ("mounts", "bpffs"), ("load", "xdp"), ("load", "tc (sched_cls)")}

@@ -79,11 +79,11 @@ def _flags_beside(filter_bin: Path) -> list[str]:
 
 
 def _compile_file(path: Path, caps: str | None, kernel: str | None, arch: str) -> tuple[bytes, list[str]]:
-    from ..errors import PolicyError
     from ..kinds import CompileContext
-    from ..kinds.seccomp_profile import SeccompProfileKind
-    from ..load import LoadError, load_file
-    from ..validate import validate_document
+    from ..kinds.seccomp.kind import SeccompProfileKind
+    from ..policy.diagnostics import PolicyError
+    from ..policy.load import LoadError, load_file
+    from ..policy.validate import validate_document
 
     try:
         docs = load_file(path)
@@ -102,7 +102,7 @@ def _compile_file(path: Path, caps: str | None, kernel: str | None, arch: str) -
             continue
         kv = None
         if kernel:
-            from ..seccomp.resolve import parse_kernel
+            from ..kinds.seccomp.resolve import parse_kernel
 
             kv = parse_kernel(kernel)
             if kv is None:

@@ -143,9 +143,9 @@ def _compile(policies: list[str], version: tuple[int, int] | None, out: Path, ca
     (exit 1); a policy the compiler refuses for THIS kernel becomes a `compile` result
     for that kernel (a skip when the kernel lacks what it needs), so one kernel's gap
     does not hide the others' results."""
-    from ..compile import compile_policy
     from ..matrix.artifacts import compile_failure
-    from ..validate import validate_paths
+    from ..policy.compile import compile_policy
+    from ..policy.validate import validate_paths
     from .compile import make_context
 
     validation = validate_paths(policies, lenient=lenient)

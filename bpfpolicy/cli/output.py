@@ -10,7 +10,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 import click
 
-from ..errors import Diagnostic
+from ..policy.diagnostics import Diagnostic
 
 FORMATS = ("text", "json", "junit", "github")
 

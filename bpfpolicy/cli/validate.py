@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ..validate import validate_paths
+from ..policy.validate import validate_paths
 from . import output
 
 
@@ -29,7 +29,7 @@ def command(paths: tuple[str, ...], fmt: str, lenient: bool) -> None:
     elif fmt == "github":
         output.emit_github(result.diagnostics)
     elif fmt == "junit":
-        click.echo(output.junit_xml(result.diagnostics, files, "bpfpolicy.validate"))
+        click.echo(output.junit_xml(result.diagnostics, files, "bpfpolicy.policy.validate"))
     else:
         output.emit_text(result.diagnostics)
         click.echo(output.summary(result.diagnostics, result.files, len(result.policies)), err=True)

@@ -522,7 +522,7 @@ def detach(rec: dict[str, Any]) -> None:
 
 def _last_line(log: str) -> str:
     try:
-        from ..kernel.verify import last_verifier_line
+        from ..codegen.verify import last_verifier_line
 
         return last_verifier_line(log)
     except Exception:  # pragma: no cover - the verify helper is optional

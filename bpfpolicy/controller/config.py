@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import Diagnostic, PolicyError
+from ..policy.diagnostics import Diagnostic, PolicyError
 
 DEFAULT_CONFIG = Path("/etc/bpfpolicy/config.yaml")
 DEFAULT_BPFFS_ROOT = Path("/sys/fs/bpf/bpfpolicy")
@@ -129,7 +129,7 @@ def load_config(path: str | Path | None = None, *, env: dict[str, str] | None = 
 
 
 def parse_config(cfg_path: Path) -> HostConfig:
-    from ..load import LoadError, load_file
+    from ..policy.load import LoadError, load_file
 
     try:
         docs = [d for d in load_file(cfg_path) if d.data is not None]
@@ -149,7 +149,7 @@ def parse_config(cfg_path: Path) -> HostConfig:
 
 
 def _from_data(doc: Any, errors: list[Diagnostic], cfg_dir: Path | None = None) -> HostConfig:
-    from ..errors import did_you_mean
+    from ..policy.diagnostics import did_you_mean
 
     data = doc.data
     cfg = HostConfig()

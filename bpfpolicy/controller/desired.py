@@ -1,6 +1,6 @@
 """Desired state: compiled artifacts with digests, read back from disk as manifests.
 
-Sources are policy files, compiled on this host through `bpfpolicy.compile.compile_paths`
+Sources are policy files, compiled on this host through `bpfpolicy.policy.compile.compile_paths`
 (the same path `bpfpolicy compile` takes). A source holds policies, never prebuilt
 artifacts: a `manifest.json` in a source tree is ignored with a warning, because a
 prebuilt artifact is code and paths the host did not produce (an object file that skips
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import Diagnostic
+from ..policy.diagnostics import Diagnostic
 
 
 @dataclass
@@ -130,10 +130,10 @@ def build(paths: list[Path], out_dir: Path, ctx: Any = None) -> DesiredState:
 
 def _compile(paths: list[Path], out_dir: Path, ctx: Any, state: DesiredState,
              ignored: set[Path] | None = None) -> None:
-    from ..compile import compile_paths
     from ..kinds import CompileContext
-    from ..kinds.xdp_sources import policy_tree
-    from ..load import iter_policy_files
+    from ..kinds.xdp.sources import policy_tree
+    from ..policy.compile import compile_paths
+    from ..policy.load import iter_policy_files
     from .paths import UnsafePath, contained
 
     files: list[Path] = list(paths)

@@ -191,7 +191,7 @@ class Reconciler:
         return f"internal error during {what}: {one_line(e)}"
 
     def _culprit(self) -> tuple[str, str] | None:
-        from ..load import LoadError, load_file
+        from ..policy.load import LoadError, load_file
 
         snap = getattr(self, "_snap", None)
         for f in (snap.files if snap else []):

@@ -80,7 +80,7 @@ def scan(paths: list[Path]) -> Tree:
     on the current path (a loop, detected by (st_dev, st_ino)), a dangling or looping
     symlink, an unreadable directory and a policy-named entry that is not a regular file
     (FIFO, socket, device: reading it could block the controller) are problems."""
-    from ..load import POLICY_SUFFIXES
+    from ..policy.load import POLICY_SUFFIXES
 
     tree = Tree()
     h = hashlib.sha256()

@@ -33,8 +33,8 @@ Decoder = Callable[[bytes, dict[str, Any]], dict[str, Any]]
 
 # layout -> "module:function"; resolved on first use.
 _DECODERS: dict[str, str | Decoder] = {
-    "tracing_event_v1": "bpfpolicy.kinds.tracing_events:decode_event",
-    "netpol_event_v1": "bpfpolicy.kinds.netpol_events:decode",
+    "tracing_event_v1": "bpfpolicy.kinds.tracing.events:decode_event",
+    "netpol_event_v1": "bpfpolicy.kinds.netpol.events:decode",
 }
 
 

@@ -17,7 +17,7 @@ __all__ = [
 
 # Registration: one line per kind (kept one import per line on purpose).
 # isort: skip_file
-from . import seccomp_profile  # noqa: F401
-from . import network_policy  # noqa: F401
-from . import tracing_policy  # noqa: F401
-from . import xdp_blocklist  # noqa: F401
+from .seccomp import kind as seccomp_profile  # noqa: F401
+from .netpol import kind as network_policy  # noqa: F401
+from .tracing import kind as tracing_policy  # noqa: F401
+from .xdp import kind as xdp_blocklist  # noqa: F401

@@ -1,6 +1,6 @@
 """The kind plug-in contract.
 
-A kind is one module under `bpfpolicy/kinds/`, one schema under `schemas/`, and its
+A kind is one module under `bpfpolicy/kinds/`, one schema under `bpfpolicy/schemas/`, and its
 templates under `codegen/`. Subclassing `Kind` registers it (the way sqlglot's dialects
 register), so the loader, validator, CLI and controller never name a kind.
 
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..errors import Diagnostic
-from ..load import Document
+from ..policy.diagnostics import Diagnostic
+from ..policy.load import Document
 
 NATIVE_API_VERSION = "bpfpolicy.io/v1"
 
@@ -32,7 +32,7 @@ class ForeignFormat:
     """A format users already own (Cilium, Tetragon, Docker/OCI) that maps onto a kind."""
 
     name: str  # e.g. "CiliumNetworkPolicy"
-    schema_file: str  # file name under schemas/
+    schema_file: str  # file name under bpfpolicy/schemas/
     matches: Callable[[Any], bool]
 
 
@@ -61,7 +61,7 @@ class Reporter:
         path = tuple(path)
         if self.lenient:
             target = tuple(drop) if drop is not None else path
-            from ..errors import format_path
+            from ..policy.diagnostics import format_path
 
             self.warning(path, f"{message}; dropped {format_path(target)} (--lenient)")
             self.drops.append(target)
@@ -178,7 +178,7 @@ class Identified:
 
 def identify(doc: Document) -> Identified | Diagnostic:
     """Which kind (and foreign format) a document is, or a diagnostic saying why not."""
-    from ..errors import did_you_mean
+    from ..policy.diagnostics import did_you_mean
 
     data = doc.data
     if not isinstance(data, dict):

@@ -217,11 +217,11 @@ def write_bundle(dest: Path, members: list[str], source: ArtifactSource,
     `<member>/<NNN>/` artifact directories. `run.sh` picks the member by `uname -r`."""
     import shutil
 
-    from ..paths import ROOT
+    from ..resources import MATRIX_DATA_DIR
 
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy2(guest.build_runner(), dest / "kt-runner")
-    shutil.copy2(ROOT / "kernel-tests" / "run-bundle.sh", dest / "run.sh")
+    shutil.copy2(MATRIX_DATA_DIR / "run-bundle.sh", dest / "run.sh")
     for member in members:
         target = dest / member
         shutil.rmtree(target, ignore_errors=True)

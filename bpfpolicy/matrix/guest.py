@@ -20,12 +20,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..paths import ROOT, cache_dir
+from ..resources import MATRIX_DATA_DIR, cache_dir
 from .artifacts import ArtifactDir
 from .kernels import Kernel
 
-RUNNER_DIR = ROOT / "kernel-tests" / "runner"
-INIT_SCRIPT = ROOT / "kernel-tests" / "init.sh"
+RUNNER_DIR = MATRIX_DATA_DIR
+INIT_SCRIPT = MATRIX_DATA_DIR / "init.sh"
 RUNNER_LIBS = ["-lbpf", "-lelf", "-lz", "-lzstd"]
 CMDLINE = "console=ttyS0 lsm=lockdown,capability,yama,bpf panic=-1 quiet"
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..paths import cache_dir
+from ..resources import cache_dir
 
 MIRROR = os.environ.get("BPFPOLICY_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 SECURITY_MIRROR = os.environ.get("BPFPOLICY_DEBIAN_SECURITY_MIRROR", "http://deb.debian.org/debian-security")

@@ -62,7 +62,7 @@ char LICENSE[] SEC("license") = "GPL";
 
 
 def _object(variant: int = 0, cg_verdict: int = 1) -> bytes:
-    from bpfpolicy.build import build_bpf
+    from bpfpolicy.codegen.build import build_bpf
 
     return build_bpf(SOURCE % {"magic": 0x7FFF0000 + variant, "cg_verdict": cg_verdict}, name="att").object
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bpfpolicy.controller.config import load_config
-from bpfpolicy.errors import PolicyError
+from bpfpolicy.policy.diagnostics import PolicyError
 
 GOOD = """source:
   git: {repo: https://example.com/policies.git, ref: main, pollInterval: 2m, path: hosts/web}

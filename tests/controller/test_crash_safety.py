@@ -16,9 +16,9 @@ import threading
 import time
 from pathlib import Path
 
-import artifacts
 import pytest
 
+import helpers.controller_artifacts as artifacts
 from conftest import BPFPOLICY, REPO, run_cli, udp_received
 
 pytestmark = pytest.mark.kernel

@@ -8,9 +8,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import artifacts
 import pytest
 
+import helpers.controller_artifacts as artifacts
 from conftest import ping, run_cli
 
 pytestmark = pytest.mark.kernel
@@ -331,7 +331,7 @@ def test_one_failing_policy_does_not_block_others(ctl, veth, tmp_path: Path) -> 
 def test_foreign_xdp_program_is_not_replaced(ctl, veth, tmp_path: Path) -> None:
     """An interface already running someone else's XDP program: bpfpolicy refuses
     (Stalled / AttachConflict) instead of clobbering it."""
-    from bpfpolicy.build import build_bpf
+    from bpfpolicy.codegen.build import build_bpf
 
     obj = tmp_path / "foreign.o"
     obj.write_bytes(build_bpf('#include <linux/bpf.h>\n#include <bpf/bpf_helpers.h>\n'

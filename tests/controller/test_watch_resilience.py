@@ -14,9 +14,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-import artifacts
 import pytest
 
+import helpers.controller_artifacts as artifacts
 from conftest import BPFPOLICY, REPO, ping
 
 pytestmark = pytest.mark.kernel

@@ -1,0 +1,1 @@
+"""bpfpolicy.kinds.netpol."""

@@ -1,0 +1,332 @@
+"""NetworkPolicy: Cilium-style L3/L4 policy for the endpoints of one host.
+
+Accepts the native form (`bpfpolicy.io/v1 NetworkPolicy`, a Cilium rule under `spec` or
+`specs`, plus `enforcementMode: enforce|audit`) and Cilium's own `cilium.io/v2`
+CiliumNetworkPolicy / CiliumClusterwideNetworkPolicy.
+
+Artifacts are per *endpoint*, not per policy: Cilium merges every policy selecting an
+endpoint (union of allows, union of denies, deny wins), and so must the datapath — two
+programs on one cgroup would AND their verdicts instead. `compile_set()` therefore
+compiles all NetworkPolicy documents together into one artifact per selected inventory
+endpoint, named after the endpoint (`NetworkPolicy/<endpoint>`); its counters name the
+policy and rule behind every slot. See docs/networkpolicy.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+from ...policy.diagnostics import BuildError, Diagnostic
+from ...policy.load import Document
+from ..base import Artifact, CompileContext, ForeignFormat, Kind, Reporter
+from .inventory import InventoryError, from_options
+from .lower import (
+    ACTION_NAMES,
+    DROPS,
+    RESERVED_NAMES,
+    RESERVED_SLOTS,
+    SLOT_DEFAULT,
+    SLOT_REPLY,
+    EndpointPlan,
+    encode_maps,
+    plan_endpoint,
+)
+from .packets import frame
+from .rules import ICMP, ICMPV6, SpecRule, parse_policy
+
+CILIUM_API = "cilium.io/v2"
+TEMPLATE = "network_policy.bpf.c.j2"
+MAP_SPECS = {  # name -> (type, key_size, value_size)
+    "np_peers4": ("lpm_trie", 8, 4),
+    "np_peers6": ("lpm_trie", 20, 4),
+    "np_verdicts": ("lpm_trie", 12, 8),
+    "np_defaults": ("array", 4, 8),
+    "np_config": ("array", 4, 4),
+}
+
+
+def _cilium(kind: str) -> ForeignFormat:
+    return ForeignFormat(kind, "cilium-networkpolicy.json",
+                         lambda d: d.get("apiVersion") == CILIUM_API and d.get("kind") == kind)
+
+
+class NetworkPolicyKind(Kind):
+    kind = "NetworkPolicy"
+    schema_file = "networkpolicy.json"
+    formats: ClassVar[tuple[ForeignFormat, ...]] = (
+        _cilium("CiliumNetworkPolicy"), _cilium("CiliumClusterwideNetworkPolicy"))
+
+    def check(self, doc: Document, report: Reporter) -> None:
+        parse_policy(doc, report, foreign=doc.get(("apiVersion",)) == CILIUM_API)
+
+    # -- compilation ------------------------------------------------------------
+    def compile(self, doc: Document, ctx: CompileContext) -> Artifact:
+        """One document: its artifact when it selects exactly one endpoint.
+
+        Policies merge per endpoint, so whole trees go through `compile_set`; the other
+        NetworkPolicy documents of the tree may be passed as ctx.options["network_policies"]."""
+        if not ctx.options.get("inventory"):
+            raise BuildError(
+                "NetworkPolicy needs the host inventory to know its endpoints: "
+                "the controller config's `endpoints:` or `compile --inventory FILE`")
+        others = [d for d in ctx.options.get("network_policies", []) if d is not doc]
+        mine = {a.name for a in self.compile_set([doc], ctx)}
+        arts = [a for a in self.compile_set([doc, *others], ctx) if a.name in mine]
+        if len(arts) != 1:
+            raise BuildError(
+                f"NetworkPolicy artifacts are per endpoint and this policy selects "
+                f"{len(arts)} ({', '.join(sorted(mine)) or 'none'}); compile the tree with compile_set()")
+        return arts[0]
+
+    def compile_group(self, policies: list[Any], ctx: CompileContext
+                      ) -> tuple[list[tuple[Any, Artifact]], list[Diagnostic]]:
+        """The compile step's entry point (bpfpolicy/policy/compile.py): the whole tree at once.
+        Without an inventory there are no endpoints to build for; that is said, not
+        silently skipped, and validation has already checked every policy."""
+        if not ctx.options.get("inventory"):
+            where = policies[0].doc.diag((), "")
+            note = Diagnostic(where.file, where.line, where.col, "$",
+                              f"{len(policies)} NetworkPolicy document(s) validated but not built: "
+                              "programs are per endpoint and no inventory was given "
+                              "(--inventory FILE, or the controller config's endpoints:)", "warning")
+            return [], [note]
+        return compile_validated(policies, ctx), []
+
+    def compile_set(self, docs: Iterable[Document], ctx: CompileContext) -> list[Artifact]:
+        """Every NetworkPolicy document of a tree → one artifact per selected endpoint."""
+        try:
+            inventory = from_options(ctx.options)
+        except InventoryError as e:
+            raise BuildError("inventory: " + "; ".join(e.problems)) from None
+        specs: list[SpecRule] = []
+        for doc in docs:
+            specs += parse_policy(doc)
+        out = []
+        for ep in inventory:
+            plan = plan_endpoint(ep, specs, inventory)
+            if plan is None:
+                continue
+            if not ep.cgroup and not ep.interfaces:
+                raise BuildError(f"inventory endpoint {ep.name!r} is selected by "
+                                 f"{', '.join(sorted({s.policy for s in plan.specs}))} but has "
+                                 "neither a cgroup nor interfaces to enforce on")
+            out.append(build_artifact(plan, ctx))
+        return out
+
+
+def compile_validated(policies: list[Any], ctx: CompileContext) -> list[tuple[Any, Artifact]]:
+    """For the compile step (bpfpolicy/policy/compile.py): every validated NetworkPolicy of a tree
+    (objects with `.doc`) → (the first policy merged into the artifact, artifact) pairs.
+    Raises BuildError like `compile()`."""
+    arts = NetworkPolicyKind().compile_set([p.doc for p in policies], ctx)
+    by_id: dict[str, Any] = {}
+    for p in policies:
+        data = p.doc.data if isinstance(p.doc.data, dict) else {}
+        by_id.setdefault(f"{data.get('kind')}/{(data.get('metadata') or {}).get('name')}", p)
+    out = []
+    for a in arts:
+        owner = next((by_id[i] for i in a.manifest["metadata"]["policies"] if i in by_id), policies[0])
+        out.append((owner, a))
+    return out
+
+
+# --------------------------------------------------------------------------- artifact
+
+
+def _pow2(n: int, floor: int) -> int:
+    size = floor
+    while size < n:
+        size *= 2
+    return size
+
+
+def render_source(plan: EndpointPlan, sizes: dict[str, int], policy_id: str) -> str:
+    from ...codegen.render import c_ident, render
+
+    slots = [{"ident": f"SLOT_{n.replace('/', '_').replace('-', '_').upper()}", "index": i,
+              "where": None, "path": None} for i, n in enumerate(RESERVED_NAMES)]
+    for i, r in enumerate(plan.rules):
+        slots.append({"ident": c_ident(r.name, "SLOT").upper(), "index": RESERVED_SLOTS + i,
+                      "where": r.where, "path": f"{r.policy} {r.path}"})
+    attach = plan.endpoint.attach_kind
+    program_part = json.dumps([attach, sizes, [s["ident"] for s in slots]], sort_keys=True)
+    return render(TEMPLATE, endpoint=plan.endpoint.name, attach=attach, sizes=sizes, slots=slots,
+                  stats_map=stats_map_name(plan),
+                  slot_default=SLOT_DEFAULT, slot_reply=SLOT_REPLY, policy_id=policy_id,
+                  source_hash=hashlib.sha256(program_part.encode()).hexdigest()[:16])
+
+
+def stats_map_name(plan: EndpointPlan) -> str:
+    """The counter map is named by the identities of its slots (rule name, direction,
+    action): the controller reuses a pinned runtime map of the same name across program
+    replaces, so a changed rule set gets a fresh, zeroed map instead of inheriting the
+    old rules' counts slot by slot. 15 characters: the kernel's object-name limit."""
+    ident = json.dumps([[r["name"], r.get("direction"), r["action"], r.get("audit")]
+                        for r in counter_rules(plan)])
+    return "np_stats_" + hashlib.sha256(ident.encode()).hexdigest()[:6]
+
+
+def build_artifact(plan: EndpointPlan, ctx: CompileContext) -> Artifact:
+    from ...codegen.build import build_bpf
+
+    ep = plan.endpoint
+    contents = encode_maps(plan)
+    n_slots = RESERVED_SLOTS + len(plan.rules)
+    sizes = {
+        "peers4": _pow2(len(contents["np_peers4"]), 64),
+        "peers6": _pow2(len(contents["np_peers6"]), 64),
+        "verdicts": _pow2(len(contents["np_verdicts"]), 256),
+        "stats": _pow2(n_slots, 64),
+        "conntrack": int(ctx.options.get("conntrack_entries", 65536)),
+    }
+    policy_id = f"NetworkPolicy/{ep.name}"
+    stats = stats_map_name(plan)
+    source = render_source(plan, sizes, policy_id)
+    obj = build_bpf(source, name=f"netpol-{ep.name}", extra_flags=("-gdwarf-4",),
+                    use_cache=ctx.cache_dir is not None or ctx.options.get("use_cache", True))
+    files: dict[str, bytes] = {"prog.bpf.c": source.encode(), "prog.bpf.o": obj.object}
+    maps: list[dict[str, Any]] = []
+    for name, (mtype, ks, vs) in MAP_SPECS.items():
+        files[f"maps/{name}.bin"] = b"".join(k + v for k, v in contents[name])
+        maps.append({"name": name, "type": mtype, "key_size": ks, "value_size": vs,
+                     "contents": f"maps/{name}.bin", "entries": len(contents[name]), "percpu": False})
+    maps += [
+        {"name": "np_conntrack", "type": "lru_hash", "key_size": 40, "value_size": 16, "percpu": False},
+        {"name": "np_frags", "type": "lru_hash", "key_size": 40, "value_size": 8, "percpu": False},
+        {"name": stats, "type": "percpu_array", "key_size": 4, "value_size": 16, "percpu": True},
+        {"name": "np_events", "type": "ringbuf", "key_size": 0, "value_size": 0, "percpu": False},
+    ]
+    if ep.cgroup:
+        programs = [{"name": "netpol_cg_ingress", "type": "cgroup_skb"},
+                    {"name": "netpol_cg_egress", "type": "cgroup_skb"}]
+        attachments = [{"program": f"netpol_cg_{d}", "type": "cgroup_skb", "direction": d,
+                        "cgroup": ep.cgroup} for d in ("ingress", "egress")]
+    else:
+        programs = [{"name": "netpol_tc_ingress", "type": "tc"}, {"name": "netpol_tc_egress", "type": "tc"}]
+        attachments = [{"program": f"netpol_tc_{d}", "type": "tc", "direction": d,
+                        "interface": i.name, "netns": i.netns}
+                       for i in ep.interfaces for d in ("ingress", "egress")]
+    files["kernel-test.txt"] = kernel_test(plan, contents, programs).encode()
+    manifest = {
+        "object": "prog.bpf.o",
+        "program_hash": hashlib.sha256(obj.object).hexdigest(),
+        "programs": programs,
+        "maps": maps,
+        "attachments": attachments,
+        "counters": {"map": stats, "layout": "percpu_array_u64x2", "rules": counter_rules(plan)},
+        "events": {"map": "np_events", "type": "ringbuf", "layout": "netpol_event_v1",
+                   "fields": "ts_ns u64, slot u32, action u8, dir u8 (0 ingress), proto u8, family u8, "
+                             "lport u16, rport u16, laddr [16]u8, raddr [16]u8, pad u32 (56 bytes)",
+                   "actions": ACTION_NAMES},
+        "metadata": {
+            "policy": policy_id, "endpoint": ep.name,
+            "policies": sorted({s.policy for s in plan.specs}),
+            "default": {d: ACTION_NAMES[plan.default(d)[0]] for d in ("ingress", "egress")},
+            "peer_sets": len(plan.peer_sets),
+        },
+    }
+    return Artifact("NetworkPolicy", ep.name, files, manifest, warnings=list(plan.warnings))
+
+
+def counter_rules(plan: EndpointPlan) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = [{"index": i, "name": n, "path": None,
+                                  "action": n.split("/")[1]} for i, n in enumerate(RESERVED_NAMES)]
+    for i, r in enumerate(plan.rules):
+        out.append({"index": RESERVED_SLOTS + i, "name": r.name, "policy": r.policy, "path": r.path,
+                    "where": r.where, "direction": r.direction,
+                    "action": "deny" if r.deny else "allow", "audit": r.audit})
+    return out
+
+
+# --------------------------------------------------------------------------- kernel-test
+
+
+def probe_address(plan: EndpointPlan, i: int) -> str | None:
+    """An address the peer part of rule `i` matches (None if it matches nothing we can name)."""
+    r = plan.rules[i]
+    managed = {ipaddress.ip_network(n) for n in plan.managed}
+    cands: list[Any] = []
+    if r.any_peer or "all" in r.entities or "world" in r.entities or "world-ipv4" in r.entities:
+        cands.append(ipaddress.ip_address("203.0.113.7"))
+    if "world-ipv6" in r.entities:
+        cands.append(ipaddress.ip_address("2001:db8::7"))
+    if "host" in r.entities:
+        cands.append(ipaddress.ip_address("127.0.0.1"))
+    if "cluster" in r.entities:
+        cands += [a for ep in plan.inventory for a in ep.addresses]
+    for c in r.cidrs:
+        for off in (1, 0, 2, -2):
+            try:
+                cands.append(c.net[off])
+            except IndexError:
+                continue
+    for ep in plan.inventory:
+        if not ep.host and any(s.matches(ep.labels) for s in r.endpoints):
+            cands += list(ep.addresses)
+    for a in cands:
+        p = ipaddress.ip_network(a)
+        if plan._peer_matches(r, p) and (r.cidrs == () or p not in managed):
+            return str(a)
+    return None
+
+
+def probes(plan: EndpointPlan) -> list[tuple[str, str, int, int]]:
+    """(direction, peer address, proto, port) probes: one per rule plus the defaults."""
+    out = []
+    for i, r in enumerate(plan.rules):
+        addr = probe_address(plan, i)
+        if addr is None:
+            continue
+        l4 = plan.l4[i]
+        if l4:
+            proto, port = l4[0].proto, l4[0].lo
+            if ipaddress.ip_address(addr).version == 6 and proto == ICMP:
+                continue
+            if ipaddress.ip_address(addr).version == 4 and proto == ICMPV6:
+                continue
+        else:
+            proto, port = 6, 80
+        out.append((r.direction, addr, proto, port))
+        # the edges: just past the first port range, and inside each except
+        if l4 and l4[0].hi < 65535 and proto not in (ICMP, ICMPV6):
+            out.append((r.direction, addr, proto, l4[0].hi + 1))
+        for c in r.cidrs:
+            for e in c.excepts:
+                out.append((r.direction, str(e[-1] if e.num_addresses > 1 else e[0]), proto, port))
+    for d in ("ingress", "egress"):
+        out.append((d, "198.51.100.200", 6, 4))
+    return out
+
+
+def kernel_test(plan: EndpointPlan, contents: dict[str, list[tuple[bytes, bytes]]],
+                programs: list[dict[str, Any]], limit: int = 4000) -> str:
+    """`object`, `map-update` of every content record, then `prog-run` vectors whose
+    expected return values come from the same tables (kernel-tests/README.md)."""
+    ep = plan.endpoint
+    lines = [f"# NetworkPolicy/{ep.name}: merged {', '.join(sorted({s.policy for s in plan.specs}))}",
+             "object prog.bpf.o"]
+    records = [(m, k, v) for m, recs in contents.items() for k, v in recs]
+    if len(records) > limit:
+        lines.append(f"# {len(records)} map records exceed {limit}: behaviour vectors omitted")
+        return "\n".join(lines) + "\n"
+    lines += [f"map-update {m} {k.hex()} {v.hex()}" for m, k, v in records]
+    local4 = next((str(a) for a in ep.addresses if a.version == 4), "10.255.0.1")
+    local6 = next((str(a) for a in ep.addresses if a.version == 6), "fd00:ffff::1")
+    cg = ep.attach_kind == "cgroup_skb"
+    for n, (d, addr, proto, port) in enumerate(probes(plan)):
+        action, slot = plan.table_verdict(d, addr, proto, port)
+        local = local4 if ipaddress.ip_address(addr).version == 4 else local6
+        sport = 40000 + n
+        src, dst = (addr, local) if d == "ingress" else (local, addr)
+        data = frame(src, dst, proto, sport, port)
+        drop = action in DROPS
+        expect = (0 if drop else 1) if cg else (2 if drop else 0)
+        prog = f"netpol_{'cg' if cg else 'tc'}_{d}"
+        lines.append(f"# {d} {addr} proto {proto} port {port}: {ACTION_NAMES[action]} "
+                     f"({plan.slot_name(slot)})".replace("\n", " "))
+        lines.append(f"prog-run {prog} {expect} {data.hex()}")
+    return "\n".join(lines) + "\n"

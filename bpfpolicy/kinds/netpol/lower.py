@@ -1,0 +1,372 @@
+"""Lowering: policies + inventory → one enforcement plan per endpoint → map contents.
+
+Cilium enforces per endpoint, merging every policy that selects it; so do we. For each
+endpoint the plan holds:
+
+* **peer tries** (LPM, v4/v6): address → peer-set id. The prefixes inserted are every
+  CIDR and `except` of the endpoint's rules, every inventory address, loopback and
+  0/0. Each prefix P maps to the set of rules whose peer part matches the addresses
+  whose longest match is P — the userspace equivalent of Cilium's CIDR identities.
+* **verdict trie** (LPM) keyed `(peer-set id, direction, protocol, port)`: deny-over-allow,
+  audit and default deny are resolved here in userspace, so the datapath does exactly
+  two lookups per new flow. Per (peer set, direction) one wildcard entry (prefix 40:
+  any protocol) holds the verdict for protocols no port rule names; port ranges become
+  port prefixes under it.
+* **defaults** per direction (no entry matched): default deny, audited default deny, or
+  pass when no selecting policy has a section for that direction.
+
+`reference_verdict()` computes the same answer straight from the rules (no tables); the
+tests check the tables against it on every probe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .inventory import Endpoint
+from .rules import ICMP, ICMPV6, L4, Net, PeerRule, SpecRule
+
+Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# verdict actions (shared with the C template)
+PASS, ALLOW, DENY, DEFAULT_DENY, AUDIT_DENY, AUDIT_DEFAULT = range(6)
+ACTION_NAMES = ["pass", "allow", "deny", "default-deny", "audit-deny", "audit-default-deny"]
+DROPS = (DENY, DEFAULT_DENY)
+DIRS = ("ingress", "egress")
+DIR_NUM = {"ingress": 0, "egress": 1}
+
+# counter slots before the rules: default deny, conntrack replies, no policy
+SLOT_DEFAULT = {"ingress": 0, "egress": 1}
+SLOT_REPLY = {"ingress": 2, "egress": 3}
+SLOT_NOPOLICY = {"ingress": 4, "egress": 5}
+RESERVED_SLOTS = 6
+RESERVED_NAMES = ["ingress/default-deny", "egress/default-deny", "ingress/reply",
+                  "egress/reply", "ingress/no-policy", "egress/no-policy"]
+
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+WORLD = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+PROTOS_ANY_PORT = (6, 17, 132)
+
+Verdict = tuple[int, int]  # (action, counter slot)
+
+
+@dataclass
+class EndpointPlan:
+    endpoint: Endpoint
+    specs: list[SpecRule]
+    rules: list[PeerRule]  # counter slot of rules[i] = RESERVED_SLOTS + i
+    l4: list[tuple[L4, ...] | None]  # per rule, named ports resolved
+    dd_enforce: dict[str, bool]
+    dd_all: dict[str, bool]
+    inventory: list[Endpoint]
+    warnings: list[str] = field(default_factory=list)
+    peers: dict[Net, int] = field(default_factory=dict)
+    peer_sets: list[frozenset[int]] = field(default_factory=list)
+    verdicts: dict[tuple[int, int, int | None, int, int], Verdict] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ helpers
+    def default(self, d: str) -> Verdict:
+        if self.dd_enforce[d]:
+            return (DEFAULT_DENY, SLOT_DEFAULT[d])
+        if self.dd_all[d]:
+            return (AUDIT_DEFAULT, SLOT_DEFAULT[d])
+        return (PASS, SLOT_NOPOLICY[d])
+
+    def slot_name(self, slot: int) -> str:
+        return RESERVED_NAMES[slot] if slot < RESERVED_SLOTS else self.rules[slot - RESERVED_SLOTS].name
+
+    @property
+    def managed(self) -> list[Net]:
+        return [ipaddress.ip_network(a) for ep in self.inventory for a in ep.addresses] + list(LOOPBACK)
+
+    @property
+    def host_nets(self) -> list[Net]:
+        return [ipaddress.ip_network(a) for ep in self.inventory if ep.host for a in ep.addresses] + list(LOOPBACK)
+
+    # ------------------------------------------------------------------ lookups
+    def table_verdict(self, d: str, addr: Addr | str, proto: int, port: int) -> Verdict:
+        """What the datapath computes: LPM peer lookup, then LPM verdict lookup."""
+        a = peer_address(addr)
+        best = max((n for n in self.peers if n.version == a.version and a in n), key=lambda n: n.prefixlen)
+        peer = self.peers[best]
+        dn = DIR_NUM[d]
+        for plen in range(16, -1, -1):
+            lo = port >> (16 - plen) << (16 - plen) if plen else 0
+            v = self.verdicts.get((peer, dn, proto, lo, plen))
+            if v is not None:
+                return v
+        v = self.verdicts.get((peer, dn, None, 0, 0))
+        return v if v is not None else self.default(d)
+
+    def reference_verdict(self, d: str, addr: Addr | str, proto: int, port: int) -> Verdict:
+        """Cilium's semantics evaluated directly on the rules (the tests' oracle)."""
+        a = peer_address(addr)
+        net = ipaddress.ip_network(a)
+        matching = [i for i, r in enumerate(self.rules)
+                    if r.direction == d and self._peer_matches(r, net) and _l4_matches(self.l4[i], proto, port)]
+        return self._resolve(d, matching)
+
+    def _peer_matches(self, r: PeerRule, p: Net) -> bool:
+        if r.any_peer:
+            return True
+        managed = any(p.version == m.version and p.subnet_of(m) for m in self.managed)  # type: ignore[arg-type]
+        if r.cidrs:
+            return not managed and any(
+                c.net.version == p.version and p.subnet_of(c.net)  # type: ignore[arg-type]
+                and not any(p.subnet_of(e) for e in c.excepts)  # type: ignore[arg-type]
+                for c in r.cidrs)
+        if r.entities:
+            host = any(p.version == m.version and p.subnet_of(m) for m in self.host_nets)  # type: ignore[arg-type]
+            return any(_entity(e, p, managed, host) for e in r.entities)
+        addrs = {ipaddress.ip_network(a) for ep in self.inventory if not ep.host
+                 and any(s.matches(ep.labels) for s in r.endpoints) for a in ep.addresses}
+        return p in addrs
+
+    def _resolve(self, d: str, matching: list[int]) -> Verdict:
+        """Deny beats allow; audit rules only log what enforce rules would not drop."""
+        rules = self.rules
+        enf = [i for i in matching if not rules[i].audit]
+        aud = [i for i in matching if rules[i].audit]
+        slot = lambda i: RESERVED_SLOTS + i  # noqa: E731
+        deny = [i for i in enf if rules[i].deny]
+        if deny:
+            return (DENY, slot(deny[0]))
+        allow = [i for i in enf if not rules[i].deny]
+        if not allow and self.dd_enforce[d]:
+            return (DEFAULT_DENY, SLOT_DEFAULT[d])
+        adeny = [i for i in aud if rules[i].deny]
+        if adeny:
+            return (AUDIT_DENY, slot(adeny[0]))
+        allow += [i for i in aud if not rules[i].deny]
+        if allow:
+            return (ALLOW, slot(allow[0]))
+        if self.dd_all[d]:
+            return (AUDIT_DEFAULT, SLOT_DEFAULT[d])
+        return (PASS, SLOT_NOPOLICY[d])
+
+
+def peer_address(addr: Addr | str) -> Addr:
+    """The address policy judges: an IPv4-mapped IPv6 peer (::ffff:a.b.c.d) is the IPv4
+    peer a.b.c.d — the datapath looks it up in the IPv4 trie, so an IPv4 deny cannot be
+    sidestepped by writing the same address in IPv6 form."""
+    a = ipaddress.ip_address(addr)
+    if a.version == 6 and a.ipv4_mapped is not None:  # type: ignore[union-attr]
+        return a.ipv4_mapped  # type: ignore[union-attr]
+    return a
+
+
+def _entity(e: str, p: Net, managed: bool, host: bool) -> bool:
+    if e == "all":
+        return True
+    if e == "world":
+        return not managed
+    if e == "world-ipv4":
+        return not managed and p.version == 4
+    if e == "world-ipv6":
+        return not managed and p.version == 6
+    if e == "host":
+        return host
+    if e == "cluster":
+        return managed
+    return False
+
+
+def _l4_matches(l4: tuple[L4, ...] | None, proto: int, port: int) -> bool:
+    return l4 is None or any(x.proto == proto and x.lo <= port <= x.hi for x in l4)
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def selects(spec: SpecRule, ep: Endpoint) -> bool:
+    """nodeSelector selects the host entry; endpointSelector every other entry."""
+    return spec.node == ep.host and spec.selector.matches(ep.labels)
+
+
+def plan_endpoint(ep: Endpoint, specs: Iterable[SpecRule], inventory: list[Endpoint]) -> EndpointPlan | None:
+    """Merge every rule selecting `ep`; None when nothing selects it."""
+    chosen = [s for s in specs if selects(s, ep)]
+    if not chosen:
+        return None
+    rules = [r for s in chosen for r in s.rules]
+    dd_enf = {d: any(s.sections[d] and s.default_deny[d] for s in chosen if not s.audit) for d in DIRS}
+    dd_all = {d: any(s.sections[d] and s.default_deny[d] for s in chosen) for d in DIRS}
+    plan = EndpointPlan(ep, chosen, rules, [], dd_enf, dd_all, inventory)
+    plan.l4 = [_resolve_named(plan, r) for r in rules]
+    _build_peers(plan)
+    _build_verdicts(plan)
+    return plan
+
+
+def _resolve_named(plan: EndpointPlan, r: PeerRule) -> tuple[L4, ...] | None:
+    """Named ports: ingress resolves the endpoint's own ports, egress every endpoint's."""
+    if r.l4 is None:
+        return None
+    out = list(r.l4)
+    owners = [plan.endpoint] if r.direction == "ingress" else plan.inventory
+    for n in r.named:
+        found = sorted({ep.ports[(n.name, p)] for ep in owners for p in n.protos if (n.name, p) in ep.ports})
+        hits = [L4(p, port, port) for ep in owners for p in n.protos
+                if (n.name, p) in ep.ports for port in [ep.ports[(n.name, p)]]]
+        if not found:
+            plan.warnings.append(f"{r.where}: {r.path}: skipping named port \"{n.name}\": "
+                                 f"no {'endpoint' if r.direction == 'egress' else plan.endpoint.name} port has that name")
+        out += sorted(set(hits), key=lambda x: (x.proto, x.lo))
+    return tuple(out)
+
+
+def _build_peers(plan: EndpointPlan) -> None:
+    """Assign every inserted prefix the set of rules whose peer part matches it."""
+    atoms: set[Net] = set(WORLD) | set(LOOPBACK) | set(plan.managed)
+    holders: dict[Net, list[tuple[int, int, bool]]] = {}
+    for i, r in enumerate(plan.rules):
+        for k, c in enumerate(r.cidrs):
+            atoms.add(c.net)
+            holders.setdefault(c.net, []).append((i, k, False))
+            for e in c.excepts:
+                atoms.add(e)
+                holders.setdefault(e, []).append((i, k, True))
+    held = _PrefixIndex(holders)
+    managed = _PrefixIndex(dict.fromkeys(plan.managed, True))
+    host = _PrefixIndex(dict.fromkeys(plan.host_nets, True))
+    ep_addr: dict[Net, list[Endpoint]] = {}
+    for ep in plan.inventory:
+        if not ep.host:
+            for a in ep.addresses:
+                ep_addr.setdefault(ipaddress.ip_network(a), []).append(ep)
+    any_rules = [i for i, r in enumerate(plan.rules) if r.any_peer]
+    entity_rules = [i for i, r in enumerate(plan.rules) if not r.any_peer and r.entities]
+    endpoint_rules = [i for i, r in enumerate(plan.rules) if not r.any_peer and not r.cidrs and not r.entities]
+    set_ids: dict[frozenset[int], int] = {}
+    for p in sorted(atoms, key=lambda n: (n.version, n.network_address.packed, n.prefixlen)):
+        is_managed = bool(managed.containing(p))
+        is_host = bool(host.containing(p))
+        cidr_hits: dict[tuple[int, int], bool] = {}
+        for hs in held.containing(p):
+            for (i, k, exc) in hs:
+                cidr_hits[(i, k)] = cidr_hits.get((i, k), False) or exc
+        members = set(any_rules)
+        if not is_managed:
+            members |= {i for (i, _k), exc in cidr_hits.items() if not exc}
+        members |= {i for i in entity_rules
+                    if any(_entity(e, p, is_managed, is_host) for e in plan.rules[i].entities)}
+        eps = ep_addr.get(p, [])
+        if eps:
+            members |= {i for i in endpoint_rules
+                        if any(s.matches(ep.labels) for s in plan.rules[i].endpoints for ep in eps)}
+        key = frozenset(members)
+        if key not in set_ids:
+            set_ids[key] = len(plan.peer_sets)
+            plan.peer_sets.append(key)
+        plan.peers[p] = set_ids[key]
+
+
+class _PrefixIndex:
+    """Prefixes as (version, prefixlen) -> {network int: value}, so "which of these
+    contain P" is one dict probe per distinct prefix length (integer masks, no
+    ipaddress objects on the hot path)."""
+
+    def __init__(self, items: dict[Net, object]) -> None:
+        self.by_len: dict[tuple[int, int], dict[int, object]] = {}
+        for net, value in items.items():
+            self.by_len.setdefault((net.version, net.prefixlen), {})[int(net.network_address)] = value
+        self.lens = {v: sorted(pl for (ver, pl) in self.by_len if ver == v) for v in (4, 6)}
+
+    def containing(self, p: Net) -> list[object]:
+        bits = 32 if p.version == 4 else 128
+        addr = int(p.network_address)
+        out = []
+        for plen in self.lens[p.version]:
+            if plen > p.prefixlen:
+                break
+            shift = bits - plen
+            hit = self.by_len[(p.version, plen)].get(addr >> shift << shift if shift < bits else 0)
+            if hit is not None:
+                out.append(hit)
+        return out
+
+
+def _build_verdicts(plan: EndpointPlan) -> None:
+    for peer, members in enumerate(plan.peer_sets):
+        for d in DIRS:
+            idx = sorted(i for i in members if plan.rules[i].direction == d)
+            if not idx:
+                continue
+            dn = DIR_NUM[d]
+            wild = plan._resolve(d, [i for i in idx if plan.l4[i] is None])
+            if wild != plan.default(d):
+                plan.verdicts[(peer, dn, None, 0, 0)] = wild
+            protos = sorted({x.proto for i in idx for x in (plan.l4[i] or ())})
+            for proto in protos:
+                for lo, hi, v in _intervals(plan, d, idx, proto):
+                    if v == wild:
+                        continue
+                    for base, plen in range_to_prefixes(lo, hi):
+                        plan.verdicts[(peer, dn, proto, base, plen)] = v
+
+
+def _intervals(plan: EndpointPlan, d: str, idx: list[int], proto: int) -> list[tuple[int, int, Verdict]]:
+    """The port space of one protocol cut where any rule starts or ends, resolved and coalesced."""
+    cuts = {0, 65536}
+    for i in idx:
+        for x in plan.l4[i] or ():
+            if x.proto == proto:
+                cuts |= {x.lo, x.hi + 1}
+    bounds = sorted(cuts)
+    out: list[tuple[int, int, Verdict]] = []
+    for lo, nxt in zip(bounds, bounds[1:], strict=False):
+        matching = [i for i in idx if _l4_matches(plan.l4[i], proto, lo)]
+        v = plan._resolve(d, matching)
+        if out and out[-1][2] == v and out[-1][1] == lo - 1:
+            out[-1] = (out[-1][0], nxt - 1, v)
+        else:
+            out.append((lo, nxt - 1, v))
+    return out
+
+
+def range_to_prefixes(lo: int, hi: int, bits: int = 16) -> list[tuple[int, int]]:
+    """Inclusive [lo, hi] as the fewest aligned (base, prefixlen) blocks."""
+    out = []
+    while lo <= hi:
+        size = lo & -lo if lo else 1 << bits
+        while size > hi - lo + 1:
+            size >>= 1
+        out.append((lo, bits - size.bit_length() + 1))
+        lo += size
+    return out
+
+
+# --------------------------------------------------------------------------- encoding
+
+VERDICT_KEY = struct.Struct("<I I B B H")  # prefixlen, peer (host order), dir, proto, port (BE below)
+VERDICT_VAL = struct.Struct("<I I")  # action, slot
+DEFAULTS_VAL = VERDICT_VAL
+
+
+def encode_maps(plan: EndpointPlan) -> dict[str, list[tuple[bytes, bytes]]]:
+    """Map contents as raw (key, value) records, exactly as the kernel stores them."""
+    peers4, peers6 = [], []
+    for net, pid in plan.peers.items():
+        key = struct.pack("<I", net.prefixlen) + net.network_address.packed
+        (peers4 if net.version == 4 else peers6).append((key, struct.pack("<I", pid)))
+    verdicts = []
+    for (peer, dn, proto, base, plen), (action, slot) in plan.verdicts.items():
+        prefix = 40 if proto is None else 48 + plen
+        key = struct.pack("<I I B B", prefix, peer, dn, proto or 0) + struct.pack(">H", base)
+        verdicts.append((key, VERDICT_VAL.pack(action, slot)))
+    defaults = [(struct.pack("<I", DIR_NUM[d]), VERDICT_VAL.pack(*plan.default(d))) for d in DIRS]
+    out = {"np_peers4": sorted(peers4), "np_peers6": sorted(peers6),
+           "np_verdicts": sorted(verdicts), "np_defaults": sorted(defaults)}
+    h = hashlib.sha256()
+    for name in sorted(out):
+        h.update(name.encode() + b"".join(k + v for k, v in out[name]))
+    generation = int.from_bytes(h.digest()[:4], "little") or 1
+    out["np_config"] = [(struct.pack("<I", 0), struct.pack("<I", generation))]
+    return out
+
+
+ICMP_PROTOS = (ICMP, ICMPV6)

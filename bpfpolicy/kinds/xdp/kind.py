@@ -1,0 +1,419 @@
+"""XDPBlocklist: drop traffic by source address at the XDP hook (SPEC §2.1).
+
+check()   — semantic checks beyond the schema (CIDRs, list files, ports, names, netns).
+compile() — rules -> lowering (xdp_lower) -> codegen/templates/xdp_blocklist.bpf.c.j2 -> clang ->
+            an Artifact: prog.bpf.c, prog.bpf.o, maps/<map>.bin, kernel-test.txt, manifest.
+
+`program_hash` hashes the generated C with comments stripped, so changing addresses or
+ports (map contents only) keeps it stable and the controller applies a map delta instead
+of reloading the program (docs/ARTIFACTS.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from ...policy.diagnostics import Diagnostic, PolicyError, format_path
+from ...policy.load import Document
+from ..base import Artifact, CompileContext, Kind, Reporter
+from .lower import LIMITS, MAX_RULES, PORT_PROTOCOLS, PROTOCOLS, Lowered, Rule, classify, lower
+from .sources import Sources, UnsafeListFile, open_list, parse_cidr
+
+IFNAMSIZ = 16
+_IFNAME_BAD = re.compile(r"[\s/:]")
+_PROTO_NAMES = {v: k for k, v in PROTOCOLS.items()}
+
+
+def _base_dir(doc: Document, ctx: CompileContext | None = None) -> Path:
+    if ctx is not None and ctx.base_dir is not None:
+        return ctx.base_dir
+    return Path(doc.file).resolve().parent
+
+
+def _display(doc: Document, rel: str) -> str:
+    """How a list file is named in diagnostics: beside the policy file, as the user sees it."""
+    p = Path(rel)
+    return str(p if p.is_absolute() else Path(doc.file).parent / p)
+
+
+def _parse_ports(items: list[Any]) -> tuple[list[tuple[int, int]], list[tuple[int, str]]]:
+    """(ranges, [(item index, error)])."""
+    ranges: list[tuple[int, int]] = []
+    errors: list[tuple[int, str]] = []
+    for i, item in enumerate(items):
+        if isinstance(item, bool):
+            errors.append((i, "port must be a number or a \"low-high\" range"))
+            continue
+        if isinstance(item, int):
+            lo = hi = item
+        else:
+            text = str(item).strip()
+            a, sep, b = text.partition("-")
+            if not a.isdigit() or (sep and not b.isdigit()):
+                errors.append((i, f'"{text}" is not a port or a "low-high" range'))
+                continue
+            lo, hi = int(a), int(b) if sep else int(a)
+            if sep and lo > hi:
+                errors.append((i, f'port range "{text}" is reversed (did you mean "{hi}-{lo}"?)'))
+                continue
+        bad = [p for p in (lo, hi) if not 0 <= p <= 65535]
+        if bad:
+            errors.append((i, f"port {bad[0]} is out of range (0-65535)"))
+            continue
+        ranges.append((lo, hi))
+    return ranges, errors
+
+
+class XDPBlocklistKind(Kind):
+    kind = "XDPBlocklist"
+    schema_file = "xdpblocklist.json"
+
+    # ------------------------------------------------------------------ checks
+    def check(self, doc: Document, report: Reporter) -> None:
+        spec = doc.get(("spec",), {}) or {}
+        self._check_interfaces(doc, spec, report)
+        names: dict[str, tuple[str | int, ...]] = {}
+        total = 0
+        for section in ("deny", "allow"):
+            for i, rule in enumerate(spec.get(section) or []):
+                path: tuple[str | int, ...] = ("spec", section, i)
+                total += 1
+                name = rule.get("name") or f"{section}-{i}"
+                if name in names:
+                    where = doc.pos(names[name])
+                    report.error((*path, "name") if "name" in rule else path,
+                                 f'duplicate rule name "{name}" (first used at line {where[0]}); '
+                                 "counters are reported by rule name")
+                else:
+                    names[name] = (*path, "name") if "name" in rule else path
+                self._check_rule(doc, rule, path, report)
+        if total > MAX_RULES:
+            report.error(("spec",), f"{total} rules: at most {MAX_RULES} allow+deny rules per policy "
+                         "(merge rules with the same filters; sources can be as long as you like)")
+        if not spec.get("deny") and not spec.get("rateLimit"):
+            report.error(("spec",), "nothing to enforce: give deny rules or a rateLimit "
+                         "(allow rules only make exceptions to those)")
+
+    def _check_interfaces(self, doc: Document, spec: dict[str, Any], report: Reporter) -> None:
+        seen: dict[tuple[str, str | None], int] = {}
+        for i, item in enumerate(spec.get("interfaces") or []):
+            name, netns = (item, None) if isinstance(item, str) else (item.get("name"), item.get("netns"))
+            path: tuple[str | int, ...] = ("spec", "interfaces", i) if isinstance(item, str) else ("spec", "interfaces", i, "name")
+            if not isinstance(name, str):
+                continue
+            if len(name.encode()) >= IFNAMSIZ:
+                report.error(path, f'interface name "{name}" is {len(name.encode())} bytes; Linux allows '
+                             f"at most {IFNAMSIZ - 1} (IFNAMSIZ)")
+            elif name in (".", "..") or _IFNAME_BAD.search(name):
+                report.error(path, f'"{name}" is not a valid interface name (no whitespace, "/" or ":")')
+            if netns is not None and ("/" in netns or netns in (".", "..")):
+                report.error(("spec", "interfaces", i, "netns"),
+                             f'"{netns}" is not a valid network namespace name (a name under /run/netns)')
+            key = (name, netns)
+            if key in seen:
+                report.error(path, f'interface "{name}"{" in netns " + netns if netns else ""} is listed '
+                             f"twice (also spec.interfaces[{seen[key]}])")
+            seen.setdefault(key, i)
+
+    def _check_rule(self, doc: Document, rule: dict[str, Any], path: tuple[str | int, ...],
+                    report: Reporter) -> None:
+        count = 0
+        for j, src in enumerate(rule.get("sources") or []):
+            try:
+                parse_cidr(str(src))
+                count += 1
+            except ValueError as e:
+                report.error((*path, "sources", j), str(e))
+        for j, rel in enumerate(rule.get("sourceFiles") or []):
+            fpath = (*path, "sourceFiles", j)
+            parsed = self._load_file(doc, str(rel), fpath, report)
+            if parsed is None:
+                continue
+            count += parsed.count
+            shown = _display(doc, str(rel))
+            for line, msg in parsed.errors:
+                report.diagnostics.append(Diagnostic(shown, line, 1, format_path(fpath), msg))
+            if parsed.error_count > len(parsed.errors):
+                report.error(fpath, f"{shown}: {parsed.error_count - len(parsed.errors)} more bad lines not shown")
+            if not parsed.errors and parsed.count == 0:
+                report.warning(fpath, f"{shown} lists no addresses")
+        protos = rule.get("protocols")
+        if protos and "any" in protos and len(protos) > 1:
+            report.error((*path, "protocols"), '"any" cannot be combined with other protocols')
+        if protos and len(set(protos)) != len(protos):
+            dup = next(p for p in protos if protos.count(p) > 1)
+            report.error((*path, "protocols", protos.index(dup, protos.index(dup) + 1)), f'protocol "{dup}" is listed twice')
+        ports = rule.get("ports")
+        if ports:
+            _, errors = _parse_ports(ports)
+            for j, msg in errors:
+                report.error((*path, "ports", j), msg)
+            if protos and "any" not in protos and not any(PROTOCOLS[p] in PORT_PROTOCOLS for p in protos):
+                report.error((*path, "ports"), "ports only apply to tcp, udp and sctp, but the rule's "
+                             f"protocols are {', '.join(protos)}")
+
+    def _load_file(self, doc: Document, rel: str, fpath: tuple[str | int, ...],
+                   report: Reporter | None) -> Sources | None:
+        root = getattr(doc, "tree_root", None) or Path(doc.file).resolve().parent
+        try:
+            return open_list(root, rel, _base_dir(doc))
+        except UnsafeListFile as e:
+            msg = f"source list {e}"
+        except FileNotFoundError:
+            msg = f"source list {_display(doc, rel)} does not exist (paths are relative to the policy file)"
+        except IsADirectoryError:
+            msg = f"source list {_display(doc, rel)} is a directory"
+        except OSError as e:
+            msg = f"cannot read source list {_display(doc, rel)}: {e.strerror}"
+        if report is not None:
+            report.error(fpath, msg)
+        else:
+            raise PolicyError([doc.diag(fpath, msg)])
+        return None
+
+    # ------------------------------------------------------------------ model
+    def rules(self, doc: Document) -> list[Rule]:
+        """The validated document as lowering input: deny rules first, then allow rules
+        (rule index = counter index = bit in the rule sets)."""
+        spec = doc.get(("spec",), {}) or {}
+        out: list[Rule] = []
+        for section, action in (("deny", "drop"), ("allow", "pass")):
+            for i, raw in enumerate(spec.get(section) or []):
+                path = ("spec", section, i)
+                src = Sources()
+                inline = [parse_cidr(str(s)) for s in raw.get("sources") or []]
+                if inline:
+                    import numpy as np
+
+                    v4 = [(a, p) for f, a, p in inline if f == 4]
+                    src.v4_addr = np.array([a for a, _ in v4], dtype=np.uint32)
+                    src.v4_plen = np.array([p for _, p in v4], dtype=np.uint8)
+                    src.v6 = [(a, p) for f, a, p in inline if f == 6]
+                for j, rel in enumerate(raw.get("sourceFiles") or []):
+                    parsed = self._load_file(doc, str(rel), (*path, "sourceFiles", j), None)
+                    assert parsed is not None
+                    src.extend(parsed)
+                protos = raw.get("protocols")
+                protocols = None if not protos or "any" in protos else {PROTOCOLS[p] for p in protos}
+                ports = _parse_ports(raw["ports"])[0] if raw.get("ports") else None
+                if ports is not None and protocols is None:
+                    protocols = set(PORT_PROTOCOLS)  # ports imply a protocol that has ports
+                line, col = doc.pos(path)
+                out.append(Rule(len(out), raw.get("name") or f"{section}-{i}", action, path,
+                                f"{doc.file}:{line}:{col}", src, protocols, ports))
+        return out
+
+    # ------------------------------------------------------------------ compile
+    def compile(self, doc: Document, ctx: CompileContext) -> Artifact:
+        from ...codegen.build import build_bpf
+        from ...codegen.render import render
+
+        report = Reporter(doc)
+        self.check(doc, report)
+        if report.failed:
+            raise PolicyError([d for d in report.diagnostics if d.severity == "error"])
+        name = str(self.policy_name(doc))
+        spec = doc.data["spec"]
+        rate = spec.get("rateLimit")
+        if rate:
+            rate = {"synPerSecond": int(rate["synPerSecond"]), "burst": int(rate.get("burst") or rate["synPerSecond"])}
+        rules = self.rules(doc)
+        try:
+            low = lower(rules, rate)
+        except ValueError as e:
+            raise PolicyError([doc.diag(("spec",), str(e))]) from None
+        policy_id = f"{self.kind}/{name}"
+        context = self._template_context(doc, low, policy_id)
+        source = render("xdp_blocklist.bpf.c.j2", **context, source_hash="")
+        program_hash = _code_hash(source)
+        source = render("xdp_blocklist.bpf.c.j2", **context, source_hash=program_hash)
+        built = build_bpf(source, name=f"xdp-{name}")
+
+        files: dict[str, bytes] = {"prog.bpf.c": source.encode(), "prog.bpf.o": built.object}
+        maps_manifest = []
+        for m in low.maps.values():
+            entry: dict[str, Any] = {"name": m.name, "type": m.type, "key_size": m.key_size,
+                                     "value_size": m.value_size, "max_entries": m.max_entries,
+                                     "percpu": m.percpu, "flags": m.flags}
+            if m.records is not None:
+                files[f"maps/{m.name}.bin"] = m.records
+                entry.update(contents=f"maps/{m.name}.bin", entries=m.entries)
+            maps_manifest.append(entry)
+        files["kernel-test.txt"] = kernel_test(low).encode()
+        mode = spec.get("mode", "auto")
+        attachments = []
+        for item in spec["interfaces"]:
+            ifname, netns = (item, None) if isinstance(item, str) else (item["name"], item.get("netns"))
+            attachments.append({"program": "xdp_blocklist", "type": "xdp", "interface": ifname,
+                                "netns": netns, "mode": mode})
+        counters = [{"index": r.index, "name": r.name, "path": format_path(r.path), "action": r.action}
+                    for r in rules]
+        if rate:
+            counters.append({"index": len(rules), "name": "rateLimit", "path": "spec.rateLimit", "action": "drop"})
+        # packets dropped because what a rule depends on could not be parsed (docs/xdp.md "Fail closed")
+        counters.append({"index": len(rules) + 1, "name": "failClosed", "path": "spec", "action": "drop"})
+        manifest = {
+            "object": "prog.bpf.o",
+            "program_hash": program_hash,
+            "programs": [{"name": "xdp_blocklist", "type": "xdp"}],
+            "maps": maps_manifest,
+            "attachments": attachments,
+            "counters": {"map": "rule_stats", "layout": "percpu_array_u64x2", "rules": counters},
+            "features": {k: v for k, v in low.features.items()},
+            "metadata": {"policy": policy_id, "source": doc.file, "revision": ctx.revision,
+                         "entries": {"v4": int(sum(len(r.sources.v4_addr) for r in rules)),
+                                     "v6": int(sum(len(r.sources.v6) for r in rules))}},
+        }
+        return Artifact(self.kind, name, files, manifest)
+
+    def _template_context(self, doc: Document, low: Lowered, policy_id: str) -> dict[str, Any]:
+        rate = low.features["rate_limit"]
+        proto_masks = [{"number": p, "name": _PROTO_NAMES.get(p, str(p)), "mask": hex(m),
+                        "rules": ", ".join(r.name for r in low.rules if m & r.bit)}
+                       for p, m in sorted(low.proto_masks.items())]
+        return {
+            "policy_id": policy_id, "source_file": doc.file, "features": low.features,
+            "rules": [{"index": r.index, "name": r.name, "action": r.action, "where": r.where,
+                       "path": format_path(r.path)} for r in low.rules],
+            "maps": low.maps, "masks": {k: hex(v) for k, v in low.masks.items()},
+            "proto_masks": proto_masks, "tbl24_group": 32, "limits": LIMITS,
+            "fail_closed_index": len(low.rules) + 1,
+            "syn_cost_ns": (10**9 // rate["synPerSecond"]) if rate else 0,
+            "syn_burst_ns": (10**9 // rate["synPerSecond"]) * rate["burst"] if rate else 0,
+        }
+
+
+_COMMENTS = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
+
+
+def _code_hash(source: str) -> str:
+    """Hash of the program's code (comments stripped; the metadata hash line blanked):
+    rule names and policy line numbers in comments never force a reload."""
+    code = _COMMENTS.sub("", source)
+    code = re.sub(r"bpf_metadata_bpfpolicy_hash\[\][^;]*;", "", code)
+    code = "\n".join(line.rstrip() for line in code.splitlines() if line.strip())
+    return hashlib.sha256(code.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- kernel-test
+
+
+def kernel_test(low: Lowered) -> str:
+    """kernel-tests script: load the object, insert the few map entries the vectors need,
+    run a blocked, an allowed, an ARP and a VLAN-tagged packet."""
+    from . import packets as pk
+
+    lines = ["# XDPBlocklist vectors (generated): load, insert a few entries, run packets",
+             "object prog.bpf.o"]
+    blocked = _pick_blocked(low)
+    needed: list[tuple[str, bytes]] = []
+    vectors: list[tuple[int, bytes, str]] = []
+    if blocked is not None:
+        src, proto, dport = blocked
+        needed += _entries_for(low, src)
+        if proto in PORT_PROTOCOLS and "port_rules" in low.maps:
+            needed.append(("port_rules", dport.to_bytes(4, "little")))
+        verdict, _ = classify(low, src, proto, dport)
+        ret = 1 if verdict == "drop" else 2
+        vectors.append((ret, pk.packet(src, proto, dport), f"{verdict}: listed source {src}"))
+        vectors.append((ret, pk.packet(src, proto, dport, vlans=(100,)), "same packet, 802.1Q tag"))
+        vectors.append((ret, pk.packet(src, proto, dport, vlans=(100, 200)), "same packet, QinQ"))
+    vectors.append((2, pk.packet("198.18.0.1", 6, 80), "pass: unlisted source"))
+    vectors.append((2, pk.arp(), "pass: ARP"))
+    vectors.append((2, pk.packet("198.18.0.1")[:20], "pass: truncated"))
+    for name, key in needed:
+        spec = low.maps[name]
+        rec = _record(spec.records or b"", spec.key_size, spec.value_size, key)
+        if rec is not None:
+            lines.append(f"map-update {name} {rec[:spec.key_size].hex()} {rec[spec.key_size:].hex()}")
+    for ret, data, why in vectors:
+        lines.append(f"# {why}")
+        lines.append(f"prog-run xdp_blocklist {ret} {data.hex()}")
+    return "\n".join(lines) + "\n"
+
+
+def _pick_blocked(low: Lowered) -> tuple[str, int, int] | None:
+    import socket
+
+    for r in low.rules:
+        if r.action != "drop":
+            continue
+        proto = min(r.protocols) if r.protocols else 6
+        proto = 6 if r.protocols and 6 in r.protocols else proto
+        dport = r.ports[0][0] if r.ports else 80
+        if len(r.sources.v4_addr):
+            return socket.inet_ntoa(int(r.sources.v4_addr[0]).to_bytes(4, "big")), proto, dport
+        if r.sources.v6:
+            return socket.inet_ntop(socket.AF_INET6, r.sources.v6[0][0].to_bytes(16, "big")), proto, dport
+    return None
+
+
+def _entries_for(low: Lowered, src: str) -> list[tuple[str, bytes]]:
+    """Map keys the program reads to classify `src` (plus the ruleset it leads to)."""
+    import socket
+
+    out: list[tuple[str, bytes]] = []
+    rid: int | None = None
+    if ":" in src:
+        raw = socket.inet_pton(socket.AF_INET6, src)
+        if "v6_exact" in low.maps:
+            rec = _record(low.maps["v6_exact"].records or b"", 16, 4, raw)
+            if rec:
+                out.append(("v6_exact", raw))
+                rid = int.from_bytes(rec[16:], "little")
+        if rid is None and "v6_prefix" in low.maps:
+            spec = low.maps["v6_prefix"]
+            addr = int.from_bytes(raw, "big")
+            best = None
+            n = spec.key_size + spec.value_size
+            for i in range(0, len(spec.records or b""), n):
+                rec = (spec.records or b"")[i:i + n]
+                plen = int.from_bytes(rec[:4], "little")
+                net = int.from_bytes(rec[4:20], "big")
+                if (plen == 0 or (addr ^ net) >> (128 - plen) == 0) and (best is None or plen > best[0]):
+                    best = (plen, rec)
+            if best:
+                out.append(("v6_prefix", best[1][:20]))
+                rid = int.from_bytes(best[1][20:], "little")
+    else:
+        raw = socket.inet_aton(src)
+        top = int.from_bytes(raw, "big") >> 8
+        if "v4_tbl24" in low.maps:
+            gkey = (top // 32).to_bytes(4, "little")
+            rec = _record(low.maps["v4_tbl24"].records or b"", 4, 64, gkey)
+            if rec:
+                out.append(("v4_tbl24", gkey))
+                slot = int.from_bytes(rec[4 + 2 * (top % 32):6 + 2 * (top % 32)], "little")
+                rid = slot & 0x7FFF
+        if "v4_exact" in low.maps:
+            rec = _record(low.maps["v4_exact"].records or b"", 4, 4, raw)
+            if rec:
+                out.append(("v4_exact", raw))
+                rid = int.from_bytes(rec[4:], "little")
+    if rid:
+        out.append(("rulesets", rid.to_bytes(4, "little")))
+    return out
+
+
+def _record(records: bytes, key_size: int, value_size: int, key: bytes) -> bytes | None:
+    """Binary search a sorted contents buffer for `key`."""
+    n = key_size + value_size
+    lo, hi = 0, len(records) // n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        k = records[mid * n:mid * n + key_size]
+        if k == key:
+            return records[mid * n:(mid + 1) * n]
+        if k < key:
+            lo = mid + 1
+        else:
+            hi = mid
+    return None
+
+
+def manifest_json(artifact: Artifact) -> str:  # pragma: no cover - debugging aid
+    return json.dumps(artifact.manifest, indent=2, default=str)

@@ -1,0 +1,554 @@
+"""Lowering for XDPBlocklist: rules -> program features + map contents.
+
+Classification model (what the generated program computes per packet):
+
+    set   = rulesets[id(source address)]        # u64: bit i = rule i lists this source
+    set  &= proto_rules(l4 protocol)             # constant per protocol, from the rules
+    set  &= port_rules[dport] | PORTLESS_RULES   # ports bitmap array (data)
+    allow rule in set -> XDP_PASS;  deny rule in set -> XDP_DROP;  else (SYN limit) PASS
+
+Every source set is "leaf-pushed": the id stored for an address or prefix names the
+union of ALL rules whose sources cover it, so one longest-match lookup answers for every
+rule at once. Address layouts, chosen by measurement (docs/xdp.md):
+
+* IPv4 "dir24" (any prefix shorter than /32, or >= 4096 entries): DIR-24-8 style.
+  `v4_tbl24` is an ARRAY indexed by the top 24 address bits (32 u16 slots of 64 bytes per
+  element, so one cache line), each slot = ruleset id of the /24 (prefixes <= /24 painted
+  in) | 0x8000 when longer entries exist inside it. Those (/32s, and /25-/31 expanded to
+  /32s) live in `v4_buckets`, our own hashed second level: an ARRAY of 64-byte buckets
+  (8 addresses + 8 ids) indexed by a multiplicative hash, so a /32 hit is two inlined
+  array loads and a few compares instead of a kernel hash walk (~30 ns measured). The
+  rare addresses beyond 8 per bucket spill to the `v4_exact` HASH (bucket flag).
+  A miss costs one array load; an LPM trie costs 2-4x more (ANCHORS §4.2).
+* IPv4 "hash" (only /32s, fewer than 4096): the `v4_exact` HASH alone.
+* IPv6: `v6_exact` HASH for /128s, `v6_prefix` LPM trie for the rest.
+
+Map sizes use power-of-two headroom so that adding entries is a map delta, not a reload.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .sources import Sources
+
+MAX_RULES = 64
+MAX_RULESETS = 0x7FFF
+DIR24_MIN_ENTRIES = 4096
+TBL24_GROUP = 32  # u16 slots per array element (64 bytes: one cache line)
+TBL24_ENTRIES = (1 << 24) // TBL24_GROUP
+TBL24_MORE = 0x8000  # slot flag: longer (> /24) entries exist in this /24
+MAX_EXPANDED = 8 << 20  # /25-/31 prefixes expand to /32s; bound the blow-up
+RULESETS_MAX = 1 << 15
+MMAPABLE = 1 << 10  # BPF_F_MMAPABLE: big arrays are filled through mmap (kernel/maps.py)
+BUCKET_SLOTS = 8  # /32s per v4_buckets element: 8 addresses + 8 ids = one 64-byte line
+BUCKET_HASH = 2654435761  # Knuth's multiplicative hash (2^32 / phi); the C side matches
+PORTS_MAX = 1 << 16
+SYN_BUCKETS_MAX = 1 << 16
+
+PROTOCOLS = {"tcp": 6, "udp": 17, "sctp": 132, "icmp": 1, "icmpv6": 58}
+PORT_PROTOCOLS = {6, 17, 132}
+
+# Fail-closed parsing limits: one name each, rendered into the C program under the same
+# name (codegen/templates/xdp_blocklist.bpf.c.j2) and used by the reference `classify_frame`.
+# docs/xdp.md "Fail closed" says what is dropped and why.
+MAX_VLAN_DEPTH = 4  # 802.1Q/802.1ad tags: QinQ uses 2, provider stacks 3; the kernel strips
+#                     any number of VID-0 tags, so a deeper stack is dropped, not passed
+MAX_IPV6_EXT_HEADERS = 8  # RFC 8200 4.1 allows 6 before ESP/L4 (each once, dst-opts twice);
+#                           a longer chain is dropped when a rule of the source needs L4
+TCP_MIN_HDR = 20  # TCP header up to flags+window: a shorter first fragment is an RFC 1858 tiny fragment
+UDP_MIN_HDR = 8   # UDP header
+SCTP_MIN_HDR = 12  # SCTP common header (ports, verification tag, checksum)
+FRAG_OFFSET_OVERLAP = 1  # fragment offset (8-byte units) overlapping the TCP flags: RFC 1858 3.2
+LIMITS = {"MAX_VLAN_DEPTH": MAX_VLAN_DEPTH, "MAX_IPV6_EXT_HEADERS": MAX_IPV6_EXT_HEADERS,
+          "TCP_MIN_HDR": TCP_MIN_HDR, "UDP_MIN_HDR": UDP_MIN_HDR, "SCTP_MIN_HDR": SCTP_MIN_HDR,
+          "FRAG_OFFSET_OVERLAP": FRAG_OFFSET_OVERLAP}
+L4_MIN_HDR = {6: TCP_MIN_HDR, 17: UDP_MIN_HDR, 132: SCTP_MIN_HDR}
+
+
+@dataclass
+class Rule:
+    index: int
+    name: str
+    action: str  # "drop" (deny) | "pass" (allow)
+    path: tuple[str | int, ...]
+    where: str  # "file:line:col" of the rule
+    sources: Sources
+    protocols: set[int] | None = None  # None = any
+    ports: list[tuple[int, int]] | None = None  # None = all
+
+    @property
+    def bit(self) -> int:
+        return 1 << self.index
+
+
+@dataclass
+class MapSpec:
+    name: str
+    type: str
+    key_size: int
+    value_size: int
+    max_entries: int
+    records: bytes | None = None  # contents (sorted key||value), None = runtime state
+    percpu: bool = False
+    flags: int = 0
+
+    @property
+    def entries(self) -> int:
+        rec = self.key_size + self.value_size
+        return len(self.records) // rec if self.records else 0
+
+
+@dataclass
+class Lowered:
+    rules: list[Rule]
+    features: dict[str, Any]
+    maps: dict[str, MapSpec] = field(default_factory=dict)
+    masks: dict[str, int] = field(default_factory=dict)
+    proto_masks: dict[int, int] = field(default_factory=dict)
+    ruleset_masks: np.ndarray | None = None  # id -> mask (index 0 = empty set)
+
+
+def capacity(n: int, floor: int = 1024) -> int:
+    """Power-of-two map size with >= 25% headroom: small changes stay map-only deltas."""
+    need = max(floor, n + n // 4 + 1)
+    return 1 << (need - 1).bit_length()
+
+
+def _rec(keys: np.ndarray, values: np.ndarray) -> bytes:
+    """Rows of key bytes and value bytes -> packed records, sorted by key bytes (the
+    contents contract: two versions diff by a merge, see kernel/maps.py)."""
+    if len(keys) > 1:
+        width = (keys.shape[1] + 7) // 8 * 8
+        padded = np.zeros((len(keys), width), dtype=np.uint8)
+        padded[:, :keys.shape[1]] = keys
+        cols = padded.view(">u8")
+        if cols.shape[1] == 1:
+            k = cols[:, 0]
+            if not np.all(k[1:] > k[:-1]):
+                order = np.argsort(k, kind="stable")
+                keys, values = keys[order], values[order]
+        else:
+            order = np.lexsort([cols[:, j] for j in range(cols.shape[1] - 1, -1, -1)])
+            keys, values = keys[order], values[order]
+    return np.concatenate([keys, values], axis=1).tobytes()
+
+
+def _le(a: np.ndarray) -> np.ndarray:
+    """`a` with little-endian elements (no copy on little-endian hosts)."""
+    return a if a.dtype.byteorder in ("<", "|") or (a.dtype.byteorder == "=" and sys.byteorder == "little") \
+        else a.astype(a.dtype.newbyteorder("<"))
+
+
+def _array_rec(dense: np.ndarray, used: np.ndarray) -> bytes:
+    """Records of an ARRAY map: keys = little-endian u32 indices `used`, values = rows of
+    `dense` (indexed by key). Sorted by key *bytes*, i.e. by the byte-swapped index —
+    np.sort on the swapped keys instead of an argsort of rows (10x faster at 1M)."""
+    order = np.sort(used.astype(np.uint32).byteswap()).byteswap()
+    width = dense.itemsize * (dense.shape[1] if dense.ndim > 1 else 1)
+    out = np.empty((len(order), 4 + width), dtype=np.uint8)
+    out[:, :4] = order.astype("<u4").view(np.uint8).reshape(-1, 4)
+    out[:, 4:] = dense[order.astype(np.int64)].view(np.uint8).reshape(len(order), width)
+    return out.tobytes()
+
+
+# --------------------------------------------------------------------------- IPv4
+
+
+@dataclass
+class _V4:
+    layout: str | None = None
+    tbl24_slots: np.ndarray | None = None  # uint64 masks per /24 (before id mapping)
+    exact_addr: np.ndarray | None = None  # sorted uint32
+    exact_mask: np.ndarray | None = None
+
+
+def _or_reduce_sorted(addr: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Merge duplicate addresses, OR-ing their masks (input any order)."""
+    if len(mask) and np.all(mask == mask[0]):  # one rule: a plain sorted unique
+        a = np.sort(addr)
+        a = a[np.concatenate([[True], a[1:] != a[:-1]])] if len(a) else a
+        return a, np.full(len(a), mask[0], dtype=mask.dtype)
+    order = np.argsort(addr, kind="stable")
+    a, m = addr[order], mask[order]
+    if len(a) == 0:
+        return a, m
+    first = np.concatenate([[True], a[1:] != a[:-1]])
+    starts = np.flatnonzero(first)
+    return a[starts], np.bitwise_or.reduceat(m, starts)
+
+
+def mask_dtype(nrules: int) -> type:
+    """Narrowest integer holding one bit per rule: 16M-entry tables stay 8x smaller for
+    the usual handful of rules (memory bandwidth is what 1M-entry lowering costs)."""
+    for bits, dt in ((8, np.uint8), (16, np.uint16), (32, np.uint32)):
+        if nrules <= bits:
+            return dt
+    return np.uint64
+
+
+def _lower_v4(rules: list[Rule]) -> _V4:
+    total = sum(len(r.sources.v4_addr) for r in rules)
+    if not total:
+        return _V4()
+    any_prefix = any(bool(np.any(r.sources.v4_plen < 32)) for r in rules)
+    layout = "dir24" if any_prefix or total >= DIR24_MIN_ENTRIES else "hash"
+    out = _V4(layout=layout)
+    mdt = mask_dtype(len(rules))
+    t24 = np.zeros(1 << 24, dtype=mdt) if any(
+        bool(np.any(r.sources.v4_plen <= 24)) for r in rules) else None
+    long_a: list[np.ndarray] = []
+    long_m: list[np.ndarray] = []
+    expanded = 0
+    for r in rules:
+        a, p = r.sources.v4_addr, r.sources.v4_plen
+        if not len(a):
+            continue
+        bit = mdt(r.bit)
+        for plen in np.unique(p):
+            sel = a[p == plen]
+            plen = int(plen)
+            if plen <= 24:
+                assert t24 is not None
+                n = 1 << (24 - plen)
+                top = (sel >> np.uint32(8)).astype(np.int64)
+                if n == 1:
+                    t24[top] |= bit
+                elif len(top) * n <= (1 << 22):
+                    t24[(top[:, None] + np.arange(n)).ravel()] |= bit
+                else:
+                    for s in top:
+                        t24[s:s + n] |= bit
+            else:
+                n = 1 << (32 - plen)
+                expanded += len(sel) * n
+                if expanded > MAX_EXPANDED:
+                    raise ValueError(f"rule {r.name}: /25-/31 prefixes expand to more than "
+                                     f"{MAX_EXPANDED} addresses; use /24 or shorter prefixes")
+                ex = (sel[:, None].astype(np.uint64) + np.arange(n, dtype=np.uint64)).ravel()
+                long_a.append(ex.astype(np.uint32))
+                long_m.append(np.full(len(ex), bit, dtype=mdt))
+    if long_a:
+        ea, em = _or_reduce_sorted(np.concatenate(long_a), np.concatenate(long_m))
+        if t24 is not None:
+            em = em | t24[(ea >> np.uint32(8)).astype(np.int64)]
+        out.exact_addr, out.exact_mask = ea, em
+    out.tbl24_slots = t24
+    return out
+
+
+def bucket_of(addr: np.ndarray, bits: int) -> np.ndarray:
+    """v4_buckets index of numeric IPv4 addresses (same arithmetic as the C side)."""
+    h = (addr.astype(np.uint64) * np.uint64(BUCKET_HASH)) & np.uint64(0xFFFFFFFF)
+    return (h >> np.uint64(32 - bits)).astype(np.int64)
+
+
+def _buckets(addr: np.ndarray, ids_: np.ndarray) -> tuple[bytes, np.ndarray, np.ndarray, int]:
+    """Pack sorted /32s into 64-byte buckets: (records, spilled addrs, spilled ids, n).
+    A bucket's content depends only on the addresses hashing to it, so adding one
+    address rewrites one bucket record: a 1-entry delta."""
+    nbuckets = capacity(len(addr) // 2, floor=1024)
+    bits = nbuckets.bit_length() - 1
+    b = bucket_of(addr, bits)
+    # stable order by bucket without an argsort: sort (bucket << 32 | position) instead
+    packed = np.sort((b.astype(np.uint64) << np.uint64(32)) | np.arange(len(b), dtype=np.uint64))
+    order = (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    b, a, i = (packed >> np.uint64(32)).astype(np.int64), addr[order], ids_[order]
+    first = np.concatenate([[True], b[1:] != b[:-1]]) if len(b) else np.zeros(0, dtype=bool)
+    starts = np.flatnonzero(first)
+    rank = np.arange(len(b)) - np.repeat(starts, np.diff(np.concatenate([starts, [len(b)]])))
+    keep = rank < BUCKET_SLOTS
+    dense = np.zeros((nbuckets, 64), dtype=np.uint8)
+    bk, r = b[keep], rank[keep]
+    # addr[8] as big-endian bytes at 0..31, id[8] little-endian u16 at 32..47
+    dense.view("<u4")[bk, r] = a[keep].astype(np.uint32).byteswap()
+    dense.view("<u2")[bk, 16 + r] = i[keep].astype(np.uint16)
+    if np.any(~keep):
+        dense[np.unique(b[~keep]), 48] = 1  # spill flag (u32 at offset 48)
+    used = b[starts]
+    return _array_rec(dense, used), a[~keep], i[~keep], nbuckets
+
+
+# --------------------------------------------------------------------------- IPv6
+
+
+def _lower_v6(rules: list[Rule]) -> tuple[dict[int, int], dict[tuple[int, int], int]]:
+    """(exact /128 -> mask, (plen, network) -> mask), both leaf-pushed."""
+    exact: dict[int, int] = {}
+    prefixes: dict[tuple[int, int], int] = {}
+    for r in rules:
+        for addr, plen in r.sources.v6:
+            if plen == 128:
+                exact[addr] = exact.get(addr, 0) | r.bit
+            else:
+                prefixes[(plen, addr)] = prefixes.get((plen, addr), 0) | r.bit
+    lens = sorted({p for p, _ in prefixes})
+
+    def covering(addr: int, below: int) -> int:
+        m = 0
+        for plen in lens:
+            if plen >= below:
+                break
+            net = addr & (((1 << plen) - 1) << (128 - plen)) if plen else 0
+            m |= prefixes.get((plen, net), 0)
+        return m
+
+    for key in sorted(prefixes):  # shorter first: covering sets are final when read
+        prefixes[key] |= covering(key[1], key[0])
+    for addr in exact:
+        exact[addr] |= covering(addr, 128)
+    return exact, prefixes
+
+
+# --------------------------------------------------------------------------- all
+
+
+def lower(rules: list[Rule], rate_limit: dict[str, int] | None) -> Lowered:
+    if len(rules) > MAX_RULES:
+        raise ValueError(f"{len(rules)} rules; at most {MAX_RULES} allow+deny rules per policy")
+    v4 = _lower_v4(rules)
+    v6_exact, v6_prefix = _lower_v6(rules)
+
+    # ruleset ids: every distinct (non-empty) rule mask gets one, shared by all layouts
+    parts = [np.array(list(v6_exact.values()) + list(v6_prefix.values()), dtype=np.uint64)]
+    t24_nz = None
+    if v4.tbl24_slots is not None:
+        t24_nz = np.flatnonzero(v4.tbl24_slots)
+        parts.append(v4.tbl24_slots[t24_nz])
+    if v4.exact_mask is not None:
+        parts.append(v4.exact_mask)
+    if len(rules) <= 16:  # few rules: a lookup table over all 2^n masks, no sorting
+        seen = np.zeros(1 << len(rules), dtype=bool)
+        for part in parts:
+            seen[part.astype(np.int64)] = True
+        seen[0] = False
+        uniq = np.flatnonzero(seen).astype(np.uint64)
+        lut = np.zeros(1 << len(rules), dtype=np.uint32)
+        lut[uniq.astype(np.int64)] = np.arange(1, len(uniq) + 1, dtype=np.uint32)
+
+        def ids(masks: np.ndarray) -> np.ndarray:
+            return lut[masks.astype(np.int64)]
+    else:
+        allm = np.sort(np.concatenate([p.astype(np.uint64) for p in parts]))
+        uniq = allm[np.concatenate([[True], allm[1:] != allm[:-1]])] if len(allm) else allm
+        uniq = uniq[uniq != 0]
+
+        def ids(masks: np.ndarray) -> np.ndarray:
+            return (np.searchsorted(uniq, masks.astype(np.uint64)) + 1).astype(np.uint32)
+    if len(uniq) > MAX_RULESETS:
+        raise ValueError(f"{len(uniq)} distinct rule combinations; at most {MAX_RULESETS}")
+
+    features: dict[str, Any] = {
+        "v4": v4.layout, "v6_exact": bool(v6_exact), "v6_prefix": bool(v6_prefix),
+        "ports": any(r.ports is not None for r in rules),
+        "protocols": any(r.protocols is not None for r in rules),
+        "allow": any(r.action == "pass" for r in rules),
+        "deny": any(r.action == "drop" for r in rules),
+        "rate_limit": dict(rate_limit) if rate_limit else None,
+    }
+    low = Lowered(rules, features)
+    low.ruleset_masks = np.concatenate([[np.uint64(0)], uniq]).astype(np.uint64)
+    maps = low.maps
+    maps["rulesets"] = MapSpec("rulesets", "array", 4, 8, RULESETS_MAX,
+                               _array_rec(_le(low.ruleset_masks), np.arange(1, len(uniq) + 1)))
+
+    if v4.layout == "dir24":
+        slots = np.zeros(1 << 24, dtype=np.uint16)
+        if t24_nz is not None and len(t24_nz):
+            assert v4.tbl24_slots is not None
+            slots[t24_nz] = ids(v4.tbl24_slots[t24_nz]).astype(np.uint16)
+        if v4.exact_addr is not None:
+            slots[(v4.exact_addr >> np.uint32(8)).astype(np.int64)] |= np.uint16(TBL24_MORE)
+        groups = slots.reshape(TBL24_ENTRIES, TBL24_GROUP)
+        used = np.flatnonzero(groups.view(np.uint64).any(axis=1))
+        maps["v4_tbl24"] = MapSpec("v4_tbl24", "array", 4, 2 * TBL24_GROUP, TBL24_ENTRIES,
+                                   _array_rec(_le(groups), used), flags=MMAPABLE)
+    if v4.layout == "dir24":
+        ea = v4.exact_addr if v4.exact_addr is not None else np.zeros(0, dtype=np.uint32)
+        eid = ids(v4.exact_mask) if v4.exact_mask is not None else np.zeros(0, dtype=np.uint32)
+        bucket_recs, spill_a, spill_id, nbuckets = _buckets(ea, eid)
+        features["v4_bucket_bits"] = nbuckets.bit_length() - 1
+        maps["v4_buckets"] = MapSpec("v4_buckets", "array", 4, 64, nbuckets, bucket_recs, flags=MMAPABLE)
+        maps["v4_exact"] = MapSpec("v4_exact", "hash", 4, 4, capacity(len(spill_a)), _rec(
+            spill_a.astype(">u4").view(np.uint8).reshape(-1, 4),
+            spill_id.astype("<u4").view(np.uint8).reshape(-1, 4)))
+    elif v4.layout == "hash":
+        assert v4.exact_addr is not None and v4.exact_mask is not None
+        ek = v4.exact_addr.astype(">u4").view(np.uint8).reshape(-1, 4)
+        ev = ids(v4.exact_mask).astype("<u4").view(np.uint8).reshape(-1, 4)
+        maps["v4_exact"] = MapSpec("v4_exact", "hash", 4, 4, capacity(len(ek)), _rec(ek, ev))
+
+    if v6_exact:
+        addrs = sorted(v6_exact)
+        mids = ids(np.array([v6_exact[a] for a in addrs], dtype=np.uint64))
+        recs = b"".join(a.to_bytes(16, "big") + struct.pack("<I", int(i)) for a, i in zip(addrs, mids, strict=True))
+        maps["v6_exact"] = MapSpec("v6_exact", "hash", 16, 4, capacity(len(addrs)), recs)
+    if v6_prefix:
+        keys6 = sorted(v6_prefix)
+        mids = ids(np.array([v6_prefix[k] for k in keys6], dtype=np.uint64))
+        recs_l = [struct.pack("<I", p) + a.to_bytes(16, "big") + struct.pack("<I", int(i))
+                  for (p, a), i in zip(keys6, mids, strict=True)]
+        recs_l.sort(key=lambda r: r[:20])
+        maps["v6_prefix"] = MapSpec("v6_prefix", "lpm_trie", 20, 4, capacity(len(keys6)), b"".join(recs_l),
+                                    flags=1)  # BPF_F_NO_PREALLOC (required by LPM tries)
+
+    if features["ports"]:
+        pm = np.zeros(PORTS_MAX, dtype=np.uint64)
+        for r in rules:
+            for lo, hi in r.ports or ():
+                pm[lo:hi + 1] |= np.uint64(r.bit)
+        maps["port_rules"] = MapSpec("port_rules", "array", 4, 8, PORTS_MAX,
+                                     _array_rec(_le(pm), np.flatnonzero(pm)))
+
+    # counters: one per rule, then the SYN limit (len(rules)), then fail-closed drops
+    maps["rule_stats"] = MapSpec("rule_stats", "percpu_array", 4, 16, len(rules) + 2, None, percpu=True)
+    if rate_limit:
+        maps["syn_buckets"] = MapSpec("syn_buckets", "lru_hash", 16, 16, SYN_BUCKETS_MAX, None)
+
+    allow = sum(r.bit for r in rules if r.action == "pass")
+    deny = sum(r.bit for r in rules if r.action == "drop")
+    portless = sum(r.bit for r in rules if r.ports is None)
+    scoped = sum(r.bit for r in rules if r.ports is not None or r.protocols is not None)
+    low.masks = {"allow": allow, "deny": deny, "portless": portless, "all": allow | deny,
+                 "scoped": scoped}
+    any_proto = sum(r.bit for r in rules if r.protocols is None)
+    protos = sorted({p for r in rules for p in (r.protocols or ())})
+    low.proto_masks = {p: any_proto | sum(r.bit for r in rules if r.protocols and p in r.protocols)
+                       for p in protos}
+    low.masks["any_proto"] = any_proto
+    return low
+
+
+# --------------------------------------------------------------------------- reference
+
+
+def embedded_v4(addr6: int) -> int | None:
+    """The IPv4 address an IPv6 source stands for, as the program reads it: ::ffff:a.b.c.d
+    (IPv4-mapped), ::a.b.c.d (IPv4-compatible, not :: or ::1), 64:ff9b::a.b.c.d (NAT64
+    well-known prefix, RFC 6052). None for every other address."""
+    hi, lo = addr6 >> 32, addr6 & 0xFFFFFFFF
+    if hi == 0xFFFF or (hi == 0 and lo > 1) or hi == 0x0064FF9B << 64:
+        return lo
+    return None
+
+
+def source_mask(low: Lowered, src: str) -> int:
+    """Bit i set = rule i lists `src` (an IPv6 source embedding an IPv4 address is also
+    matched against the IPv4 entries, like the program does)."""
+    fam6 = ":" in src
+    addr = int.from_bytes(socket.inet_pton(socket.AF_INET6 if fam6 else socket.AF_INET, src), "big")
+    v4 = embedded_v4(addr) if fam6 else addr
+    mask = 0
+    for r in low.rules:
+        hit = fam6 and any(((addr ^ a) >> (128 - p) if p else 0) == 0 for a, p in r.sources.v6)
+        if not hit and v4 is not None and len(r.sources.v4_addr):
+            a4, p4 = r.sources.v4_addr.astype(np.uint64), r.sources.v4_plen.astype(np.uint64)
+            shift = np.uint64(32) - p4
+            hit = bool(np.any(((np.uint64(v4) ^ a4) >> shift) == 0)) or bool(np.any(p4 == 0))
+        if hit:
+            mask |= r.bit
+    return mask
+
+
+def decide(low: Lowered, mask: int, proto: int | None, dport: int | None) -> tuple[str, int | None]:
+    """Narrow the rules listing a source by protocol (None: not parsed, only possible when
+    no rule in `mask` filters by protocol or port) and destination port (None: no ports,
+    e.g. a non-first fragment), then allow > deny > pass."""
+    for r in low.rules:
+        if not mask & r.bit:
+            continue
+        wrong_proto = r.protocols is not None and proto not in r.protocols
+        wrong_port = r.ports is not None and (dport is None or proto not in PORT_PROTOCOLS
+                                              or not any(lo <= dport <= hi for lo, hi in r.ports))
+        if wrong_proto or wrong_port:
+            mask &= ~r.bit
+    for action in ("pass", "drop"):
+        for r in low.rules:
+            if r.action == action and mask & r.bit:
+                return action, r.index
+    return "pass", None
+
+
+def classify(low: Lowered, src: str, proto: int, dport: int | None) -> tuple[str, int | None]:
+    """What the generated program should do with a first-fragment packet from `src`
+    (ignoring the SYN rate limit): ("pass"|"drop", matching rule index or None).
+    The Python reference used by kernel-test vectors and tests."""
+    return decide(low, source_mask(low, src), proto, dport)
+
+
+def classify_frame(low: Lowered, frame: bytes) -> tuple[str, int | None]:
+    """The reference for a whole Ethernet frame, with the program's fail-closed parsing
+    (VLAN stacks, IPv6 extension headers, fragments, embedded IPv4 sources; the SYN limit
+    ignored): ("pass"|"drop", rule index | len(rules) + 1 for a fail-closed drop | None)."""
+    fail = ("drop", len(low.rules) + 1)
+    n = len(frame)
+    if n < 14:
+        return "pass", None
+    ethertype, off = struct.unpack_from("!H", frame, 12)[0], 14
+    for _ in range(MAX_VLAN_DEPTH):
+        if ethertype not in (0x8100, 0x88A8):
+            break
+        if off + 4 > n:
+            return "pass", None
+        ethertype, off = struct.unpack_from("!H", frame, off + 2)[0], off + 4
+    if ethertype in (0x8100, 0x88A8):
+        return fail
+    scoped = low.masks["scoped"]
+    rate = bool(low.features.get("rate_limit"))
+
+    def l4(mask: int, proto: int, at: int) -> tuple[str, int | None]:
+        need = L4_MIN_HDR.get(proto)
+        if need is None:
+            return decide(low, mask, proto, None)
+        if at + need > n:  # cut short: fail closed if anything depended on it
+            return fail if (rate and proto == 6) or mask & scoped else decide(low, mask, proto, None)
+        return decide(low, mask, proto, struct.unpack_from("!H", frame, at + 2)[0])
+
+    if ethertype == 0x0800:
+        if off + 20 > n or frame[off] & 0x0F < 5:
+            return "pass", None
+        mask = source_mask(low, socket.inet_ntoa(frame[off + 12:off + 16]))
+        if not (rate or mask & scoped):
+            return decide(low, mask, None, None)
+        proto = frame[off + 9]
+        offset = struct.unpack_from("!H", frame, off + 6)[0] & 0x1FFF
+        if offset == FRAG_OFFSET_OVERLAP:
+            return fail
+        if offset:
+            return decide(low, mask, proto, None)
+        return l4(mask, proto, off + (frame[off] & 0x0F) * 4)
+    if ethertype != 0x86DD:
+        return "pass", None
+    if off + 40 > n:
+        return "pass", None
+    mask = source_mask(low, socket.inet_ntop(socket.AF_INET6, frame[off + 8:off + 24]))
+    if not (rate or mask & scoped):
+        return decide(low, mask, None, None)
+    nh, cur = frame[off + 6], off + 40
+    for _ in range(MAX_IPV6_EXT_HEADERS):
+        if nh in (0, 43, 60):
+            if cur + 2 > n:
+                return fail
+            nh, cur = frame[cur], cur + (frame[cur + 1] + 1) * 8
+        elif nh == 44:
+            if cur + 8 > n:
+                return fail
+            nh, offset = frame[cur], struct.unpack_from("!H", frame, cur + 2)[0] >> 3
+            if offset == FRAG_OFFSET_OVERLAP:
+                return fail
+            if offset:
+                return decide(low, mask, nh, None)
+            cur += 8
+        elif nh == 51:
+            if cur + 2 > n:
+                return fail
+            nh, cur = frame[cur], cur + (frame[cur + 1] + 2) * 4
+        else:
+            return l4(mask, nh, cur)
+    return fail

@@ -1,0 +1,1 @@
+"""Test helpers, one module per area, imported as `helpers.<area>` (tests/ is on sys.path)."""

@@ -1,0 +1,76 @@
+"""Helpers for the TracingPolicy tests: write a policy, validate/compile it, and (kernel
+tests) load an artifact with the kernel layer and read its ring buffer."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from bpfpolicy.kinds import Artifact, CompileContext
+from bpfpolicy.policy.compile import compile_policy
+from bpfpolicy.policy.diagnostics import Diagnostic
+from bpfpolicy.policy.validate import ValidationResult, validate_paths
+
+HEADER = """\
+apiVersion: bpfpolicy.io/v1
+kind: TracingPolicy
+metadata:
+  name: {name}
+spec:
+"""
+
+
+def write(tmp_path: Path, spec: str, name: str = "t", raw: bool = False) -> Path:
+    """A native TracingPolicy whose spec is `spec` (indented YAML), or `raw` text."""
+    body = textwrap.dedent(spec)
+    text = body if raw else HEADER.format(name=name) + textwrap.indent(body, "  ")
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def validate(path: Path, lenient: bool = False) -> ValidationResult:
+    return validate_paths([path], lenient=lenient)
+
+
+def errors(result: ValidationResult) -> list[Diagnostic]:
+    return [d for d in result.diagnostics if d.severity == "error"]
+
+
+def compile_one(path: Path, **ctx: Any) -> tuple[Artifact | None, list[Diagnostic]]:
+    result = validate(path)
+    assert result.ok, "\n".join(map(str, result.diagnostics))
+    (policy,) = result.policies
+    return compile_policy(policy, CompileContext(**ctx))
+
+
+def features(**on: bool) -> dict[str, Any]:
+    """A feature set for CompileContext.options["features"]: everything off unless given."""
+    names = ("btf", "kprobes", "kprobe_override", "error_injection", "trampoline", "bpf_lsm",
+             "syscall_tracepoints", "send_signal")
+    return {"kernel": "test", **{n: on.get(n, False) for n in names}, "reasons": {}}
+
+
+class RingReader:
+    """The artifact's `events` ring buffer through bpfpolicy.kernel.ringbuf (test-side
+    view: every record polled so far, accumulated in `records`)."""
+
+    def __init__(self, map_fd: int) -> None:
+        from bpfpolicy.kernel.ringbuf import RingBuffer
+
+        self.records: list[bytes] = []
+        self.rb = RingBuffer()
+        self.rb.add(map_fd, self.records.append)
+
+    def poll(self, timeout_ms: int = 200) -> list[bytes]:
+        self.rb.poll(timeout_ms)
+        return self.records
+
+    def close(self) -> None:
+        self.rb.close()
+
+
+def manifest(art: Artifact) -> dict[str, Any]:
+    return json.loads(json.dumps(art.manifest, default=str)) | {"kind": art.kind, "name": art.name}
