@@ -12,7 +12,7 @@ import click
 from ..kinds import CompileContext
 from ..policy.compile import compile_paths, write_artifacts
 from ..policy.diagnostics import Diagnostic
-from . import output
+from . import render
 
 
 def parse_kernel(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, int] | None:
@@ -53,7 +53,7 @@ def make_context(kernel: tuple[int, int] | None, arch: str, caps: str | None,
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where artifacts go (out/<Kind>/<name>/).")
 @click.option("--dry-run", is_flag=True, help="Build in a temporary directory (and run the verifier when privileged); write nothing.")
-@click.option("--format", "fmt", type=click.Choice(output.FORMATS), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(render.FORMATS), default="text", show_default=True)
 @context_options
 def command(paths: tuple[str, ...], out_dir: str | None, dry_run: bool, fmt: str, kernel: tuple[int, int] | None,
             arch: str, caps: str | None, inventory: str | None, revision: str | None, lenient: bool) -> None:
@@ -92,7 +92,7 @@ def verify_in_kernel(artifact_dirs: list[Path], where: list[Diagnostic]) -> list
 def report(fmt: str, diags: list[Diagnostic], result, written: list[Path], ok: bool, dry_run: bool) -> None:  # type: ignore[no-untyped-def]
     files = sorted({p.doc.file for p, _ in result.artifacts} | {d.file for d in diags})
     if fmt == "json":
-        output.emit_json({
+        render.emit_json({
             "ok": ok, "dry_run": dry_run,
             "artifacts": [{"kind": a.kind, "name": a.name, "digest": a.digest, "file": p.doc.file,
                            "files": sorted(a.files), "warnings": a.warnings} for p, a in result.artifacts],
@@ -100,11 +100,11 @@ def report(fmt: str, diags: list[Diagnostic], result, written: list[Path], ok: b
             "diagnostics": [d.as_dict() for d in diags],
         })
     elif fmt == "github":
-        output.emit_github(diags)
+        render.emit_github(diags)
     elif fmt == "junit":
-        click.echo(output.junit_xml(diags, files, "bpfpolicy.policy.compile"))
+        click.echo(render.junit_xml(diags, files, "bpfpolicy.policy.compile"))
     else:
-        output.emit_text(diags)
+        render.emit_text(diags)
         for _policy, artifact in result.artifacts:
             for warning in artifact.warnings:
                 click.echo(f"{artifact.kind}/{artifact.name}: warning: {warning}")

@@ -7,6 +7,8 @@ import sys
 
 import click
 
+from . import render
+
 
 @click.command("doctor")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
@@ -20,14 +22,5 @@ def command(fmt: str) -> None:
     if fmt == "json":
         click.echo(json.dumps({"ok": healthy, "checks": [c.as_dict() for c in checks]}, indent=2))
     else:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title="bpfpolicy doctor")
-        for col in ("area", "check", "result", "detail"):
-            table.add_column(col)
-        for c in checks:
-            mark = {True: "[green]yes[/]", False: "[red]no[/]", None: "[yellow]n/a[/]"}[c.ok]
-            table.add_row(c.area, c.name, mark, c.detail)
-        Console(width=160).print(table)
+        render.doctor_table(checks)
     sys.exit(0 if healthy else 1)

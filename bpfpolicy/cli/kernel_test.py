@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from ..matrix import ALL_KERNELS, ArtifactDir, discover
+from . import render
 
 
 def _kernel_list(_ctx: click.Context, _param: click.Parameter, value: str) -> list[str]:
@@ -67,7 +68,7 @@ def command(paths: tuple[str, ...], kernel_names: list[str], fmt: str, out_dir: 
             timeout: float, caps: str | None, inventory: str | None, revision: str | None, lenient: bool,
             bundle_dir: str | None) -> None:
     """Boot real kernels in QEMU (and use the host kernel) to load, attach and exercise artifacts."""
-    from ..matrix import fetch_all, render, run_matrix, write_bundle
+    from ..matrix import fetch_all, run_matrix, write_bundle
     from ..matrix import kernels as kernel_mod
     from ..matrix.guest import GuestError
 
@@ -118,7 +119,7 @@ def command(paths: tuple[str, ...], kernel_names: list[str], fmt: str, out_dir: 
     if fmt == "json":
         click.echo(json.dumps(report.as_dict(), indent=2))
     else:
-        render(report)
+        render.matrix_table(report)
     sys.exit(0 if report.ok else 1)
 
 

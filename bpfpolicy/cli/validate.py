@@ -7,19 +7,19 @@ import sys
 import click
 
 from ..policy.validate import validate_paths
-from . import output
+from . import render
 
 
 @click.command("validate")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--format", "fmt", type=click.Choice(output.FORMATS), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(render.FORMATS), default="text", show_default=True)
 @click.option("--lenient", is_flag=True, help="Drop rules that use features with no meaning on one host (warning instead of error).")
 def command(paths: tuple[str, ...], fmt: str, lenient: bool) -> None:
     """Validate policy files and directories (YAML, JSON; Cilium, Tetragon, Docker/OCI seccomp)."""
     result = validate_paths(paths, lenient=lenient)
     files = sorted({p.doc.file for p in result.policies} | {d.file for d in result.diagnostics})
     if fmt == "json":
-        output.emit_json({
+        render.emit_json({
             "valid": result.ok,
             "files": result.files,
             "policies": [{"file": p.doc.file, "kind": p.ident.kind.kind, "format": p.ident.label,
@@ -27,10 +27,10 @@ def command(paths: tuple[str, ...], fmt: str, lenient: bool) -> None:
             "diagnostics": [d.as_dict() for d in result.diagnostics],
         })
     elif fmt == "github":
-        output.emit_github(result.diagnostics)
+        render.emit_github(result.diagnostics)
     elif fmt == "junit":
-        click.echo(output.junit_xml(result.diagnostics, files, "bpfpolicy.policy.validate"))
+        click.echo(render.junit_xml(result.diagnostics, files, "bpfpolicy.policy.validate"))
     else:
-        output.emit_text(result.diagnostics)
-        click.echo(output.summary(result.diagnostics, result.files, len(result.policies)), err=True)
+        render.emit_text(result.diagnostics)
+        click.echo(render.summary(result.diagnostics, result.files, len(result.policies)), err=True)
     sys.exit(0 if result.ok else 1)

@@ -173,43 +173,6 @@ def _write(report: MatrixReport, out_dir: Path) -> None:
     (out_dir / "results.json").write_text(json.dumps(report.as_dict(), indent=2) + "\n")
 
 
-def render(report: MatrixReport, console: object | None = None) -> None:
-    """The kernel × artifact table, then every failure with its detail and log file."""
-    from rich.console import Console
-    from rich.table import Table
-
-    con = console if isinstance(console, Console) else Console()
-    if not con.is_terminal:  # logs and CI: wide enough that artifact names are not cut
-        need = max([len(a) for a in report.artifacts] + [10]) + 4 + 24 * len(report.runs)
-        con = Console(width=max(con.width, need))
-    table = Table(title="bpfpolicy kernel-test", show_lines=True)
-    table.add_column("artifact", style="bold")
-    for run in report.runs:
-        head = f"{run.name}\n{run.release or '?'}"
-        if run.seconds:
-            head += f"\n{run.accel} {run.seconds:.1f}s"
-        table.add_column(head)
-    for art in report.artifacts:
-        row = [art]
-        for run in report.runs:
-            row.append(results.cell_text(results.cell([r for r in run.results if r.artifact == art])))
-        table.add_row(*row)
-    con.print(table)
-    for run in report.runs:
-        if run.error:
-            con.print(f"[bold red]{run.name}[/]: {run.error}")
-    for r in report.failures:
-        con.print(f"[red]FAIL[/] {r.kernel} {r.artifact}:{r.line} {r.step}: {r.detail}")
-        if r.log_file:
-            con.print(f"     verifier log: {r.log_file}")
-    for kernel, gaps in report.gaps().items():
-        if gaps:
-            con.print(f"[yellow]{kernel} lacks[/]: {'; '.join(gaps)}")
-    verdict = "[green]all kernels ok[/]" if report.ok else f"[red]{len(report.failures)} failure(s)[/]"
-    con.print(f"{verdict} — wall {report.wall_seconds:.1f} s (fetch {report.fetch_seconds:.1f} s); "
-              f"logs in {report.out_dir}")
-
-
 def write_bundle(dest: Path, members: list[str], source: ArtifactSource,
                  versions: dict[str, tuple[int, int]]) -> Path:
     """A self-contained directory to run the matrix on machines we do not boot ourselves

@@ -53,7 +53,7 @@ def test_github_one_annotation_per_diagnostic(tmp_path: Path, name: str) -> None
 
 
 def test_github_escapes_message_and_properties() -> None:
-    from bpfpolicy.cli.output import github_line
+    from bpfpolicy.cli.render import github_line
     from bpfpolicy.policy.diagnostics import Diagnostic
 
     d = Diagnostic("a,b:c\n::x%.yaml", 3, 4, "spec", "bad\n::add-mask::s3cret 100%\r")
@@ -76,7 +76,7 @@ def test_junit_parses(tmp_path: Path, name: str) -> None:
 
 
 def test_junit_strips_xml_illegal_characters() -> None:
-    from bpfpolicy.cli.output import junit_xml
+    from bpfpolicy.cli.render import junit_xml
     from bpfpolicy.policy.diagnostics import Diagnostic
 
     diags = [Diagnostic("a\x00b\x1f<c>&\"'.yaml", 1, 1, "$", "msg \x07 ]]> </failure> \ud800 \ufffe end")]

@@ -1,4 +1,10 @@
-"""Rendering diagnostics for humans and machines (text, json, junit, github)."""
+"""Every output the command line prints, in one place: diagnostics as text, json, junit
+and GitHub workflow commands (with the escaping that keeps a file name from forging a
+command or breaking the XML), and the rich tables of `doctor`, `kernel-test`, `plan` and
+`status`. Commands parse options and call in here; nothing else in cli/ formats output.
+
+rich is imported inside the table functions so `validate`/`compile` never pay for it.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,19 @@ import json
 import re
 from collections import defaultdict
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 from xml.sax.saxutils import escape, quoteattr
 
 import click
 
 from ..policy.diagnostics import Diagnostic
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ..controller.plan import Plan
+    from ..doctor import Check
+    from ..matrix import MatrixReport
 
 FORMATS = ("text", "json", "junit", "github")
 
@@ -90,3 +104,75 @@ def junit_xml(diags: list[Diagnostic], files: Iterable[str], suite: str) -> str:
 
 def emit_json(payload: dict[str, object]) -> None:
     click.echo(json.dumps(payload, indent=2, sort_keys=True))
+
+
+def doctor_table(checks: Iterable[Check]) -> None:
+    """`doctor` as a table: one row per probe, yes / no / n/a."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="bpfpolicy doctor")
+    for col in ("area", "check", "result", "detail"):
+        table.add_column(col)
+    for c in checks:
+        mark = {True: "[green]yes[/]", False: "[red]no[/]", None: "[yellow]n/a[/]"}[c.ok]
+        table.add_row(c.area, c.name, mark, c.detail)
+    Console(width=160).print(table)
+
+
+def matrix_table(report: MatrixReport, console: object | None = None) -> None:
+    """The kernel × artifact table, then every failure with its detail and log file."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..matrix import results
+
+    con = console if isinstance(console, Console) else Console()
+    if not con.is_terminal:  # logs and CI: wide enough that artifact names are not cut
+        need = max([len(a) for a in report.artifacts] + [10]) + 4 + 24 * len(report.runs)
+        con = Console(width=max(con.width, need))
+    table = Table(title="bpfpolicy kernel-test", show_lines=True)
+    table.add_column("artifact", style="bold")
+    for run in report.runs:
+        head = f"{run.name}\n{run.release or '?'}"
+        if run.seconds:
+            head += f"\n{run.accel} {run.seconds:.1f}s"
+        table.add_column(head)
+    for art in report.artifacts:
+        row = [art]
+        for run in report.runs:
+            row.append(results.cell_text(results.cell([r for r in run.results if r.artifact == art])))
+        table.add_row(*row)
+    con.print(table)
+    _matrix_problems(report, con)
+
+
+def _matrix_problems(report: MatrixReport, con: Console) -> None:
+    """Below the table: boot errors, failures with their verifier logs, kernel gaps, verdict."""
+    for run in report.runs:
+        if run.error:
+            con.print(f"[bold red]{run.name}[/]: {run.error}")
+    for r in report.failures:
+        con.print(f"[red]FAIL[/] {r.kernel} {r.artifact}:{r.line} {r.step}: {r.detail}")
+        if r.log_file:
+            con.print(f"     verifier log: {r.log_file}")
+    for kernel, gaps in report.gaps().items():
+        if gaps:
+            con.print(f"[yellow]{kernel} lacks[/]: {'; '.join(gaps)}")
+    verdict = "[green]all kernels ok[/]" if report.ok else f"[red]{len(report.failures)} failure(s)[/]"
+    con.print(f"{verdict} — wall {report.wall_seconds:.1f} s (fetch {report.fetch_seconds:.1f} s); "
+              f"logs in {report.out_dir}")
+
+
+def plan_table(plan: Plan) -> None:
+    """`plan` as a table; the controller owns the layout (controller/plan.py `render`)."""
+    from ..controller.plan import render
+
+    render(plan)
+
+
+def status_table(data: dict[str, object]) -> None:
+    """`status` as a table; the controller owns the layout (controller/status.py `render`)."""
+    from ..controller.status import render
+
+    render(data)
