@@ -12,13 +12,12 @@ so `compile --dry-run` runs unprivileged.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..artifact import Artifact
 from ..policy.diagnostics import Diagnostic
 from ..policy.load import Document
 
@@ -83,55 +82,6 @@ class CompileContext:
     revision: str | None = None  # git revision stamped into programs
     cache_dir: Path | None = None
     base_dir: Path | None = None  # directory of the policy file (for relative sourceFiles)
-
-
-@dataclass
-class Artifact:
-    """Everything needed to enforce one policy, independent of any host."""
-
-    kind: str
-    name: str
-    files: dict[str, bytes] = field(default_factory=dict)  # relative name -> content
-    manifest: dict[str, Any] = field(default_factory=dict)  # JSON-serialisable description
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def digest(self) -> str:
-        """Content hash: the reconciler's notion of 'same policy'."""
-        h = hashlib.sha256()
-        h.update(json.dumps(self.manifest, sort_keys=True, default=str).encode())
-        for name in sorted(self.files):
-            h.update(name.encode() + b"\0" + hashlib.sha256(self.files[name]).digest())
-        return h.hexdigest()
-
-    def write(self, out_dir: Path) -> Path:
-        """Write to `out_dir/<kind>/<name>/` atomically (temp dir + rename)."""
-        import os
-        import shutil
-        import tempfile
-
-        dest = out_dir / self.kind / self.name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{self.name}.", dir=dest.parent))
-        try:
-            for rel, content in self.files.items():
-                p = tmp / rel
-                p.parent.mkdir(parents=True, exist_ok=True)
-                p.write_bytes(content)
-            manifest = {"kind": self.kind, "name": self.name, "digest": self.digest, **self.manifest}
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
-            if dest.exists():
-                old = dest.with_name(f".{self.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.rename(dest, old)
-                os.rename(tmp, dest)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, dest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return dest
 
 
 class Kind:
