@@ -30,6 +30,7 @@ from typing import Any
 
 from . import events
 from .config import HostConfig
+from .notify import Notifier
 from .reconcile import CycleResult, Reconciler, one_line
 
 log = logging.getLogger("bpfpolicy.controller")
@@ -89,6 +90,7 @@ class Watcher:
         self.log = log or (lambda msg: None)
         self.cycles = 0
         self._observer: Any = None
+        self.notifier = Notifier.from_env()  # systemd Type=notify; a no-op elsewhere
 
     def _start_file_watch(self) -> None:
         if self.cfg.git is not None or not self.paths:
@@ -125,6 +127,7 @@ class Watcher:
         signal.signal(signal.SIGINT, lambda *_: self.request_stop())
 
     def request_stop(self) -> None:
+        self.notifier.stopping()
         self.stop.set()
         self.trigger.poke("stop", immediate=True)
 
@@ -134,6 +137,7 @@ class Watcher:
             from . import metrics
 
             metrics.serve(self.cfg.metrics_address)
+        self.notifier.start_watchdog()
         self._start_file_watch()
         events.emit(self.cfg.events_path, "ControllerStarted",
                     f"watching {', '.join(map(str, self.paths)) or self.cfg.git}")
@@ -156,6 +160,7 @@ class Watcher:
 
     def run_cycle(self, reasons: set[str]) -> CycleResult:
         self.cycles += 1
+        self.notifier.cycle_started()
         # file events alone: a shallow cycle (trust the inventory, diff against the
         # applied copies); startup, interval, git poll and SIGHUP: a deep drift check
         try:
@@ -167,7 +172,21 @@ class Watcher:
             self.log(_summary(res, reasons))
         except Exception:
             log.debug("cannot log the cycle summary", exc_info=True)
+        self.notifier.cycle_done(_notify_status(res), converged=res.reason != "InternalError")
         return res
+
+
+
+def _notify_status(res: CycleResult) -> str:
+    """systemd's STATUS= line (`systemctl status`): the revision and where it stands.
+    READY=1 goes out after the first cycle that reached a definite state — converged, or
+    refused with the previous enforcement kept (Stalled) — not only a clean one, or a
+    bad revision at boot would make systemd kill an agent that is enforcing."""
+    if res.skipped:
+        return f"{res.revision or 'no revision'}: suspended"
+    if res.error:
+        return f"{res.revision or 'no revision'}: Stalled ({res.reason or 'error'})"
+    return f"{res.revision}: {'Ready' if res.ok else 'Degraded'}"
 
 
 def _summary(res: CycleResult, reasons: set[str]) -> str:
