@@ -19,7 +19,9 @@ class MissingPackageData(RuntimeError):
 def require(directory: Path, what: str) -> Path:
     """Refuse to run without package data rather than silently skip checks."""
     if not directory.is_dir() or not any(directory.iterdir()):
-        raise MissingPackageData(f"bpfpolicy is installed without its {what} ({directory}); reinstall the package")
+        raise MissingPackageData(
+            f"bpfpolicy is installed without its {what}: {directory} is missing or empty; "
+            "reinstall the package")
     return directory
 
 

@@ -13,6 +13,7 @@ from ..kinds import CompileContext
 from ..policy.compile import compile_paths, write_artifacts
 from ..policy.diagnostics import Diagnostic
 from . import render
+from .validate import require_package_data
 
 
 def parse_kernel(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, int] | None:
@@ -60,6 +61,7 @@ def command(paths: tuple[str, ...], out_dir: str | None, dry_run: bool, fmt: str
     """Validate and compile policies to BPF objects / seccomp filters."""
     if not out_dir and not dry_run:
         raise click.UsageError("give --out DIR, or --dry-run")
+    require_package_data(templates=True)
     ctx = make_context(kernel, arch, caps, inventory, revision)
     result = compile_paths(paths, ctx, lenient=lenient)
     diags = list(result.diagnostics)
