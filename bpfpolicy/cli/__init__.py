@@ -10,7 +10,7 @@ import click
 from .. import __version__
 
 # One entry per command module (later issues add theirs here).
-COMMAND_MODULES = ["validate", "compile", "doctor", "exec", "controller", "kernel_test"]
+COMMAND_MODULES = ["validate", "compile", "doctor", "exec", "controller", "kernel_test", "service"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
