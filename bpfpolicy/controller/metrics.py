@@ -10,6 +10,7 @@
 * bpfpolicy_rule_packets/bytes{policy,rule}  — per-rule counters, refreshed on deep cycles
 * bpfpolicy_source_stalled{reason}           — 1 while the source is Stalled for that reason
 * bpfpolicy_cycle_errors_total{reason}       — cycles refused (BuildFailed, UntrustedRevision, ...)
+* bpfpolicy_applied_revision_info{revision}  — 1 for the revision the last converged cycle applied
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ CYCLE_ERRORS = Counter("bpfpolicy_cycle_errors", "Cycles that refused a revision
 _STALLED_REASONS: set[str] = set()
 RULE_BYTES = Gauge("bpfpolicy_rule_bytes", "Bytes matched per policy rule (summed over CPUs)",
                    ["policy", "rule"], registry=REGISTRY)
+APPLIED_REVISION = Gauge("bpfpolicy_applied_revision_info",
+                         "1 for the source revision the last converged cycle applied (a fleet view)",
+                         ["revision"], registry=REGISTRY)
 
 
 def serve(address: str) -> None:
@@ -57,6 +61,9 @@ def observe_cycle(cfg: Any, res: Any) -> None:
     if res.error and getattr(res, "reason", None):
         CYCLE_ERRORS.labels(res.reason).inc()
     _source_condition(cfg, res)
+    if res.ok and not res.skipped and res.revision:  # one series: the revision enforced now
+        APPLIED_REVISION.clear()
+        APPLIED_REVISION.labels(res.revision).set(1)
     if res.applied:
         for o in res.applied.outcomes:
             APPLIES.labels(o.action, "success" if o.ok else "failure").inc()

@@ -173,47 +173,59 @@ def read_regular_file(path: str | Path, name: str, limit: int = MAX_FILE_BYTES) 
     FIFOs, devices (/dev/zero) and sockets are refused before they are opened (stat),
     the open itself is non-blocking (a FIFO swapped in after the stat cannot hang it),
     and the opened file is checked again (fstat) before a byte is read."""
-    def refuse(message: str) -> LoadError:
-        return LoadError(Diagnostic(name, 0, 0, "$", message))
-
+    fd = _open_regular(path, name)
     try:
-        st = os.stat(path)
-        what = _kind_of(st.st_mode)
-        if what is not None:
-            raise refuse(f"{what}: policy files must be regular files")
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise refuse("no such file or directory") from None
-    except PermissionError:
-        raise refuse("permission denied") from None
+        _check_opened(fd, name, limit)
+        return _read_bounded(fd, name, limit)
     except OSError as e:
-        raise refuse(e.strerror or str(e)) from None
-    try:
-        st = os.fstat(fd)
-        what = _kind_of(st.st_mode)
-        if what is not None:
-            raise refuse(f"{what}: policy files must be regular files")
-        if st.st_size > limit:
-            raise LoadError(Diagnostic(
-                name, 1, 1, "$",
-                f"file is {st.st_size / 2**20:.1f} MiB; policy files are limited to "
-                f"{limit // 2**20} MiB (keep large address lists in sourceFiles)"))
-        chunks = []
-        total = 0
-        while True:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                break
-            total += len(chunk)
-            if total > limit:  # the file grew while we read it
-                raise LoadError(Diagnostic(name, 1, 1, "$", f"file is larger than "
-                                           f"{limit // 2**20} MiB; policy files are limited to that"))
-            chunks.append(chunk)
-        return b"".join(chunks)
-    except OSError as e:
-        raise refuse(e.strerror or str(e)) from None
+        raise _refused_file(name, e.strerror or str(e)) from None
     finally:
         os.close(fd)
+
+
+def _refused_file(name: str, message: str) -> LoadError:
+    return LoadError(Diagnostic(name, 0, 0, "$", message))
+
+
+def _open_regular(path: str | Path, name: str) -> int:
+    """stat, refuse what is not a regular file, then open without blocking."""
+    try:
+        what = _kind_of(os.stat(path).st_mode)
+        if what is not None:
+            raise _refused_file(name, f"{what}: policy files must be regular files")
+        return os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise _refused_file(name, "no such file or directory") from None
+    except PermissionError:
+        raise _refused_file(name, "permission denied") from None
+    except OSError as e:
+        raise _refused_file(name, e.strerror or str(e)) from None
+
+
+def _check_opened(fd: int, name: str, limit: int) -> None:
+    """fstat the opened file: still a regular file (not swapped since the stat), within `limit`."""
+    st = os.fstat(fd)
+    what = _kind_of(st.st_mode)
+    if what is not None:
+        raise _refused_file(name, f"{what}: policy files must be regular files")
+    if st.st_size > limit:
+        raise LoadError(Diagnostic(
+            name, 1, 1, "$",
+            f"file is {st.st_size / 2**20:.1f} MiB; policy files are limited to "
+            f"{limit // 2**20} MiB (keep large address lists in sourceFiles)"))
+
+
+def _read_bounded(fd: int, name: str, limit: int) -> bytes:
+    """Read to the end, refusing a file that grows past `limit` while it is read."""
+    chunks = []
+    total = 0
+    while chunk := os.read(fd, 1 << 20):
+        total += len(chunk)
+        if total > limit:
+            raise LoadError(Diagnostic(name, 1, 1, "$", f"file is larger than "
+                                       f"{limit // 2**20} MiB; policy files are limited to that"))
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _looks_like_json(path: Path, text: str) -> bool:

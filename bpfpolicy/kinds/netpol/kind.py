@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 from ...policy.diagnostics import BuildError, Diagnostic
 from ...policy.load import Document
 from ..base import Artifact, CompileContext, ForeignFormat, Kind, Reporter
+from ..vectors import KernelTestScript
 from .inventory import InventoryError, from_options
 from .lower import (
     ACTION_NAMES,
@@ -307,13 +308,13 @@ def kernel_test(plan: EndpointPlan, contents: dict[str, list[tuple[bytes, bytes]
     """`object`, `map-update` of every content record, then `prog-run` vectors whose
     expected return values come from the same tables (kernel-tests/README.md)."""
     ep = plan.endpoint
-    lines = [f"# NetworkPolicy/{ep.name}: merged {', '.join(sorted({s.policy for s in plan.specs}))}",
-             "object prog.bpf.o"]
+    script = KernelTestScript().comment(f"NetworkPolicy/{ep.name}: merged {', '.join(sorted({s.policy for s in plan.specs}))}")
+    script.object()
     records = [(m, k, v) for m, recs in contents.items() for k, v in recs]
     if len(records) > limit:
-        lines.append(f"# {len(records)} map records exceed {limit}: behaviour vectors omitted")
-        return "\n".join(lines) + "\n"
-    lines += [f"map-update {m} {k.hex()} {v.hex()}" for m, k, v in records]
+        return script.comment(f"{len(records)} map records exceed {limit}: behaviour vectors omitted").text()
+    for m, k, v in records:
+        script.map_update(m, k, v)
     local4 = next((str(a) for a in ep.addresses if a.version == 4), "10.255.0.1")
     local6 = next((str(a) for a in ep.addresses if a.version == 6), "fd00:ffff::1")
     cg = ep.attach_kind == "cgroup_skb"
@@ -326,7 +327,6 @@ def kernel_test(plan: EndpointPlan, contents: dict[str, list[tuple[bytes, bytes]
         drop = action in DROPS
         expect = (0 if drop else 1) if cg else (2 if drop else 0)
         prog = f"netpol_{'cg' if cg else 'tc'}_{d}"
-        lines.append(f"# {d} {addr} proto {proto} port {port}: {ACTION_NAMES[action]} "
-                     f"({plan.slot_name(slot)})".replace("\n", " "))
-        lines.append(f"prog-run {prog} {expect} {data.hex()}")
-    return "\n".join(lines) + "\n"
+        script.comment(f"{d} {addr} proto {proto} port {port}: {ACTION_NAMES[action]} ({plan.slot_name(slot)})")
+        script.prog_run(prog, expect, data)
+    return script.text()

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ...syscalls.tables import TABLES
+from ..vectors import KernelTestScript
 from . import bpf, emulator
 from .api import CompiledProfile
 from .arch import AUDIT_ARCH, X32_SYSCALL_BIT
@@ -82,50 +83,32 @@ def expectation(ret: int) -> str | None:
     return None
 
 
+# syscalls each vector set starts with: allowed by any sane profile
+_HARMLESS = ("getppid", "getpid", "getuid")
+# denied argument-free syscalls (harmless if the filter were wrong: they fail for an
+# unprivileged guest or have no side effect with zero args)
+_DENIED_PROBES = ("kexec_load", "add_key", "request_key", "keyctl", "syslog", "acct", "vhangup",
+                  "reboot", "swapon", "uselib", "bpf", "userfaultfd")
+# argument-filtered syscalls whose calls are harmless in a test child
+_ARG_PROBES = ("personality", "socket")
+_TABLE_FOR_ARCH = {"SCMP_ARCH_X86_64": "x86_64", "SCMP_ARCH_AARCH64": "aarch64", "SCMP_ARCH_X86": "i386"}
+
+Candidate = tuple[int, tuple[int, ...]]
+
+
 def kernel_test_vectors(cp: CompiledProfile) -> str:
     """`kernel-test.txt`: `seccomp filter.bin`, then `syscall <nr> <expect> [args]` lines
     for the in-guest runner. Vectors are computed with the emulator, so they state what
     the filter decides; the runner checks that the kernel agrees."""
     native = cp.target.arch
     audit = AUDIT_ARCH.get(native)
-    table = TABLES.get({"SCMP_ARCH_X86_64": "x86_64", "SCMP_ARCH_AARCH64": "aarch64",
-                        "SCMP_ARCH_X86": "i386"}.get(native, ""), {})
-    lines = ["seccomp filter.bin"]
+    table = TABLES.get(_TABLE_FOR_ARCH.get(native, ""), {})
+    script = KernelTestScript().seccomp()
     if audit is None or not table:
-        return "\n".join(lines) + "\n"
+        return script.text()
     default_errno = cp.profile.get("defaultErrnoRet", 1)
     deny_errno = default_errno if cp.profile["defaultAction"] == "SCMP_ACT_ERRNO" else 1
-    candidates: list[tuple[int, tuple[int, ...]]] = []
-    for name in ("getppid", "getpid", "getuid"):
-        if name in table:
-            candidates.append((table[name], ()))
-    # denied argument-free syscalls (harmless if the filter were wrong: they fail for an
-    # unprivileged guest or have no side effect with zero args)
-    for name in ("kexec_load", "add_key", "request_key", "keyctl", "syslog", "acct", "vhangup",
-                 "reboot", "swapon", "uselib", "bpf", "userfaultfd"):
-        if name in table:
-            candidates.append((table[name], ()))
-    # argument-filtered syscalls whose calls are harmless in a test child: each value
-    # the profile compares, and the next one
-    for rule in cp.profile.get("syscalls") or []:
-        for name in rule.get("names") or []:
-            if name not in ("personality", "socket") or name not in table:
-                continue
-            for arg in rule.get("args") or []:
-                idx, v = int(arg["index"]), int(arg.get("value", 0)) & 0xFFFFFFFF
-                for val in (v, (v + 1) & 0xFFFFFFFF):
-                    vec = [0] * (idx + 1)
-                    vec[idx] = val
-                    candidates.append((table[name], tuple(vec)))
-    if "personality" in table:
-        candidates.append((table["personality"], (0xFFFFFFFF,)))
-    if native == "SCMP_ARCH_X86_64" and "getppid" in table:
-        candidates.append((table["getppid"] | X32_SYSCALL_BIT, ()))
-    seen: set[tuple[int, tuple[int, ...]]] = set()
-    for nr, args in candidates:
-        if (nr, args) in seen:
-            continue
-        seen.add((nr, args))
+    for nr, args in dict.fromkeys(_candidates(cp, native, table)):
         full = tuple(args) + (0,) * (6 - len(args))
         ret = emulator.run(cp.insns, emulator.SeccompData(nr, audit, full)).ret
         exp = expectation(ret)
@@ -133,10 +116,35 @@ def kernel_test_vectors(cp: CompiledProfile) -> str:
             if (ret & bpf.RET_ACTION_FULL) != bpf.RET_ALLOW:
                 continue
             exp = f"not-errno={deny_errno}"
-        argtxt = " ".join(f"{a:#x}" if a > 9 else str(a) for a in args)
-        lines.append(f"syscall {nr:#x} {exp} {argtxt}".rstrip() if nr >= X32_SYSCALL_BIT
-                     else f"syscall {nr} {exp} {argtxt}".rstrip())
-    return "\n".join(lines) + "\n"
+        script.syscall(nr, exp, args)
+    return script.text()
+
+
+def _candidates(cp: CompiledProfile, native: str, table: dict[str, int]) -> list[Candidate]:
+    """The calls worth running, in order (duplicates are dropped by the caller)."""
+    candidates: list[Candidate] = [(table[n], ()) for n in (*_HARMLESS, *_DENIED_PROBES) if n in table]
+    candidates += _compared_values(cp, table)
+    if "personality" in table:
+        candidates.append((table["personality"], (0xFFFFFFFF,)))
+    if native == "SCMP_ARCH_X86_64" and "getppid" in table:
+        candidates.append((table["getppid"] | X32_SYSCALL_BIT, ()))
+    return candidates
+
+
+def _compared_values(cp: CompiledProfile, table: dict[str, int]) -> list[Candidate]:
+    """For the argument-filtered probes: each value the profile compares, and the next one."""
+    out: list[Candidate] = []
+    for rule in cp.profile.get("syscalls") or []:
+        for name in rule.get("names") or []:
+            if name not in _ARG_PROBES or name not in table:
+                continue
+            for arg in rule.get("args") or []:
+                idx, v = int(arg["index"]), int(arg.get("value", 0)) & 0xFFFFFFFF
+                for val in (v, (v + 1) & 0xFFFFFFFF):
+                    vec = [0] * (idx + 1)
+                    vec[idx] = val
+                    out.append((table[name], tuple(vec)))
+    return out
 
 
 def stats(insns: Sequence[Insn], audit_arch: int, nrs: Iterable[int]) -> dict[str, Any]:

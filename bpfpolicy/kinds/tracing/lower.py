@@ -23,6 +23,7 @@ from ...policy.diagnostics import Diagnostic, PolicyError
 from ...policy.load import Document
 from ..base import Artifact, CompileContext
 from ..btf import Btf, host_btf, load, target_btf
+from ..vectors import KernelTestScript
 from . import spec as S
 from .check import SYSCALL_CALL, hook_sections, is_syscall_hook, parse_int, parse_rate_limit
 from .events import event_layout
@@ -879,14 +880,15 @@ class Lowering:
         return art
 
     def kernel_test(self) -> str:
-        lines = [f"# TracingPolicy/{self.name}: load every program, attach by SEC()",
-                 "object prog.bpf.o"]
-        lines += [f"attach {p.name} auto" for p in self.programs]
+        script = KernelTestScript().comment(f"TracingPolicy/{self.name}: load every program, attach by SEC()")
+        script.object()
+        for p in self.programs:
+            script.attach(p.name)
         annotation = ((self.data.get("metadata") or {}).get("annotations") or {}).get("bpfpolicy.io/kernel-test")
         for line in str(annotation or "").splitlines():
             if line.strip().startswith("exec-expect "):
-                lines.append(line.strip())
-        return "\n".join(lines) + "\n"
+                script.raw(line.strip())
+        return script.text()
 
 
 # ------------------------------------------------------------------------ C expressions

@@ -20,6 +20,7 @@ from typing import Any
 from ...policy.diagnostics import Diagnostic, PolicyError, format_path
 from ...policy.load import Document
 from ..base import Artifact, CompileContext, Kind, Reporter
+from ..vectors import KernelTestScript
 from .lower import LIMITS, MAX_RULES, PORT_PROTOCOLS, PROTOCOLS, Lowered, Rule, classify, lower
 from .sources import Sources, UnsafeListFile, open_list, parse_cidr
 
@@ -307,8 +308,8 @@ def kernel_test(low: Lowered) -> str:
     run a blocked, an allowed, an ARP and a VLAN-tagged packet."""
     from . import packets as pk
 
-    lines = ["# XDPBlocklist vectors (generated): load, insert a few entries, run packets",
-             "object prog.bpf.o"]
+    script = KernelTestScript().comment("XDPBlocklist vectors (generated): load, insert a few entries, run packets")
+    script.object()
     blocked = _pick_blocked(low)
     needed: list[tuple[str, bytes]] = []
     vectors: list[tuple[int, bytes, str]] = []
@@ -329,11 +330,10 @@ def kernel_test(low: Lowered) -> str:
         spec = low.maps[name]
         rec = _record(spec.records or b"", spec.key_size, spec.value_size, key)
         if rec is not None:
-            lines.append(f"map-update {name} {rec[:spec.key_size].hex()} {rec[spec.key_size:].hex()}")
+            script.map_update(name, rec[:spec.key_size], rec[spec.key_size:])
     for ret, data, why in vectors:
-        lines.append(f"# {why}")
-        lines.append(f"prog-run xdp_blocklist {ret} {data.hex()}")
-    return "\n".join(lines) + "\n"
+        script.comment(why).prog_run("xdp_blocklist", ret, data)
+    return script.text()
 
 
 def _pick_blocked(low: Lowered) -> tuple[str, int, int] | None:

@@ -1,74 +1,48 @@
-"""Tiny packet builder for XDP test vectors (kernel-test.txt, BPF_PROG_TEST_RUN tests and
-bench/xdp.py). Plain struct packing: compile must not depend on scapy."""
+"""XDP's frames for test vectors (kernel-test.txt, BPF_PROG_TEST_RUN tests and bench/xdp.py):
+the shared builder in `kinds/vectors.py` with XDP's overrides — frames arrive at the host
+from a peer, IPv4 id 1, an echo request for ICMP, padding after UDP/ICMP."""
 
 from __future__ import annotations
 
-import socket
-import struct
+from .. import vectors as v
+from ..vectors import ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, TCP_ACK, TCP_SYN
 
-ETH_P_IP, ETH_P_IPV6, ETH_P_ARP, ETH_P_8021Q, ETH_P_8021AD = 0x0800, 0x86DD, 0x0806, 0x8100, 0x88A8
-DST_MAC = bytes.fromhex("020000000001")
-SRC_MAC = bytes.fromhex("020000000002")
-TCP_SYN, TCP_ACK = 0x02, 0x10
+__all__ = ["ETH_P_8021AD", "ETH_P_8021Q", "ETH_P_ARP", "ETH_P_IP", "ETH_P_IPV6", "TCP_ACK", "TCP_SYN",
+           "STYLE", "arp", "eth", "ipv4", "ipv6", "l4", "packet", "v6_ext"]
+
+STYLE = v.FrameStyle(direction=v.Direction.INBOUND, ipv4_id=1, udp_padding=18, icmp_padding=16,
+                     other_l4_bytes=16)
+LOCAL_V4, LOCAL_V6, SPORT = "192.0.2.200", "2001:db8:ffff::200", 40000
 
 
 def eth(ethertype: int, vlans: tuple[int, ...] = (), outer_tpid: int = ETH_P_8021AD) -> bytes:
-    """Ethernet header; `vlans` = VLAN ids outermost first (2 tags = QinQ)."""
-    hdr = DST_MAC + SRC_MAC
-    for i, vid in enumerate(vlans):
-        tpid = outer_tpid if (len(vlans) > 1 and i == 0) else ETH_P_8021Q
-        hdr += struct.pack("!H", tpid) + struct.pack("!H", vid & 0xFFF)
-    return hdr + struct.pack("!H", ethertype)
+    """Ethernet header of a frame arriving at the host; `vlans` outermost first (2 = QinQ)."""
+    return v.ethernet(ethertype, STYLE.direction, vlans, outer_tpid)
 
 
-def l4(proto: int, sport: int = 40000, dport: int = 80, flags: int = TCP_ACK) -> bytes:
-    if proto == 6:
-        return struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, flags, 65535, 0, 0)
-    if proto == 17:
-        return struct.pack("!HHHH", sport, dport, 8 + 18, 0) + bytes(18)
-    if proto == 132:
-        return struct.pack("!HHII", sport, dport, 0, 0)
-    if proto in (1, 58):
-        return struct.pack("!BBHI", 8 if proto == 1 else 128, 0, 0, 0) + bytes(16)
-    return bytes(16)
+def l4(proto: int, sport: int = SPORT, dport: int = 80, flags: int = TCP_ACK) -> bytes:
+    return v.transport(STYLE, proto, sport, dport, flags)
 
 
-def ipv4(src: str, dst: str = "192.0.2.200", proto: int = 6, payload: bytes = b"",
+def ipv4(src: str, dst: str = LOCAL_V4, proto: int = 6, payload: bytes = b"",
          options: bytes = b"", frag_offset: int = 0) -> bytes:
-    opts = options + bytes(-len(options) % 4)
-    ihl = 5 + len(opts) // 4
-    total = ihl * 4 + len(payload)
-    hdr = struct.pack("!BBHHHBBH4s4s", (4 << 4) | ihl, 0, total, 1, frag_offset & 0x1FFF, 64, proto, 0,
-                      socket.inet_aton(src), socket.inet_aton(dst))
-    return hdr + opts + payload
+    return v.ipv4(src, dst, proto, payload, ident=STYLE.ipv4_id, frag_field=frag_offset & 0x1FFF, options=options)
 
 
-def ipv6(src: str, dst: str = "2001:db8:ffff::200", nexthdr: int = 6, payload: bytes = b"") -> bytes:
-    return struct.pack("!IHBB16s16s", 6 << 28, len(payload), nexthdr, 64,
-                       socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst)) + payload
+def ipv6(src: str, dst: str = LOCAL_V6, nexthdr: int = 6, payload: bytes = b"") -> bytes:
+    return v.ipv6(src, dst, nexthdr, payload)
 
 
-def v6_ext(kind: int, nexthdr: int, frag_offset: int = 0) -> bytes:
-    """One IPv6 extension header: 0 hop-by-hop, 43 routing, 60 dest opts (8 bytes each),
-    44 fragment (offset in 8-byte units)."""
-    if kind == 44:
-        return struct.pack("!BBHI", nexthdr, 0, (frag_offset << 3), 7)
-    return struct.pack("!BB", nexthdr, 0) + bytes(6)
+v6_ext = v.ipv6_extension
 
 
 def packet(src: str, proto: int = 6, dport: int = 80, flags: int = TCP_ACK,
            vlans: tuple[int, ...] = (), size: int = 0) -> bytes:
     """An Ethernet frame from `src` (v4 or v6) with a TCP/UDP/SCTP/ICMP header,
     zero-padded to `size` bytes if given."""
-    payload = l4(proto, dport=dport, flags=flags)
-    if ":" in src:
-        frame = eth(ETH_P_IPV6, vlans) + ipv6(src, nexthdr=proto, payload=payload)
-    else:
-        frame = eth(ETH_P_IP, vlans) + ipv4(src, proto=proto, payload=payload)
-    return frame + bytes(max(0, size - len(frame)))
+    dst = LOCAL_V6 if ":" in src else LOCAL_V4
+    return v.frame(STYLE, v.Flow(src, dst, proto, SPORT, dport), tcp_flags=flags, vlans=vlans, size=size)
 
 
 def arp(sender_ip: str = "192.0.2.1", target_ip: str = "192.0.2.2") -> bytes:
-    body = struct.pack("!HHBBH6s4s6s4s", 1, ETH_P_IP, 6, 4, 1, SRC_MAC, socket.inet_aton(sender_ip),
-                       bytes(6), socket.inet_aton(target_ip))
-    return eth(ETH_P_ARP) + body
+    return v.arp(sender_ip, target_ip, STYLE.direction)
