@@ -51,7 +51,7 @@ PROGRAMS: dict[str, tuple[str, str, bool]] = {
 
 
 def run_all() -> list[Check]:
-    checks = host_facts() + toolchain()
+    checks = host_facts() + toolchain() + requirements()
     checks += program_loads()
     checks += attach_checks()
     return checks
@@ -88,6 +88,16 @@ def host_facts() -> list[Check]:
     cg = _cgroup2_root()
     out.append(Check("mounts", "cgroup v2", cg is not None, str(cg) if cg else "no cgroup2 mount"))
     return out
+
+
+def requirements() -> list[Check]:
+    """Every system need named in bpfpolicy/hostreqs.py: found where, or the package."""
+    from .hostreqs import check_all
+
+    return [Check("requirements", c.requirement.name, c.ok or c.requirement.optional,
+                  c.found or f"missing (apt install {c.requirement.debian_package}): "
+                             f"{c.requirement.needed_for}")
+            for c in check_all()]
 
 
 def toolchain() -> list[Check]:

@@ -12,6 +12,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,17 @@ def test_bounding_set_loads_and_attaches(ctl, veth, tmp_path: Path) -> None:  # 
     r = _apply_with_caps(ctl, caps, src)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "converged" in r.stdout, r.stdout
+
+
+def test_host_requirements_named_once_and_checked_by_doctor() -> None:
+    """scripts/setup.sh installs bpfpolicy/hostreqs.py's list; doctor reports each need."""
+    from bpfpolicy.doctor import requirements
+    from bpfpolicy.hostreqs import REQUIREMENTS, apt_packages
+
+    listed = subprocess.run([sys.executable, str(REPO / "bpfpolicy/hostreqs.py")], capture_output=True,
+                            text=True, check=True).stdout.split()
+    assert listed == apt_packages() and "libbpf1" in listed and "clang" in listed
+    assert "hostreqs.py" in (REPO / "scripts/setup.sh").read_text()
+    rows = requirements()
+    assert [r.name for r in rows] == [r.name for r in REQUIREMENTS]
+    assert all(r.ok for r in rows), [r for r in rows if not r.ok]
