@@ -155,32 +155,14 @@ def status_cmd(config_path: str | None, fmt: str) -> None:
               help="Do not ask for confirmation (--allow-empty: same, for symmetry with apply).")
 def destroy_cmd(config_path: str | None, yes: bool) -> None:
     """Remove everything bpfpolicy loaded (inventory-driven, then every pin under the root)."""
-    from ..controller import events
-    from ..controller.apply import ApplyError, _rmtree_pins, gc_staging, prune
-    from ..controller.state import Store
+    from ..controller.destroy import destroy
 
     cfg = _cfg(config_path)
-    store = Store(cfg.state_dir)
     if not yes and sys.stdin.isatty():
         click.confirm(f"remove every policy under {cfg.bpffs_root}?", abort=True)
-    failed = False
-    with store.lock():
-        gc_staging(cfg)
-        inv = store.inventory()
-        for key, entry in inv.items():
-            try:  # every path prune touches is derived from the roots and checked (controller/paths.py)
-                prune(cfg, key, entry, store)
-            except ApplyError as e:
-                click.echo(f"error: {e}", err=True)
-                failed = True
-                continue
-            click.echo(f"removed {key}")
-            events.emit(cfg.events_path, "Pruned", "destroy", policy=key)
-        _rmtree_pins(cfg.bpffs_root, cfg.bpffs_root)
-        status = store.status()
-        status["policies"] = {}
-        store.save_status(status)
-    if failed:
+    result = destroy(cfg, on_removed=lambda key: click.echo(f"removed {key}"),
+                     on_error=lambda msg: click.echo(f"error: {msg}", err=True))
+    if not result.ok:
         sys.exit(1)
 
 

@@ -1,12 +1,12 @@
 """Make the kernel match the plan, one policy at a time, never dropping enforcement.
 
-Order for a program (re)load (SPEC §5):
+Order for a program (re)load (docs/upstream.md §6):
   1. open the object, reuse runtime maps (no `contents`: counters, conntrack, buckets)
      by pin when their definition is unchanged, load (verifier);
   2. fill the content maps (fresh maps: the running program never sees half a version);
   3. pin the new programs/maps/links under `<root>/_staging/<Kind>-<name>-<pid>/`;
-  4. swap every attachment atomically: XDP netlink REPLACE with the expected fd, bpf_link
-     update (cgroup, tcx, XDP links), tc replace at the same prio;
+  4. swap every attachment atomically through its hook's Attacher (kernel.attach): netlink
+     replace with the expected fd, bpf_link update, tc replace at the same prio;
   5. rename the staged pins over the old ones (which unpins the old objects);
   6. write the inventory (atomic) — only after the kernel changed.
 A failure before (4) leaves the old version untouched and the new one freed; a failure
@@ -27,15 +27,23 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..kernel.attach import AttachRecord, attacher_for
+from ..kernel.attach.base import AttachConflict, IsOurs, SwapRequest
+from ..kernel.pins import pinned, pinned_map_info, pinned_prog_id, prog_by_id
 from .config import HostConfig
 from .desired import DesiredPolicy
+from .destroy import rmtree_pins
+from .destroy import rmtree_pins as _rmtree_pins  # noqa: F401 - the old name, kept for callers
 from .events import now_iso
-from .observe import STAGING, attached_prog_ids
+from .observe import STAGING
 from .paths import UnsafePath, check_inside, contained, is_inside
 from .plan import Plan, PolicyPlan, applied_copy, current_contents
 from .state import Store
+
+if TYPE_CHECKING:
+    from ..kernel.libbpf import BpfObject
 
 CRASH_STAGES = ("loaded", "filled", "staged", "swapped", "committed", "map-delta")
 
@@ -87,34 +95,10 @@ def gc_staging(cfg: HostConfig) -> list[str]:
         for d in staging.iterdir():
             removed.append(str(d))
             with contextlib.suppress(UnsafePath):
-                _rmtree_pins(d, cfg.bpffs_root)
+                rmtree_pins(d, cfg.bpffs_root)
         with contextlib.suppress(OSError):
             staging.rmdir()
     return removed
-
-
-def _rmtree_pins(d: Path, root: Path | None = None) -> None:
-    """bpffs has no recursive rmdir: unlink pins, then remove directories bottom-up.
-    With `root`, `d` must resolve inside it (a symlinked policy dir is never followed
-    out of the bpffs root); os.walk does not follow symlinks below `d`."""
-    top = root is not None and Path(d) == Path(root)
-    if root is not None:
-        check_inside(d.parent if d.is_symlink() and not top else d, root)
-    if d.is_symlink() and not top:
-        with contextlib.suppress(OSError):
-            os.unlink(d)
-        return
-    if not d.exists():
-        return
-    for dirpath, dirnames, filenames in os.walk(d, topdown=False):
-        for f in filenames:
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(dirpath, f))
-        for sub in dirnames:
-            with contextlib.suppress(OSError):
-                os.rmdir(os.path.join(dirpath, sub))
-    with contextlib.suppress(OSError):
-        os.rmdir(d)
 
 
 def apply_plan(cfg: HostConfig, plan: Plan, store: Store, *, revision: str | None = None,
@@ -180,7 +164,7 @@ def load_and_swap(cfg: HostConfig, d: DesiredPolicy, old: dict[str, Any] | None,
     m = d.manifest
     stage = contained(cfg.bpffs_root, STAGING, f"{contained_name(d.kind)}-{contained_name(d.name)}-{os.getpid()}")
     pdir = contained(cfg.bpffs_root, d.kind, d.name)
-    _rmtree_pins(stage, cfg.bpffs_root)
+    rmtree_pins(stage, cfg.bpffs_root)
     stage.mkdir(parents=True)
     obj = None
     swapped: list[tuple[dict[str, Any], int | None]] = []
@@ -216,14 +200,14 @@ def load_and_swap(cfg: HostConfig, d: DesiredPolicy, old: dict[str, Any] | None,
         checkpoint("staged")
         old_atts = {_att_id(a): a for a in (old or {}).get("attachments", [])}
         for i, att in enumerate(m.get("attachments", [])):
-            prog = progs[att["program"]]
-            prev = old_atts.pop(_att_id({**att, "index": i}), None)
-            rec, old_pid = _swap(cfg, att, i, prog, prev, stage, pdir, entry)
+            spec: AttachRecord = {**att, "index": i}
+            prev = old_atts.pop(_att_id(spec), None)
+            rec, old_pid = _swap(spec, progs[att["program"]], prev, stage, pdir, entry)
             swapped.append((rec, old_pid))
             entry["attachments"].append(rec)
     except BaseException:
         _rollback(swapped)
-        _rmtree_pins(stage, cfg.bpffs_root)
+        rmtree_pins(stage, cfg.bpffs_root)
         if obj is not None:
             obj.close()
         raise
@@ -235,7 +219,7 @@ def load_and_swap(cfg: HostConfig, d: DesiredPolicy, old: dict[str, Any] | None,
     pdir.mkdir(parents=True, exist_ok=True)
     for p in stage.iterdir():
         os.replace(p, pdir / p.name)
-    _rmtree_pins(stage, cfg.bpffs_root)
+    rmtree_pins(stage, cfg.bpffs_root)
     with contextlib.suppress(OSError):
         stage.parent.rmdir()  # only when no other apply is staging
     keep = {f"prog_{n}" for n in entry["programs"]} | {f"map_{n}" for n in entry["maps"]}
@@ -253,36 +237,18 @@ REVISION_PLACEHOLDER = b"@@bpfpolicy-revision@@"
 REVISION_FIELD = 64
 
 
-def stamp_revision(obj: Any, revision: str | None) -> bool:
+def stamp_revision(obj: BpfObject, revision: str | None) -> bool:
     """Write the source revision into the program's `.rodata` before load, so
     `bpftool prog show` lists `bpfpolicy_revision` in its metadata. The contract for
     templates: `const volatile char bpf_metadata_bpfpolicy_revision[64] SEC(".rodata") =
     "@@bpfpolicy-revision@@";` — only the initial value changes, never the
     instructions, so the program tag and program_hash stay the same. Objects without
     the placeholder are left alone (the revision is then in the inventory only)."""
-    import ctypes
-
-    from ..kernel.libbpf import lib
-
     if not revision:
         return False
-    fn = lib().bpf_map__initial_value
-    fn.restype, fn.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t)]
-    for bm in obj.maps():
-        if not bm.name.endswith(".rodata"):
-            continue
-        size = ctypes.c_size_t()
-        ptr = fn(bm._ptr, ctypes.byref(size))
-        if not ptr:
-            continue
-        data = ctypes.string_at(ptr, size.value)
-        at = data.find(REVISION_PLACEHOLDER)
-        if at < 0 or at + REVISION_FIELD > size.value:
-            continue
-        value = revision.encode()[: REVISION_FIELD - 1].ljust(REVISION_FIELD, b"\0")
-        ctypes.memmove(ptr + at, value, REVISION_FIELD)
-        return True
-    return False
+    value = revision.encode()[: REVISION_FIELD - 1].ljust(REVISION_FIELD, b"\0")
+    return any(bm.replace_initial_bytes(REVISION_PLACEHOLDER, value)
+               for bm in obj.maps() if bm.name.endswith(".rodata"))
 
 
 def _new_entry(d: DesiredPolicy, revision: str | None, pdir: Path) -> dict[str, Any]:
@@ -298,7 +264,7 @@ def _sha(d: DesiredPolicy, spec: dict[str, Any]) -> str | None:
     return hashlib.sha256(Path(d.dir, spec["contents"]).read_bytes()).hexdigest()
 
 
-def _reuse_runtime_maps(obj: Any, m: dict[str, Any], pdir: Path) -> None:
+def _reuse_runtime_maps(obj: BpfObject, m: dict[str, Any], pdir: Path) -> None:
     """Keep counters/conntrack across reloads: reuse the pinned map if it matches."""
     from ..kernel import bpf
 
@@ -307,27 +273,18 @@ def _reuse_runtime_maps(obj: Any, m: dict[str, Any], pdir: Path) -> None:
         if spec.get("contents") or not pin.exists():
             continue
         bm = obj.map(spec["name"])
-        fd = bpf.obj_get(str(pin))
-        try:
+        with pinned(pin) as fd:
             info = bpf.map_info(fd)
             if (info["type_id"], info["key_size"], info["value_size"], info["max_entries"]) == (
                     bm.type, bm.key_size, bm.value_size, bm.max_entries):
                 bm.reuse_fd(fd)
-        finally:
-            os.close(fd)
 
 
 def _reused(bm: Any, pdir: Path, spec: dict[str, Any]) -> bool:
     from ..kernel import bpf
 
-    try:
-        fd = bpf.obj_get(str(pdir / f"map_{spec['name']}"))
-    except OSError:
-        return False
-    try:
-        return bpf.map_info(fd)["id"] == bpf.map_info(bm.fd)["id"]
-    finally:
-        os.close(fd)
+    info = pinned_map_info(pdir / f"map_{spec['name']}")
+    return info is not None and info["id"] == bpf.map_info(bm.fd)["id"]
 
 
 def _att_id(att: dict[str, Any]) -> str:
@@ -335,129 +292,41 @@ def _att_id(att: dict[str, Any]) -> str:
            f"{att.get('direction')}|{att.get('cgroup')}"
 
 
-def _swap(cfg: HostConfig, att: dict[str, Any], i: int, prog: Any, prev: dict[str, Any] | None,
-          stage: Path, pdir: Path, entry: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
-    """Attach `prog` at `att`, atomically replacing what we attached there before.
-    Returns (inventory record, the program id it replaced or None)."""
-    from ..kernel import bpf, cgroup, tc, xdp
-
-    rec: dict[str, Any] = {**att, "index": i}
-    new_id = int(bpf.prog_info(prog.fd)["id"])
-    t = att["type"]
-    if t == "xdp":
-        cur = xdp.query(att["interface"], att.get("netns")).prog_id
-        if cur is not None and cur not in _our_prog_ids(prev, entry, prog, att["program"], cur):
-            raise ApplyError(f"{att['interface']} runs XDP program {cur}, which bpfpolicy did not attach",
-                             "AttachConflict")
-        rec["mode_used"] = xdp.attach(att["interface"], prog.fd, att.get("mode", "auto"), att.get("netns"),
-                                      expected_prog_id=cur)
-        rec["prog_id"] = new_id
-        return rec, cur
-    link_pin = pdir / f"link_{i}"
-    if t == "tc":
-        if prev and prev.get("tc", {}).get("mechanism") == "tcx" and link_pin.exists():
-            old = cgroup.link_prog_id(str(link_pin))
-            cgroup.update(str(link_pin), prog.fd)
-            rec.update(tc=prev["tc"], link_pin=str(link_pin), prog_id=new_id)
-            return rec, old
-        prio = (prev or {}).get("tc", {}).get("prio") or tc_prio(f"{entry['kind']}/{entry['name']}", i)
-        old_ids = [f for f in tc.cls_query(att["interface"], att["direction"], att.get("netns"))
-                   if f["prio"] == prio] if prev else []
-        res = tc.attach(prog.fd, att["interface"], att["direction"], att.get("netns"),
-                        link_pin=str(stage / f"link_{i}"), name=f"bpfpolicy-{entry['name']}"[:32], prio=prio,
-                        prefer_tcx=os.environ.get("BPFPOLICY_TC_MECHANISM", "auto") != "tc")
-        if res.get("mechanism") == "tcx":
-            res["link_pin"] = str(link_pin)
-            rec["link_pin"] = str(link_pin)
-        rec.update(tc=res, prog_id=new_id)
-        return rec, (old_ids[0]["prog_id"] if old_ids else None)
-    if t == "cgroup_skb":
-        if link_pin.exists() and _link_on_cgroup(str(link_pin), att["cgroup"]):
-            old = cgroup.link_prog_id(str(link_pin))
-            cgroup.update(str(link_pin), prog.fd)
-        else:
-            old = None
-            cgroup.attach_pinned(prog.fd, att["cgroup"], att["direction"], str(stage / f"link_{i}"))
-        rec.update(link_pin=str(link_pin), prog_id=new_id,
-                   link_id=_link_id(str(link_pin) if old is not None else str(stage / f"link_{i}")))
-        return rec, old
-    # auto-attach by SEC() (tracepoints, ...): new link first, the old one goes at commit
-    link = prog.attach()
-    link.pin(str(stage / f"link_{i}"))
-    link.disconnect()
-    link.close()
-    rec.update(link_pin=str(link_pin), prog_id=new_id)
-    return rec, None
-
-
-def tc_prio(key: str, index: int) -> int:
-    """A stable cls_bpf prio per (policy, attachment): two policies on one interface
-    never replace each other's filter, and a new version lands on the same prio."""
-    import zlib
-
-    return 0x1000 + zlib.crc32(f"{key}#{index}".encode()) % 0x6000
-
-
-def _link_id(pin: str) -> int | None:
-    from ..kernel import bpf
-
+def _swap(spec: AttachRecord, prog: Any, prev: AttachRecord | None, stage: Path, pdir: Path,
+          entry: dict[str, Any]) -> tuple[AttachRecord, int | None]:
+    """Attach `prog` at `spec` through its hook's attacher, atomically replacing what we
+    attached there before. Returns (inventory record, the program id it replaced or None)."""
+    link = f"link_{spec['index']}"
+    req = SwapRequest(spec=spec, previous=prev, staging_link_pin=str(stage / link),
+                      final_link_pin=str(pdir / link), is_ours=_ours_test(prev, entry, prog, spec["program"]),
+                      owner=f"{entry['kind']}/{entry['name']}")
     try:
-        fd = bpf.obj_get(pin)
-    except OSError:
-        return None
-    try:
-        return int(bpf.link_info(fd)["id"])
-    finally:
-        os.close(fd)
+        return attacher_for(spec).swap(req, prog)
+    except AttachConflict as e:
+        raise ApplyError(str(e), "AttachConflict") from None
 
 
-def _link_on_cgroup(pin: str, cgroup_path: str) -> bool:
-    """Whether the link pinned at `pin` is a live cgroup link on `cgroup_path` (a cgroup
-    v2 id is its directory's inode number): only then may we swap its program."""
-    from ..kernel import bpf
-
-    try:
-        fd = bpf.obj_get(pin)
-    except OSError:
-        return False
-    try:
-        info = bpf.link_info(fd)
-        return info.get("type") == "cgroup" and info.get("cgroup_id") == os.stat(cgroup_path).st_ino
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
-def _our_prog_ids(prev: dict[str, Any] | None, entry: dict[str, Any], prog: Any, program: str,
-                  candidate: int | None = None) -> set[int]:
+def _ours_test(prev: AttachRecord | None, entry: dict[str, Any], prog: Any, program: str) -> IsOurs:
     """Programs we may replace: what the inventory says we attached, what our pins hold,
     and (after a crash between swap and commit) a program with the new one's tag+name
     or stamped with this policy in `bpf_metadata_bpfpolicy_policy`."""
     from ..kernel import bpf
 
-    ours: set[int] = set()
-    if prev and prev.get("prog_id"):
-        ours.add(int(prev["prog_id"]))
-    pin = Path(entry["dir"]) / f"prog_{program}"
-    with contextlib.suppress(OSError):
-        fd = bpf.obj_get(str(pin))
-        ours.add(int(bpf.prog_info(fd)["id"]))
-        os.close(fd)
-    if candidate in ours:
-        return ours
-    new = bpf.prog_info(prog.fd)
-    for pid in ([candidate] if candidate is not None else bpf.prog_ids()):
-        with contextlib.suppress(OSError):
-            fd = bpf.prog_get_fd_by_id(pid)
-            try:
+    def is_ours(candidate: int) -> bool:
+        if prev and prev.get("prog_id") == candidate:
+            return True
+        if pinned_prog_id(Path(entry["dir"]) / f"prog_{program}") == candidate:
+            return True
+        new = bpf.prog_info(prog.fd)
+        try:
+            with prog_by_id(candidate) as fd:
                 info = bpf.prog_info(fd)
-            finally:
-                os.close(fd)
-            same_code = info["tag"] == new["tag"] and info["name"] == new["name"]
-            if same_code or (candidate is not None and _stamped(pid) == f"{entry['kind']}/{entry['name']}"):
-                ours.add(pid)
-    return ours
+        except OSError:
+            return False
+        same_code = info["tag"] == new["tag"] and info["name"] == new["name"]
+        return same_code or _stamped(candidate) == f"{entry['kind']}/{entry['name']}"
+
+    return is_ours
 
 
 def _stamped(prog_id: int) -> str | None:
@@ -471,53 +340,17 @@ def _stamped(prog_id: int) -> str | None:
     return (info.get("metadata") or {}).get("bpfpolicy_policy") if isinstance(info, dict) else None
 
 
-def _rollback(swapped: list[tuple[dict[str, Any], int | None]]) -> None:
+def _rollback(swapped: list[tuple[AttachRecord, int | None]]) -> None:
     """Put back the programs we already replaced (best effort, most recent first)."""
-    from ..kernel import bpf, xdp
-
     for rec, old_id in reversed(swapped):
         with contextlib.suppress(OSError):
-            if rec["type"] == "xdp":
-                if old_id is None:
-                    xdp.detach(rec["interface"], rec.get("netns"), expected_prog_id=rec["prog_id"])
-                else:
-                    fd = bpf.prog_get_fd_by_id(old_id)
-                    try:
-                        xdp.attach(rec["interface"], fd, netns=rec.get("netns"), expected_prog_id=rec["prog_id"])
-                    finally:
-                        os.close(fd)
-            elif rec.get("link_pin") and old_id is not None:
-                from ..kernel import cgroup
-
-                fd = bpf.prog_get_fd_by_id(old_id)
-                try:
-                    cgroup.update(rec["link_pin"], fd)
-                finally:
-                    os.close(fd)
-            elif rec["type"] == "tc" and old_id is not None:
-                from ..kernel import tc
-
-                fd = bpf.prog_get_fd_by_id(old_id)
-                try:
-                    tc.cls_attach(fd, rec["interface"], rec["direction"], rec.get("netns"),
-                                  prio=rec.get("tc", {}).get("prio", tc.DEFAULT_PRIO))
-                finally:
-                    os.close(fd)
+            attacher_for(rec).rollback(rec, old_id)
 
 
-def detach(rec: dict[str, Any]) -> None:
+def detach(rec: AttachRecord) -> None:
     """Remove one attachment we made (only if it still runs our program)."""
-    from ..kernel import cgroup, tc, xdp
-
     with contextlib.suppress(OSError):
-        if rec["type"] == "xdp":
-            cur = xdp.query(rec["interface"], rec.get("netns")).prog_id
-            if cur is not None and cur == rec.get("prog_id"):
-                xdp.detach(rec["interface"], rec.get("netns"), expected_prog_id=cur)
-        elif rec["type"] == "tc":
-            tc.detach(rec.get("tc", {}), rec["interface"], rec["direction"], rec.get("netns"))
-        elif rec.get("link_pin"):
-            cgroup.detach(rec["link_pin"])
+        attacher_for(rec).detach(rec)
 
 
 def _last_line(log: str) -> str:
@@ -537,7 +370,7 @@ def update_maps(d: DesiredPolicy, entry: dict[str, Any], state_dir: Path, drift:
     """Apply content deltas in place (batch update/delete); the program is untouched.
     The diff base is the applied copy (cheap), or the kernel's contents when the plan
     found the kernel map edited behind our back (`drift`)."""
-    from ..kernel import bpf, maps
+    from ..kernel import maps
 
     entry = {**entry, "maps": {k: dict(v) for k, v in entry.get("maps", {}).items()}}
     for spec in d.manifest.get("maps", []):
@@ -546,16 +379,13 @@ def update_maps(d: DesiredPolicy, entry: dict[str, Any], state_dir: Path, drift:
         info = entry["maps"][spec["name"]]
         new = Path(d.dir, spec["contents"]).read_bytes()
         current = current_contents(spec, entry, state_dir, deep=drift)
-        fd = bpf.obj_get(info["pin"])
-        try:
+        with pinned(info["pin"]) as fd:
             if os.environ.get("BPFPOLICY_CRASH_AT") == "map-delta":  # half the delta, then die
                 half = new[: len(new) // 2 // (spec["key_size"] + spec["value_size"]) * (spec["key_size"] + spec["value_size"])]
                 maps.write_records(fd, half, spec["key_size"], spec["value_size"], bool(spec.get("percpu")))
                 checkpoint("map-delta")
             maps.apply_map_contents(fd, current, new, spec["key_size"], spec["value_size"],
                                     bool(spec.get("percpu")), spec.get("type"))
-        finally:
-            os.close(fd)
         info["contents_sha256"] = hashlib.sha256(new).hexdigest()
         save_applied_copy(state_dir, d.key, spec["name"], new)
     return entry
@@ -577,42 +407,25 @@ def save_applied_copy(state_dir: Path, key: str, map_name: str, data: bytes) -> 
 
 def reattach(cfg: HostConfig, d: DesiredPolicy, entry: dict[str, Any]) -> dict[str, Any]:
     """Put our pinned program back where it was detached or replaced (drift repair)."""
-    from ..kernel import bpf, cgroup, tc, xdp
-
     atts = []
     for rec in entry.get("attachments", []):
-        rec = dict(rec)
-        if rec.get("prog_id") in attached_prog_ids(rec):
-            atts.append(rec)
-            continue
-        pin = entry["programs"][rec["program"]]["pin"]
-        fd = bpf.obj_get(pin)
-        try:
-            t = rec["type"]
-            if t == "xdp":
-                cur = xdp.query(rec["interface"], rec.get("netns")).prog_id
-                xdp.attach(rec["interface"], fd, rec.get("mode", "auto"), rec.get("netns"),
-                           expected_prog_id=cur)
-            elif t == "tc":
-                tc.detach(rec.get("tc", {}), rec["interface"], rec["direction"], rec.get("netns"))
-                prio = rec.get("tc", {}).get("prio") or tc_prio(f"{entry['kind']}/{entry['name']}", rec["index"])
-                rec["tc"] = tc.attach(fd, rec["interface"], rec["direction"], rec.get("netns"),
-                                      link_pin=rec.get("link_pin"), prio=prio)
-            elif t == "cgroup_skb":
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(rec["link_pin"])
-                cgroup.attach_pinned(fd, rec["cgroup"], rec["direction"], rec["link_pin"])
-            rec["prog_id"] = int(bpf.prog_info(fd)["id"])
-        finally:
-            os.close(fd)
-        atts.append(rec)
+        attacher = attacher_for(rec)
+        if rec.get("prog_id") not in attacher.attached_prog_ids(rec):
+            with pinned(entry["programs"][rec["program"]]["pin"]) as fd:
+                rec = attacher.reattach(rec, fd, f"{entry['kind']}/{entry['name']}")
+        atts.append(dict(rec))
     return {**entry, "attachments": atts}
 
 
 # --------------------------------------------------------------------------- files, prune
 
 
-INSTALL_SUBDIRS = {"SeccompProfile": "seccomp"}  # kinds installed as files, and where
+def install_subdirs() -> dict[str, str]:
+    """Kinds whose artifacts are installed as files (not pinned), and where: each kind
+    says so itself (`Kind.install_subdir`)."""
+    from ..kinds import KINDS
+
+    return {name: k.install_subdir for name, k in KINDS.items() if k.install_subdir}
 
 
 def contained_name(part: str) -> str:
@@ -625,14 +438,14 @@ def contained_name(part: str) -> str:
 def install_dir(cfg: HostConfig, d_kind: str, name: str, manifest: dict[str, Any] | None = None) -> Path:
     """`<state>/<the kind's fixed subdir>/<name>`. The manifest is *not* consulted: an
     artifact never chooses where it is installed (a manifest `install: /etc` once did)."""
-    sub = INSTALL_SUBDIRS.get(d_kind)
+    sub = install_subdirs().get(d_kind)
     if sub is None:
         raise UnsafePath(f"{d_kind} artifacts are not installed as files")
     return contained(cfg.state_dir, sub, name)
 
 
 def install_files(cfg: HostConfig, d: DesiredPolicy, revision: str | None) -> dict[str, Any]:
-    """Install a non-BPF artifact (seccomp filter) atomically: temp dir + rename."""
+    """Install a non-BPF artifact (a filter the host loads from files) atomically: temp dir + rename."""
     try:
         dest = install_dir(cfg, d.kind, d.name)
     except UnsafePath as e:
@@ -676,7 +489,7 @@ def prune(cfg: HostConfig, key: str, entry: dict[str, Any] | None, store: Store)
     else:
         for rec in (entry or {}).get("attachments", []):
             detach(rec)
-        _rmtree_pins(contained(cfg.bpffs_root, kind, name), cfg.bpffs_root)
+        rmtree_pins(contained(cfg.bpffs_root, kind, name), cfg.bpffs_root)
         with contextlib.suppress(OSError, UnsafePath):
             contained(cfg.bpffs_root, kind).rmdir()
     with contextlib.suppress(UnsafePath):
@@ -696,7 +509,7 @@ def _rmtree_private(d: Path, root: Path) -> None:
 
 def gc_installed(cfg: HostConfig) -> None:
     """Remove install temp dirs a killed apply left."""
-    for name in INSTALL_SUBDIRS.values():
+    for name in install_subdirs().values():
         sub = cfg.state_dir / name
         if sub.is_dir() and not sub.is_symlink() and is_inside(sub, cfg.state_dir):
             for p in sub.glob(".*.tmp"):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..kernel.bpffs import BPF_FS_MAGIC, statfs_magic
 from ..policy.diagnostics import Diagnostic, PolicyError
 
 DEFAULT_CONFIG = Path("/etc/bpfpolicy/config.yaml")
@@ -28,7 +29,6 @@ _ADDR = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]*):(\d{1,5})$")
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
-BPF_FS_MAGIC = 0xCAFE4A11  # statfs(2) f_type of a bpf filesystem (linux/magic.h)
 _SSH_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
                   "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
 
@@ -61,7 +61,7 @@ class GitSource:
 
 @dataclass
 class Endpoint:
-    """One local workload NetworkPolicy selects by labels. The raw entries go to the
+    """One local workload (endpoint) a policy selects by labels. The raw entries go to the
     compiler as `CompileContext.options["inventory"]`; the kind checks its own fields
     (`ports`, `host`)."""
 
@@ -215,17 +215,6 @@ def path_problem(value: Any) -> str | None:
     return None
 
 
-def _statfs_magic(path: Path) -> int | None:
-    import ctypes
-    import ctypes.util
-
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    buf = ctypes.create_string_buffer(256)  # struct statfs; f_type is the first word
-    if libc.statfs(os.fsencode(str(path)), buf) != 0:
-        return None
-    return ctypes.c_ulong.from_buffer(buf).value & 0xFFFFFFFF
-
-
 def bpffs_problem(root: Path) -> str | None:
     """bpffsRoot must lie on a bpf filesystem (statfs magic 0xcafe4a11) and be a directory
     below its mount, never the mount itself (prune and GC remove what is under the root).
@@ -235,9 +224,9 @@ def bpffs_problem(root: Path) -> str | None:
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
         return f"{probe} is not a directory"
-    if _statfs_magic(probe) != BPF_FS_MAGIC:
+    if statfs_magic(probe) != BPF_FS_MAGIC:
         return f"must be on a bpf filesystem (statfs magic 0x{BPF_FS_MAGIC:x}); {probe} is not (mount bpffs at /sys/fs/bpf)"
-    if probe == root and _statfs_magic(root.parent) != BPF_FS_MAGIC:  # an existing root is not the mount
+    if probe == root and statfs_magic(root.parent) != BPF_FS_MAGIC:  # an existing root is not the mount
         return "must be a directory below the bpffs mount, not the mount point itself"
     return None
 

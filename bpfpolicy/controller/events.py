@@ -1,6 +1,6 @@
 """A JSON-lines event log in the state dir: one line per apply, prune, drift repair and
 failure (Flux/Argo emit the same kinds of events). Appends are single `write()` calls of
-one line, so concurrent writers (the controller, a TracingPolicy ring-buffer reader)
+one line, so concurrent writers (the controller, a ring-buffer reader)
 never interleave inside a line.
 
 The log is created 0600 (umask-independent) and an existing one is chmod-ed down: event

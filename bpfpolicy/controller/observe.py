@@ -2,8 +2,8 @@
 
 Sources, cheapest first: the inventory (what we applied: ids, pins, attachments), the
 bpffs pins under the root (`<root>/<Kind>/<name>/prog_*|map_*|link_*`, docs/ARTIFACTS.md),
-and the kernel itself (bpf(2) info on pinned objects, netlink for XDP/tc, link info for
-cgroup/tcx links). `kernel_snapshot()` adds the `bpftool -j` view (all programs, maps,
+and the kernel itself (bpf(2) info on pinned objects; each attachment is asked through
+its hook's attacher, `kernel.attach`). `kernel_snapshot()` adds the `bpftool -j` view (all programs, maps,
 links) for status and leak checks; the reconcile hot path does not need it.
 
 Observation never changes anything.
@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..kernel.attach import AttachRecord, Observation, attacher_for
+from ..kernel.pins import pinned_prog_id
 from .config import HostConfig
 from .state import Store
 
@@ -68,10 +70,10 @@ def observe(cfg: HostConfig, store: Store | None = None, *, deep: bool = True) -
             if kind_dir.name == STAGING or not kind_dir.is_dir():
                 continue
             keys |= {f"{kind_dir.name}/{d.name}" for d in kind_dir.iterdir() if d.is_dir()}
-    xdp_cache: dict[str | None, dict[str, int | None]] = {}
+    cache = Observation()
     for key in sorted(keys):
         if deep or inv.get(key) is None:
-            obs.policies[key] = observe_policy(cfg, key, inv.get(key), xdp_cache)
+            obs.policies[key] = observe_policy(cfg, key, inv.get(key), cache)
         else:
             obs.policies[key] = trusted_policy(cfg, key, inv[key])
     return obs
@@ -87,7 +89,7 @@ def trusted_policy(cfg: HostConfig, key: str, entry: dict[str, Any]) -> Observed
 
 
 def observe_policy(cfg: HostConfig, key: str, entry: dict[str, Any] | None,
-                   xdp_cache: dict[str | None, dict[str, int | None]] | None = None) -> ObservedPolicy:
+                   cache: Observation | None = None) -> ObservedPolicy:
     kind, name = key.split("/", 1)
     if entry is not None and not entry.get("bpf", True):
         return _observe_installed(key, entry)
@@ -99,7 +101,7 @@ def observe_policy(cfg: HostConfig, key: str, entry: dict[str, Any] | None,
         op.drift.append("pinned objects without an inventory entry")
         return op
     for prog, info in entry.get("programs", {}).items():
-        op.prog_ids[prog] = _pinned_prog_id(info.get("pin"))
+        op.prog_ids[prog] = pinned_prog_id(info.get("pin"))
         if op.prog_ids[prog] is None:
             op.drift.append(f"program {prog}: pin {info.get('pin')} missing")
         elif op.prog_ids[prog] != info.get("id"):
@@ -109,7 +111,7 @@ def observe_policy(cfg: HostConfig, key: str, entry: dict[str, Any] | None,
             op.drift.append(f"map {mname}: pin {info.get('pin')} missing")
     for att in entry.get("attachments", []):
         idx = int(att["index"])
-        op.attached[idx] = attached_prog_ids(att, xdp_cache)
+        op.attached[idx] = attached_prog_ids(att, cache)
         want = att.get("prog_id")
         if want not in op.attached[idx]:
             op.drift.append(f"attachment {describe_attachment(att)}: expected program {want}, "
@@ -118,7 +120,7 @@ def observe_policy(cfg: HostConfig, key: str, entry: dict[str, Any] | None,
 
 
 def _observe_installed(key: str, entry: dict[str, Any]) -> ObservedPolicy:
-    """A file-installed artifact (seccomp): compare installed files with their hashes."""
+    """A file-installed artifact (no pins): compare installed files with their hashes."""
     d = Path(entry["install_dir"])
     op = ObservedPolicy(key, entry, None)
     for rel, digest in entry.get("files", {}).items():
@@ -131,61 +133,17 @@ def _observe_installed(key: str, entry: dict[str, Any]) -> ObservedPolicy:
     return op
 
 
-def _pinned_prog_id(pin: str | None) -> int | None:
-    if not pin:
-        return None
-    from ..kernel import bpf
-
-    try:
-        fd = bpf.obj_get(pin)
-    except OSError:
-        return None
-    try:
-        return int(bpf.prog_info(fd)["id"])
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def attached_prog_ids(att: dict[str, Any],
-                      xdp_cache: dict[str | None, dict[str, int | None]] | None = None) -> list[int]:
+def attached_prog_ids(att: AttachRecord, cache: Observation | None = None) -> list[int]:
     """Program ids the kernel runs at this attachment right now ([] when detached).
-    `xdp_cache` (per observation) holds one netlink dump per netns."""
-    from ..kernel import cgroup, netdev, tc, xdp
-
-    t = att.get("type")
+    `cache` (one per observation) holds e.g. one netlink dump per netns."""
     try:
-        if t == "xdp" and xdp_cache is not None:
-            ns = att.get("netns")
-            if ns not in xdp_cache:
-                xdp_cache[ns] = netdev.xdp_prog_ids(ns)
-            pid = xdp_cache[ns].get(att["interface"])
-            return [pid] if pid else []
-        if t == "xdp":
-            pid = xdp.query(att["interface"], att.get("netns")).prog_id
-            return [pid] if pid else []
-        if t == "tc":
-            return tc.attached_prog_ids(att.get("tc", {}), att["interface"], att["direction"], att.get("netns"))
-        if t == "cgroup_skb" and att.get("link_pin") and att.get("cgroup"):
-            pid = cgroup.attached_prog_id(att["link_pin"], att["cgroup"])  # on that cgroup now
-            return [pid] if pid else []
-        if att.get("link_pin"):
-            pid = cgroup.link_prog_id(att["link_pin"])  # any pinned bpf_link
-            return [pid] if pid else []
+        return attacher_for(att).attached_prog_ids(att, cache)
     except OSError:
         return []
-    return []
 
 
-def describe_attachment(att: dict[str, Any]) -> str:
-    t = att.get("type")
-    if t in ("xdp", "tc"):
-        where = att.get("interface", "?") + (f"@{att['netns']}" if att.get("netns") else "")
-        return f"{t}{'/' + att['direction'] if att.get('direction') else ''} {where}"
-    if t == "cgroup_skb":
-        return f"cgroup_skb/{att.get('direction')} {att.get('cgroup')}"
-    return f"{t} {att.get('program', '')}".strip()
+def describe_attachment(att: AttachRecord) -> str:
+    return attacher_for(att).describe(att)
 
 
 def kernel_snapshot() -> dict[str, Any]:

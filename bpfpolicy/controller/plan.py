@@ -1,6 +1,6 @@
 """Desired vs observed → a list of actions per policy.
 
-Actions (SPEC §5): `create`, `replace` (load a new program version and swap it in),
+Actions (docs/upstream.md §6): `create`, `replace` (load a new program version and swap it in),
 `update-map` (+N/−M entries, program untouched), `reattach` (an attachment drifted),
 `record` (only the inventory changes: same program, same map contents), `prune`, and
 `noop`. Drift-driven actions carry `drift=True`; with self-heal off they are reported
@@ -206,29 +206,25 @@ def read_map(pin: str, spec: dict[str, Any]) -> bytes | None:
     """The pinned map's records, sorted by key; array maps without their all-zero slots.
     Maps without batch lookup (lpm_trie) are walked key by key (GET_NEXT_KEY)."""
     from ..kernel import bpf, maps
+    from ..kernel.pins import pinned
 
-    try:
-        fd = bpf.obj_get(pin)
-    except OSError:
-        return None
     ks, vs, percpu = spec["key_size"], spec["value_size"], bool(spec.get("percpu"))
     try:
-        try:
-            recs = maps.read_records(fd, ks, vs, percpu)
-        except OSError:
-            if int(spec.get("entries") or 0) > WALK_LIMIT:
-                return None  # too big to walk key by key every interval: trust the copy
-            stride = bpf.value_stride(vs, percpu)
-            out = []
-            for k in bpf.map_keys(fd, ks):
-                v = bpf.map_lookup(fd, k, stride)
-                if v is not None:
-                    out.append(k + v[:vs])
-            recs = b"".join(sorted(out))
+        with pinned(pin) as fd:
+            try:
+                recs = maps.read_records(fd, ks, vs, percpu)
+            except OSError:
+                if int(spec.get("entries") or 0) > WALK_LIMIT:
+                    return None  # too big to walk key by key every interval: trust the copy
+                stride = bpf.value_stride(vs, percpu)
+                out = []
+                for k in bpf.map_keys(fd, ks):
+                    v = bpf.map_lookup(fd, k, stride)
+                    if v is not None:
+                        out.append(k + v[:vs])
+                recs = b"".join(sorted(out))
     except OSError:
         return None
-    finally:
-        os.close(fd)
     return _drop_zero_slots(recs, spec)
 
 

@@ -90,7 +90,7 @@ class Reconciler:
 
     def compile_context(self) -> Any:
         """The endpoint inventory from the host config goes to kinds that select
-        local workloads (NetworkPolicy) as `options["inventory"]`."""
+        local workloads (endpoints) as `options["inventory"]`."""
         from ..kinds import CompileContext
 
         options: dict[str, Any] = {}

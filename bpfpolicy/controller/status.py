@@ -9,7 +9,6 @@ rule index) summed over every CPU.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from .config import HostConfig
@@ -61,18 +60,14 @@ def counters(entry: dict[str, Any]) -> list[dict[str, Any]]:
     rules = spec.get("rules", [])
     if not pin or not rules:
         return []
-    from ..kernel import bpf, maps
+    from ..kernel import maps
+    from ..kernel.pins import pinned
 
     try:
-        fd = bpf.obj_get(pin)
+        with pinned(pin) as fd:
+            values = maps.read_counters(fd, max(int(r["index"]) for r in rules) + 1)
     except OSError:
         return []
-    try:
-        values = maps.read_counters(fd, max(int(r["index"]) for r in rules) + 1)
-    except OSError:
-        return []
-    finally:
-        os.close(fd)
     return [{"rule": r.get("name"), "path": r.get("path"), "action": r.get("action"),
              "packets": values[int(r["index"])][0], "bytes": values[int(r["index"])][1]} for r in rules]
 

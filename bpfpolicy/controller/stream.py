@@ -5,8 +5,7 @@ Kind-independent: a policy takes part when its applied manifest (inventory.json)
 `events` section `{"map": ..., "type": "ringbuf", "layout": ...}`; its ring buffer is
 opened from the pin `<policy dir>/map_<map>` and each record is decoded by the decoder
 registered for `layout`. Decoders are pure functions `(raw, manifest) -> dict` that live
-with their kind; the table below names them by import path so neither this module nor
-the CLI imports a kind up front, and `register_decoder` adds more.
+with their kind, which lists them in `Kind.event_layouts`; `register_decoder` adds more.
 
 Every line carries `time`, `source` ("kernel" | "controller"), `kind` and `policy`.
 The set of ring buffers follows the inventory: a policy applied (or replaced: new map or
@@ -16,7 +15,6 @@ cannot read becomes a line with `error` instead of ending the stream.
 
 from __future__ import annotations
 
-import importlib
 import os
 import struct
 import time
@@ -31,32 +29,31 @@ from .state import Store
 
 Decoder = Callable[[bytes, dict[str, Any]], dict[str, Any]]
 
-# layout -> "module:function"; resolved on first use.
-_DECODERS: dict[str, str | Decoder] = {
-    "tracing_event_v1": "bpfpolicy.kinds.tracing.events:decode_event",
-    "netpol_event_v1": "bpfpolicy.kinds.netpol.events:decode",
-}
+# layout -> decoder, beyond the ones the kinds declare (tests, plug-ins).
+_DECODERS: dict[str, Decoder] = {}
 
 
-def register_decoder(layout: str, fn: Decoder | str) -> None:
+def register_decoder(layout: str, fn: Decoder) -> None:
     """Decode ring-buffer records whose manifest says `events.layout == layout`."""
     _DECODERS[layout] = fn
 
 
+def _kind_decoders() -> dict[str, Decoder]:
+    """Every registered kind's `event_layouts` (imported on first use, not up front)."""
+    from ..kinds import KINDS
+
+    return {layout: fn for k in KINDS.values() for layout, fn in k.event_layouts.items()}
+
+
 def decoder_for(manifest: dict[str, Any]) -> Decoder | None:
     """The decoder for a manifest's `events.layout` (falling back to the kind name)."""
-    spec = manifest.get("events") or {}
-    fn = _DECODERS.get(str(spec.get("layout"))) or _DECODERS.get(str(manifest.get("kind")))
-    if isinstance(fn, str):
-        mod, _, name = fn.partition(":")
-        fn = getattr(importlib.import_module(mod), name)
-        _DECODERS[str(spec.get("layout"))] = fn
-    return fn
+    layout = str((manifest.get("events") or {}).get("layout"))
+    return _DECODERS.get(layout) or _kind_decoders().get(layout) or _DECODERS.get(str(manifest.get("kind")))
 
 
 def normalize(decoded: dict[str, Any], key: str, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Add the common fields to one decoded kernel record. `policy` is the decoder's (a
-    NetworkPolicy verdict names the rule's policy) or else the artifact's `Kind/name`;
+    """Add the common fields to one decoded kernel record. `policy` is the decoder's (an
+    endpoint artifact's verdict names the rule's policy) or else the artifact's `Kind/name`;
     `artifact` is always the applied artifact the ring buffer belongs to."""
     kind = str(manifest.get("kind") or key.split("/", 1)[0])
     ev = dict(decoded)
@@ -82,7 +79,7 @@ def from_controller(ev: dict[str, Any]) -> dict[str, Any]:
 def matches(ev: dict[str, Any], *, policy: str | None = None, kind: str | None = None,
             source: str | None = None) -> bool:
     """Filters of the CLI. `policy` is `Kind/name` or just `name`; it also matches the
-    artifact (a NetworkPolicy endpoint artifact's events)."""
+    artifact (an endpoint artifact's events name the rule's policy)."""
     if source and ev.get("source") != source:
         return False
     if kind and str(ev.get("kind") or "").lower() != kind.lower():
@@ -129,6 +126,7 @@ class EventStream:
     def discover(self) -> dict[str, _Source]:
         """Applied policies with an `events` ring buffer whose pin exists."""
         from ..kernel import bpf
+        from ..kernel.pins import pinned
 
         out: dict[str, _Source] = {}
         for key, entry in Store(self.state_dir).inventory().items():
@@ -142,16 +140,13 @@ class EventStream:
             pin_dir = entry.get("dir") or str(self.bpffs_root / key)
             path = os.path.join(pin_dir, f"map_{spec['map']}")
             try:
-                fd = bpf.obj_get(path, read_only=True)
+                with pinned(path, read_only=True) as fd:
+                    map_id = int(bpf.map_info(fd)["id"])
             except FileNotFoundError:
                 continue  # not pinned (yet / any more)
             except OSError as e:
                 self._warn(f"{key}: {e.strerror or e}")
                 continue
-            try:
-                map_id = int(bpf.map_info(fd)["id"])
-            finally:
-                os.close(fd)
             out[key] = _Source(key, path, map_id, manifest, entry.get("digest") or manifest.get("digest"))
         return out
 

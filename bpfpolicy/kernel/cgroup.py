@@ -17,11 +17,10 @@ API:
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 
-from . import bpf
+from . import bpf, pins
 from .tc import query_ids
 
 CGROUP_INET_INGRESS, CGROUP_INET_EGRESS = 0, 1
@@ -63,42 +62,39 @@ def attach_pinned(prog_fd: int, cgroup_path: str, direction: str, pin: str) -> i
 
 def update(link: str | int, new_prog_fd: int, old_prog_fd: int | None = None) -> None:
     """Swap the program behind a pinned link (path) or link fd, atomically."""
-    fd = bpf.obj_get(link) if isinstance(link, str) else link
-    try:
-        bpf.link_update(fd, new_prog_fd, old_prog_fd)
-    finally:
-        if isinstance(link, str):
-            os.close(fd)
+    if isinstance(link, str):
+        pins.update_link(link, new_prog_fd, old_prog_fd)
+    else:
+        bpf.link_update(link, new_prog_fd, old_prog_fd)
 
 
 def link_prog_id(pin: str) -> int | None:
-    try:
-        fd = bpf.obj_get(pin)
-    except OSError:
-        return None
-    try:
-        return int(bpf.link_info(fd)["prog_id"]) or None
-    finally:
-        os.close(fd)
+    return pins.pinned_link_prog_id(pin)
 
 
 def attached_prog_id(pin: str, cgroup_path: str) -> int | None:
     """The program behind the link pinned at `pin`, if the link is attached to the cgroup
     at `cgroup_path` *now* (a cgroup v2 id is its directory's inode): a cgroup removed and
     recreated under the same path leaves the old link on the dead cgroup."""
-    try:
-        fd = bpf.obj_get(pin)
-    except OSError:
+    info = pins.pinned_link_info(pin)
+    if info is None:
         return None
     try:
-        info = bpf.link_info(fd)
         if info.get("cgroup_id") is not None and info["cgroup_id"] != os.stat(cgroup_path).st_ino:
             return None
-        return int(info["prog_id"]) or None
     except OSError:
         return None
-    finally:
-        os.close(fd)
+    return int(info["prog_id"]) or None  # type: ignore[call-overload]
+
+
+def link_on_cgroup(pin: str, cgroup_path: str) -> bool:
+    """Whether the link pinned at `pin` is a live cgroup link on `cgroup_path` (a cgroup
+    v2 id is its directory's inode number): only then may we swap its program."""
+    info = pins.pinned_link_info(pin)
+    try:
+        return bool(info) and info.get("type") == "cgroup" and info.get("cgroup_id") == os.stat(cgroup_path).st_ino
+    except OSError:
+        return False
 
 
 def query(cgroup_path: str, direction: str) -> list[int]:
@@ -112,15 +108,4 @@ def query(cgroup_path: str, direction: str) -> list[int]:
 
 def detach(pin: str) -> bool:
     """Detach the link pinned at `pin` and remove the pin; False when it was not there."""
-    try:
-        fd = bpf.obj_get(pin)
-    except OSError:
-        return False
-    try:
-        with contextlib.suppress(OSError):
-            bpf.link_detach(fd)
-    finally:
-        os.close(fd)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(pin)
-    return True
+    return pins.detach_link(pin)

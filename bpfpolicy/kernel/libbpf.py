@@ -86,6 +86,7 @@ def lib() -> ctypes.CDLL:
         "bpf_map__reuse_fd": (c_int, [c_void_p, c_int]),
         "bpf_map__set_pin_path": (c_int, [c_void_p, c_char_p]),
         "bpf_map__pin": (c_int, [c_void_p, c_char_p]),
+        "bpf_map__initial_value": (c_void_p, [c_void_p, ctypes.POINTER(c_size_t)]),
         "bpf_map__unpin": (c_int, [c_void_p, c_char_p]),
         "bpf_program__name": (c_char_p, [c_void_p]),
         "bpf_program__section_name": (c_char_p, [c_void_p]),
@@ -224,6 +225,21 @@ class Map:
 
     def pin(self, path: str) -> None:
         _check(lib().bpf_map__pin(self._ptr, os.fsencode(path)), f"pin map {self.name} at {path}")
+
+    def replace_initial_bytes(self, placeholder: bytes, value: bytes) -> bool:
+        """Before load, overwrite `len(value)` bytes of this map's initial value (a
+        `.rodata`/`.data` section) where `placeholder` starts. Only data changes, never
+        instructions, so program tags stay the same. False when the placeholder (with
+        room for `value` after it) is not there."""
+        size = c_size_t()
+        ptr = lib().bpf_map__initial_value(self._ptr, ctypes.byref(size))
+        if not ptr:
+            return False
+        at = ctypes.string_at(ptr, size.value).find(placeholder)
+        if at < 0 or at + len(value) > size.value:
+            return False
+        ctypes.memmove(ptr + at, value, len(value))
+        return True
 
 
 class Link:
