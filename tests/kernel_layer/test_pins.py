@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from helpers.kernel_fixtures import require_kernel
 
 XDP_PASS_C = """
