@@ -158,8 +158,12 @@ _COMMENTS = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
 _HASH_LINE = re.compile(r"bpf_metadata_bpfpolicy_hash\[\][^;]*;")
 # Files that render the program: `program_hash` (in the manifest) stands for them.
 PROGRAM_FILES = frozenset({"prog.bpf.c", "prog.bpf.o"})
-# Manifest keys that say where the policy came from, not what it enforces.
-PROVENANCE_KEYS = {"metadata": ("source",)}
+# Manifest keys that say where the policy file was (as the user spelled its path), not what
+# is enforced: left out of the digest. None marks a dropped key, "*" every list item.
+PROVENANCE: dict[str, object] = {
+    "metadata": {"source": None},
+    "counters": {"rules": {"*": {"where": None}}},
+}
 
 
 def program_hash(source: str) -> str:
@@ -171,20 +175,26 @@ def program_hash(source: str) -> str:
     return hashlib.sha256(code.encode()).hexdigest()
 
 
-def stamp_program_hash(render_source: typing.Callable[[str], str]) -> tuple[str, str]:
-    """Render a program whose `bpf_metadata_bpfpolicy_hash` is its own `program_hash`:
-    `render_source(hash_text)` renders the C with that hash text. Returns (source, hash)."""
-    shape = program_hash(render_source(""))
-    return render_source(shape), shape
+def stamp_program_hash(source: str) -> tuple[str, str]:
+    """Generated C (rendered with any `bpf_metadata_bpfpolicy_hash` text) → (the C with its
+    own `program_hash` stamped into that variable, the hash). Every kind stamps through
+    here, so the variable means the same thing on every loaded program."""
+    shape = program_hash(source)
+    stamped, n = _HASH_LINE.subn(f'bpf_metadata_bpfpolicy_hash[] SEC(".rodata") = "{shape}";', source)
+    if n != 1:
+        raise ValueError(f"generated C defines bpf_metadata_bpfpolicy_hash {n} times (expected once)")
+    return stamped, shape
 
 
-def _without_provenance(manifest: typing.Mapping[str, object]) -> dict[str, object]:
-    out = dict(manifest)
-    for key, dropped in PROVENANCE_KEYS.items():
-        inner = out.get(key)
-        if isinstance(inner, dict):
-            out[key] = {k: v for k, v in inner.items() if k not in dropped}
-    return out
+def _without_provenance(value: object, provenance: object = None) -> object:
+    """`value` without the keys that only say where the policy file was (see PROVENANCE)."""
+    provenance = PROVENANCE if provenance is None else provenance
+    if isinstance(value, list) and isinstance(provenance, dict) and "*" in provenance:
+        return [_without_provenance(v, provenance["*"]) for v in value]
+    if not isinstance(value, dict) or not isinstance(provenance, dict):
+        return value
+    return {k: _without_provenance(v, provenance.get(k, {})) for k, v in value.items()
+            if provenance.get(k, {}) is not None}
 
 
 @dataclass

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from ..kinds import CompileContext
+from ..kinds.target import parse_kernel_version
 from ..policy.compile import compile_paths, write_artifacts
 from ..policy.diagnostics import Diagnostic
 from . import render
@@ -19,11 +20,10 @@ from .validate import require_package_data
 def parse_kernel(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, int] | None:
     if value is None:
         return None
-    try:
-        major, minor = value.split(".")[:2]
-        return int(major), int(minor)
-    except ValueError:
-        raise click.BadParameter(f'"{value}" is not a kernel version like 6.1') from None
+    version = parse_kernel_version(value)
+    if version is None:
+        raise click.BadParameter(f'"{value}" is not a kernel version like 6.1')
+    return version
 
 
 def context_options(f):  # type: ignore[no-untyped-def]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-DEFAULT_STATE_DIR = "/var/lib/bpfpolicy"
+from ..controller.config import DEFAULT_STATE_DIR
 
 
 def state_dir() -> Path:
@@ -102,9 +102,9 @@ def _compile_file(path: Path, caps: str | None, kernel: str | None, arch: str) -
             continue
         kv = None
         if kernel:
-            from ..kinds.seccomp.resolve import parse_kernel
+            from ..kinds.target import parse_kernel_version
 
-            kv = parse_kernel(kernel)
+            kv = parse_kernel_version(kernel)
             if kv is None:
                 raise click.BadParameter(f'"{kernel}" is not a kernel version like 6.1', param_hint="--kernel")
         options = {"caps": [c.strip() for c in caps.split(",") if c.strip()]} if caps is not None else {}

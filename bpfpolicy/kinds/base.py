@@ -4,22 +4,26 @@ A kind is one module under `bpfpolicy/kinds/`, one schema under `bpfpolicy/schem
 templates under `codegen/`. Subclassing `Kind` registers it (the way sqlglot's dialects
 register), so the loader, validator, CLI and controller never name a kind.
 
-A kind *describes*: it validates documents, compiles them to an `Artifact` (object
-files, filters, map contents, attach spec), and says how to apply/observe that artifact
-through the kernel layer. It never touches the kernel during validation or compilation,
-so `compile --dry-run` runs unprivileged.
+A kind *describes*: it parses each document once into a typed `Model` (`parse`, run by
+validation: the semantic checks build the model as they go), compiles models to
+`Artifact`s (`compile_all`: one per model by default; NetworkPolicy merges per endpoint),
+and says how to apply/observe that artifact through the kernel layer. It never touches
+the kernel during validation or compilation, so `compile --dry-run` runs unprivileged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import dataclasses
+import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from ..artifact import Artifact
-from ..policy.diagnostics import Diagnostic
+from ..policy.diagnostics import BuildError, Diagnostic, PolicyError
 from ..policy.load import Document
+from .target import Target
 
 NATIVE_API_VERSION = "bpfpolicy.io/v1"
 
@@ -83,6 +87,28 @@ class CompileContext:
     cache_dir: Path | None = None
     base_dir: Path | None = None  # directory of the policy file (for relative sourceFiles)
 
+    @property
+    def target(self) -> Target:
+        """The kernel this compile targets (version, arch, BTF, features): one place."""
+        return Target(self.kernel, self.arch)
+
+
+@dataclass
+class Model:
+    """What a kind's `parse` built from one checked document. Kinds subclass it with their
+    typed fields; the document stays along for diagnostics and provenance."""
+
+    doc: Document
+
+
+@dataclass
+class Compiled:
+    """What `Kind.compile_all` produced: each artifact with the model it was built from
+    (NetworkPolicy: the first policy merged into it), and diagnostics of what failed."""
+
+    artifacts: list[tuple[Model, Artifact]] = field(default_factory=list)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
 
 class Kind:
     """Base class of every policy kind. Subclasses register themselves by `kind`."""
@@ -91,6 +117,10 @@ class Kind:
     schema_file: ClassVar[str]
     api_version: ClassVar[str] = NATIVE_API_VERSION
     formats: ClassVar[tuple[ForeignFormat, ...]] = ()
+    # Artifacts installed as files (not bpffs pins) go to `<state dir>/<install_subdir>/<name>`.
+    install_subdir: ClassVar[str | None] = None
+    # Ring-buffer record decoders by `events.layout`: `(raw, manifest) -> dict`.
+    event_layouts: ClassVar[dict[str, Callable[[bytes, dict[str, Any]], dict[str, Any]]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -107,9 +137,61 @@ class Kind:
     def check(self, doc: Document, report: Reporter) -> None:
         """Semantic checks beyond the JSON Schema. Report every problem found."""
 
+    def parse(self, doc: Document, report: Reporter) -> Model:
+        """The document's typed model, built once during validation by the semantic
+        checks (which report every problem). Kinds whose compiler reads the checked
+        document itself keep this default: the model is the document."""
+        self.check(doc, report)
+        return Model(doc)
+
     # -- compilation ------------------------------------------------------------
     def compile(self, doc: Document, ctx: CompileContext) -> Artifact:
         raise NotImplementedError(f"{self.kind}: compilation is not implemented yet")
+
+    def compile_model(self, model: Model, ctx: CompileContext) -> Artifact:
+        """One model → its artifact. Kinds with a typed model override this; the default
+        compiles the checked document."""
+        return self.compile(model.doc, ctx)
+
+    def compile_all(self, models: Sequence[Model], ctx: CompileContext) -> Compiled:
+        """Every model of this kind in a tree → artifacts. Default: one artifact per model,
+        each compiled on its own (one failure does not hide the others' diagnostics)."""
+        out = Compiled()
+        for model in models:
+            artifact, diagnostics = self.compile_one(model, ctx)
+            out.diagnostics += diagnostics
+            if artifact is not None:
+                out.artifacts.append((model, artifact))
+        return out
+
+    def compile_one(self, model: Model, ctx: CompileContext) -> tuple[Artifact | None, list[Diagnostic]]:
+        """One model on its own, relative paths resolved from its policy file's directory:
+        its artifact, or the diagnostics saying why not."""
+        local = dataclasses.replace(ctx, base_dir=Path(model.doc.file).resolve().parent)
+        try:
+            return self.compile_model(model, local), []
+        except (PolicyError, BuildError, NotImplementedError) as e:
+            return None, compile_failure(e, model.doc)
+
+
+_LOCATED = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+): (?P<path>\S+): (?P<msg>.*)$", re.S)
+
+
+def compile_failure(error: Exception, doc: Document) -> list[Diagnostic]:
+    """A compile failure as diagnostics, located in `doc` unless the message names its place."""
+    if isinstance(error, PolicyError):
+        return error.diagnostics
+    if isinstance(error, NotImplementedError):
+        return [doc.diag(("kind",), str(error))]
+    return [located_diagnostic(str(error), doc.diag((), str(error)))]
+
+
+def located_diagnostic(message: str, fallback: Diagnostic) -> Diagnostic:
+    """Build errors often already name `file:line:col: path:`; keep that location."""
+    m = _LOCATED.match(message)
+    if m:
+        return Diagnostic(m["file"], int(m["line"]), int(m["col"]), m["path"], m["msg"])
+    return dataclasses.replace(fallback, message=message)
 
 
 @dataclass

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..kinds.target import parse_kernel_version
 from ..resources import cache_dir
 
 MIRROR = os.environ.get("BPFPOLICY_DEBIAN_MIRROR", "http://deb.debian.org/debian")
@@ -68,8 +69,7 @@ class Kernel:
 
     @property
     def version(self) -> tuple[int, int]:
-        m = re.match(r"(\d+)\.(\d+)", self.release)
-        return (int(m[1]), int(m[2])) if m else (0, 0)
+        return parse_kernel_version(self.release) or (0, 0)
 
 
 class FetchError(RuntimeError):

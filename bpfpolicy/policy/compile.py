@@ -6,17 +6,16 @@ per policy, atomically, so an interrupted compile never leaves a half artifact.
 
 from __future__ import annotations
 
-import dataclasses
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..kinds import Artifact, CompileContext
-from .diagnostics import BuildError, Diagnostic, PolicyError
+from ..kinds import Artifact, CompileContext, Kind
+from ..kinds.base import located_diagnostic
+from .diagnostics import Diagnostic
 from .validate import Validated, ValidationResult, validate_paths
 
-_LOCATED = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+): (?P<path>\S+): (?P<msg>.*)$", re.S)
+__all__ = ["CompileResult", "compile_paths", "compile_policy", "located_diagnostic", "write_artifacts"]
 
 
 @dataclass
@@ -33,64 +32,27 @@ class CompileResult:
 def compile_paths(paths: Iterable[str | Path], ctx: CompileContext | None = None,
                   lenient: bool = False) -> CompileResult:
     """Validate and compile every policy under `paths`. Nothing is compiled if any
-    document is invalid: a tree is accepted or rejected as a whole."""
+    document is invalid: a tree is accepted or rejected as a whole. Each kind compiles
+    the models validation built (`Kind.compile_all`), so nothing is parsed twice."""
     validation = validate_paths(paths, lenient=lenient)
     result = CompileResult(diagnostics=list(validation.diagnostics), validation=validation)
     if not validation.ok:
         return result
     ctx = ctx or CompileContext()
-    groups: dict[type, list[Validated]] = {}
+    by_kind: dict[type[Kind], list[Validated]] = {}
     for policy in validation.policies:
-        groups.setdefault(policy.ident.kind, []).append(policy)
-    for kind_cls, policies in groups.items():
-        kind = kind_cls()
-        if hasattr(kind, "compile_group"):
-            pairs, diags = compile_group(kind, policies, ctx)
-            result.artifacts.extend(pairs)
-            result.diagnostics.extend(diags)
-            continue
-        for policy in policies:
-            artifact, diags = compile_policy(policy, ctx)
-            result.diagnostics.extend(diags)
-            if artifact is not None:
-                result.artifacts.append((policy, artifact))
+        by_kind.setdefault(policy.ident.kind, []).append(policy)
+    for kind_cls, policies in by_kind.items():
+        owner = {id(p.model): p for p in policies}
+        compiled = kind_cls().compile_all([p.model for p in policies], ctx)
+        result.artifacts += [(owner[id(model)], artifact) for model, artifact in compiled.artifacts]
+        result.diagnostics += compiled.diagnostics
     return result
 
 
-def compile_group(kind: object, policies: list[Validated], ctx: CompileContext
-                  ) -> tuple[list[tuple[Validated, Artifact]], list[Diagnostic]]:
-    """Kinds whose artifacts merge several policies (NetworkPolicy: one program per
-    endpoint, because several programs on one hook would AND their verdicts) compile a
-    whole tree at once through `compile_group(policies, ctx) -> (pairs, diagnostics)`."""
-    first = policies[0].doc
-    try:
-        return kind.compile_group(policies, ctx)  # type: ignore[attr-defined]
-    except PolicyError as e:
-        return [], e.diagnostics
-    except BuildError as e:
-        return [], [located_diagnostic(str(e), first.diag((), str(e)))]
-
-
 def compile_policy(policy: Validated, ctx: CompileContext) -> tuple[Artifact | None, list[Diagnostic]]:
-    doc = policy.doc
-    local = dataclasses.replace(ctx, base_dir=Path(doc.file).resolve().parent)
-    kind = policy.ident.kind()
-    try:
-        return kind.compile(doc, local), []
-    except PolicyError as e:
-        return None, e.diagnostics
-    except BuildError as e:
-        return None, [located_diagnostic(str(e), doc.diag((), str(e)))]
-    except NotImplementedError as e:
-        return None, [doc.diag(("kind",), str(e))]
-
-
-def located_diagnostic(message: str, fallback: Diagnostic) -> Diagnostic:
-    """Build errors often already name `file:line:col: path:`; keep that location."""
-    m = _LOCATED.match(message)
-    if m:
-        return Diagnostic(m["file"], int(m["line"]), int(m["col"]), m["path"], m["msg"])
-    return dataclasses.replace(fallback, message=message)
+    """One validated policy on its own (tools and tests): its artifact, or diagnostics."""
+    return policy.ident.kind().compile_one(policy.model, ctx)
 
 
 def write_artifacts(result: CompileResult, out_dir: Path) -> list[Path]:

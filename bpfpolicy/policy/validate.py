@@ -24,6 +24,7 @@ except ImportError:  # pragma: no cover - jsonschema < 4.18
     from jsonschema import _validators as _jsonschema_keywords  # type: ignore[no-redef]
 
 from ..kinds import Identified, Reporter, identify
+from ..kinds.base import Model
 from ..resources import SCHEMAS_DIR
 from .diagnostics import Diagnostic, did_you_mean
 from .load import Document, load_paths
@@ -34,11 +35,13 @@ DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z
 
 @dataclass
 class Validated:
-    """A document that passed validation, with its kind resolved."""
+    """A document that passed validation, with its kind resolved and its typed model
+    (built once, by the kind's checks; compile reads it instead of parsing again)."""
 
     doc: Document
     ident: Identified
     name: str
+    model: Model
 
 
 @dataclass
@@ -115,14 +118,17 @@ def validate_document(doc: Document, lenient: bool = False) -> tuple[Validated |
     report = Reporter(doc, lenient=lenient)
     report.diagnostics.extend(notes)
     try:
-        kind.check(doc, report)
+        model = kind.parse(doc, report)
     except Exception as e:  # a checker bug must surface as a diagnostic, not a traceback
         report.error((), f"internal error while checking {ident.label}: {type(e).__name__}: {e}")
     if report.failed:
         return None, report.diagnostics
-    for path in sorted(report.drops, key=_drop_order, reverse=True):
-        _delete(doc.data, path)
-    return Validated(doc, ident, name), report.diagnostics
+    if report.drops:
+        for path in sorted(report.drops, key=_drop_order, reverse=True):
+            _delete(doc.data, path)
+        # --lenient removed parts of the document: the model is rebuilt from what remains
+        model = kind.parse(doc, Reporter(doc, lenient=True))
+    return Validated(doc, ident, name, model), report.diagnostics
 
 
 # --------------------------------------------------------------------------- foreign files

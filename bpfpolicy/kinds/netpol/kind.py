@@ -10,6 +10,9 @@ programs on one cgroup would AND their verdicts instead. `compile_set()` therefo
 compiles all NetworkPolicy documents together into one artifact per selected inventory
 endpoint, named after the endpoint (`NetworkPolicy/<endpoint>`); its counters name the
 policy and rule behind every slot. See docs/networkpolicy.md.
+
+Each document is parsed once, during validation (`parse` → `NetpolModel`, the rules of its
+specs); `compile_all` merges the models of a tree per endpoint.
 """
 
 from __future__ import annotations
@@ -17,12 +20,23 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ...policy.diagnostics import BuildError, Diagnostic
+from ...artifact import CounterRule, Manifest, MapSpec, stamp_program_hash
+from ...policy.diagnostics import BuildError, Diagnostic, PolicyError
 from ...policy.load import Document
-from ..base import Artifact, CompileContext, ForeignFormat, Kind, Reporter
+from ..base import (
+    Artifact,
+    CompileContext,
+    Compiled,
+    ForeignFormat,
+    Kind,
+    Model,
+    Reporter,
+    compile_failure,
+)
 from ..vectors import KernelTestScript
 from .inventory import InventoryError, from_options
 from .lower import (
@@ -55,6 +69,13 @@ def _cilium(kind: str) -> ForeignFormat:
                          lambda d: d.get("apiVersion") == CILIUM_API and d.get("kind") == kind)
 
 
+@dataclass
+class NetpolModel(Model):
+    """A checked NetworkPolicy/Cilium document: the rules of its spec(s)."""
+
+    rules: list[SpecRule]
+
+
 class NetworkPolicyKind(Kind):
     kind = "NetworkPolicy"
     schema_file = "networkpolicy.json"
@@ -62,7 +83,10 @@ class NetworkPolicyKind(Kind):
         _cilium("CiliumNetworkPolicy"), _cilium("CiliumClusterwideNetworkPolicy"))
 
     def check(self, doc: Document, report: Reporter) -> None:
-        parse_policy(doc, report, foreign=doc.get(("apiVersion",)) == CILIUM_API)
+        self.parse(doc, report)
+
+    def parse(self, doc: Document, report: Reporter) -> NetpolModel:
+        return NetpolModel(doc, parse_policy(doc, report, foreign=doc.get(("apiVersion",)) == CILIUM_API))
 
     # -- compilation ------------------------------------------------------------
     def compile(self, doc: Document, ctx: CompileContext) -> Artifact:
@@ -83,29 +107,40 @@ class NetworkPolicyKind(Kind):
                 f"{len(arts)} ({', '.join(sorted(mine)) or 'none'}); compile the tree with compile_set()")
         return arts[0]
 
-    def compile_group(self, policies: list[Any], ctx: CompileContext
-                      ) -> tuple[list[tuple[Any, Artifact]], list[Diagnostic]]:
-        """The compile step's entry point (bpfpolicy/policy/compile.py): the whole tree at once.
+    def compile_model(self, model: Model, ctx: CompileContext) -> Artifact:
+        """One model on its own: `compile()`'s contract (exactly one selected endpoint)."""
+        return self.compile(model.doc, ctx)
+
+    def compile_all(self, models: Sequence[Model], ctx: CompileContext) -> Compiled:
+        """The compile step's entry point (bpfpolicy/policy/compile.py): the whole tree at
+        once, one artifact per endpoint, paired with the first policy merged into it.
         Without an inventory there are no endpoints to build for; that is said, not
         silently skipped, and validation has already checked every policy."""
+        first = models[0].doc
         if not ctx.options.get("inventory"):
-            where = policies[0].doc.diag((), "")
+            where = first.diag((), "")
             note = Diagnostic(where.file, where.line, where.col, "$",
-                              f"{len(policies)} NetworkPolicy document(s) validated but not built: "
+                              f"{len(models)} NetworkPolicy document(s) validated but not built: "
                               "programs are per endpoint and no inventory was given "
                               "(--inventory FILE, or the controller config's endpoints:)", "warning")
-            return [], [note]
-        return compile_validated(policies, ctx), []
+            return Compiled([], [note])
+        try:
+            return Compiled(_pair_with_owner(models, self.compile_models(models, ctx)), [])
+        except (PolicyError, BuildError) as e:
+            return Compiled([], compile_failure(e, first))
 
     def compile_set(self, docs: Iterable[Document], ctx: CompileContext) -> list[Artifact]:
-        """Every NetworkPolicy document of a tree → one artifact per selected endpoint."""
+        """Every NetworkPolicy document of a tree (already valid) → one artifact per
+        selected endpoint. Tools and tests; the compile step passes models instead."""
+        return self.compile_models([NetpolModel(doc, parse_policy(doc)) for doc in docs], ctx)
+
+    def compile_models(self, models: Sequence[Model], ctx: CompileContext) -> list[Artifact]:
+        """The parsed models of a tree → one artifact per selected inventory endpoint."""
         try:
             inventory = from_options(ctx.options)
         except InventoryError as e:
             raise BuildError("inventory: " + "; ".join(e.problems)) from None
-        specs: list[SpecRule] = []
-        for doc in docs:
-            specs += parse_policy(doc)
+        specs = [rule for m in models if isinstance(m, NetpolModel) for rule in m.rules]
         out = []
         for ep in inventory:
             plan = plan_endpoint(ep, specs, inventory)
@@ -120,19 +155,22 @@ class NetworkPolicyKind(Kind):
 
 
 def compile_validated(policies: list[Any], ctx: CompileContext) -> list[tuple[Any, Artifact]]:
-    """For the compile step (bpfpolicy/policy/compile.py): every validated NetworkPolicy of a tree
-    (objects with `.doc`) → (the first policy merged into the artifact, artifact) pairs.
-    Raises BuildError like `compile()`."""
-    arts = NetworkPolicyKind().compile_set([p.doc for p in policies], ctx)
-    by_id: dict[str, Any] = {}
-    for p in policies:
-        data = p.doc.data if isinstance(p.doc.data, dict) else {}
-        by_id.setdefault(f"{data.get('kind')}/{(data.get('metadata') or {}).get('name')}", p)
-    out = []
-    for a in arts:
-        owner = next((by_id[i] for i in a.manifest["metadata"]["policies"] if i in by_id), policies[0])
-        out.append((owner, a))
-    return out
+    """Every validated NetworkPolicy of a tree (objects with `.model`) → (the first policy
+    merged into the artifact, artifact) pairs. Raises BuildError like `compile()`."""
+    owner = {id(p.model): p for p in policies}
+    models = [p.model for p in policies]
+    arts = NetworkPolicyKind().compile_models(models, ctx)
+    return [(owner[id(m)], a) for m, a in _pair_with_owner(models, arts)]
+
+
+def _pair_with_owner(models: Sequence[Model], arts: list[Artifact]) -> list[tuple[Model, Artifact]]:
+    """Each endpoint artifact with the first of its merged policies found among `models`."""
+    by_id: dict[str, Model] = {}
+    for m in models:
+        data = m.doc.data if isinstance(m.doc.data, dict) else {}
+        by_id.setdefault(f"{data.get('kind')}/{(data.get('metadata') or {}).get('name')}", m)
+    return [(next((by_id[i] for i in a.manifest["metadata"]["policies"] if i in by_id), models[0]), a)
+            for a in arts]
 
 
 # --------------------------------------------------------------------------- artifact
@@ -145,7 +183,8 @@ def _pow2(n: int, floor: int) -> int:
     return size
 
 
-def render_source(plan: EndpointPlan, sizes: dict[str, int], policy_id: str) -> str:
+def render_source(plan: EndpointPlan, sizes: dict[str, int], policy_id: str) -> tuple[str, str]:
+    """The endpoint's C and its program hash (stamped into bpf_metadata_bpfpolicy_hash)."""
     from ...codegen.render import c_ident, render
 
     slots = [{"ident": f"SLOT_{n.replace('/', '_').replace('-', '_').upper()}", "index": i,
@@ -154,11 +193,10 @@ def render_source(plan: EndpointPlan, sizes: dict[str, int], policy_id: str) -> 
         slots.append({"ident": c_ident(r.name, "SLOT").upper(), "index": RESERVED_SLOTS + i,
                       "where": r.where, "path": f"{r.policy} {r.path}"})
     attach = plan.endpoint.attach_kind
-    program_part = json.dumps([attach, sizes, [s["ident"] for s in slots]], sort_keys=True)
-    return render(TEMPLATE, endpoint=plan.endpoint.name, attach=attach, sizes=sizes, slots=slots,
-                  stats_map=stats_map_name(plan),
-                  slot_default=SLOT_DEFAULT, slot_reply=SLOT_REPLY, policy_id=policy_id,
-                  source_hash=hashlib.sha256(program_part.encode()).hexdigest()[:16])
+    return stamp_program_hash(render(
+        TEMPLATE, endpoint=plan.endpoint.name, attach=attach, sizes=sizes, slots=slots,
+        stats_map=stats_map_name(plan), slot_default=SLOT_DEFAULT, slot_reply=SLOT_REPLY,
+        policy_id=policy_id, source_hash=""))
 
 
 def stats_map_name(plan: EndpointPlan) -> str:
@@ -186,11 +224,11 @@ def build_artifact(plan: EndpointPlan, ctx: CompileContext) -> Artifact:
     }
     policy_id = f"NetworkPolicy/{ep.name}"
     stats = stats_map_name(plan)
-    source = render_source(plan, sizes, policy_id)
+    source, program_hash = render_source(plan, sizes, policy_id)
     obj = build_bpf(source, name=f"netpol-{ep.name}", extra_flags=("-gdwarf-4",),
                     use_cache=ctx.cache_dir is not None or ctx.options.get("use_cache", True))
     files: dict[str, bytes] = {"prog.bpf.c": source.encode(), "prog.bpf.o": obj.object}
-    maps: list[dict[str, Any]] = []
+    maps: list[MapSpec] = []
     for name, (mtype, ks, vs) in MAP_SPECS.items():
         files[f"maps/{name}.bin"] = b"".join(k + v for k, v in contents[name])
         maps.append({"name": name, "type": mtype, "key_size": ks, "value_size": vs,
@@ -212,9 +250,9 @@ def build_artifact(plan: EndpointPlan, ctx: CompileContext) -> Artifact:
                         "interface": i.name, "netns": i.netns}
                        for i in ep.interfaces for d in ("ingress", "egress")]
     files["kernel-test.txt"] = kernel_test(plan, contents, programs).encode()
-    manifest = {
+    manifest: Manifest = {
         "object": "prog.bpf.o",
-        "program_hash": hashlib.sha256(obj.object).hexdigest(),
+        "program_hash": program_hash,
         "programs": programs,
         "maps": maps,
         "attachments": attachments,
@@ -233,8 +271,8 @@ def build_artifact(plan: EndpointPlan, ctx: CompileContext) -> Artifact:
     return Artifact("NetworkPolicy", ep.name, files, manifest, warnings=list(plan.warnings))
 
 
-def counter_rules(plan: EndpointPlan) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = [{"index": i, "name": n, "path": None,
+def counter_rules(plan: EndpointPlan) -> list[CounterRule]:
+    out: list[CounterRule] = [{"index": i, "name": n, "path": None,
                                   "action": n.split("/")[1]} for i, n in enumerate(RESERVED_NAMES)]
     for i, r in enumerate(plan.rules):
         out.append({"index": RESERVED_SLOTS + i, "name": r.name, "policy": r.policy, "path": r.path,

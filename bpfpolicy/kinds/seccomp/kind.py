@@ -25,12 +25,13 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ...policy.diagnostics import Diagnostic, PolicyError, did_you_mean
 from ...policy.load import Document
-from ..base import Artifact, CompileContext, ForeignFormat, Kind, Reporter
+from ..base import Artifact, CompileContext, ForeignFormat, Kind, Model, Reporter
 
 OTHER_ARCH_SYSCALLS = frozenset({
     # names libseccomp knows only on architectures we have no table for
@@ -59,9 +60,21 @@ def dns_label(stem: str) -> str:
     return label or "seccomp-profile"
 
 
+@dataclass
+class SeccompModel(Model):
+    """A checked seccomp profile: its body (native `spec` or the OCI JSON itself), where
+    that body sits in the document, and the profile's name."""
+
+    name: str
+    body: dict[str, Any]
+    base: tuple[str | int, ...]
+    foreign: bool
+
+
 class SeccompProfileKind(Kind):
     kind = "SeccompProfile"
     schema_file = "seccompprofile.json"
+    install_subdir = "seccomp"
     formats = (ForeignFormat("SeccompJSON", "oci-seccomp.json", matches=_is_foreign_json),)
 
     # -- identity ---------------------------------------------------------------
@@ -228,8 +241,19 @@ class SeccompProfileKind(Kind):
             if cap not in CAPABILITIES:
                 report.warning((*path, "caps", j), f'unknown capability "{cap}"{did_you_mean(cap, CAPABILITIES)}')
 
+    def parse(self, doc: Document, report: Reporter) -> SeccompModel:
+        self.check(doc, report)
+        return self.model(doc)
+
+    def model(self, doc: Document) -> SeccompModel:
+        body, base, foreign = self.body(doc)
+        return SeccompModel(doc, self.policy_name(doc) or "seccomp", body, base, foreign)
+
     # -- compilation ------------------------------------------------------------
     def compile(self, doc: Document, ctx: CompileContext) -> Artifact:
+        return self.compile_model(self.model(doc), ctx)
+
+    def compile_model(self, model: Model, ctx: CompileContext) -> Artifact:
         from ...syscalls.tables import TABLES
         from . import render
         from .api import compile_profile
@@ -237,8 +261,8 @@ class SeccompProfileKind(Kind):
         from .compiler import FilterTooLarge
         from .resolve import ResolveError, Target
 
-        body, base, _ = self.body(doc)
-        name = self.policy_name(doc) or "seccomp"
+        assert isinstance(model, SeccompModel)
+        doc, body, base, name = model.doc, model.body, model.base, model.name
         try:
             target = Target.make(ctx.arch, ctx.options.get("caps"), ctx.kernel)
             cp = compile_profile(body, target)

@@ -3,7 +3,7 @@
 Docker profiles carry `archMap` and per-rule `includes`/`excludes` (`caps`, `arches`,
 `minKernel`) that only make sense against a target: the native architecture, the
 capability bounding set, the kernel version. This module applies exactly the rules of
-moby/profiles `seccomp/seccomp.go` (ANCHORS §3.2):
+moby/profiles `seccomp/seccomp.go` (docs/upstream.md §3.2):
 
 * `archMap` (mutually exclusive with `architectures`): the native arch's entry gives
   `[native, *subArchitectures]`; no entry means the native arch only.
@@ -17,14 +17,11 @@ moby/profiles `seccomp/seccomp.go` (ANCHORS §3.2):
 
 from __future__ import annotations
 
-import os
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..target import parse_kernel_version, running_kernel_version
 from .arch import DOCKER_DEFAULT_CAPS, GOARCH_OF, NATIVE, errno_value
-
-_KERNEL = re.compile(r"^(\d+)\.(\d+)(?:[.\-+].*)?$")
 
 
 class ResolveError(ValueError):
@@ -70,13 +67,8 @@ def _cap(name: str) -> str:
     return n if n.startswith("CAP_") else "CAP_" + n
 
 
-def parse_kernel(text: str) -> tuple[int, int] | None:
-    m = _KERNEL.match(text.strip())
-    return (int(m.group(1)), int(m.group(2))) if m else None
-
-
-def running_kernel() -> tuple[int, int]:
-    return parse_kernel(os.uname().release) or (0, 0)
+parse_kernel = parse_kernel_version  # the one version parser (kinds/target.py)
+running_kernel = running_kernel_version
 
 
 @dataclass

@@ -20,6 +20,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..target import parse_kernel_version
+
 FEATURE_NAMES = ("btf", "kprobes", "kprobe_override", "error_injection", "trampoline",
                  "bpf_lsm", "syscall_tracepoints", "send_signal")
 
@@ -84,8 +86,7 @@ def probe_host_features() -> dict[str, Any]:
     cfg = _kernel_config()
     reasons: dict[str, str] = {}
     release = platform.release()
-    m = re.match(r"(\d+)\.(\d+)", release)
-    version = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+    version = parse_kernel_version(release) or (0, 0)
 
     def flag(name: str) -> bool | None:
         return None if not cfg else cfg.get(name) == "y"

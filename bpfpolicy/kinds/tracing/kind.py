@@ -8,10 +8,11 @@ the template in `tracing_lower`; see docs/tracing.md.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from ...policy.load import Document
-from ..base import Artifact, CompileContext, ForeignFormat, Kind, Reporter
+from ..base import Artifact, CompileContext, ForeignFormat, Kind, Model, Reporter
 from .check import TracingChecker
 from .schema import FOREIGN_FILE, NATIVE_FILE
 
@@ -23,15 +24,27 @@ def _is_tetragon(kind: str) -> Any:
     return lambda data: data.get("apiVersion") == TETRAGON_API and data.get("kind") == kind
 
 
+@dataclass
+class TracingModel(Model):
+    """A checked TracingPolicy: the lowering reads its spec; `foreign` names the Tetragon
+    kind it came as (None for the native form)."""
+
+    foreign: str | None
+
+
 class TracingPolicyKind(Kind):
     kind = "TracingPolicy"
     schema_file = NATIVE_FILE
     formats = tuple(ForeignFormat(k, FOREIGN_FILE, _is_tetragon(k)) for k in TETRAGON_KINDS)
 
     def check(self, doc: Document, report: Reporter) -> None:
+        self.parse(doc, report)
+
+    def parse(self, doc: Document, report: Reporter) -> TracingModel:
         data = doc.data
         foreign = data.get("kind") if data.get("apiVersion") == TETRAGON_API else None
         TracingChecker(report, foreign).check(data)
+        return TracingModel(doc, foreign)
 
     def compile(self, doc: Document, ctx: CompileContext) -> Artifact:
         from .lower import compile_tracing_policy

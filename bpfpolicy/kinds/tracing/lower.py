@@ -10,13 +10,12 @@ When nothing fits, compilation fails naming the missing kernel feature.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ...artifact import program_hash, stamp_program_hash
 from ...codegen.build import build_bpf, vmlinux_header
 from ...codegen.render import c_comment, c_ident, policy_marker, render
 from ...policy.diagnostics import Diagnostic, PolicyError
@@ -843,20 +842,21 @@ class Lowering:
     # -------------------------------------------------------------- output
     def render(self) -> str:
         policy_id = f"TracingPolicy/{self.name}"
-        self.source_hash = hashlib.sha256(json.dumps(self.data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        return render("tracing_policy.bpf.c.j2", policy_name=self.name, policy_id=policy_id,
-                      source_hash=self.source_hash, programs=self.programs,
+        # bpf_metadata_bpfpolicy_hash is the program hash, as in every kind (bpfpolicy/artifact.py)
+        source = render("tracing_policy.bpf.c.j2", policy_name=self.name, policy_id=policy_id,
+                      source_hash="", programs=self.programs,
                       literals=list(self.literals.values()),
                       str_max=S.CAPTURE_STRING, max_args=S.MAX_ARGS, ringbuf_size=256 * 1024,
                       uses_rate_limit=self.uses_rate_limit, uses_parent_binary=self.uses_parent_binary,
                       uses_sock=self.uses_sock, uses_cred=self.uses_cred,
                       uses_pid_tree=self.uses_pid_tree, uses_stacks=self.uses_stacks)
+        return stamp_program_hash(source)[0]
 
     def artifact(self, source: str, obj: bytes) -> Artifact:
         programs = [{"name": p.name, "type": p.kind, "section": p.sec, "hook": p.hook_id} for p in self.programs]
         manifest = {
             "object": "prog.bpf.o",
-            "program_hash": hashlib.sha256(obj).hexdigest(),
+            "program_hash": program_hash(source),
             "programs": programs,
             "maps": [
                 {"name": "events", "type": "ringbuf"},

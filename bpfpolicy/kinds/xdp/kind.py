@@ -1,25 +1,28 @@
 """XDPBlocklist: drop traffic by source address at the XDP hook (SPEC §2.1).
 
-check()   — semantic checks beyond the schema (CIDRs, list files, ports, names, netns).
-compile() — rules -> lowering (xdp_lower) -> codegen/templates/xdp_blocklist.bpf.c.j2 -> clang ->
-            an Artifact: prog.bpf.c, prog.bpf.o, maps/<map>.bin, kernel-test.txt, manifest.
+parse()         — semantic checks beyond the schema (CIDRs, list files, ports, names, netns)
+                  that build the typed `XdpModel` (rules with their loaded sources) once.
+compile_model() — rules -> lowering (xdp/lower.py) -> codegen/templates/xdp_blocklist.bpf.c.j2 ->
+                  clang -> an Artifact: prog.bpf.c, prog.bpf.o, maps/<map>.bin, kernel-test.txt,
+                  manifest.
 
-`program_hash` hashes the generated C with comments stripped, so changing addresses or
-ports (map contents only) keeps it stable and the controller applies a map delta instead
-of reloading the program (docs/ARTIFACTS.md).
+`program_hash` is the artifact contract's one definition (bpfpolicy/artifact.py): the
+generated C without comments, so changing addresses or ports (map contents only) keeps it
+stable and the controller applies a map delta instead of reloading the program.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ...artifact import AttachSpec, CounterRule, Manifest, MapSpec, stamp_program_hash
 from ...policy.diagnostics import Diagnostic, PolicyError, format_path
 from ...policy.load import Document
-from ..base import Artifact, CompileContext, Kind, Reporter
+from ..base import Artifact, CompileContext, Kind, Model, Reporter
 from ..vectors import KernelTestScript
 from .lower import LIMITS, MAX_RULES, PORT_PROTOCOLS, PROTOCOLS, Lowered, Rule, classify, lower
 from .sources import Sources, UnsafeListFile, open_list, parse_cidr
@@ -69,9 +72,40 @@ def _parse_ports(items: list[Any]) -> tuple[list[tuple[int, int]], list[tuple[in
     return ranges, errors
 
 
+@dataclass
+class XdpModel(Model):
+    """A checked XDPBlocklist: its rules (deny first; sources loaded), rate limit and hooks."""
+
+    name: str
+    rules: list[Rule]
+    rate: dict[str, int] | None  # {"synPerSecond", "burst"}
+    interfaces: list[tuple[str, str | None]]  # (interface, netns)
+    mode: str
+
+
 class XDPBlocklistKind(Kind):
     kind = "XDPBlocklist"
     schema_file = "xdpblocklist.json"
+
+    def parse(self, doc: Document, report: Reporter) -> Model:
+        """Check the document and, when it is valid, build its model from the same reads
+        of the source lists (each list file is read once)."""
+        self._sources_read: dict[str, Sources] = {}
+        try:
+            self.check(doc, report)
+            return Model(doc) if report.failed else self._model(doc)
+        finally:
+            del self._sources_read
+
+    def _model(self, doc: Document) -> XdpModel:
+        spec = doc.data["spec"]
+        rate = spec.get("rateLimit")
+        if rate:
+            rate = {"synPerSecond": int(rate["synPerSecond"]), "burst": int(rate.get("burst") or rate["synPerSecond"])}
+        interfaces = [(item, None) if isinstance(item, str) else (item["name"], item.get("netns"))
+                      for item in spec["interfaces"]]
+        return XdpModel(doc, str(self.policy_name(doc)), self.rules(doc), rate or None, interfaces,
+                        spec.get("mode", "auto"))
 
     # ------------------------------------------------------------------ checks
     def check(self, doc: Document, report: Reporter) -> None:
@@ -159,9 +193,15 @@ class XDPBlocklistKind(Kind):
 
     def _load_file(self, doc: Document, rel: str, fpath: tuple[str | int, ...],
                    report: Reporter | None) -> Sources | None:
+        read = getattr(self, "_sources_read", None)
+        if read is not None and rel in read:
+            return read[rel]
         root = getattr(doc, "tree_root", None) or Path(doc.file).resolve().parent
         try:
-            return open_list(root, rel, _base_dir(doc))
+            sources = open_list(root, rel, _base_dir(doc))
+            if read is not None:
+                read[rel] = sources
+            return sources
         except UnsafeListFile as e:
             msg = f"source list {e}"
         except FileNotFoundError:
@@ -210,65 +250,58 @@ class XDPBlocklistKind(Kind):
 
     # ------------------------------------------------------------------ compile
     def compile(self, doc: Document, ctx: CompileContext) -> Artifact:
+        """One document outside the validate pipeline: parse it, then compile the model."""
+        report = Reporter(doc)
+        model = self.parse(doc, report)
+        if report.failed or not isinstance(model, XdpModel):
+            raise PolicyError([d for d in report.diagnostics if d.severity == "error"])
+        return self.compile_model(model, ctx)
+
+    def compile_model(self, model: Model, ctx: CompileContext) -> Artifact:
         from ...codegen.build import build_bpf
         from ...codegen.render import render
 
-        report = Reporter(doc)
-        self.check(doc, report)
-        if report.failed:
-            raise PolicyError([d for d in report.diagnostics if d.severity == "error"])
-        name = str(self.policy_name(doc))
-        spec = doc.data["spec"]
-        rate = spec.get("rateLimit")
-        if rate:
-            rate = {"synPerSecond": int(rate["synPerSecond"]), "burst": int(rate.get("burst") or rate["synPerSecond"])}
-        rules = self.rules(doc)
+        assert isinstance(model, XdpModel)
+        doc, name, rules = model.doc, model.name, model.rules
         try:
-            low = lower(rules, rate)
+            low = lower(rules, model.rate)
         except ValueError as e:
             raise PolicyError([doc.diag(("spec",), str(e))]) from None
         policy_id = f"{self.kind}/{name}"
         context = self._template_context(doc, low, policy_id)
-        source = render("xdp_blocklist.bpf.c.j2", **context, source_hash="")
-        program_hash = _code_hash(source)
-        source = render("xdp_blocklist.bpf.c.j2", **context, source_hash=program_hash)
+        source, program_hash = stamp_program_hash(render("xdp_blocklist.bpf.c.j2", **context, source_hash=""))
         built = build_bpf(source, name=f"xdp-{name}")
 
         files: dict[str, bytes] = {"prog.bpf.c": source.encode(), "prog.bpf.o": built.object}
-        maps_manifest = []
+        maps_manifest: list[MapSpec] = []
         for m in low.maps.values():
-            entry: dict[str, Any] = {"name": m.name, "type": m.type, "key_size": m.key_size,
-                                     "value_size": m.value_size, "max_entries": m.max_entries,
-                                     "percpu": m.percpu, "flags": m.flags}
+            entry = MapSpec(name=m.name, type=m.type, key_size=m.key_size, value_size=m.value_size,
+                            max_entries=m.max_entries, percpu=m.percpu, flags=m.flags)
             if m.records is not None:
                 files[f"maps/{m.name}.bin"] = m.records
                 entry.update(contents=f"maps/{m.name}.bin", entries=m.entries)
             maps_manifest.append(entry)
         files["kernel-test.txt"] = kernel_test(low).encode()
-        mode = spec.get("mode", "auto")
-        attachments = []
-        for item in spec["interfaces"]:
-            ifname, netns = (item, None) if isinstance(item, str) else (item["name"], item.get("netns"))
-            attachments.append({"program": "xdp_blocklist", "type": "xdp", "interface": ifname,
-                                "netns": netns, "mode": mode})
-        counters = [{"index": r.index, "name": r.name, "path": format_path(r.path), "action": r.action}
+        attachments = [AttachSpec(program="xdp_blocklist", type="xdp", interface=ifname, netns=netns,
+                                  mode=model.mode) for ifname, netns in model.interfaces]
+        counters = [CounterRule(index=r.index, name=r.name, path=format_path(r.path), action=r.action)
                     for r in rules]
-        if rate:
-            counters.append({"index": len(rules), "name": "rateLimit", "path": "spec.rateLimit", "action": "drop"})
+        if model.rate:
+            counters.append(CounterRule(index=len(rules), name="rateLimit", path="spec.rateLimit", action="drop"))
         # packets dropped because what a rule depends on could not be parsed (docs/xdp.md "Fail closed")
-        counters.append({"index": len(rules) + 1, "name": "failClosed", "path": "spec", "action": "drop"})
-        manifest = {
-            "object": "prog.bpf.o",
-            "program_hash": program_hash,
-            "programs": [{"name": "xdp_blocklist", "type": "xdp"}],
-            "maps": maps_manifest,
-            "attachments": attachments,
-            "counters": {"map": "rule_stats", "layout": "percpu_array_u64x2", "rules": counters},
-            "features": {k: v for k, v in low.features.items()},
-            "metadata": {"policy": policy_id, "source": doc.file, "revision": ctx.revision,
-                         "entries": {"v4": int(sum(len(r.sources.v4_addr) for r in rules)),
-                                     "v6": int(sum(len(r.sources.v6) for r in rules))}},
-        }
+        counters.append(CounterRule(index=len(rules) + 1, name="failClosed", path="spec", action="drop"))
+        manifest = Manifest(
+            object="prog.bpf.o",
+            program_hash=program_hash,
+            programs=[{"name": "xdp_blocklist", "type": "xdp"}],
+            maps=maps_manifest,
+            attachments=attachments,
+            counters={"map": "rule_stats", "layout": "percpu_array_u64x2", "rules": counters},
+            features=dict(low.features.items()),
+            metadata={"policy": policy_id, "source": doc.file, "revision": ctx.revision,
+                      "entries": {"v4": int(sum(len(r.sources.v4_addr) for r in rules)),
+                                  "v6": int(sum(len(r.sources.v6) for r in rules))}},
+        )
         return Artifact(self.kind, name, files, manifest)
 
     def _template_context(self, doc: Document, low: Lowered, policy_id: str) -> dict[str, Any]:
@@ -286,18 +319,6 @@ class XDPBlocklistKind(Kind):
             "syn_cost_ns": (10**9 // rate["synPerSecond"]) if rate else 0,
             "syn_burst_ns": (10**9 // rate["synPerSecond"]) * rate["burst"] if rate else 0,
         }
-
-
-_COMMENTS = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
-
-
-def _code_hash(source: str) -> str:
-    """Hash of the program's code (comments stripped; the metadata hash line blanked):
-    rule names and policy line numbers in comments never force a reload."""
-    code = _COMMENTS.sub("", source)
-    code = re.sub(r"bpf_metadata_bpfpolicy_hash\[\][^;]*;", "", code)
-    code = "\n".join(line.rstrip() for line in code.splitlines() if line.strip())
-    return hashlib.sha256(code.encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------- kernel-test
