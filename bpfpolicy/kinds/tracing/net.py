@@ -1,11 +1,12 @@
 """Network operator values (Tetragon's SAddr/DAddr/SPort/DPort/Protocol/Family/State on
 sock, skb, sockaddr and socket arguments): parsing, shared by the checker and the
-lowering, and the straight-line C expressions they compile to."""
+lowering, and the terms the matcher templates compile to."""
 
 from __future__ import annotations
 
 import ipaddress
 import struct
+from typing import Any
 
 FAMILIES = {"AF_UNIX": 1, "AF_LOCAL": 1, "AF_INET": 2, "AF_INET6": 10, "AF_NETLINK": 16,
             "AF_PACKET": 17}
@@ -67,31 +68,28 @@ def _u32s(packed: bytes) -> list[int]:
     return list(struct.unpack(f"<{len(packed) // 4}I", packed))
 
 
-def addr_expr(si: str, field: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
-    if net.version == 4:
-        (addr,), (mask,) = _u32s(net.network_address.packed), _u32s(net.netmask.packed)
-        return f"({si}->family == 2 && ({si}->{field}[0] & {mask:#x}) == {addr:#x})"
+def addr_term(field: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> dict[str, Any]:
+    """(word index, mask, value) per nonzero mask word, as the BPF program loads them."""
     words, masks = _u32s(net.network_address.packed), _u32s(net.netmask.packed)
-    terms = [f"({si}->{field}[{i}] & {m:#x}) == {w:#x}" for i, (w, m) in enumerate(zip(words, masks, strict=True)) if m]
-    return f"({si}->family == 10" + "".join(f" && {t}" for t in terms) + ")"
+    triples = tuple((i, m, w) for i, (w, m) in enumerate(zip(words, masks, strict=True))
+                    if m or net.version == 4)
+    return {"form": "addr", "field": field, "v4": net.version == 4, "words": triples}
 
 
-def expr(si: str, op: str, values: list[str]) -> str:
-    """The C condition for one network matcher over `const struct tp_sockinfo *si`."""
+def terms(op: str, values: list[str]) -> tuple[list[dict[str, Any]], bool]:
+    """The terms (any of which matches) of one network matcher, and whether it is negated;
+    `codegen/templates/tracing/match.j2` renders them over a `struct tp_sockinfo`."""
     if op in ADDR_OPS:
         field, negate = ADDR_OPS[op]
-        anyof = " || ".join(addr_expr(si, field, network(v)) for v in values)  # type: ignore[arg-type]
-    elif op in PORT_OPS:
+        return [addr_term(field, network(v)) for v in values], negate  # type: ignore[arg-type]
+    if op in PORT_OPS:
         field, negate = PORT_OPS[op]
-        terms = []
+        out = []
         for v in values:
             lo, hi = port_range(v)  # type: ignore[misc]
-            terms.append(f"{si}->{field} == {lo}" if lo == hi else f"({si}->{field} >= {lo} && {si}->{field} <= {hi})")
-        anyof = " || ".join(terms)
-    elif op in PRIV_OPS:
+            out.append({"form": "port" if lo == hi else "range", "field": field, "lo": lo, "hi": hi})
+        return out, negate
+    if op in PRIV_OPS:
         field, negate = PRIV_OPS[op]
-        anyof = f"{si}->{field} < 1024"
-    else:
-        negate = False
-        anyof = " || ".join(f"{si}->{FIELD[op]} == {named_value(op, v)}" for v in values)
-    return f"!({anyof})" if negate else f"({anyof})"
+        return [{"form": "priv", "field": field}], negate
+    return [{"form": "named", "field": FIELD[op], "lo": named_value(op, v)} for v in values], False

@@ -1,0 +1,226 @@
+"""Backend choice per hook, from the target kernel's features (docs/tracing.md):
+syscalls → kprobe, else syscall tracepoint, else fentry; `security_*` enforcement → BPF
+LSM (fmod_ret for positive argError), monitoring → kprobe, else LSM, else fentry; other
+functions → kprobe, else fentry; `return: true` → fexit. When nothing fits, compilation
+fails naming the missing kernel feature. The backend modules build what is chosen."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...btf import Btf
+from ..check import SYSCALL_CALL, is_syscall_hook
+from . import fentry, kprobe, lsm, tracepoint
+from .base import Backend, HookError, PathT, fmt
+
+ARCH_PREFIX = {"x86_64": "__x64_", "aarch64": "__arm64_", "arm64": "__arm64_"}
+# Syscalls whose Override can be expressed as an LSM hook instead (the Tetragon mapping).
+LSM_REMAP = {"openat": "file_open", "open": "file_open", "openat2": "file_open",
+             "connect": "socket_connect", "linkat": "path_link", "link": "path_link",
+             "init_module": "kernel_load_data", "finit_module": "kernel_read_file"}
+# The remaps bpfpolicy performs itself: syscall -> (LSM hook, pathname arg index). The
+# pathname becomes the opened file (arg 0 of file_open), matched as its full path.
+LSM_PATH_REMAP = {"openat": ("file_open", 1), "openat2": ("file_open", 1), "open": ("file_open", 0),
+                  "creat": ("file_open", 0)}
+
+
+class BackendChooser:
+    """Picks one Backend per hook; collects warnings (skipped hooks, remaps)."""
+
+    def __init__(self, features: dict[str, Any], btf: Btf | None, btf_source: str, arch: str,
+                 override_method: str | None, warnings: list[str]) -> None:
+        self.features = features
+        self.btf = btf
+        self.btf_source = btf_source
+        self.arch_prefix = ARCH_PREFIX.get(arch, "__x64_")
+        self.override_method = override_method
+        self.warnings = warnings
+
+    def _need(self, *names: str) -> bool:
+        return all(self.features.get(n) for n in names)
+
+    def _reason(self, name: str) -> str:
+        return (self.features.get("reasons") or {}).get(name, f"{name} unavailable")
+
+    def _missing(self, *names: str) -> str:
+        reasons = self.features.get("reasons") or {}
+        parts = [f"{n} ({reasons[n]})" if n in reasons else n for n in names if not self.features.get(n)]
+        return "; ".join(parts)
+
+    def _func_params(self, func: str, path: PathT, hook: dict[str, Any]) -> int | None:
+        """Parameter count from BTF; None when the hook should be skipped (callNotFound)."""
+        if self.btf is None:
+            raise HookError(path, f"{func}: BPF trampolines need kernel BTF, which is unavailable")
+        if func not in self.btf.funcs:
+            if (hook.get("ignore") or {}).get("callNotFound"):
+                self.warnings.append(f"{fmt(path)}: {func} not found in kernel BTF; hook skipped "
+                                     "(ignore.callNotFound)")
+                return None
+            raise HookError((*path, "call") if "call" in hook else path,
+                            f'kernel {self.features.get("kernel")} lacks function "{func}" (not in '
+                            f"its BTF, {self.btf_source}: not traceable there; set "
+                            "ignore.callNotFound to skip the hook)")
+        return self.btf.funcs[func]
+
+    def choose(self, section: str, hook: dict[str, Any], path: PathT, enforce: bool,
+                 override: bool, selectors: list[dict[str, Any]]) -> Backend | None:
+        if section == "tracepoints":
+            return self._tracepoint_backend(hook, path)
+        if section == "lsmhooks":
+            return self._lsm_backend(str(hook["hook"]), path, hook, "lsmhooks")
+        call = str(hook["call"])
+        if section == "fentries":
+            if not self._need("trampoline"):
+                raise HookError(path, f"fentries need BPF trampolines: missing {self._missing('trampoline')}")
+            func = self._syscall_func(call) if is_syscall_hook(section, hook) else call
+            n = self._func_params(func, path, hook)
+            if n is None:
+                return None
+            return fentry.backend("fentry", func, "fentries section", n, syscall=is_syscall_hook(section, hook))
+        if is_syscall_hook(section, hook):
+            return self._syscall_backend(call, hook, path, override, selectors)
+        if call.startswith("security_"):
+            return self._security_backend(call, hook, path, enforce, override, selectors)
+        return self._function_backend(call, hook, path)
+
+    def _syscall_func(self, call: str) -> str:
+        m = SYSCALL_CALL.match(call)
+        prefix = m.group(1) if m else None
+        if prefix in ("__ia32_", "__se_", "__do_"):
+            return call  # a specific entry point (compat, inner): keep it as written
+        base = call[len(prefix):] if prefix else call
+        return self.arch_prefix + base
+
+    def _syscall_backend(self, call: str, hook: dict[str, Any], path: PathT, override: bool,
+                         selectors: list[dict[str, Any]]) -> Backend | None:
+        func = self._syscall_func(call)
+        name = func.split("sys_", 1)[1]
+        if override:
+            prefer_fmod = self.override_method == "fmod-ret"
+            if self._need("kprobes", "kprobe_override") and not prefer_fmod:
+                return kprobe.backend(func, "Override via bpf_override_return", syscall=True)
+            if self._need("trampoline", "error_injection"):
+                n = self._func_params(func, path, hook)
+                if n is None:
+                    return None
+                return fentry.backend("fmod_ret", func, "Override via fmod_ret (syscalls are on the "
+                                  "error-injection list)", n, syscall=True)
+            if name in LSM_PATH_REMAP and self._need("bpf_lsm"):
+                lsm_hook, _ = LSM_PATH_REMAP[name]
+                b = self._lsm_backend(lsm_hook, path, hook, f"Override on {name} remapped to BPF LSM "
+                                      f"(no kprobe override or fmod_ret: {self._missing('kprobe_override', 'trampoline', 'error_injection')})")
+                if b is not None:
+                    b.remap = LSM_PATH_REMAP[name][1]
+                    self.warnings.append(f"{fmt(path)}: {name} with Override is enforced at lsm/{lsm_hook}: the "
+                                         "pathname is matched as the opened file's full path, and the hook "
+                                         "also sees opens by exec and by other syscalls")
+                return b
+            hint = ""
+            if name in LSM_REMAP:
+                hint = (f"; on kernels with BPF LSM express it as lsmhooks: hook "
+                        f"{LSM_REMAP[name]} (the ANCHORS mapping for {name})")
+            raise HookError(self._override_path(path, selectors),
+                            f"Override on syscall {name} needs kprobes with CONFIG_BPF_KPROBE_OVERRIDE "
+                            f"or BPF trampolines with CONFIG_FUNCTION_ERROR_INJECTION (fmod_ret); "
+                            f"kernel {self.features.get('kernel')} lacks "
+                            f"{self._missing('kprobe_override', 'trampoline', 'error_injection')}{hint}")
+        if hook.get("return") and not self._need("trampoline"):
+            raise HookError((*path, "return"), f"return: true needs fexit (BPF trampolines); kernel "
+                            f"{self.features.get('kernel')} lacks {self._missing('trampoline')}")
+        if self._need("kprobes"):
+            return kprobe.backend(func, "kprobes available", syscall=True)
+        if self._need("syscall_tracepoints"):
+            return tracepoint.backend("syscalls", f"sys_enter_{name}",
+                                     f"no kprobes: {self._reason('kprobes')}", syscall=True, func=func)
+        if self._need("trampoline"):
+            n = self._func_params(func, path, hook)
+            return None if n is None else fentry.backend(
+                "fentry", func, "no kprobes, no syscall tracepoints", n, syscall=True)
+        raise HookError(path, f"syscall {name} cannot be traced: kernel lacks "
+                        f"{self._missing('kprobes', 'syscall_tracepoints', 'trampoline')}")
+
+    def _override_path(self, path: PathT, selectors: list[dict[str, Any]]) -> PathT:
+        for j, s in enumerate(selectors):
+            for k, a in enumerate(s.get("matchActions") or []):
+                if a.get("action") == "Override":
+                    return (*path, "selectors", j, "matchActions", k, "action")
+        return path
+
+    def _lsm_name(self, call: str) -> str:
+        hook = call.removeprefix("security_")
+        if self.btf is not None and f"bpf_lsm_{hook}" not in self.btf.funcs \
+                and f"bpf_lsm_{hook}_security" in self.btf.funcs:
+            return f"{hook}_security"  # security_bprm_check -> bprm_check_security
+        return hook
+
+    def _lsm_backend(self, hook_name: str, path: PathT, hook: dict[str, Any], why: str) -> Backend | None:
+        if not self._need("bpf_lsm"):
+            raise HookError(path, f"LSM hook {hook_name} needs BPF LSM; kernel "
+                            f"{self.features.get('kernel')} lacks {self._missing('bpf_lsm', 'trampoline')}")
+        if self.btf is None:
+            raise HookError(path, "BPF LSM needs kernel BTF, which is unavailable")
+        func = f"bpf_lsm_{hook_name}"
+        if func not in self.btf.funcs:
+            raise HookError((*path, "hook") if "hook" in hook else (*path, "call"),
+                            f"no LSM hook {hook_name} in the kernel's BTF ({func})")
+        return lsm.backend(hook_name, why, self.btf.funcs[func])
+
+    def _security_backend(self, call: str, hook: dict[str, Any], path: PathT, enforce: bool,
+                          override: bool, selectors: list[dict[str, Any]]) -> Backend | None:
+        lsm = self._lsm_name(call)
+        errs = [int(a.get("argError", 0)) for s in selectors for a in s.get("matchActions") or []
+                if a.get("action") == "Override"]
+        positive = any(e > 0 for e in errs)
+        if override:
+            if not positive and self.override_method != "fmod-ret" and self._need("bpf_lsm"):
+                return self._lsm_backend(lsm, path, hook, "Override of a security_ hook via BPF LSM")
+            if self._need("trampoline"):
+                n = self._func_params(call, path, hook)
+                why = ("positive argError needs fmod_ret (LSM programs return 0 or -errno)"
+                       if positive else "no BPF LSM: Override via fmod_ret")
+                return None if n is None else fentry.backend("fmod_ret", call, why, n)
+            raise HookError(self._override_path(path, selectors),
+                            f"Override on {call} needs BPF LSM or fmod_ret (BPF trampolines); kernel "
+                            f"{self.features.get('kernel')} lacks {self._missing('bpf_lsm', 'trampoline')} "
+                            "(bpf_override_return cannot override security_ functions)")
+        if enforce and self._need("bpf_lsm"):
+            return self._lsm_backend(lsm, path, hook, "security_ enforcement via BPF LSM")
+        if self._need("kprobes"):
+            return kprobe.backend(call, "kprobes available")
+        if self._need("bpf_lsm"):
+            return self._lsm_backend(lsm, path, hook, f"no kprobes: {self._reason('kprobes')}")
+        if self._need("trampoline"):
+            n = self._func_params(call, path, hook)
+            return None if n is None else fentry.backend("fentry", call, "no kprobes, no BPF LSM", n)
+        raise HookError(path, f"{call} cannot be hooked: kernel {self.features.get('kernel')} lacks "
+                        f"{self._missing('kprobes', 'bpf_lsm', 'trampoline')}")
+
+    def _function_backend(self, call: str, hook: dict[str, Any], path: PathT) -> Backend | None:
+        if self._need("kprobes") and not hook.get("return"):
+            if self.btf is not None and call not in self.btf.funcs:
+                n = self._func_params(call, path, hook)  # raises, or None for callNotFound
+                if n is None:
+                    return None
+            return kprobe.backend(call, "kprobes available")
+        if self._need("trampoline"):
+            n = self._func_params(call, path, hook)
+            why = "return: true via fexit" if hook.get("return") else f"no kprobes: {self._reason('kprobes')}"
+            return None if n is None else fentry.backend("fentry", call, why, n)
+        raise HookError(path, f"kernel function {call} cannot be hooked: kernel "
+                        f"{self.features.get('kernel')} lacks {self._missing('kprobes', 'trampoline')}")
+
+    def fexit(self, section: str, hook: dict[str, Any], path: PathT) -> Backend:
+        if not self._need("trampoline"):
+            raise HookError((*path, "return"), f"return: true needs fexit (BPF trampolines); kernel "
+                            f"{self.features.get('kernel')} lacks {self._missing('trampoline')}")
+        call = str(hook["call"])
+        syscall = is_syscall_hook(section, hook)
+        func = self._syscall_func(call) if syscall else call
+        n = self._func_params(func, path, {})
+        return fentry.backend("fexit", func, "return value via fexit", n or 0, syscall=syscall)
+
+    def _tracepoint_backend(self, hook: dict[str, Any], path: PathT) -> Backend:
+        sub, event = str(hook["subsystem"]), str(hook["event"])
+        if hook.get("raw"):
+            return tracepoint.raw_backend(event)
+        return tracepoint.backend(sub, event, "tracepoints section")
