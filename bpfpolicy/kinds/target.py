@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 KernelVersion = tuple[int, int]
 
@@ -38,6 +38,24 @@ def format_kernel_version(version: KernelVersion) -> str:
     return f"{version[0]}.{version[1]}"
 
 
+class KernelFeatures(TypedDict, total=False):
+    """What a target kernel offers BPF programs: probed from this host's files, handed in
+    by a probe that loads programs (doctor), or from a table for `--kernel X.Y`.
+    `reasons` says why each missing feature is missing."""
+
+    kernel: str  # "6.12"
+    source: str  # where these facts come from
+    btf: bool
+    kprobes: bool
+    kprobe_override: bool
+    error_injection: bool
+    trampoline: bool
+    bpf_lsm: bool
+    syscall_tracepoints: bool
+    send_signal: bool
+    reasons: dict[str, str]
+
+
 @dataclass(frozen=True)
 class Target:
     """The kernel a compile targets. `kernel=None` means the running kernel, whose BTF and
@@ -45,7 +63,7 @@ class Target:
 
     kernel: KernelVersion | None = None
     arch: str = "x86_64"
-    features: Mapping[str, object] | None = None  # probe results handed in (doctor, tests)
+    features: KernelFeatures | None = None  # probe results handed in (doctor, tests)
 
     @property
     def is_host(self) -> bool:

@@ -6,9 +6,9 @@ and tracefs when readable) — it never loads a program, so compilation stays
 unprivileged. `STATIC_FEATURES` describes the Debian kernels the matrix boots (booted
 with `lsm=...,bpf`), for `compile --kernel X.Y`.
 
-A feature dict: {"kernel": "6.12", "source": ..., "btf", "kprobes", "kprobe_override",
-"error_injection", "trampoline", "bpf_lsm", "syscall_tracepoints", "send_signal": bool,
-"reasons": {feature: why it is missing}}.
+A feature set is a `KernelFeatures` (bpfpolicy/kinds/target.py): {"kernel": "6.12",
+"source": ..., "btf", "kprobes", "kprobe_override", "error_injection", "trampoline",
+"bpf_lsm", "syscall_tracepoints", "send_signal": bool, "reasons": {feature: why missing}}.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..target import parse_kernel_version
+from ..target import KernelFeatures, parse_kernel_version
 
 FEATURE_NAMES = ("btf", "kprobes", "kprobe_override", "error_injection", "trampoline",
                  "bpf_lsm", "syscall_tracepoints", "send_signal")
@@ -28,17 +28,17 @@ FEATURE_NAMES = ("btf", "kprobes", "kprobe_override", "error_injection", "trampo
 # Debian amd64 kernels (bullseye 5.10, bookworm 6.1, trixie 6.12, sid 7.x): KPROBES=y,
 # FUNCTION_ERROR_INJECTION=y, BPF_LSM=y (active with lsm=...,bpf, which the matrix
 # passes), BPF_KPROBE_OVERRIDE not set, DEBUG_INFO_BTF=y.
-_DEBIAN = {"btf": True, "kprobes": True, "kprobe_override": False, "error_injection": True,
+_DEBIAN: KernelFeatures = {"btf": True, "kprobes": True, "kprobe_override": False, "error_injection": True,
            "trampoline": True, "bpf_lsm": True, "syscall_tracepoints": True, "send_signal": True}
 _DEBIAN_REASONS = {"kprobe_override": "CONFIG_BPF_KPROBE_OVERRIDE is not set in Debian's kernel config"}
-STATIC_FEATURES: dict[str, dict[str, Any]] = {
+STATIC_FEATURES: dict[str, KernelFeatures] = {
     version: {"kernel": version, "source": f"static table: Debian {version} amd64 booted with lsm=...,bpf",
               **_DEBIAN, "reasons": dict(_DEBIAN_REASONS)}
     for version in ("5.10", "6.1", "6.12", "7.0", "7.1", "7.2")
 }
 
 
-def features_for(kernel: tuple[int, int] | None, options: dict[str, Any]) -> dict[str, Any]:
+def features_for(kernel: tuple[int, int] | None, options: dict[str, Any]) -> KernelFeatures:
     """The feature set compilation targets: a probed set passed in by the caller, the
     static table for `--kernel X.Y`, or this host."""
     given = options.get("features")
@@ -81,7 +81,7 @@ def _read(path: str) -> str | None:
         return None
 
 
-def probe_host_features() -> dict[str, Any]:
+def probe_host_features() -> KernelFeatures:
     """Probe this host from files only (no program loads, no root needed)."""
     cfg = _kernel_config()
     reasons: dict[str, str] = {}
