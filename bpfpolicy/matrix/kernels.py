@@ -10,6 +10,7 @@ kept; with a warm cache no network is touched.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import lzma
@@ -30,23 +31,29 @@ MIRROR = os.environ.get("BPFPOLICY_DEBIAN_MIRROR", "http://deb.debian.org/debian
 SECURITY_MIRROR = os.environ.get("BPFPOLICY_DEBIAN_SECURITY_MIRROR", "http://deb.debian.org/debian-security")
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
-# Built as modules by Debian and needed for clsact (tc attach on kernels without tcx).
-# XDP attaches to `lo` (generic XDP), so veth/dummy are not needed.
-MODULES = ("sch_ingress", "cls_bpf")
+# Built as modules by Debian: clsact (tc attach on kernels without tcx) and veth (the
+# live-traffic stage's pair). `attach` lines use `lo` (generic XDP) and need neither.
+MODULES = ("sch_ingress", "cls_bpf", "veth")
 LISTS_MAX_AGE = 24 * 3600
 
 
 @dataclass(frozen=True)
 class KernelSpec:
-    """One Debian release's stock amd64 kernel."""
+    """One Debian release's stock kernel for one architecture."""
 
     name: str  # matrix label: 5.10, 6.1, 6.12, 7
-    suite: str  # Debian suite whose linux-image-amd64 we follow
+    suite: str  # Debian suite whose linux-image-<arch> we follow
     suites: tuple[str, ...]  # suites searched (incl. -security)
+    arch: str = "amd64"  # Debian architecture: amd64 | arm64
 
     @property
     def dir(self) -> Path:
-        return kernels_dir() / self.name
+        """kernels/<member> for amd64 (the TracingPolicy compiler reads that layout),
+        kernels/<member>-<arch> for the others."""
+        return kernels_dir() / (self.name if self.arch == "amd64" else f"{self.name}-{self.arch}")
+
+    def for_arch(self, arch: str) -> KernelSpec:
+        return dataclasses.replace(self, arch=arch)
 
 
 KERNELS: dict[str, KernelSpec] = {
@@ -89,6 +96,8 @@ def cached(spec: KernelSpec) -> Kernel | None:
     vmlinuz = spec.dir / "vmlinuz"
     if not vmlinuz.is_file():
         return None
+    if not {f"{m}.ko" for m in MODULES} <= set(meta.get("modules", [])):
+        return None  # cached before a module was added to MODULES: fetch again
     modules = [spec.dir / "modules" / m for m in meta.get("modules", [])]
     return Kernel(spec, vmlinuz, [m for m in modules if m.is_file()], meta["release"], meta["package"])
 
@@ -97,9 +106,10 @@ class PrivateApt:
     """apt-get/apt-cache bound to our own sources.list, lists and cache directories —
     one per matrix member, so fetching one kernel reads only its suites' indexes."""
 
-    def __init__(self, root: Path, suites: tuple[str, ...]) -> None:
+    def __init__(self, root: Path, suites: tuple[str, ...], arch: str = "amd64") -> None:
         self.root = root
         self.suites = suites
+        self.arch = arch
         self.sources = root / "sources.list"
         self.lists = root / "lists"
         self.cache = root / "cache"
@@ -112,8 +122,8 @@ class PrivateApt:
             "-o", f"Dir::State::Lists={self.lists}",
             "-o", f"Dir::Cache={self.cache}",
             "-o", "Dir::State::Status=/dev/null",
-            "-o", "APT::Architecture=amd64",
-            "-o", "APT::Architectures=amd64",
+            "-o", f"APT::Architecture={self.arch}",
+            "-o", f"APT::Architectures={self.arch}",
             "-o", "APT::Sandbox::User=root",
             "-o", "Acquire::Retries=2",
         ]
@@ -191,18 +201,19 @@ def resolve(apt: PrivateApt, spec: KernelSpec) -> tuple[str, list[str]]:
 
     Bullseye..trixie ship everything in linux-image-<release>; sid 7.x split it into
     linux-binary-<release> (vmlinuz) and linux-modules-<release>."""
-    versions = [v for v, suite in apt.madison("linux-image-amd64") if suite in spec.suites]
+    meta = f"linux-image-{spec.arch}"
+    versions = [v for v, suite in apt.madison(meta) if suite in spec.suites]
     if not versions:
         why = f" (apt-get update: {apt.warnings})" if apt.warnings else ""
-        raise FetchError(f"{spec.name}: no linux-image-amd64 in {', '.join(spec.suites)}{why}")
+        raise FetchError(f"{spec.name}: no {meta} in {', '.join(spec.suites)}{why}")
     best = max(versions, key=_debian_version_key)
     image = None
-    for dep in apt.depends(f"linux-image-amd64={best}"):
+    for dep in apt.depends(f"{meta}={best}"):
         name, version = _dep_name(dep)
-        if name.startswith("linux-image-") and name.endswith("-amd64"):
+        if name.startswith("linux-image-") and name.endswith(f"-{spec.arch}"):
             image = (name, version or best)
     if image is None:
-        raise FetchError(f"{spec.name}: linux-image-amd64={best} names no linux-image-*-amd64")
+        raise FetchError(f"{spec.name}: {meta}={best} names no linux-image-*-{spec.arch}")
     release = image[0][len("linux-image-"):]
     names = [_dep_name(d)[0] for d in apt.depends(f"{image[0]}={image[1]}")]
     split = [f"linux-{part}-{release}" for part in ("binary", "modules")]
@@ -234,12 +245,12 @@ def fetch(spec: KernelSpec, apt: PrivateApt | None = None) -> Kernel:
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         raise FetchError(f"{spec.name}: not cached and apt-get/dpkg-deb are unavailable")
     kernels_dir().mkdir(parents=True, exist_ok=True)
-    with _file_lock(kernels_dir() / f".{spec.name}.lock"):
+    with _file_lock(kernels_dir() / f".{spec.dir.name}.lock"):
         return cached(spec) or _download(spec, apt)
 
 
 def _download(spec: KernelSpec, apt: PrivateApt | None) -> Kernel:
-    apt = apt or PrivateApt(kernels_dir() / "apt" / spec.name, spec.suites)
+    apt = apt or PrivateApt(kernels_dir() / "apt" / spec.dir.name, spec.suites, spec.arch)
     apt.update()
     release, packages = resolve(apt, spec)
     kernels_dir().mkdir(parents=True, exist_ok=True)
@@ -251,7 +262,7 @@ def _download(spec: KernelSpec, apt: PrivateApt | None) -> Kernel:
             subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
         stage = work / "kernel"
         (stage / "modules").mkdir(parents=True)
-        shutil.copyfile(_find_vmlinuz(root, release), stage / "vmlinuz")
+        _copy_kernel_image(_find_vmlinuz(root, release), stage / "vmlinuz")
         mods = _extract_modules(root, release, stage / "modules")
         meta = {"release": release, "package": " ".join(packages), "modules": mods,
                 "suite": spec.suite, "fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -278,7 +289,7 @@ def _extract_modules(root: Path, release: str, dest: Path) -> list[str]:
     for base in (root / "usr/lib/modules" / release, root / "lib/modules" / release):
         if not base.is_dir():
             continue
-        for mod in MODULES:
+        for mod in _with_dependencies(base, MODULES):
             for path in base.rglob(f"{mod}.ko*"):
                 out = dest / f"{mod}.ko"
                 data = path.read_bytes()
@@ -294,3 +305,41 @@ def _extract_modules(root: Path, release: str, dest: Path) -> list[str]:
                 found.append(out.name)
                 break
     return sorted(set(found))
+
+
+def _with_dependencies(base: Path, wanted: tuple[str, ...]) -> list[str]:
+    """`wanted` plus the modules they need (modules.dep), dependencies first."""
+    deps: dict[str, list[str]] = {}
+    try:
+        for line in (base / "modules.dep").read_text().splitlines():
+            mod, _, needs = line.partition(":")
+            deps[_module_name(mod)] = [_module_name(n) for n in needs.split()]
+    except OSError:
+        return list(wanted)
+    ordered: list[str] = []
+
+    def visit(name: str) -> None:
+        for dep in deps.get(name, []):
+            visit(dep)
+        if name not in ordered:
+            ordered.append(name)
+
+    for name in wanted:
+        visit(name)
+    return ordered
+
+
+def _module_name(path: str) -> str:
+    """'kernel/drivers/net/veth.ko.xz' -> 'veth'."""
+    return path.rsplit("/", 1)[-1].split(".ko", 1)[0]
+
+
+def _copy_kernel_image(src: Path, dest: Path) -> None:
+    """Debian's arm64 vmlinuz is a gzip'd Image, which QEMU's -kernel does not unpack on
+    every version: store it decompressed (amd64 bzImages are copied as they are)."""
+    import gzip
+
+    data = src.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    dest.write_bytes(data)

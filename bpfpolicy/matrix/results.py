@@ -21,8 +21,11 @@ END_RE = re.compile(r"^END (\S+)$")
 # Which column of the table a step counts towards.
 CATEGORY = {"compile": "load", "object": "load", "seccomp": "load", "map-update": "load", "script": "load",
             "attach": "attach", "prog-run": "behaviour", "syscall": "behaviour",
-            "exec-expect": "behaviour", "runner": "load", "boot": "load"}
-CATEGORIES = ("load", "attach", "behaviour")
+            "exec-expect": "behaviour", "runner": "load", "boot": "load", "live": "live"}
+CATEGORIES = ("load", "attach", "behaviour", "live")
+# Cell labels: live traffic (real frames over a veth through the attached program) is
+# spelled out, since "L" is load.
+LABELS = {"load": "L", "attach": "A", "behaviour": "B", "live": "live"}
 
 
 @dataclass
@@ -122,14 +125,15 @@ def cell(results: list[StepResult]) -> dict[str, dict[str, int]]:
 
 
 def cell_text(counts: dict[str, dict[str, int]], markup: bool = True) -> str:
-    """Compact cell: `L ok  A ok  B 3/3`, `L FAIL`, `A skip` (L=load, A=attach, B=behaviour)."""
+    """Compact cell: `L ok  A ok  B 3/3  live 3/3`, `L FAIL`, `A skip` (L=load, A=attach,
+    B=behaviour by BPF_PROG_TEST_RUN / syscalls, live=real packets through the attached program)."""
     parts = []
     for cat in CATEGORIES:
         c = counts[cat]
         total = c["ok"] + c["fail"] + c["skip"]
         if not total:
             continue
-        label = cat[0].upper()
+        label = LABELS[cat]
         if c["fail"]:
             text, style = f"{label} FAIL" + (f" {c['ok']}/{total}" if total > 1 else ""), "bold red"
         elif c["ok"] == total:

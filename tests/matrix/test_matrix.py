@@ -87,6 +87,23 @@ def test_xdp_verdicts_follow_the_map(smoke, kernel: str) -> None:
 
 
 @pytest.mark.vm
+@pytest.mark.parametrize("kernel", [*GUESTS, "host"])
+def test_live_packets_follow_the_verdicts(smoke, kernel: str) -> None:
+    """The prog-run vectors as real frames over a veth pair: XDP drops UDP/9 and lets
+    UDP/53 through; tc (both directions) and cgroup_skb egress deliver what they allow."""
+    art = "Fixture/xdp_udp9"
+    dropped, passed = _step(smoke, kernel, art, 13), _step(smoke, kernel, art, 14)
+    assert (dropped.status, passed.status) == ("ok", "ok"), (dropped, passed)
+    assert "on xdp: sent 1, delivered 0 (want dropped)" in dropped.detail
+    assert "on xdp: sent 1, delivered 1 (want delivered)" in passed.detail
+    tc_in, tc_out, cg_out = (_step(smoke, kernel, "Fixture/attach_kinds", n) for n in (15, 16, 17))
+    assert all(r.status == "ok" for r in (tc_in, tc_out, cg_out)), (tc_in, tc_out, cg_out)
+    assert "ingress on tc" in tc_in.detail or "ingress on clsact" in tc_in.detail
+    assert "egress on" in tc_out.detail and "delivered 1" in tc_out.detail
+    assert "egress on cgroup kt-live: sent 1, delivered 1" in cg_out.detail
+
+
+@pytest.mark.vm
 @pytest.mark.parametrize("kernel", GUESTS)
 def test_lsm_hook_attaches_and_denies_in_guest(smoke, kernel: str) -> None:
     art = "Fixture/lsm_file_open"
@@ -168,6 +185,7 @@ def test_results_json_written(smoke) -> None:
     data = json.loads((smoke.out_dir / "results.json").read_text())
     assert data["ok"] is False
     assert data["table"]["Fixture/xdp_udp9"][GUESTS[0]]["behaviour"] == {"ok": 3, "fail": 0, "skip": 0}
+    assert data["table"]["Fixture/xdp_udp9"][GUESTS[0]]["live"] == {"ok": 2, "fail": 0, "skip": 0}
     assert {k["name"] for k in data["kernels"]} == {*GUESTS, "host"}
     for kernel in GUESTS:  # Debian kernels booted with lsm=...,bpf lack nothing the fixtures use
         assert data["gaps"][kernel] == [], data["gaps"][kernel]

@@ -14,8 +14,13 @@ mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
 mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 ip link set lo up
-for m in /modules/*.ko; do
-	[ -e "$m" ] && { insmod "$m" 2>/dev/null || echo "KT-WARN insmod $m failed"; }
+# Two passes: a module whose dependency sorts after it loads on the second.
+for pass in 1 2; do
+	for m in /modules/*.ko; do
+		[ -e "$m" ] || continue
+		grep -q "^$(basename "$m" .ko) " /proc/modules && continue
+		insmod "$m" 2>/dev/null || { [ $pass = 2 ] && echo "KT-WARN insmod $m failed"; }
+	done
 done
 echo "KT-KERNEL $(uname -r)"
 echo "KT-LSM $(cat /sys/kernel/security/lsm 2>/dev/null)"

@@ -316,8 +316,11 @@ static const char *lacking_feature(struct bpf_program *prog, int err)
 
 /* ---- directives ------------------------------------------------------------------- */
 
+static void live_teardown(void);
+
 static void close_object(void)
 {
+	live_teardown();
 	for (int i = 0; i < nlinks; i++)
 		bpf_link__destroy(links[i]);
 	nlinks = 0;
@@ -885,6 +888,588 @@ static void do_exec_expect(int ln, char *rest)
 		       "`%s` exit=%d (want %s)", cmd, WEXITSTATUS(status), expect);
 }
 
+/* ---- live traffic: veth pair, real packets through the attached program --------------
+ *
+ * `live <prog> <expect_retval> <data_hex> [ingress|egress]` sends the same bytes a
+ * `prog-run` line tests, as a real frame over a veth pair, through the program attached
+ * the way the controller attaches it, and checks whether the frame arrived:
+ *
+ *   endpoint namespace (the runner's)          peer namespace (created here)
+ *        kt-ep  <------------ veth ------------>  kt-peer
+ *
+ *   XDP            attached to kt-ep; ingress: sent from kt-peer (AF_PACKET), counted on kt-ep
+ *   tc             tcx (else clsact) on kt-ep; ingress as above, egress sent from kt-ep and
+ *                  counted on kt-peer
+ *   cgroup_skb     attached to the cgroup `kt-live`; a raw IP socket created by the runner
+ *                  while inside that cgroup receives (ingress: the frame's destination is
+ *                  an address of kt-ep) or sends (egress, IP_HDRINCL) the packet
+ *
+ * Delivery means "the exact bytes showed up on the other side within 300 ms" (VLAN tags
+ * may be moved out of band by the receiving stack, so they are ignored when comparing).
+ * Expected delivery follows the retval as in prog-run: XDP_DROP=1 / TC_ACT_SHOT=2 /
+ * cgroup 0 drop, anything else passes.
+ */
+#include <arpa/inet.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
+#include <linux/rtnetlink.h>
+#include <linux/veth.h>
+#include <netinet/in.h>
+#include <poll.h>
+
+#define LIVE_EP "kt-ep"
+#define LIVE_PEER "kt-peer"
+#define LIVE_WAIT_MS 300
+
+static int live_ep_ns = -1, live_peer_ns = -1; /* netns fds; -1 = veth pair not set up yet */
+static const char *live_missing;               /* why the veth pair could not be made */
+static struct bpf_program *live_attached[KT_MAX_LINKS]; /* programs attached for live traffic */
+static bool live_egress[KT_MAX_LINKS];                  /* ... and in which direction */
+static int nlive_attached;
+static char live_cgroup[PATH_MAX];
+static char live_hook[64]; /* how the program of this line is attached, for the detail */
+static char live_hooks[KT_MAX_LINKS][64];
+
+struct nl_req {
+	struct nlmsghdr nh;
+	struct ifinfomsg ifi;
+	char attrs[512];
+};
+
+static struct rtattr *nl_put(struct nlmsghdr *nh, int type, const void *data, size_t len)
+{
+	struct rtattr *rta = (struct rtattr *)((char *)nh + NLMSG_ALIGN(nh->nlmsg_len));
+
+	rta->rta_type = (unsigned short)type;
+	rta->rta_len = (unsigned short)RTA_LENGTH(len);
+	if (len)
+		memcpy(RTA_DATA(rta), data, len);
+	nh->nlmsg_len = NLMSG_ALIGN(nh->nlmsg_len) + RTA_ALIGN(rta->rta_len);
+	return rta;
+}
+
+static void nl_end(struct nlmsghdr *nh, struct rtattr *nest)
+{
+	nest->rta_len = (unsigned short)((char *)nh + nh->nlmsg_len - (char *)nest);
+}
+
+/* Send one request on a fresh rtnetlink socket of the current netns; 0 or -errno. */
+static int nl_talk(struct nlmsghdr *nh)
+{
+	struct {
+		struct nlmsghdr nh;
+		struct nlmsgerr err;
+	} ack;
+	int s = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE), err;
+
+	if (s < 0)
+		return -errno;
+	nh->nlmsg_flags |= NLM_F_REQUEST | NLM_F_ACK;
+	if (send(s, nh, nh->nlmsg_len, 0) < 0 || recv(s, &ack, sizeof(ack), 0) < 0)
+		err = -errno;
+	else
+		err = ack.nh.nlmsg_type == NLMSG_ERROR ? ack.err.error : 0;
+	close(s);
+	return err;
+}
+
+/* ip link add kt-ep type veth peer name kt-peer netns <peer_ns> */
+static int make_veth(int peer_ns)
+{
+	struct nl_req req = { .nh = { .nlmsg_len = NLMSG_LENGTH(sizeof(struct ifinfomsg)),
+				      .nlmsg_type = RTM_NEWLINK,
+				      .nlmsg_flags = NLM_F_CREATE | NLM_F_EXCL } };
+	struct rtattr *info, *data, *peer;
+	struct ifinfomsg peer_ifi = { 0 };
+
+	nl_put(&req.nh, IFLA_IFNAME, LIVE_EP, sizeof(LIVE_EP));
+	info = nl_put(&req.nh, IFLA_LINKINFO, NULL, 0);
+	nl_put(&req.nh, IFLA_INFO_KIND, "veth", 4);
+	data = nl_put(&req.nh, IFLA_INFO_DATA, NULL, 0);
+	peer = nl_put(&req.nh, VETH_INFO_PEER, &peer_ifi, sizeof(peer_ifi));
+	nl_put(&req.nh, IFLA_IFNAME, LIVE_PEER, sizeof(LIVE_PEER));
+	nl_put(&req.nh, IFLA_NET_NS_FD, &peer_ns, sizeof(peer_ns));
+	nl_end(&req.nh, peer);
+	nl_end(&req.nh, data);
+	nl_end(&req.nh, info);
+	return nl_talk(&req.nh);
+}
+
+/* ip addr add <addr> dev <ifindex> nodad (the destination of ingress vectors is local). */
+static int add_address(int ifindex, int family, const void *addr)
+{
+	struct {
+		struct nlmsghdr nh;
+		struct ifaddrmsg ifa;
+		char attrs[64];
+	} req = { .nh = { .nlmsg_len = NLMSG_LENGTH(sizeof(struct ifaddrmsg)), .nlmsg_type = RTM_NEWADDR,
+			  .nlmsg_flags = NLM_F_CREATE | NLM_F_REPLACE },
+		  .ifa = { .ifa_family = (unsigned char)family, .ifa_prefixlen = family == AF_INET ? 32 : 128,
+			   .ifa_flags = IFA_F_NODAD, .ifa_index = (unsigned)ifindex } };
+	size_t len = family == AF_INET ? 4 : 16;
+
+	nl_put(&req.nh, IFA_LOCAL, addr, len);
+	nl_put(&req.nh, IFA_ADDRESS, addr, len);
+	int err = nl_talk(&req.nh);
+	return err == -EEXIST ? 0 : err;
+}
+
+/* ip route replace default dev <ifindex> (egress packets need a route out of kt-ep). */
+static int add_default_route(int ifindex, int family)
+{
+	struct {
+		struct nlmsghdr nh;
+		struct rtmsg rt;
+		char attrs[64];
+	} req = { .nh = { .nlmsg_len = NLMSG_LENGTH(sizeof(struct rtmsg)), .nlmsg_type = RTM_NEWROUTE,
+			  .nlmsg_flags = NLM_F_CREATE | NLM_F_REPLACE },
+		  .rt = { .rtm_family = (unsigned char)family, .rtm_table = RT_TABLE_MAIN,
+			  .rtm_protocol = RTPROT_BOOT, .rtm_scope = RT_SCOPE_LINK, .rtm_type = RTN_UNICAST } };
+
+	nl_put(&req.nh, RTA_OIF, &ifindex, sizeof(ifindex));
+	return nl_talk(&req.nh);
+}
+
+static int set_link(const char *ifname, short flags_on, const unsigned char *mac)
+{
+	struct ifreq ifr = { 0 };
+	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), err = 0;
+
+	if (s < 0)
+		return -errno;
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", ifname);
+	if (mac) {
+		ifr.ifr_hwaddr.sa_family = 1; /* ARPHRD_ETHER */
+		memcpy(ifr.ifr_hwaddr.sa_data, mac, 6);
+		if (ioctl(s, SIOCSIFHWADDR, &ifr))
+			err = -errno;
+	}
+	if (!err && ioctl(s, SIOCGIFFLAGS, &ifr) == 0) {
+		ifr.ifr_flags |= flags_on;
+		if (ioctl(s, SIOCSIFFLAGS, &ifr))
+			err = -errno;
+	}
+	close(s);
+	return err;
+}
+
+static void write_sysctl(const char *path, const char *value)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+
+	if (fd >= 0) {
+		(void)!write(fd, value, strlen(value));
+		close(fd);
+	}
+}
+
+/* Both namespaces, the veth pair up (NOARP: egress needs no neighbour answers), no
+ * reverse-path filter (vector sources are documentation addresses with no route back). */
+static const unsigned char ep_mac[6] = { 2, 0, 0, 0, 0, 1 };
+
+static bool live_setup(void)
+{
+	int err;
+
+	if (live_ep_ns >= 0 || live_missing)
+		return !live_missing;
+	live_ep_ns = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+	if (live_ep_ns < 0 || unshare(CLONE_NEWNET)) {
+		live_missing = "cannot create a network namespace for the peer";
+		return false;
+	}
+	live_peer_ns = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+	set_link("lo", IFF_UP, NULL);
+	if (setns(live_ep_ns, CLONE_NEWNET) || live_peer_ns < 0) {
+		live_missing = "cannot switch network namespaces";
+		return false;
+	}
+	err = make_veth(live_peer_ns);
+	if (err) {
+		static char why[160];
+		snprintf(why, sizeof(why), "kernel lacks feature: veth (creating the pair: %s)", strerror(-err));
+		live_missing = why;
+		return false;
+	}
+	write_sysctl("/proc/sys/net/ipv4/conf/all/rp_filter", "0");
+	write_sysctl("/proc/sys/net/ipv4/conf/" LIVE_EP "/rp_filter", "0");
+	write_sysctl("/proc/sys/net/ipv6/conf/" LIVE_EP "/disable_ipv6", "0");
+	/* Promiscuous: XDP/tc vectors keep their own destination MAC (the programs see the
+	 * exact prog-run bytes); frames for the IP layer are readdressed to ep_mac. */
+	err = set_link(LIVE_EP, IFF_UP | IFF_NOARP | IFF_PROMISC, ep_mac);
+	setns(live_peer_ns, CLONE_NEWNET);
+	err = err ? err : set_link(LIVE_PEER, IFF_UP | IFF_NOARP | IFF_PROMISC, NULL);
+	setns(live_ep_ns, CLONE_NEWNET);
+	if (err) {
+		live_missing = "cannot bring the veth pair up";
+		return false;
+	}
+	return true;
+}
+
+/* A packet socket on `ifname` in netns `ns`: proto ETH_P_ALL for the sender, the frame's
+ * own ethertype for a receiver behind tc ingress (taps see frames before tc, protocol
+ * handlers after it). */
+static int packet_socket(int ns, const char *ifname, unsigned short proto)
+{
+	struct sockaddr_ll sll = { .sll_family = AF_PACKET, .sll_protocol = htons(proto) };
+	int s;
+
+	setns(ns, CLONE_NEWNET);
+	s = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, htons(proto));
+	sll.sll_ifindex = (int)if_nametoindex(ifname);
+	if (s >= 0 && bind(s, (struct sockaddr *)&sll, sizeof(sll))) {
+		close(s);
+		s = -1;
+	}
+	setns(live_ep_ns, CLONE_NEWNET);
+	return s;
+}
+
+/* Same frame, allowing for VLAN tags the receiver moved out of band. */
+static bool same_frame(const unsigned char *got, size_t glen, const unsigned char *sent, size_t slen)
+{
+	for (size_t tags = 0; tags <= 2; tags++) {
+		size_t cut = 4 * tags;
+		if (slen < 12 + cut || glen != slen - cut)
+			continue;
+		if (!memcmp(got, sent, 12) && !memcmp(got + 12, sent + 12 + cut, slen - 12 - cut))
+			return true;
+	}
+	return false;
+}
+
+/* The same IP packet, up to what the sending stack fills in for IP_HDRINCL (IPv4 total
+ * length — vectors may carry trailing bytes —, identification and header checksum). */
+static bool same_ip_packet(const unsigned char *got, size_t glen, const unsigned char *sent, size_t slen)
+{
+	if (glen != slen || glen < 20)
+		return false;
+	if ((sent[0] >> 4) != 4)
+		return !memcmp(got, sent, slen);
+	return !memcmp(got, sent, 2) && !memcmp(got + 6, sent + 6, 4) && !memcmp(got + 12, sent + 12, slen - 12);
+}
+
+/* Count copies of `data` arriving on a receiving socket within LIVE_WAIT_MS. `ip_level`:
+ * compare from the IP header on (a raw IP receiver, or a frame the stack built). */
+static int count_arrivals(int s, const unsigned char *data, size_t len, bool raw_ip, bool ip_level)
+{
+	unsigned char buf[4096];
+	int seen = 0;
+	struct pollfd p = { .fd = s, .events = POLLIN };
+	struct timespec start, now;
+
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	for (;;) {
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		long left = LIVE_WAIT_MS - ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000);
+		if (left <= 0 || poll(&p, 1, (int)left) <= 0)
+			break;
+		ssize_t n = recv(s, buf, sizeof(buf), 0);
+		if (n <= 0)
+			continue;
+		if (raw_ip ? same_ip_packet(buf, (size_t)n, data + 14, len - 14)
+		    : ip_level ? n > 14 && same_ip_packet(buf + 14, (size_t)n - 14, data + 14, len - 14)
+			       : same_frame(buf, (size_t)n, data, len))
+			seen++;
+	}
+	return seen;
+}
+
+/* The IPv4 header checksum (the vectors leave it zero; ip_rcv drops such packets). */
+static void fix_ipv4_checksum(unsigned char *frame, size_t len)
+{
+	unsigned sum = 0;
+	size_t ihl;
+
+	if (len < 34 || frame[12] != 0x08 || frame[13] != 0x00)
+		return;
+	ihl = (size_t)(frame[14] & 0x0f) * 4;
+	if (ihl < 20 || 14 + ihl > len)
+		return;
+	frame[24] = frame[25] = 0;
+	for (size_t i = 0; i < ihl; i += 2)
+		sum += (unsigned)(frame[14 + i] << 8 | frame[15 + i]);
+	while (sum >> 16)
+		sum = (sum & 0xffff) + (sum >> 16);
+	frame[24] = (unsigned char)(~sum >> 8);
+	frame[25] = (unsigned char)~sum;
+}
+
+static void cgroup2_mount(char *out, size_t size)
+{
+	char dev[64], dir[PATH_MAX], type[64];
+	FILE *f = fopen("/proc/self/mounts", "r");
+
+	snprintf(out, size, "/sys/fs/cgroup");
+	while (f && fscanf(f, "%63s %4095s %63s %*[^\n]", dev, dir, type) == 3)
+		if (!strcmp(type, "cgroup2")) {
+			snprintf(out, size, "%s", dir);
+			break;
+		}
+	if (f)
+		fclose(f);
+}
+
+static void remember_live(struct bpf_program *prog, bool egress)
+{
+	if (nlive_attached < KT_MAX_LINKS) {
+		live_egress[nlive_attached] = egress;
+		snprintf(live_hooks[nlive_attached], sizeof(live_hooks[0]), "%s", live_hook);
+		live_attached[nlive_attached++] = prog;
+	}
+}
+
+static bool live_attach(struct bpf_program *prog, bool egress)
+{
+	struct bpf_link *link = NULL;
+
+	for (int i = 0; i < nlive_attached; i++)
+		if (live_attached[i] == prog && live_egress[i] == egress) {
+			snprintf(live_hook, sizeof(live_hook), "%s", live_hooks[i]);
+			return true; /* attached by an earlier live line */
+		}
+	switch (bpf_program__type(prog)) {
+	case BPF_PROG_TYPE_XDP:
+		link = bpf_program__attach_xdp(prog, (int)if_nametoindex(LIVE_EP));
+		snprintf(live_hook, sizeof(live_hook), "xdp");
+		break;
+	case BPF_PROG_TYPE_SCHED_CLS: {
+		int ifindex = (int)if_nametoindex(LIVE_EP);
+		int fd = bpf_link_create(bpf_program__fd(prog), ifindex,
+					 egress ? KT_BPF_TCX_EGRESS : KT_BPF_TCX_INGRESS, NULL);
+		if (fd >= 0) {
+			snprintf(live_hook, sizeof(live_hook), "tcx %s", egress ? "egress" : "ingress");
+		} else {
+			LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex,
+				    .attach_point = egress ? BPF_TC_EGRESS : BPF_TC_INGRESS);
+			LIBBPF_OPTS(bpf_tc_opts, tc, .prog_fd = bpf_program__fd(prog), .handle = 1, .priority = 1);
+			int err = bpf_tc_hook_create(&hook);
+			if ((err && err != -EEXIST) || (err = bpf_tc_attach(&hook, &tc))) {
+				errno = -err;
+				return false;
+			}
+			snprintf(live_hook, sizeof(live_hook), "clsact %s", egress ? "egress" : "ingress");
+		}
+		remember_live(prog, egress);
+		return true;
+	}
+	case BPF_PROG_TYPE_CGROUP_SKB: {
+		const char *root = getenv("KT_CGROUP_ROOT");
+		char mount_point[PATH_MAX];
+		cgroup2_mount(mount_point, sizeof(mount_point));
+		snprintf(live_cgroup, sizeof(live_cgroup), "%.4000s/kt-live", root ? root : mount_point);
+		mkdir(live_cgroup, 0755);
+		int cg = open(live_cgroup, O_RDONLY | O_DIRECTORY);
+		if (cg >= 0) {
+			link = bpf_program__attach_cgroup(prog, cg);
+			close(cg);
+		}
+		snprintf(live_hook, sizeof(live_hook), "cgroup kt-live");
+		break;
+	}
+	default:
+		break;
+	}
+	if (!link)
+		return false;
+	if (nlinks < KT_MAX_LINKS)
+		links[nlinks++] = link;
+	remember_live(prog, egress);
+	return true;
+}
+
+/* A raw IP socket created inside the live cgroup (a socket keeps the cgroup it was
+ * created in), so cgroup_skb programs on that cgroup see its traffic; the runner then
+ * moves back to where it was. */
+static int cgroup_socket(int family, int proto)
+{
+	char procs[2 * PATH_MAX + 16], self[PATH_MAX + 8] = "", mount_point[PATH_MAX], line[PATH_MAX + 8];
+	FILE *f = fopen("/proc/self/cgroup", "r");
+	int s;
+
+	while (f && fgets(line, sizeof(line), f))
+		if (!strncmp(line, "0::", 3)) {
+			line[strcspn(line, "\n")] = '\0';
+			snprintf(self, sizeof(self), "%s", line + 3);
+		}
+	if (f)
+		fclose(f);
+	cgroup2_mount(mount_point, sizeof(mount_point));
+	snprintf(procs, sizeof(procs), "%s/cgroup.procs", live_cgroup);
+	write_sysctl(procs, "0");
+	s = socket(family, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, proto);
+	snprintf(procs, sizeof(procs), "%s%s/cgroup.procs", mount_point, strcmp(self, "/") ? self : "");
+	write_sysctl(procs, "0");
+	return s;
+}
+
+static bool expect_delivery(enum bpf_prog_type type, unsigned long long retval)
+{
+	if (type == BPF_PROG_TYPE_XDP)
+		return retval != 1; /* XDP_DROP */
+	if (type == BPF_PROG_TYPE_SCHED_CLS)
+		return retval != 2; /* TC_ACT_SHOT */
+	return retval != 0;   /* cgroup_skb: 0 = drop */
+}
+
+/* Send the frame and count where it should land. Returns arrivals, or -errno of the send
+ * (a cgroup egress drop is EPERM from sendto). */
+static int live_send(struct bpf_program *prog, bool egress, unsigned char *data, size_t len,
+		     const char **why)
+{
+	enum bpf_prog_type type = bpf_program__type(prog);
+	unsigned short ethertype = (unsigned short)(data[12] << 8 | data[13]);
+	bool cgroup = type == BPF_PROG_TYPE_CGROUP_SKB, v6 = ethertype == ETH_P_IPV6;
+	int family = v6 ? AF_INET6 : AF_INET, proto = 0, rx, tx, got = 0;
+
+	fix_ipv4_checksum(data, len);
+	if (cgroup) {
+		if (ethertype != ETH_P_IP && ethertype != ETH_P_IPV6) {
+			*why = "cgroup_skb sees IP only";
+			return -EINVAL;
+		}
+		proto = v6 ? data[14 + 6] : data[14 + 9];
+		const unsigned char *peer = egress ? data + (v6 ? 38 : 30) : data + (v6 ? 22 : 26);
+		static const unsigned char loop6[16] = { [15] = 1 };
+		if (v6 ? !memcmp(peer, loop6, 16) : peer[0] == 127) {
+			*why = "loopback";
+			return -EDOM; /* a martian on a real link: not testable with live packets */
+		}
+		if (!egress)
+			memcpy(data, ep_mac, 6); /* the IP layer only takes frames addressed to kt-ep */
+		const unsigned char *local = egress ? data + (v6 ? 22 : 26) : data + (v6 ? 38 : 30);
+		int ep = (int)if_nametoindex(LIVE_EP);
+		if (add_address(ep, family, local) || add_default_route(ep, family)) {
+			*why = "cannot give kt-ep the vector's local address";
+			return -EADDRNOTAVAIL;
+		}
+	}
+	/* receiver */
+	if (cgroup && !egress)
+		rx = cgroup_socket(family, proto);
+	else if (egress)
+		rx = packet_socket(live_peer_ns, LIVE_PEER, ETH_P_ALL);
+	else
+		rx = packet_socket(live_ep_ns, LIVE_EP, type == BPF_PROG_TYPE_XDP ? ETH_P_ALL : ethertype);
+	if (rx < 0) {
+		*why = "receiving socket";
+		return -errno;
+	}
+	usleep(20000); /* let a just-upped link settle (carrier, NAPI) */
+	/* sender */
+	if (cgroup && egress) {
+		tx = cgroup_socket(family, IPPROTO_RAW);
+		struct sockaddr_storage to = { 0 };
+		socklen_t tolen;
+		if (v6) {
+			struct sockaddr_in6 *d6 = (struct sockaddr_in6 *)&to;
+			d6->sin6_family = AF_INET6;
+			memcpy(&d6->sin6_addr, data + 38, 16);
+			tolen = sizeof(*d6);
+		} else {
+			struct sockaddr_in *d4 = (struct sockaddr_in *)&to;
+			d4->sin_family = AF_INET;
+			memcpy(&d4->sin_addr, data + 30, 4);
+			tolen = sizeof(*d4);
+		}
+		if (tx >= 0 && sendto(tx, data + 14, len - 14, 0, (struct sockaddr *)&to, tolen) < 0)
+			got = errno == EPERM ? 0 : -errno;
+	} else {
+		tx = egress ? packet_socket(live_ep_ns, LIVE_EP, ETH_P_ALL)
+			    : packet_socket(live_peer_ns, LIVE_PEER, ETH_P_ALL);
+		if (tx >= 0 && send(tx, data, len, 0) < 0)
+			got = -errno;
+	}
+	if (tx < 0) {
+		*why = "sending socket";
+		got = -errno;
+	}
+	if (got == 0)
+		got = count_arrivals(rx, data, len, cgroup && !egress, cgroup);
+	else
+		*why = "send";
+	if (tx >= 0)
+		close(tx);
+	close(rx);
+	return got;
+}
+
+static void do_live(int ln, int argc, char **argv)
+{
+	unsigned long long expect;
+	unsigned char *data = NULL;
+	struct bpf_program *prog;
+	const char *why = "";
+	bool egress;
+	long len;
+
+	if (argc < 4 || argc > 5 || !parse_u64(argv[2], &expect) ||
+	    (argc == 5 && strcmp(argv[4], "ingress") && strcmp(argv[4], "egress"))) {
+		result(ln, "live", "fail", "usage: live <prog> <expect_retval> <data_hex> [ingress|egress]");
+		return;
+	}
+	egress = argc == 5 && !strcmp(argv[4], "egress");
+	prog = find_prog(ln, "live", argv[1]);
+	if (!prog)
+		return;
+	len = parse_hex(argv[3], &data);
+	if (len < 14) {
+		result(ln, "live", "fail", "bad hex data (an Ethernet frame is at least 14 bytes)");
+		free(data);
+		return;
+	}
+	enum bpf_prog_type type = bpf_program__type(prog);
+	if (type == BPF_PROG_TYPE_CGROUP_SKB)
+		egress = bpf_program__expected_attach_type(prog) == BPF_CGROUP_INET_EGRESS;
+	if (type != BPF_PROG_TYPE_XDP && type != BPF_PROG_TYPE_SCHED_CLS && type != BPF_PROG_TYPE_CGROUP_SKB) {
+		result(ln, "live", "fail", "%s: live traffic is for xdp, tc and cgroup_skb programs", argv[1]);
+	} else if (!live_setup()) {
+		result(ln, "live", strncmp(live_missing, "kernel lacks", 12) ? "fail" : "skip", "%s: %s", argv[1],
+		       live_missing);
+	} else if (!live_attach(prog, egress)) {
+		const char *gap = lacking_feature(prog, -errno);
+		result(ln, "live", gap ? "skip" : "fail", "%s: attaching for live traffic: %s", argv[1],
+		       gap ? gap : strerror(errno));
+	} else {
+		bool want = expect_delivery(type, expect);
+		int got = live_send(prog, egress, data, (size_t)len, &why);
+		if (got == -EDOM)
+			result(ln, "live", "skip", "%s: the peer is a loopback address, not routable over a link "
+			       "(prog-run covers it)", argv[1]);
+		else if (got < 0)
+			result(ln, "live", "fail", "%s: %s: %s", argv[1], why, strerror(-got));
+		else
+			result(ln, "live", (got > 0) == want ? "ok" : "fail",
+			       "%s %s on %s: sent 1, delivered %d (want %s)", argv[1], egress ? "egress" : "ingress",
+			       live_hook, got, want ? "delivered" : "dropped");
+	}
+	free(data);
+}
+
+/* The veth pair outlives the runner in a guest (it lives in the init namespace): delete
+ * it, and the live cgroup, so the next artifact starts clean. */
+static void live_teardown(void)
+{
+	struct nl_req req = { .nh = { .nlmsg_len = NLMSG_LENGTH(sizeof(struct ifinfomsg)),
+				      .nlmsg_type = RTM_DELLINK } };
+
+	if (live_ep_ns < 0)
+		return;
+	for (int i = 0; i < nlinks; i++)
+		bpf_link__destroy(links[i]);
+	nlinks = 0;
+	req.ifi.ifi_index = (int)if_nametoindex(LIVE_EP);
+	if (req.ifi.ifi_index)
+		nl_talk(&req.nh);
+	if (live_cgroup[0])
+		rmdir(live_cgroup);
+	close(live_peer_ns);
+	close(live_ep_ns);
+	live_ep_ns = live_peer_ns = -1;
+	nlive_attached = 0;
+}
+
 /* ---- main ---------------------------------------------------------------------------- */
 
 /* Host runs get their own netns with lo up, so XDP/tc attaches never touch real links,
@@ -934,8 +1519,10 @@ static void run_line(int ln, char *line)
 		do_seccomp(ln, argc, argv);
 	else if (!strcmp(argv[0], "syscall"))
 		do_syscall(ln, argc, argv);
+	else if (!strcmp(argv[0], "live"))
+		do_live(ln, argc, argv);
 	else
-		result(ln, argv[0], "fail", "unknown directive %s (object, map-update, prog-run, attach, seccomp, syscall, exec-expect)",
+		result(ln, argv[0], "fail", "unknown directive %s (object, map-update, prog-run, attach, live, seccomp, syscall, exec-expect)",
 		       argv[0]);
 }
 
@@ -993,6 +1580,7 @@ int main(int argc, char **argv)
 	free(line);
 	if (obj)
 		close_object();
+	live_teardown();
 	printf("END %s\n", artifact);
 	return failures ? 1 : 0;
 }
