@@ -5,7 +5,7 @@ wider picture (status, leak checks, foreign objects): every program with its tag
 `bpf_metadata_*` (a free git/policy stamp), maps, links, per-device net attachments, and
 the cgroup tree.
 
-bpftool 7.1 (Debian bookworm) quirks (ANCHORS §5.4): tcx links show as `"type": 11`
+bpftool 7.1 (Debian bookworm) quirks (docs/upstream.md §5.4): tcx links show as `"type": 11`
 (normalised here to "tcx"), `net show` omits tcx (use kernel.tc.prog_query), and
 `net attach tcx_ingress` is rejected (we attach through bpf(2) anyway).
 """

@@ -8,7 +8,7 @@ egress, and later swap it for another program atomically (no packet sees "no pro
   (`kernel.bpf.link_create`). The link must be pinned or it detaches when its last fd
   closes; swap with `kernel.bpf.link_update(link_fd, new, old)` (compare-and-swap: EPERM
   when the link no longer runs `old`). A second tcx attach of the same program → EEXIST.
-  tcx returns EINVAL on 5.10/6.1 (ANCHORS §5.3), so `attach()` falls back.
+  tcx returns EINVAL on 5.10/6.1 (docs/upstream.md §5.3), so `attach()` falls back.
 * **cls_bpf** (any kernel): a `clsact` qdisc plus a `bpf da` filter at a fixed
   (prio, handle). `cls_attach()` always sends `replace-filter`: the first call creates
   the filter, later calls swap the program in place at the same prio — tc's atomic

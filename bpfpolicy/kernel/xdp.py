@@ -14,7 +14,7 @@ offered too; it protects against other tools overwriting the program but detache
 pin is lost. Don't mix the two on one interface (netlink then fails with EBUSY).
 
 pyroute2's `link("set", xdp_fd=...)` sends neither flags nor the expected fd, so we pass
-the nested attribute list ourselves (ANCHORS §5.3).
+the nested attribute list ourselves (docs/upstream.md §5.3).
 
 Modes: "native" (driver, XDP_FLAGS_DRV_MODE), "generic" (skb, XDP_FLAGS_SKB_MODE),
 "auto" = native, falling back to generic when the driver refuses.

@@ -50,7 +50,7 @@ ICMP6_TYPES = {
     "ExtendedEchoReply": 161,
 }
 
-#: entities that carry over to one host (ANCHORS §1.1); the rest are cluster-only
+#: entities that carry over to one host (docs/upstream.md §1.1); the rest are cluster-only
 HOST_ENTITIES = {"all", "world", "world-ipv4", "world-ipv6", "cluster", "host"}
 CLUSTER_ENTITIES = {"init", "ingress", "unmanaged", "remote-node", "health", "none", "kube-apiserver"}
 

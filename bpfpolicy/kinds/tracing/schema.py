@@ -53,7 +53,7 @@ SCALAR_VALUE = {"type": ["string", "integer"], "description": "a value (strings;
 def definitions() -> dict[str, Any]:
     arg = _obj({
         "index": _i("0-based argument index (tracepoints: field index in the format file, counting common_* fields)", minimum=0),
-        "type": _s("argument type, e.g. int, string, file, path, char_buf (ANCHORS §2.1)"),
+        "type": _s("argument type, e.g. int, string, file, path, char_buf (docs/upstream.md §2.1)"),
         "sizeArgIndex": _i("1-based index of the argument holding this buffer's size", minimum=0),
         "returnCopy": _b("copy the buffer again when the function returns"),
         "maxData": _b("read up to the large char_buf limit"),

@@ -1,7 +1,7 @@
 """Tetragon TracingPolicy vocabulary: operators, actions, argument types and limits.
 
 Facts are Tetragon's (`pkg/selectors/kernel.go`, `pkg/k8s/apis/cilium.io/v1alpha1/types.go`,
-main after v1.7.0; see ANCHORS.md §2). Where Tetragon's code and docs disagree, the code
+main after v1.7.0; see docs/upstream.md §2). Where Tetragon's code and docs disagree, the code
 spelling is accepted and the docs spelling is answered with a did-you-mean.
 
 `IMPLEMENTED_*` say what bpfpolicy compiles today; everything else Tetragon knows is

@@ -1,4 +1,4 @@
-"""XDPBlocklist: drop traffic by source address at the XDP hook (SPEC §2.1).
+"""XDPBlocklist: drop traffic by source address at the XDP hook (docs/xdp.md).
 
 parse()         — semantic checks beyond the schema (CIDRs, list files, ports, names, netns)
                   that build the typed `XdpModel` (rules with their loaded sources) once.

@@ -19,7 +19,7 @@ rule at once. Address layouts, chosen by measurement (docs/xdp.md):
   (8 addresses + 8 ids) indexed by a multiplicative hash, so a /32 hit is two inlined
   array loads and a few compares instead of a kernel hash walk (~30 ns measured). The
   rare addresses beyond 8 per bucket spill to the `v4_exact` HASH (bucket flag).
-  A miss costs one array load; an LPM trie costs 2-4x more (ANCHORS §4.2).
+  A miss costs one array load; an LPM trie costs 2-4x more (docs/upstream.md §4.2).
 * IPv4 "hash" (only /32s, fewer than 4096): the `v4_exact` HASH alone.
 * IPv6: `v6_exact` HASH for /128s, `v6_prefix` LPM trie for the rest.
 

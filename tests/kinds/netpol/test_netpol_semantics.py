@@ -1,4 +1,4 @@
-"""Cilium L3/L4 semantics (ANCHORS §1.2) on the lowered tables, no kernel needed.
+"""Cilium L3/L4 semantics (docs/upstream.md §1.2) on the lowered tables, no kernel needed.
 
 Every verdict is computed twice — by the datapath tables (LPM peer trie + verdict trie)
 and by the rule-level oracle — and must agree (see conftest.verdict)."""

@@ -40,7 +40,7 @@ from helpers.seccomp import (
 )
 
 LIBSECCOMP_254_UNKNOWN = frozenset({
-    # ANCHORS §3.3: in Docker's default profile with the default capabilities
+    # docs/upstream.md §3.3: in Docker's default profile with the default capabilities
     "getxattrat", "listmount", "listxattrat", "mseal", "removexattrat", "riscv_hwprobe",
     "setxattrat", "statmount", "uretprobe",
     # Linux 6.8 LSM syscalls, allowed by Docker's profile with CAP_SYS_ADMIN
@@ -136,7 +136,7 @@ def test_we_are_cheaper_than_libseccomp() -> None:
     theirs = bpf.unpack(libseccomp_ref.build(cp.profile).filter_bytes)
     nrs = range(max(TABLES["x86_64"].values()) + 1)
     ours_st, theirs_st = render.stats(cp.insns, AUDIT_X86_64, nrs), render.stats(theirs, AUDIT_X86_64, nrs)
-    assert theirs_st["insns"] == 1246  # ANCHORS §3.5 A_L2, as measured upstream
+    assert theirs_st["insns"] == 1246  # docs/upstream.md §3.5, as measured upstream
     assert ours_st["insns"] < theirs_st["insns"]
     assert ours_st["mean_executed_allowed"] < theirs_st["mean_executed_allowed"]
     assert ours_st["worst_executed"] < theirs_st["worst_executed"]

@@ -245,7 +245,7 @@ def test_examples_in_a_612_guest(tmp_path: Path, cli) -> None:
 
 
 def test_openat_override_remapped_to_lsm_file_open_without_syscall_override(tmp_path: Path) -> None:
-    """A kprobe-less kernel with BPF LSM (ANCHORS §2.4): Override on sys_openat becomes
+    """A kprobe-less kernel with BPF LSM (docs/upstream.md §2.4): Override on sys_openat becomes
     lsm/file_open matching the opened file's path."""
     p = write(tmp_path, OPENAT_KILL.replace("action: Sigkill", "{action: Override, argError: -13}"))
     feats = features(btf=True, trampoline=True, bpf_lsm=True, syscall_tracepoints=True, send_signal=True)

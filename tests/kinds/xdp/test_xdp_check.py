@@ -283,7 +283,7 @@ def test_manifest_describes_maps_attachments_and_counters(tmp_path: Path) -> Non
 
 
 def test_million_line_list_compiles(tmp_path: Path) -> None:
-    """SPEC: 1M-line lists must work (timing lives in bench/xdp.py)."""
+    """docs/xdp.md: 1M-line lists must work (timing lives in bench/xdp.py)."""
     rng = np.random.default_rng(2)
     addrs = np.unique(rng.integers(1 << 24, 2**32, 1_000_000, dtype=np.uint64).astype(np.uint32))
     text = "\n".join(socket.inet_ntoa(int(a).to_bytes(4, "big")) for a in addrs[:-1])
