@@ -11,14 +11,30 @@ KT_OUT       ?= out/kernel-test
 # NetworkPolicy needs the endpoint inventory of the host config the demo uses.
 KT_ARGS      ?= $(if $(wildcard examples/host-config.yaml),--inventory examples/host-config.yaml)
 
-.PHONY: kernel-matrix kernel-smoke kernel-fetch kernel-bundle
+# Guest architecture: amd64 (default; + the host member) or arm64 (qemu-system-aarch64 -M virt,
+# TCG; needs `scripts/setup-dev.sh arm64`, which the arm64 targets run).
+ARCH         ?= amd64
+
+.PHONY: kernel-matrix kernel-matrix-arm64 kernel-smoke kernel-fetch kernel-bundle
 
 ## kernel-matrix: Debian 5.10, 6.1, 6.12, 7.x under QEMU + the host kernel, on the
-## fixture programs (tests/matrix/test_matrix.py) and on $(KT_PATHS).
+## fixture programs (tests/matrix/test_matrix.py) and on $(KT_PATHS). ARCH=arm64: the
+## same four kernels for arm64 (no host member).
+ifeq ($(ARCH),arm64)
+kernel-matrix: kernel-matrix-arm64
+else
 kernel-matrix:
 	bash scripts/setup.sh
 	BPFPOLICY_KERNEL_TEST_KERNELS=5.10,6.1,6.12,7 $(KT_PYTEST) -q -m vm tests/matrix/test_matrix.py
 	$(KT_BPFPOLICY) kernel-test --kernels 5.10,6.1,6.12,7,host --out $(KT_OUT) $(KT_ARGS) $(KT_PATHS)
+endif
+
+## kernel-matrix-arm64: the arm64 fixture test (6.12) and $(KT_PATHS) on the four arm64 kernels.
+kernel-matrix-arm64:
+	bash scripts/setup.sh
+	bash scripts/setup-dev.sh arm64
+	$(KT_PYTEST) -q -m vm tests/matrix/test_matrix_arm64.py
+	$(KT_BPFPOLICY) kernel-test --arch arm64 --kernels 5.10,6.1,6.12,7 --out $(KT_OUT)-arm64 $(KT_ARGS) $(KT_PATHS)
 
 ## kernel-smoke: the CI smoke — fixture programs on Debian 6.12 + host (pytest), then
 ## $(KT_PATHS) on 6.12 + host.
@@ -27,9 +43,9 @@ kernel-smoke:
 	$(KT_PYTEST) -q -m vm tests/matrix/test_matrix.py
 	$(KT_BPFPOLICY) kernel-test --kernels 6.12,host --out $(KT_OUT)-smoke $(KT_ARGS) $(KT_PATHS)
 
-## kernel-fetch: download (or refresh) the four Debian kernels into the cache.
+## kernel-fetch: download (or refresh) the four Debian kernels of $(ARCH) into the cache.
 kernel-fetch:
-	$(KT_VENV)/bin/python -c 'from bpfpolicy.matrix.kernels import KERNELS, fetch; [print(k.spec.name, k.release) for k in map(fetch, KERNELS.values())]'
+	$(KT_VENV)/bin/python -c 'from bpfpolicy.matrix.kernels import KERNELS, fetch; [print(k.spec.name, k.release) for k in (fetch(s.for_arch("$(ARCH)")) for s in KERNELS.values())]'
 
 ## kernel-bundle: runner + fixture and $(KT_PATHS) artifacts per Debian kernel in
 ## out/kernel-bundle, for the Vagrant VMs (the Vagrantfile runs this before `up`/`provision`).

@@ -18,6 +18,10 @@ import click
 from ..matrix import ALL_KERNELS, ArtifactDir, discover
 from . import render
 
+# Debian architecture names (kernels, multiarch) and the compiler's (uname -m) names.
+DEBIAN_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+COMPILE_ARCH = {"amd64": "x86_64", "arm64": "aarch64"}
+
 
 def _kernel_list(_ctx: click.Context, _param: click.Parameter, value: str) -> list[str]:
     names = [k.strip() for k in value.split(",") if k.strip()]
@@ -64,15 +68,27 @@ def _split_paths(paths: tuple[str, ...]) -> tuple[list[ArtifactDir], list[str], 
 @click.option("--bundle", "bundle_dir", type=click.Path(file_okay=False),
               help="Boot nothing: write runner + artifacts per kernel to DIR, to run with DIR/run.sh "
                    "on other machines (the Vagrant VMs).")
+@click.option("--arch", type=click.Choice(["amd64", "arm64", "x86_64", "aarch64"]), default="amd64",
+              show_default=True, callback=lambda _c, _p, v: DEBIAN_ARCH.get(v, v),
+              help="Debian architecture of the guests (arm64: qemu-system-aarch64 -M virt under TCG; "
+                   "the host member only runs for the host's own architecture).")
 def command(paths: tuple[str, ...], kernel_names: list[str], fmt: str, out_dir: str, jobs: int | None,
             timeout: float, caps: str | None, inventory: str | None, revision: str | None, lenient: bool,
-            bundle_dir: str | None) -> None:
+            bundle_dir: str | None, arch: str) -> None:
     """Boot real kernels in QEMU (and use the host kernel) to load, attach and exercise artifacts."""
     from ..matrix import fetch_all, run_matrix, write_bundle
     from ..matrix import kernels as kernel_mod
     from ..matrix.guest import GuestError
 
     out = Path(out_dir)
+    if arch != "amd64":
+        if bundle_dir:
+            raise click.UsageError("--bundle builds the amd64 runner only")
+        if "host" in kernel_names:
+            click.echo(f"kernel-test: host member left out: the host is not {arch}", err=True)
+            kernel_names = [k for k in kernel_names if k != "host"]
+        if not kernel_names:
+            raise click.UsageError(f"no {arch} kernels to boot")
     static, policies, empty = _split_paths(paths)
     for d in empty:
         click.echo(f"kernel-test: {d}: artifact has no kernel-test.txt and no BPF object; nothing to run", err=True)
@@ -82,16 +98,16 @@ def command(paths: tuple[str, ...], kernel_names: list[str], fmt: str, out_dir: 
     if policies and not bundle_dir:
         # The exact target version matters when compiling: fetch first (concurrently);
         # run_matrix reuses the result and reports any fetch failure.
-        prefetched = fetch_all(kernel_names)
+        prefetched = fetch_all(kernel_names, arch)
     for name in kernel_names:
         if name == "host":
             continue
-        hit = prefetched[0].get(name) if prefetched else kernel_mod.cached(kernel_mod.KERNELS[name])
+        hit = prefetched[0].get(name) if prefetched else kernel_mod.cached(kernel_mod.KERNELS[name].for_arch(arch))
         versions[name] = hit.version if isinstance(hit, kernel_mod.Kernel) else _nominal(name)
     if policies:
         targets = [versions.get(name) for name in kernel_names]
         for version in dict.fromkeys(targets):
-            compiled[version] = _compile(policies, version, out, caps, inventory, revision, lenient)
+            compiled[version] = _compile(policies, version, out, caps, inventory, revision, lenient, arch)
     if not static and not any(compiled.values()):
         raise click.UsageError("nothing to test: no artifact directories or compilable policies in PATH…")
 
@@ -112,7 +128,8 @@ def command(paths: tuple[str, ...], kernel_names: list[str], fmt: str, out_dir: 
         click.echo(f"kernel-test: bundle for {', '.join(members)} in {dest}; run `sudo {dest}/run.sh` on the target")
         return
     try:
-        report = run_matrix(kernel_names, source, out, jobs=jobs, timeout=timeout, prefetched=prefetched)
+        report = run_matrix(kernel_names, source, out, jobs=jobs, timeout=timeout, prefetched=prefetched,
+                            arch=arch)
     except GuestError as e:
         click.echo(f"kernel-test: {e}", err=True)
         sys.exit(1)
@@ -139,7 +156,7 @@ def _nominal(name: str) -> tuple[int, int]:
 
 
 def _compile(policies: list[str], version: tuple[int, int] | None, out: Path, caps: str | None,
-             inventory: str | None, revision: str | None, lenient: bool) -> list[ArtifactDir]:
+             inventory: str | None, revision: str | None, lenient: bool, arch: str = "amd64") -> list[ArtifactDir]:
     """Compile the policy paths for one target kernel. An invalid tree stops everything
     (exit 1); a policy the compiler refuses for THIS kernel becomes a `compile` result
     for that kernel (a skip when the kernel lacks what it needs), so one kernel's gap
@@ -154,10 +171,11 @@ def _compile(policies: list[str], version: tuple[int, int] | None, out: Path, ca
         for d in validation.diagnostics:
             click.echo(str(d), err=True)
         sys.exit(1)
-    ctx = dataclasses.replace(make_context(None, "x86_64", caps, None, revision), kernel=version)
+    ctx = dataclasses.replace(make_context(None, COMPILE_ARCH[arch], caps, None, revision), kernel=version)
     if inventory:
         ctx.options["inventory"] = _inventory(Path(inventory))
     target = "host" if version is None else f"{version[0]}.{version[1]}"
+    target += "" if arch == "amd64" else f"-{arch}"
     dest = out / "artifacts" / target
     found: list[ArtifactDir] = []
     for policy in validation.policies:

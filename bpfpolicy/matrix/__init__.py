@@ -7,6 +7,15 @@ fleet runs (Debian 5.10, 6.1, 6.12, 7.x under QEMU) and on the running host kern
 Kernels run concurrently (up to the number of cores). Nothing here imports validation
 or compilation: policy paths are compiled by the caller (see cli/kernel_test.py), which
 hands over a function producing artifact directories per target kernel.
+
+    __init__   run_matrix (concurrent boots, the report), write_bundle (for other machines)
+    kernels    Debian kernels: resolve, download, extract, cache
+    guest      build the static runner, pack an initramfs, boot QEMU
+    artifacts  find the artifact directories a run exercises
+    results    parse the runner's console output; summarise per kernel × artifact
+    data/      the runner's C source, init and run-bundle.sh (package data)
+
+The report's table is drawn by cli/render.py.
 """
 
 from __future__ import annotations
@@ -82,26 +91,29 @@ _GAP = re.compile(r"kernel lacks feature: ([^(;:]+?)\s*(?:\(|;|:|$)")
 _COMPILE_GAP = re.compile(r"\blacks? ([\w./-]+(?: [\w./-]+)?)")
 
 
-def fetch_all(kernel_names: list[str]) -> tuple[dict[str, Kernel | str], float]:
-    """Fetch the Debian members concurrently: {name: Kernel or error text}, seconds taken."""
+def fetch_all(kernel_names: list[str], arch: str = "amd64") -> tuple[dict[str, Kernel | str], float]:
+    """Fetch the Debian members (of one architecture) concurrently: {name: Kernel or
+    error text}, seconds taken."""
     start = time.monotonic()
     vm_names = [k for k in kernel_names if k != "host"]
     fetched: dict[str, Kernel | str] = {}
     with ThreadPoolExecutor(max(1, len(vm_names))) as pool:
-        for name, got in zip(vm_names, pool.map(_fetch_or_error, vm_names), strict=True):
+        for name, got in zip(vm_names, pool.map(lambda n: _fetch_or_error(n, arch), vm_names), strict=True):
             fetched[name] = got
     return fetched, time.monotonic() - start
 
 
 def run_matrix(kernel_names: list[str], source: ArtifactSource, out_dir: Path,
                jobs: int | None = None, timeout: float = 90.0,
-               prefetched: tuple[dict[str, Kernel | str], float] | None = None) -> MatrixReport:
-    """Fetch, boot and test every requested kernel; write logs and results.json to out_dir."""
+               prefetched: tuple[dict[str, Kernel | str], float] | None = None,
+               arch: str = "amd64") -> MatrixReport:
+    """Fetch, boot and test every requested kernel of one architecture (`host` only for
+    amd64, the host's own); write logs and results.json to out_dir."""
     start = time.monotonic()
     out_dir.mkdir(parents=True, exist_ok=True)
     report = MatrixReport(out_dir=out_dir)
-    fetched, report.fetch_seconds = prefetched or fetch_all(kernel_names)
-    runner = guest.build_runner()
+    fetched, report.fetch_seconds = prefetched or fetch_all(kernel_names, arch)
+    runner = guest.build_runner(arch)
     workers = jobs or os.cpu_count() or 1
 
     def one(name: str) -> KernelRun:
@@ -119,9 +131,9 @@ def run_matrix(kernel_names: list[str], source: ArtifactSource, out_dir: Path,
     return report
 
 
-def _fetch_or_error(name: str) -> Kernel | str:
+def _fetch_or_error(name: str, arch: str = "amd64") -> Kernel | str:
     try:
-        return kernels.fetch(KERNELS[name])
+        return kernels.fetch(KERNELS[name].for_arch(arch))
     except (FetchError, OSError) as e:
         return str(e)
 

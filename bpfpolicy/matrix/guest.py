@@ -31,6 +31,27 @@ CMDLINE = "console=ttyS0 lsm=lockdown,capability,yama,bpf panic=-1 quiet"
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 
 
+@dataclass(frozen=True)
+class ArchTools:
+    """What building and booting a guest of one Debian architecture takes on this host."""
+
+    gcc: str  # C compiler for the static runner
+    libdir: str  # where its libbpf.a, libelf.a, libz.a, libzstd.a are (multiarch)
+    qemu: str
+    machine: tuple[str, ...]  # qemu options choosing the machine and CPU (TCG)
+    console: str  # serial console device for the kernel command line
+    setup_hint: str  # what installs the above (scripts/setup-dev.sh)
+
+
+ARCHES: dict[str, ArchTools] = {
+    "amd64": ArchTools("gcc", "/usr/lib/x86_64-linux-gnu", "qemu-system-x86_64", ("-cpu", "max"), "ttyS0",
+                       "apt-get install gcc libbpf-dev libelf-dev zlib1g-dev libzstd-dev qemu-system-x86"),
+    "arm64": ArchTools("aarch64-linux-gnu-gcc", "/usr/lib/aarch64-linux-gnu", "qemu-system-aarch64",
+                       ("-M", "virt", "-cpu", "max"), "ttyAMA0", "scripts/setup-dev.sh (gcc-aarch64-linux-gnu, "
+                       "libbpf-dev:arm64 libelf-dev:arm64 zlib1g-dev:arm64 libzstd-dev:arm64, qemu-system-arm)"),
+}
+
+
 class GuestError(RuntimeError):
     """Something the matrix needs on this machine is missing (gcc, busybox, qemu)."""
 
@@ -47,38 +68,67 @@ class RunOutput:
 
 # ---- the runner --------------------------------------------------------------------
 
-def build_runner() -> Path:
-    """gcc -static the runner; cached by a hash of its source, flags and libbpf.a."""
+def build_runner(arch: str = "amd64") -> Path:
+    """gcc -static the runner (a cross gcc for arm64); cached by a hash of its source,
+    flags and the static libraries."""
+    tools = ARCHES[arch]
     source = RUNNER_DIR / "kt-runner.c"
     flags = ["-O2", "-Wall", "-static"]
+    if arch != "amd64":  # libbpf's headers are arch-independent, in /usr/include/bpf
+        flags += ["-idirafter", "/usr/include", "-L", tools.libdir]
     h = hashlib.sha256(source.read_bytes() + " ".join(flags + RUNNER_LIBS).encode())
     for lib in ("libbpf.a", "libelf.a"):
-        for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib"):
+        for d in (tools.libdir, "/usr/lib64", "/usr/lib"):
             if os.path.exists(os.path.join(d, lib)):
                 h.update(Path(d, lib).read_bytes())
                 break
-    out = cache_dir() / "kernel-test" / f"kt-runner-{h.hexdigest()[:16]}"
+    suffix = "" if arch == "amd64" else f"-{arch}"
+    out = cache_dir() / "kernel-test" / f"kt-runner{suffix}-{h.hexdigest()[:16]}"
     if out.is_file():
         return out
-    if shutil.which("gcc") is None:
-        raise GuestError("gcc is not installed (needed to build the static in-guest runner)")
+    if shutil.which(tools.gcc) is None:
+        raise GuestError(f"{tools.gcc} is not installed (needed to build the static in-guest runner; "
+                         f"{tools.setup_hint})")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(f".tmp{os.getpid()}")
-    proc = subprocess.run(["gcc", *flags, "-o", str(tmp), str(source), *RUNNER_LIBS],
+    proc = subprocess.run([tools.gcc, *flags, "-o", str(tmp), str(source), *RUNNER_LIBS],
                           capture_output=True, text=True)
     if proc.returncode != 0:
-        raise GuestError("building kt-runner failed (needs libbpf-dev, libelf-dev, zlib1g-dev, "
-                         f"libzstd-dev):\n{proc.stderr[-2000:]}")
+        raise GuestError(f"building kt-runner for {arch} failed (needs {tools.setup_hint}):"
+                         f"\n{proc.stderr[-2000:]}")
     os.replace(tmp, out)
     return out
 
 
-def busybox() -> Path:
+def busybox(arch: str = "amd64") -> Path:
+    if arch != "amd64":
+        return _foreign_busybox(arch)
     for cand in BUSYBOX_CANDIDATES:
         p = Path(cand)
         if p.is_file() and _is_static_elf(p):
             return p
     raise GuestError("no static busybox (apt-get install busybox-static)")
+
+
+def _foreign_busybox(arch: str) -> Path:
+    """busybox-static of another architecture, from Debian (bookworm) through the same
+    private apt state as the kernels; installing it would replace the host's own."""
+    from .kernels import FetchError, PrivateApt, kernels_dir
+
+    out = cache_dir() / "kernel-test" / f"busybox-{arch}"
+    if out.is_file():
+        return out
+    apt = PrivateApt(kernels_dir() / "apt" / f"busybox-{arch}", ("bookworm",), arch)
+    try:
+        apt.update()
+        with tempfile.TemporaryDirectory() as tmp:
+            debs = apt.download(["busybox-static"], Path(tmp) / "debs")
+            subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(Path(tmp) / "root")], check=True)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(tmp) / "root" / "bin" / "busybox", out)
+    except (FetchError, OSError, IndexError, subprocess.CalledProcessError) as e:
+        raise GuestError(f"no static busybox for {arch}: {e}") from e
+    return out
 
 
 def _is_static_elf(path: Path) -> bool:
@@ -144,7 +194,7 @@ class Cpio:
 
 
 def build_initramfs(dest: Path, runner: Path, artifacts: list[ArtifactDir], modules: list[Path],
-                    artifact_timeout: float = 90.0) -> Path:
+                    artifact_timeout: float = 90.0, arch: str = "amd64") -> Path:
     """busybox + runner + init + modules + artifacts (each under /artifacts/NNN/)."""
     c = Cpio()
     c.file("kt-config", f"KT_ARTIFACT_TIMEOUT={max(1, int(artifact_timeout))}\n".encode())
@@ -152,7 +202,7 @@ def build_initramfs(dest: Path, runner: Path, artifacts: list[ArtifactDir], modu
         c.dir(d)
     c.chardev("dev/console", 5, 1)
     c.chardev("dev/null", 1, 3)
-    c.file("bin/busybox", busybox().read_bytes(), 0o755)
+    c.file("bin/busybox", busybox(arch).read_bytes(), 0o755)
     c.symlink("bin/sh", "busybox")
     c.file("bin/kt-runner", runner.read_bytes(), 0o755)
     c.file("init", INIT_SCRIPT.read_bytes(), 0o755)
@@ -190,10 +240,12 @@ def kvm_usable() -> bool:
 
 
 def qemu_command(kernel: Kernel, initrd: Path, accel: str) -> list[str]:
-    cpu = "host" if accel == "kvm" else "max"
-    return ["qemu-system-x86_64", "-accel", accel, "-cpu", cpu, "-m", "512M", "-smp", "1",
+    tools = ARCHES[kernel.spec.arch]
+    machine = ["-cpu", "host"] if accel == "kvm" else list(tools.machine)
+    return [tools.qemu, "-accel", accel, *machine, "-m", "512M", "-smp", "1",
             "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio", "-monitor", "none",
-            "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd), "-append", CMDLINE]
+            "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd),
+            "-append", CMDLINE.replace("ttyS0", tools.console)]
 
 
 def boot(kernel: Kernel, runner: Path, artifacts: list[ArtifactDir], work: Path,
@@ -203,13 +255,15 @@ def boot(kernel: Kernel, runner: Path, artifacts: list[ArtifactDir], work: Path,
     Each artifact gets `artifact_timeout` seconds inside the guest (a verifier chewing
     on a 1M-instruction program under TCG takes minutes); the whole boot is bounded by
     the sum plus a minute for booting."""
-    if shutil.which("qemu-system-x86_64") is None:
-        raise GuestError("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)")
+    arch = kernel.spec.arch
+    tools = ARCHES[arch]
+    if shutil.which(tools.qemu) is None:
+        raise GuestError(f"{tools.qemu} is not installed ({tools.setup_hint})")
     work.mkdir(parents=True, exist_ok=True)
-    initrd = build_initramfs(work / f"initrd-{kernel.spec.name}.gz", runner, artifacts, kernel.modules,
-                             artifact_timeout)
+    initrd = build_initramfs(work / f"initrd-{kernel.spec.dir.name}.gz", runner, artifacts, kernel.modules,
+                             artifact_timeout, arch)
     timeout = 60.0 + artifact_timeout * max(1, len(artifacts))
-    accel = "kvm" if kvm_usable() else "tcg"
+    accel = "kvm" if arch == "amd64" and kvm_usable() else "tcg"
     # A KVM boot takes seconds; nested KVM that does not work fails fast (or hangs, hence
     # the shorter limit) and the same guest is rerun under TCG.
     out = _run_qemu(qemu_command(kernel, initrd, accel), min(timeout, 60.0) if accel == "kvm" else timeout)

@@ -72,3 +72,34 @@ def test_initramfs_is_a_cpio_the_system_tool_reads(tmp_path: Path) -> None:
     for name in ("bin/tool", "deep/er/file.txt", "deep/er", "bin/sh -> busybox", "dev/console"):
         assert name in out, out
     assert "crw-------" in out  # /dev/console as a character device, no root needed
+
+
+def test_live_traffic_is_its_own_cell_part() -> None:
+    from bpfpolicy.matrix.results import StepResult, cell, cell_text
+
+    steps = [StepResult("6.12", "a", 2, "object", "ok", ""), StepResult("6.12", "a", 3, "prog-run", "ok", ""),
+             StepResult("6.12", "a", 4, "live", "ok", ""), StepResult("6.12", "a", 5, "live", "fail", "")]
+    counts = cell(steps)
+    assert counts["live"] == {"ok": 1, "fail": 1, "skip": 0}
+    assert cell_text(counts, markup=False) == "L ok  B ok  live FAIL 1/2"
+
+
+def test_kernel_modules_come_with_their_dependencies(tmp_path: Path) -> None:
+    from bpfpolicy.matrix.kernels import _with_dependencies
+
+    (tmp_path / "modules.dep").write_text(
+        "kernel/drivers/net/veth.ko.xz: kernel/net/core/page_pool.ko.xz\n"
+        "kernel/net/core/page_pool.ko.xz:\nkernel/net/sched/cls_bpf.ko.xz:\n")
+    assert _with_dependencies(tmp_path, ("cls_bpf", "veth")) == ["cls_bpf", "page_pool", "veth"]
+    assert _with_dependencies(tmp_path / "missing", ("veth",)) == ["veth"]
+
+
+def test_arm64_members_have_their_own_cache_and_machine(tmp_path: Path) -> None:
+    from bpfpolicy.matrix.guest import qemu_command
+    from bpfpolicy.matrix.kernels import KERNELS, Kernel
+
+    spec = KERNELS["6.12"].for_arch("arm64")
+    assert spec.dir.name == "6.12-arm64" and KERNELS["6.12"].dir.name == "6.12"
+    cmd = qemu_command(Kernel(spec, tmp_path / "vmlinuz", [], "6.12.1-arm64", "p"), tmp_path / "initrd", "tcg")
+    assert cmd[0] == "qemu-system-aarch64" and cmd[cmd.index("-M") + 1] == "virt"
+    assert "console=ttyAMA0" in cmd[cmd.index("-append") + 1]
