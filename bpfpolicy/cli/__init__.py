@@ -1,5 +1,16 @@
-"""The `bpfpolicy` command line. Each command lives in its own module in this package
-and is registered here by name; a module exposes `command` or a list `commands`."""
+"""The `bpfpolicy` command line: parsing only. Each command lives in its own module
+and is registered here by name (a module exposes `command` or a list `commands`);
+every line a command prints goes through `render`.
+
+    validate     `validate PATH…` (exit 0 valid, 1 invalid, 2 usage or broken install)
+    compile      `compile PATH… --out DIR | --dry-run`; shared compile options
+    doctor       `doctor`: what this host supports, by trying
+    exec         `exec --seccomp PROFILE -- CMD…`: run a command under a profile
+    controller   plan, apply, watch, status, destroy, events, suspend, resume
+    kernel_test  `kernel-test`: the QEMU kernel matrix
+    service      `install-service`: the systemd unit for `watch`
+    render       every output: text/json/junit/github diagnostics and the rich tables
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,15 @@
-"""Policy kinds. Each import registers one kind (see base.Kind.__init_subclass__)."""
+"""Policy kinds: one package per kind, each registered by one import line below
+(subclassing base.Kind registers it). Kinds never import each other.
+
+    base     the Kind contract (parse, check, compile), Reporter, CompileContext, Artifact
+    target   the target kernel in one place: version, arch, BTF, probed features
+    btf      a small reader for kernel BTF (used by the tracing kind and target)
+    vectors  shared test vectors: one Ethernet frame builder, one kernel-test.txt writer
+    xdp/     XDPBlocklist         netpol/   NetworkPolicy (Cilium L3/L4)
+    seccomp/ SeccompProfile       tracing/  TracingPolicy (Tetragon)
+
+A new kind is one package here plus one registration line (docs/ARCHITECTURE.md).
+"""
 
 from .base import (
     KINDS,
