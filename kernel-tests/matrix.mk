@@ -12,7 +12,7 @@ KT_OUT       ?= out/kernel-test
 KT_ARGS      ?= $(if $(wildcard examples/host-config.yaml),--inventory examples/host-config.yaml)
 
 # Guest architecture: amd64 (default; + the host member) or arm64 (qemu-system-aarch64 -M virt,
-# TCG; needs `scripts/setup-dev.sh arm64`, which the arm64 targets run).
+# TCG; needs `scripts/setup-matrix-dev.sh arm64`, which the arm64 targets run).
 ARCH         ?= amd64
 
 .PHONY: kernel-matrix kernel-matrix-arm64 kernel-smoke kernel-fetch kernel-bundle
@@ -32,7 +32,7 @@ endif
 ## kernel-matrix-arm64: the arm64 fixture test (6.12) and $(KT_PATHS) on the four arm64 kernels.
 kernel-matrix-arm64:
 	bash scripts/setup.sh
-	bash scripts/setup-dev.sh arm64
+	bash scripts/setup-matrix-dev.sh arm64
 	$(KT_PYTEST) -q -m vm tests/matrix/test_matrix_arm64.py
 	$(KT_BPFPOLICY) kernel-test --arch arm64 --kernels 5.10,6.1,6.12,7 --out $(KT_OUT)-arm64 $(KT_ARGS) $(KT_PATHS)
 

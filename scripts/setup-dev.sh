@@ -1,40 +1,19 @@
 #!/usr/bin/env bash
-# Developer-only setup for the kernel matrix beyond what scripts/setup.sh installs for
-# users (that one stays host-only: clang, libbpf, busybox-static, qemu-system-x86).
-# Run as root on Debian 12; only the matrix make targets call it.
-#
-#   scripts/setup-dev.sh arm64     # arm64 guests: qemu-system-aarch64, a cross gcc and
-#                                  # multiarch static libraries for the runner
-#   scripts/setup-dev.sh vagrant   # Vagrant + libvirt + what scripts/build-vagrant-box.sh needs
-#   scripts/setup-dev.sh all
-#
-# The arm64 busybox for the initramfs is NOT installed (busybox-static:arm64 would
-# replace the host's amd64 one): bpfpolicy fetches it into its cache with a private apt
-# state, like the kernels.
+# Development tools beyond a host's needs and the test suite's (scripts/setup.sh does
+# those first): benchmarks (bench/*.py: nftables, xdp-tools, ethtool as baselines to
+# compare against), 32-bit builds for seccomp experiments (gcc-multilib), Vagrant-free
+# kernel matrix extras. Idempotent. Other sections append below.
 set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
 
-want=${1:-all}
-apt_install() {
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=300 --no-install-recommends "$@"
-}
-
-arm64() {
-	if ! dpkg --print-foreign-architectures | grep -qx arm64; then
-		dpkg --add-architecture arm64
-		apt-get update -q
-	fi
-	apt_install qemu-system-arm gcc-aarch64-linux-gnu libc6-dev-arm64-cross \
-		libbpf-dev:arm64 libelf-dev:arm64 zlib1g-dev:arm64 libzstd-dev:arm64
-}
-
-vagrant_libvirt() {
-	apt_install vagrant vagrant-libvirt libvirt-daemon-system libvirt-clients qemu-system-x86 \
-		qemu-utils debootstrap dnsmasq-base ebtables openssh-client
-}
-
-case "$want" in
-	arm64) arm64 ;;
-	vagrant) vagrant_libvirt ;;
-	all) arm64; vagrant_libvirt ;;
-	*) echo "usage: $0 [arm64|vagrant|all]" >&2; exit 2 ;;
-esac
+DEV_PACKAGES=(nftables xdp-tools ethtool gcc-multilib)
+missing=()
+for p in "${DEV_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup-dev: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi

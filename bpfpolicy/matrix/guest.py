@@ -47,7 +47,7 @@ ARCHES: dict[str, ArchTools] = {
     "amd64": ArchTools("gcc", "/usr/lib/x86_64-linux-gnu", "qemu-system-x86_64", ("-cpu", "max"), "ttyS0",
                        "apt-get install gcc libbpf-dev libelf-dev zlib1g-dev libzstd-dev qemu-system-x86"),
     "arm64": ArchTools("aarch64-linux-gnu-gcc", "/usr/lib/aarch64-linux-gnu", "qemu-system-aarch64",
-                       ("-M", "virt", "-cpu", "max"), "ttyAMA0", "scripts/setup-dev.sh (gcc-aarch64-linux-gnu, "
+                       ("-M", "virt", "-cpu", "max"), "ttyAMA0", "scripts/setup-matrix-dev.sh arm64 (gcc-aarch64-linux-gnu, "
                        "libbpf-dev:arm64 libelf-dev:arm64 zlib1g-dev:arm64 libzstd-dev:arm64, qemu-system-arm)"),
 }
 
