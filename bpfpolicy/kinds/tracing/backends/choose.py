@@ -118,7 +118,7 @@ class BackendChooser:
             hint = ""
             if name in LSM_REMAP:
                 hint = (f"; on kernels with BPF LSM express it as lsmhooks: hook "
-                        f"{LSM_REMAP[name]} (the ANCHORS mapping for {name})")
+                        f"{LSM_REMAP[name]} (the mapping for {name} in docs/upstream.md §2.4)")
             raise HookError(self._override_path(path, selectors),
                             f"Override on syscall {name} needs kprobes with CONFIG_BPF_KPROBE_OVERRIDE "
                             f"or BPF trampolines with CONFIG_FUNCTION_ERROR_INJECTION (fmod_ret); "
