@@ -50,105 +50,145 @@ class Result:
 
 def run(prog: Sequence[Insn], data: SeccompData) -> Result:
     """Execute `prog` on `data`; returns the 32-bit seccomp verdict and instructions run."""
-    buf = data.pack()
-    a = x = 0
-    mem = [0] * 16
-    pc = steps = 0
+    m = _Machine(data.pack())
     n = len(prog)
     while True:
-        if pc >= n:
-            raise EmulationError(f"ran off the end of the filter at pc {pc}")
-        steps += 1
-        if steps > MAX_STEPS:
+        if m.pc >= n:
+            raise EmulationError(f"ran off the end of the filter at pc {m.pc}")
+        m.steps += 1
+        if m.steps > MAX_STEPS:
             raise EmulationError("too many steps")
-        i = prog[pc]
-        code, k = i.code, i.k
-        cls = code & 0x07
-        pc += 1
-        if cls == bpf.RET:
-            return Result((a if code & bpf.A else k) & 0xFFFFFFFF, steps)
-        if cls == bpf.LD:
-            mode = code & 0xE0
-            if mode == bpf.ABS and (code & 0x18) == bpf.W:
-                if k % 4 or k + 4 > SECCOMP_DATA_LEN:
-                    raise EmulationError(f"pc {pc - 1}: misaligned or out-of-range load [{k}]")
-                a = struct.unpack_from("<I", buf, k)[0]
-            elif mode == bpf.IMM:
-                a = k
-            elif mode == bpf.MEM:
-                a = mem[k & 15]
-            elif mode == bpf.LEN:
-                a = SECCOMP_DATA_LEN
-            else:
-                raise EmulationError(f"pc {pc - 1}: unsupported load {code:#x}")
-        elif cls == bpf.LDX:
-            mode = code & 0xE0
-            x = {bpf.IMM: k, bpf.MEM: mem[k & 15], bpf.LEN: SECCOMP_DATA_LEN}.get(mode)  # type: ignore[assignment]
-            if x is None:
-                raise EmulationError(f"pc {pc - 1}: unsupported ldx {code:#x}")
-        elif cls == bpf.ST:
-            mem[k & 15] = a
-        elif cls == bpf.STX:
-            mem[k & 15] = x
-        elif cls == bpf.ALU:
-            a = _alu(code, a, x if code & bpf.X else k, pc - 1)
-        elif cls == bpf.JMP:
-            op = code & 0xF0
-            if op == bpf.JA:
-                pc += k
-                continue
-            src = x if code & bpf.X else k
-            if op == bpf.JEQ:
-                taken = a == src
-            elif op == bpf.JGT:
-                taken = a > src
-            elif op == bpf.JGE:
-                taken = a >= src
-            elif op == bpf.JSET:
-                taken = bool(a & src)
-            else:
-                raise EmulationError(f"pc {pc - 1}: unsupported jump {code:#x}")
-            pc += i.jt if taken else i.jf
-        elif cls == bpf.MISC:
-            if (code & 0xF8) == bpf.TAX:
-                x = a
-            else:
-                a = x
-        else:  # pragma: no cover - all classes covered
-            raise EmulationError(f"pc {pc - 1}: bad class")
+        insn = prog[m.pc]
+        m.pc += 1
+        verdict = _STEP[insn.code & 0x07](m, insn)
+        if verdict is not None:
+            return Result(verdict, m.steps)
+
+
+@dataclass
+class _Machine:
+    """The cBPF machine state: accumulator, index register, scratch memory, pc."""
+
+    buf: bytes
+    a: int = 0
+    x: int = 0
+    pc: int = 0
+    steps: int = 0
+    mem: list[int] = field(default_factory=lambda: [0] * 16)
+
+    def fail(self, what: str) -> EmulationError:
+        return EmulationError(f"pc {self.pc - 1}: {what}")
+
+
+def _ret(m: _Machine, i: Insn) -> int:
+    return (m.a if i.code & bpf.A else i.k) & 0xFFFFFFFF
+
+
+def _ld(m: _Machine, i: Insn) -> None:
+    mode, k = i.code & 0xE0, i.k
+    if mode == bpf.ABS and (i.code & 0x18) == bpf.W:
+        if k % 4 or k + 4 > SECCOMP_DATA_LEN:
+            raise m.fail(f"misaligned or out-of-range load [{k}]")
+        m.a = struct.unpack_from("<I", m.buf, k)[0]
+        return
+    value = _scalar_load(m, mode, k)
+    if value is None:
+        raise m.fail(f"unsupported load {i.code:#x}")
+    m.a = value
+
+
+def _ldx(m: _Machine, i: Insn) -> None:
+    value = _scalar_load(m, i.code & 0xE0, i.k)
+    if value is None:
+        raise m.fail(f"unsupported ldx {i.code:#x}")
+    m.x = value
+
+
+def _scalar_load(m: _Machine, mode: int, k: int) -> int | None:
+    """The loads shared by `ld` and `ldx`: immediate, scratch memory, packet length."""
+    if mode == bpf.IMM:
+        return k
+    if mode == bpf.MEM:
+        return m.mem[k & 15]
+    if mode == bpf.LEN:
+        return SECCOMP_DATA_LEN
+    return None
+
+
+def _st(m: _Machine, i: Insn) -> None:
+    m.mem[i.k & 15] = m.a
+
+
+def _stx(m: _Machine, i: Insn) -> None:
+    m.mem[i.k & 15] = m.x
+
+
+def _alu_step(m: _Machine, i: Insn) -> None:
+    m.a = _alu(i.code, m.a, m.x if i.code & bpf.X else i.k, m.pc - 1)
+
+
+_JUMP_TESTS = {
+    bpf.JEQ: lambda a, v: a == v,
+    bpf.JGT: lambda a, v: a > v,
+    bpf.JGE: lambda a, v: a >= v,
+    bpf.JSET: lambda a, v: bool(a & v),
+}
+
+
+def _jmp(m: _Machine, i: Insn) -> None:
+    op = i.code & 0xF0
+    if op == bpf.JA:
+        m.pc += i.k
+        return
+    test = _JUMP_TESTS.get(op)
+    if test is None:
+        raise m.fail(f"unsupported jump {i.code:#x}")
+    m.pc += i.jt if test(m.a, m.x if i.code & bpf.X else i.k) else i.jf
+
+
+def _misc(m: _Machine, i: Insn) -> None:
+    if (i.code & 0xF8) == bpf.TAX:
+        m.x = m.a
+    else:
+        m.a = m.x
+
+
+_STEP = {bpf.RET: _ret, bpf.LD: _ld, bpf.LDX: _ldx, bpf.ST: _st, bpf.STX: _stx,
+         bpf.ALU: _alu_step, bpf.JMP: _jmp, bpf.MISC: _misc}
+
+
+def _checked_div(a: int, v: int, pc: int) -> int:
+    if v == 0:
+        raise EmulationError(f"pc {pc}: division by zero")
+    return a // v
+
+
+def _checked_mod(a: int, v: int, pc: int) -> int:
+    if v == 0:
+        raise EmulationError(f"pc {pc}: modulo by zero")
+    return a % v
+
+
+_ALU_OPS = {
+    bpf.ADD: lambda a, v, pc: a + v,
+    bpf.SUB: lambda a, v, pc: a - v,
+    bpf.MUL: lambda a, v, pc: a * v,
+    bpf.DIV: _checked_div,
+    bpf.MOD: _checked_mod,
+    bpf.OR: lambda a, v, pc: a | v,
+    bpf.AND: lambda a, v, pc: a & v,
+    bpf.XOR: lambda a, v, pc: a ^ v,
+    bpf.LSH: lambda a, v, pc: a << v if v < 32 else 0,
+    bpf.RSH: lambda a, v, pc: a >> v if v < 32 else 0,
+    bpf.NEG: lambda a, v, pc: -a,
+}
 
 
 def _alu(code: int, a: int, v: int, pc: int) -> int:
-    op = code & 0xF0
-    if op == bpf.ADD:
-        r = a + v
-    elif op == bpf.SUB:
-        r = a - v
-    elif op == bpf.MUL:
-        r = a * v
-    elif op == bpf.DIV:
-        if v == 0:
-            raise EmulationError(f"pc {pc}: division by zero")
-        r = a // v
-    elif op == bpf.MOD:
-        if v == 0:
-            raise EmulationError(f"pc {pc}: modulo by zero")
-        r = a % v
-    elif op == bpf.OR:
-        r = a | v
-    elif op == bpf.AND:
-        r = a & v
-    elif op == bpf.XOR:
-        r = a ^ v
-    elif op == bpf.LSH:
-        r = a << v if v < 32 else 0
-    elif op == bpf.RSH:
-        r = a >> v if v < 32 else 0
-    elif op == bpf.NEG:
-        r = -a
-    else:
+    op = _ALU_OPS.get(code & 0xF0)
+    if op is None:
         raise EmulationError(f"pc {pc}: unsupported alu {code:#x}")
-    return r & 0xFFFFFFFF
+    return op(a, v, pc) & 0xFFFFFFFF
 
 
 # --------------------------------------------------------------------------- cache
