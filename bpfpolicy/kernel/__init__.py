@@ -16,4 +16,5 @@ run unprivileged.
     ringbuf  BPF ring buffers through libbpf's ring_buffer API
     seccomp  install seccomp filters (no_new_privs + SECCOMP_SET_MODE_FILTER)
     bpftool  `bpftool -j` as data, with bookworm quirks fixed
+    probe    what the kernel accepts, by loading/attaching given objects (for doctor)
 """
