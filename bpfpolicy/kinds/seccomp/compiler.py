@@ -106,87 +106,104 @@ def link(asm: Asm) -> Program:
     `ja` that skips it (one extra instruction on that path). So any number of rules
     links; only BPF_MAXINSNS bounds the program."""
     items = list(asm.items)
-    tramp_n = 0
     tramps: dict[str, str] = {}  # trampoline label -> its target
     while True:
-        pcs: dict[str, int] = {}
-        ops: list[tuple[int, Op]] = []  # (item index, op)
-        pc = 0
-        for idx, it in enumerate(items):
-            if isinstance(it, Label):
-                pcs[it.name] = pc
-            else:
-                ops.append((idx, it))
-                pc += 1
-        bad = None
-        for pc, (idx, op) in enumerate(ops):
-            for tgt in (op.jt, op.jf):
-                if tgt is None or (op.code & 0x07) != bpf.JMP or (op.code & 0xF0) == bpf.JA:
-                    continue
-                dist = pcs[tgt] - pc - 1
-                if dist < 0:
-                    raise AssertionError(f"backward jump to {tgt}")
-                if dist > JUMP_REACH:
-                    bad = (pc, idx, op, tgt)
-                    break
-            if bad:
-                break
-        if bad is None:
-            break
+        pcs, ops = _layout(items)
+        far = _first_far_jump(ops, pcs)
+        if far is None:
+            return _encode(items)
         if len(ops) > 2 * MAX_INSNS:
             raise FilterTooLarge(f"the filter needs more than {MAX_INSNS} instructions (BPF_MAXINSNS)")
-        pc, idx, op, tgt = bad
-        # an existing trampoline to the same target within reach?
+        pc, op, tgt = far
         shared = next((name for name, t in tramps.items()
                        if t == tgt and 0 <= pcs[name] - pc - 1 <= JUMP_REACH), None)
         if shared is None:
-            tramp_n += 1
-            shared = f"_far{tramp_n}"
+            shared = _insert_trampoline(items, ops, pc, tgt, len(tramps) + 1)
             tramps[shared] = tgt
-            tramp = [Label(shared), Op(bpf.JMP | bpf.JA, 0, tgt, None, f"trampoline to {tgt}")]
-            last = min(pc + JUMP_REACH, len(ops) - 1)
-            spot = next((p for p in range(last, pc, -1)
-                         if (ops[p][1].code & 0x07) == bpf.RET or ops[p][1].code == bpf.JMP | bpf.JA), None)
-            if spot is None or spot < pc + JUMP_REACH // 2:
-                # no free spot late enough: skip over the trampoline in straight-line code
-                spot = min(pc + JUMP_REACH - 1, len(ops) - 1)
-                over = f"_over{tramp_n}"
-                tramp = [Op(bpf.JMP | bpf.JA, 0, over, None, "skip a trampoline"), *tramp, Label(over)]
-            ins_at = ops[spot][0] + 1
-            items[ins_at:ins_at] = tramp
         if op.jt == tgt:
             op.jt = shared
         if op.jf == tgt:
             op.jf = shared
-    # final encoding
-    insns: list[Insn] = []
-    labels: dict[int, list[str]] = {}
-    comments: dict[int, str] = {}
-    pcs = {}
-    pc = 0
-    for it in items:
+
+
+def _layout(items: list[Label | Op]) -> tuple[dict[str, int], list[tuple[int, Op]]]:
+    """Label -> pc, and every instruction with its index in `items` (in pc order)."""
+    pcs: dict[str, int] = {}
+    ops: list[tuple[int, Op]] = []
+    for idx, it in enumerate(items):
         if isinstance(it, Label):
-            pcs[it.name] = pc
-            labels.setdefault(pc, []).append(it.name)
+            pcs[it.name] = len(ops)
         else:
-            pc += 1
-    pc = 0
-    for it in items:
-        if isinstance(it, Label):
+            ops.append((idx, it))
+    return pcs, ops
+
+
+def _is_conditional_jump(op: Op) -> bool:
+    return (op.code & 0x07) == bpf.JMP and (op.code & 0xF0) != bpf.JA
+
+
+def _first_far_jump(ops: list[tuple[int, Op]], pcs: dict[str, int]) -> tuple[int, Op, str] | None:
+    """The first conditional jump whose target is beyond JUMP_REACH: (pc, op, target)."""
+    for pc, (_, op) in enumerate(ops):
+        if not _is_conditional_jump(op):
             continue
-        if it.code == bpf.JMP | bpf.JA:
-            k = pcs[it.jt] - pc - 1 if it.jt else it.k
-            insns.append(Insn(it.code, 0, 0, k))
-        elif (it.code & 0x07) == bpf.JMP:
-            jt = pcs[it.jt] - pc - 1 if it.jt else 0
-            jf = pcs[it.jf] - pc - 1 if it.jf else 0
-            insns.append(Insn(it.code, jt, jf, it.k))
-        else:
-            insns.append(Insn(it.code, 0, 0, it.k))
-        if it.comment:
-            comments[pc] = it.comment
-        pc += 1
+        for tgt in (op.jt, op.jf):
+            if tgt is None:
+                continue
+            dist = pcs[tgt] - pc - 1
+            if dist < 0:
+                raise AssertionError(f"backward jump to {tgt}")
+            if dist > JUMP_REACH:
+                return pc, op, tgt
+    return None
+
+
+def _ends_flow(op: Op) -> bool:
+    """A `ret` or `ja`: code after it is reached only by jumps, so a trampoline is free there."""
+    return (op.code & 0x07) == bpf.RET or op.code == bpf.JMP | bpf.JA
+
+
+def _insert_trampoline(items: list[Label | Op], ops: list[tuple[int, Op]], pc: int, tgt: str,
+                       n: int) -> str:
+    """Insert trampoline number `n` to `tgt` within reach of the jump at `pc`; its label."""
+    name = f"_far{n}"
+    tramp: list[Label | Op] = [Label(name), Op(bpf.JMP | bpf.JA, 0, tgt, None, f"trampoline to {tgt}")]
+    last = min(pc + JUMP_REACH, len(ops) - 1)
+    spot = next((p for p in range(last, pc, -1) if _ends_flow(ops[p][1])), None)
+    if spot is None or spot < pc + JUMP_REACH // 2:
+        # no free spot late enough: skip over the trampoline in straight-line code
+        spot = min(pc + JUMP_REACH - 1, len(ops) - 1)
+        over = f"_over{n}"
+        tramp = [Op(bpf.JMP | bpf.JA, 0, over, None, "skip a trampoline"), *tramp, Label(over)]
+    at = ops[spot][0] + 1
+    items[at:at] = tramp
+    return name
+
+
+def _encode(items: list[Label | Op]) -> Program:
+    """Final encoding: label references become relative jump offsets."""
+    pcs, ops = _layout(items)
+    labels: dict[int, list[str]] = {}
+    for name, pc in pcs.items():
+        labels.setdefault(pc, []).append(name)
+    insns: list[Insn] = []
+    comments: dict[int, str] = {}
+    for pc, (_, op) in enumerate(ops):
+        insns.append(_encode_op(op, pc, pcs))
+        if op.comment:
+            comments[pc] = op.comment
     return Program(insns, labels, comments)
+
+
+def _encode_op(op: Op, pc: int, pcs: dict[str, int]) -> Insn:
+    def rel(label: str | None) -> int:
+        return pcs[label] - pc - 1 if label else 0
+
+    if op.code == bpf.JMP | bpf.JA:
+        return Insn(op.code, 0, 0, rel(op.jt) if op.jt else op.k)
+    if (op.code & 0x07) == bpf.JMP:
+        return Insn(op.code, rel(op.jt), rel(op.jf), op.k)
+    return Insn(op.code, 0, 0, op.k)
 
 
 # ---------------------------------------------------------------------------- ranges
