@@ -34,19 +34,38 @@ def _paths(paths: tuple[str, ...]) -> list[Path] | None:
     return [Path(p) for p in paths] or None
 
 
+_prebuilt_opt = click.option(
+    "--prebuilt", "prebuilt", multiple=True, type=click.Path(file_okay=False),
+    help="Use hand-built artifact trees (manifest.json + objects) instead of policies. "
+         "Unverified: you vouch for them. Names and paths stay confined to the state dir "
+         "and bpffs root. A policy source never yields artifacts.")
+
+
+def _desired(paths: tuple[str, ...], prebuilt: tuple[str, ...]) -> tuple[list[Path] | None, bool]:
+    """(paths, prebuilt?) for the Reconciler; PATH and --prebuilt don't mix (usage error)."""
+    if prebuilt and paths:
+        raise click.UsageError("pass either PATH… (policies) or --prebuilt DIR (artifact trees), not both")
+    if prebuilt:
+        return [Path(p) for p in prebuilt], True
+    return _paths(paths), False
+
+
 @click.command("plan")
 @click.argument("paths", nargs=-1, type=click.Path())
 @_config_opt
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 @click.option("--allow-empty", is_flag=True, help="Allow a plan that prunes every policy.")
-def plan_cmd(paths: tuple[str, ...], config_path: str | None, fmt: str, allow_empty: bool) -> None:
+@_prebuilt_opt
+def plan_cmd(paths: tuple[str, ...], config_path: str | None, fmt: str, allow_empty: bool,
+             prebuilt: tuple[str, ...]) -> None:
     """Show what apply would do. Exit 0 no changes, 1 changes, 2 error."""
     from ..controller.plan import render
     from ..controller.reconcile import Reconciler
 
     cfg = _cfg(config_path)
+    want, is_prebuilt = _desired(paths, prebuilt)
     try:
-        res = Reconciler(cfg, _paths(paths), allow_empty=allow_empty).cycle(dry_run=True)
+        res = Reconciler(cfg, want, allow_empty=allow_empty, prebuilt=is_prebuilt).cycle(dry_run=True)
     except OSError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
@@ -67,13 +86,16 @@ def plan_cmd(paths: tuple[str, ...], config_path: str | None, fmt: str, allow_em
 @_config_opt
 @click.option("--allow-empty", is_flag=True, help="Allow pruning every policy.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
-def apply_cmd(paths: tuple[str, ...], config_path: str | None, allow_empty: bool, fmt: str) -> None:
+@_prebuilt_opt
+def apply_cmd(paths: tuple[str, ...], config_path: str | None, allow_empty: bool, fmt: str,
+              prebuilt: tuple[str, ...]) -> None:
     """Converge once: load, fill, swap atomically, prune. Non-zero exit on failure."""
     from rich.console import Console
 
     from ..controller.reconcile import Reconciler
 
     cfg = _cfg(config_path)
+    want, is_prebuilt = _desired(paths, prebuilt)
     console = Console(stderr=fmt == "json")
     status = console.status("reconciling…")
     status.start()
@@ -82,7 +104,7 @@ def apply_cmd(paths: tuple[str, ...], config_path: str | None, allow_empty: bool
         status.update(f"{action} {key}…")
 
     try:
-        res = Reconciler(cfg, _paths(paths), allow_empty=allow_empty, progress=progress).cycle()
+        res = Reconciler(cfg, want, allow_empty=allow_empty, progress=progress, prebuilt=is_prebuilt).cycle()
     finally:
         status.stop()
     if fmt == "json":

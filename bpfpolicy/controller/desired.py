@@ -8,11 +8,13 @@ validation, a manifest that once chose its own install dir). Compiled artifacts 
 written under `<state_dir>/artifacts/<Kind>/<name>/` (checked to stay there) only when
 their digest changed; the apply step loads files from there.
 
-`BPFPOLICY_PREBUILT_ARTIFACTS=trust` in the *host's* environment (never something a
-source can set) lets an artifact tree stand in for policies: the controller's own tests
-drive it with hand-written artifacts that have no policy source. Even then each
-manifest's kind and name must be safe path components and install dirs stay fixed
-(controller/apply.py `install_dir`).
+Hand-built artifact trees are used only through an explicit operator act:
+`bpfpolicy apply/plan --prebuilt DIR` or `build(..., prebuilt=True)` (the Python API the
+controller's tests drive with hand-written artifacts that have no policy source). No
+environment variable, config key or source content can turn that on: a source is data
+the host fetched, the command line and the API are the operator vouching for the files.
+Even then each manifest's kind and name must be safe path components and install dirs
+stay fixed (controller/apply.py `install_dir`).
 
 The git revision is *not* compiled into programs: a commit that touches one policy must
 not reload every program on the host. It is recorded per policy in the inventory (and
@@ -64,7 +66,6 @@ class DesiredState:
         return not any(d.severity == "error" for d in self.diagnostics)
 
 
-TRUST_ENV = "BPFPOLICY_PREBUILT_ARTIFACTS"
 MANIFEST = "manifest.json"
 
 
@@ -73,7 +74,7 @@ class ManifestError(ValueError):
 
 
 def read_artifact_dir(d: Path) -> DesiredPolicy:
-    """One artifact dir we wrote (or, with the host opt-in, a prebuilt one). Raises
+    """One artifact dir we wrote (or, with `--prebuilt`, one the operator vouches for). Raises
     ManifestError, never KeyError, when the manifest is not an artifact manifest."""
     from .paths import UnsafePath, check_component
 
@@ -99,10 +100,15 @@ def _manifests(p: Path) -> list[Path]:
                   if not any(part.startswith(".") for part in m.relative_to(p).parts))
 
 
-def build(paths: list[Path], out_dir: Path, ctx: Any = None) -> DesiredState:
-    """Compile policy files into one desired state (manifests in sources are ignored)."""
+def build(paths: list[Path], out_dir: Path, ctx: Any = None, *, prebuilt: bool = False) -> DesiredState:
+    """Compile policy files into one desired state (manifests in sources are ignored).
+
+    `prebuilt=True` is the operator's `--prebuilt DIR`: `paths` are artifact trees whose
+    manifests are read as they are (unverified) instead of policies compiled here."""
     state = DesiredState()
-    trust = os.environ.get(TRUST_ENV) == "trust"
+    if prebuilt:
+        _read_prebuilt(paths, state)
+        return state
     policy_paths: list[Path] = []
     ignored: set[Path] = set()
     for p in paths:
@@ -110,13 +116,6 @@ def build(paths: list[Path], out_dir: Path, ctx: Any = None) -> DesiredState:
             state.diagnostics.append(Diagnostic(str(p), 1, 1, "$", "no such file or directory"))
             continue
         manifests = _manifests(p)
-        if trust and manifests:
-            for m in manifests:
-                try:
-                    _add(state, read_artifact_dir(m.parent))
-                except ManifestError as e:
-                    state.diagnostics.append(Diagnostic(str(m), 1, 1, "$", str(e)))
-            continue
         for m in manifests:
             ignored.add(m)
             state.diagnostics.append(Diagnostic(
@@ -126,6 +125,21 @@ def build(paths: list[Path], out_dir: Path, ctx: Any = None) -> DesiredState:
     if policy_paths:
         _compile(policy_paths, out_dir, ctx, state, ignored)
     return state
+
+
+def _read_prebuilt(paths: list[Path], state: DesiredState) -> None:
+    """Every manifest.json under the operator-named trees. A missing path is an error
+    (a typo must not read as "prune everything"); an empty tree is an empty desired
+    state, which the plan's prune-everything guard still refuses without --allow-empty."""
+    for p in paths:
+        if not p.exists():
+            state.diagnostics.append(Diagnostic(str(p), 1, 1, "$", "no such file or directory"))
+            continue
+        for m in _manifests(p):
+            try:
+                _add(state, read_artifact_dir(m.parent))
+            except ManifestError as e:
+                state.diagnostics.append(Diagnostic(str(m), 1, 1, "$", str(e)))
 
 
 def _compile(paths: list[Path], out_dir: Path, ctx: Any, state: DesiredState,

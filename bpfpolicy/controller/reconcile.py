@@ -69,8 +69,9 @@ class Reconciler:
     """Holds what survives between cycles in one process: the compile memo."""
 
     def __init__(self, cfg: HostConfig, paths: list[Path] | None = None, *,
-                 allow_empty: bool = False, progress: Any = None) -> None:
+                 allow_empty: bool = False, progress: Any = None, prebuilt: bool = False) -> None:
         self.cfg = cfg
+        self.prebuilt = prebuilt  # `paths` are operator-vouched artifact trees (desired.build)
         self.paths = paths
         self.allow_empty = allow_empty
         self.progress = progress
@@ -83,7 +84,8 @@ class Reconciler:
         """Compile unless the source fingerprint is unchanged since the last cycle."""
         if self._memo and self._memo[0] == snap.revision:
             return self._memo[1]
-        state = build(snap.paths, self.cfg.state_dir / "artifacts", self.compile_context())
+        state = build(snap.paths, self.cfg.state_dir / "artifacts", self.compile_context(),
+                      prebuilt=self.prebuilt)
         if state.ok:
             self._memo = (snap.revision, state)
         return state

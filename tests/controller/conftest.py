@@ -28,15 +28,14 @@ def _need_root() -> None:
 @pytest.fixture
 def ctl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A HostConfig pointing at a unique bpffs root and a tmp state dir; everything the
-    test loaded is destroyed afterwards. The host opts in to prebuilt artifact trees
-    (tests/controller/artifacts.py writes them by hand: they have no policy source)."""
+    test loaded is destroyed afterwards. Hand-built artifact trees (helpers/controller_artifacts.py:
+    they have no policy source) go through `Reconciler(..., prebuilt=True)` / `--prebuilt DIR`."""
     _need_root()
     from bpfpolicy.controller.config import load_config
 
-    monkeypatch.setenv("BPFPOLICY_PREBUILT_ARTIFACTS", "trust")
     root = Path(f"/sys/fs/bpf/bpfpolicy-test-{secrets.token_hex(4)}")
     env = {"BPFPOLICY_BPFFS_ROOT": str(root), "BPFPOLICY_STATE_DIR": str(tmp_path / "state"),
-           "BPFPOLICY_CONFIG": str(tmp_path / "config.yaml"), "BPFPOLICY_PREBUILT_ARTIFACTS": "trust"}
+           "BPFPOLICY_CONFIG": str(tmp_path / "config.yaml")}
     (tmp_path / "config.yaml").write_text("selfHeal: true\ninterval: 1\n")
     cfg = load_config(env=env)
     cfg.env = {**os.environ, **env}  # type: ignore[attr-defined]

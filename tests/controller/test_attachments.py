@@ -221,7 +221,7 @@ def test_controller_drives_tc_and_cgroup_attachments(ctl, veth, cgroup_dir: Path
 
     src = tmp_path / "src"
     _generic_artifact(src, veth, cgroup_dir, 0, 0, veth.ip4_b)
-    res = Reconciler(ctl, [src]).cycle()
+    res = Reconciler(ctl, [src], prebuilt=True).cycle()
     assert res.ok, [o.message for o in res.applied.outcomes]
     assert udp_received(veth) == 0  # tc ingress drops b
     assert _send_from_cgroup(cgroup_dir, veth) == 0  # cgroup egress drops
@@ -231,7 +231,7 @@ def test_controller_drives_tc_and_cgroup_attachments(ctl, veth, cgroup_dir: Path
 
     # a new program version: swapped in place (same cgroup link pin), verdicts follow
     _generic_artifact(src, veth, cgroup_dir, 1, 1, "192.0.2.1")
-    res = Reconciler(ctl, [src]).cycle()
+    res = Reconciler(ctl, [src], prebuilt=True).cycle()
     assert [o.action for o in res.applied.outcomes] == ["replace"]
     new = Store(ctl.state_dir).inventory()["NetworkPolicy/web"]
     assert new["programs"]["tc_filter"]["id"] != entry["programs"]["tc_filter"]["id"]
@@ -252,7 +252,7 @@ def test_controller_drives_tc_and_cgroup_attachments(ctl, veth, cgroup_dir: Path
     import shutil
 
     shutil.rmtree(src / "NetworkPolicy")
-    assert Reconciler(ctl, [src], allow_empty=True).cycle().ok
+    assert Reconciler(ctl, [src], allow_empty=True, prebuilt=True).cycle().ok
     assert Store(ctl.state_dir).inventory() == {}
     assert tc.cls_query(veth.if_a, "ingress", veth.ns_a) == []
     assert tc.prog_query(veth.if_a, "ingress", veth.ns_a) == []

@@ -46,7 +46,7 @@ def test_replacement_under_packet_stream(ctl, veth, tmp_path: Path) -> None:
         d = tmp_path / f"v{v}"
         artifacts.write(d, "edge", [both, _addr(veth, 12 + v)], interface=veth.if_a, netns=veth.ns_a, variant=v)
         versions.append(d)
-    assert Reconciler(ctl, [versions[0]]).cycle().ok
+    assert Reconciler(ctl, [versions[0]], prebuilt=True).cycle().ok
     assert udp_received(veth, 3, src=allowed) > 0  # ARP warm, path open
 
     rx = socket_in_netns(veth.ns_a, socket.AF_INET, socket.SOCK_DGRAM)
@@ -79,7 +79,7 @@ def test_replacement_under_packet_stream(ctl, veth, tmp_path: Path) -> None:
     ids = []
     try:
         for i in range(10):
-            res = Reconciler(ctl, [versions[(i + 1) % 2]]).cycle()
+            res = Reconciler(ctl, [versions[(i + 1) % 2]], prebuilt=True).cycle()
             assert res.ok and [o.action for o in res.applied.outcomes] == ["replace"]
             ids.append(xdp.query(veth.if_a, veth.ns_a).prog_id)
         time.sleep(0.3)
@@ -127,7 +127,7 @@ def test_kill9_during_apply_20_trials(ctl, veth, tmp_path: Path) -> None:
         d = tmp_path / f"v{v}"
         artifacts.write(d, name, [veth.ip4_b, *extra], interface=veth.if_a, netns=veth.ns_a, variant=variant)
         dirs.append(d)
-    assert run_cli(ctl, "apply", str(dirs[0])).returncode == 0
+    assert run_cli(ctl, "apply", "--prebuilt", str(dirs[0])).returncode == 0
     current = 0
     rng = random.Random(1234)
     killed = 0
@@ -136,13 +136,13 @@ def test_kill9_during_apply_20_trials(ctl, veth, tmp_path: Path) -> None:
         stage = CRASH_STAGES[trial] if trial < len(CRASH_STAGES) else None
         if stage == "map-delta":
             if current != 1:
-                assert run_cli(ctl, "apply", str(dirs[1])).returncode == 0
+                assert run_cli(ctl, "apply", "--prebuilt", str(dirs[1])).returncode == 0
             target = 2
         else:
             target = 1 if current == 0 else 0
         if stage:
             env["BPFPOLICY_CRASH_AT"] = stage
-        proc = subprocess.Popen([*BPFPOLICY, "apply", str(dirs[target])], env=env, cwd=REPO,
+        proc = subprocess.Popen([*BPFPOLICY, "apply", "--prebuilt", str(dirs[target])], env=env, cwd=REPO,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if not stage:
             time.sleep(rng.uniform(0.05, 0.6))
@@ -154,9 +154,9 @@ def test_kill9_during_apply_20_trials(ctl, veth, tmp_path: Path) -> None:
         assert xdp.query(veth.if_a, veth.ns_a).prog_id is not None, f"trial {trial}: XDP gone"
         assert udp_received(veth, 2, wait=0.3) == 0, f"trial {trial} ({stage}): b got through"
         # a restart converges
-        done = run_cli(ctl, "apply", str(dirs[target]))
+        done = run_cli(ctl, "apply", "--prebuilt", str(dirs[target]))
         assert done.returncode == 0, done.stdout + done.stderr
-        assert run_cli(ctl, "plan", str(dirs[target])).returncode == 0
+        assert run_cli(ctl, "plan", "--prebuilt", str(dirs[target])).returncode == 0
         current = target
     assert killed >= len(CRASH_STAGES) + 3  # every staged crash, and some random ones
     pdir = ctl.bpffs_root / "XDPBlocklist" / name

@@ -159,9 +159,10 @@ def _cli(cfg, *args: str) -> subprocess.CompletedProcess[str]:  # noqa: ANN001
 def test_committed_manifest_is_ignored(ctl, tmp_path: Path, sentinel: Path, monkeypatch) -> None:  # noqa: ANN001
     """A source tree holding a prebuilt SeccompProfile/victim/manifest.json whose
     `install` points outside: a warning, the tree's real policy applied, and the sentinel
-    untouched by apply and destroy."""
-    monkeypatch.delenv("BPFPOLICY_PREBUILT_ARTIFACTS", raising=False)
-    ctl.env.pop("BPFPOLICY_PREBUILT_ARTIFACTS", None)
+    untouched by apply and destroy. The retired opt-in variable changes nothing: only
+    `--prebuilt DIR` (an operator act) reads artifact trees."""
+    monkeypatch.setenv("BPFPOLICY_PREBUILT_ARTIFACTS", "trust")
+    ctl.env["BPFPOLICY_PREBUILT_ARTIFACTS"] = "trust"
     src = tmp_path / "src"
     (src / "SeccompProfile" / "victim").mkdir(parents=True)
     (src / "SeccompProfile" / "victim" / "manifest.json").write_text(json.dumps(

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.kernel
 def _cycle(cfg, path: Path, **kw):  # noqa: ANN001, ANN202
     from bpfpolicy.controller.reconcile import Reconciler
 
-    return Reconciler(cfg, [path], **kw).cycle()
+    return Reconciler(cfg, [path], prebuilt=True, **kw).cycle()  # hand-built artifact trees
 
 
 def _xdp_id(pair) -> int | None:  # noqa: ANN001
@@ -82,9 +82,9 @@ def test_verifier_rejection_keeps_previous_version(ctl, veth, tmp_path: Path) ->
     good, bad = _src(tmp_path, "good"), _src(tmp_path, "bad")
     artifacts.write(good, "edge", [veth.ip4_b], interface=veth.if_a, netns=veth.ns_a)
     artifacts.write(bad, "edge", ["192.0.2.1"], interface=veth.if_a, netns=veth.ns_a, broken=True)
-    assert run_cli(ctl, "apply", str(good)).returncode == 0
+    assert run_cli(ctl, "apply", "--prebuilt", str(good)).returncode == 0
     pid = _xdp_id(veth)
-    proc = run_cli(ctl, "apply", str(bad))
+    proc = run_cli(ctl, "apply", "--prebuilt", str(bad))
     assert proc.returncode == 1
     assert "outside of the packet" in proc.stdout
     assert _xdp_id(veth) == pid and not ping(veth)  # old version still enforcing
@@ -98,7 +98,7 @@ def test_verifier_rejection_keeps_previous_version(ctl, veth, tmp_path: Path) ->
     # the watch loop does not retry the same broken digest every cycle (no event storm)
     from bpfpolicy.controller.reconcile import Reconciler
 
-    res = Reconciler(ctl, [bad]).cycle(retry_failed=False)
+    res = Reconciler(ctl, [bad], prebuilt=True).cycle(retry_failed=False)
     assert res.applied.outcomes == []
     evs2 = [json.loads(x) for x in run_cli(ctl, "events").stdout.splitlines()]
     assert sum(e["reason"] == "VerifierFailed" for e in evs2) == 1
@@ -118,13 +118,13 @@ def test_verifier_rejection_keeps_previous_version(ctl, veth, tmp_path: Path) ->
 def test_plan_exit_codes(ctl, veth, tmp_path: Path) -> None:
     src = _src(tmp_path, "src")
     artifacts.write(src, "edge", [veth.ip4_b], interface=veth.if_a, netns=veth.ns_a)
-    proc = run_cli(ctl, "plan", str(src))
+    proc = run_cli(ctl, "plan", "--prebuilt", str(src))
     assert proc.returncode == 1 and "create" in proc.stdout
-    assert run_cli(ctl, "apply", str(src)).returncode == 0
-    proc = run_cli(ctl, "plan", str(src), "--format", "json")
+    assert run_cli(ctl, "apply", "--prebuilt", str(src)).returncode == 0
+    proc = run_cli(ctl, "plan", "--prebuilt", str(src), "--format", "json")
     assert proc.returncode == 0 and json.loads(proc.stdout)["changes"] is False
     artifacts.write(src, "edge", [veth.ip4_b, "192.0.2.7"], interface=veth.if_a, netns=veth.ns_a)
-    proc = run_cli(ctl, "plan", str(src))
+    proc = run_cli(ctl, "plan", "--prebuilt", str(src))
     assert proc.returncode == 1 and "+1/−0" in proc.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text("apiVersion: bpfpolicy.io/v1\nkind: XDPBlocklistt\nmetadata: {name: x}\nspec: {}\n")
@@ -317,7 +317,7 @@ def test_one_failing_policy_does_not_block_others(ctl, veth, tmp_path: Path) -> 
     src = _src(tmp_path, "src")
     artifacts.write(src, "good", [veth.ip4_b], interface=veth.if_a, netns=veth.ns_a)
     artifacts.write(src, "bad", ["192.0.2.1"], interface=None, netns=None, broken=True)
-    proc = run_cli(ctl, "apply", str(src), "--format", "json")
+    proc = run_cli(ctl, "apply", "--prebuilt", str(src), "--format", "json")
     assert proc.returncode == 1
     out = {o["policy"]: o for o in json.loads(proc.stdout)["outcomes"]}
     assert out["XDPBlocklist/good"]["ok"] and not out["XDPBlocklist/bad"]["ok"]

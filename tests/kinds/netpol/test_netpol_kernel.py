@@ -304,7 +304,6 @@ def controller_cfg(tmp_path):
 def test_controller_applies_endpoint_artifact_and_map_delta(tmp_path, veth_pair, controller_cfg, monkeypatch):
     """The controller's generic apply (artifact tree source): attach, enforce, then a
     policy edit that only changes map contents is a map delta on the same program."""
-    monkeypatch.setenv("BPFPOLICY_PREBUILT_ARTIFACTS", "trust")  # a hand-built artifact tree
     from bpfpolicy.controller.reconcile import Reconciler
     from bpfpolicy.kernel import tc
 
@@ -324,7 +323,7 @@ spec:
     (art,) = compile_text(tmp_path, policy.format(port=8000), inv)
     art.write(src)
     with servers(pair.ns_a, [8000, 8001]):
-        res = Reconciler(controller_cfg, [src]).cycle()
+        res = Reconciler(controller_cfg, [src], prebuilt=True).cycle()  # a hand-built artifact tree
         assert res.ok, res.error
         assert [o.action for o in res.applied.outcomes] == ["create"]
         ids = tc.prog_query(pair.if_a, "ingress", pair.ns_a)
@@ -340,7 +339,7 @@ spec:
         (art2,) = compile_text(tmp_path, policy.format(port=8001), inv)
         assert art2.manifest["program_hash"] == art.manifest["program_hash"]
         art2.write(src)
-        res = Reconciler(controller_cfg, [src]).cycle()
+        res = Reconciler(controller_cfg, [src], prebuilt=True).cycle()  # a hand-built artifact tree
         assert res.ok, res.error
         assert [o.action for o in res.applied.outcomes] == ["update-map"]
         assert tc.prog_query(pair.if_a, "ingress", pair.ns_a) == ids  # no reload
