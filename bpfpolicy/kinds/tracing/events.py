@@ -111,7 +111,35 @@ def decode_event(raw: bytes, manifest: dict[str, Any], boot_offset_ns: int | Non
         else:
             continue
         out["args"].append(arg)
-    return out
+    return with_process(out, meta, pid, t)
+
+
+def with_process(out: dict[str, Any], meta: dict[str, Any], pid: int, ktime: int) -> dict[str, Any]:
+    """The hook's section (Tetragon's event type), message and tags, and the `process` /
+    `parent` blocks of the process cache (docs/tracing.md "Events")."""
+    from .process_cache import shared
+
+    out.setdefault("section", meta.get("section"))
+    if meta.get("message"):
+        out.setdefault("message", meta["message"])
+    if meta.get("tags"):
+        out.setdefault("tags", list(meta["tags"]))
+    return out | shared().blocks(pid, ktime)
+
+
+def decode_process(raw: bytes, manifest: dict[str, Any]) -> dict[str, Any]:
+    """A process-sensor record (layout `tracing_process_v1`) fed to the shared cache:
+    exec/exit -> `process_exec` / `process_exit` events; fork -> a `process_fork` line
+    (only links the cache; the Tetragon formatter drops it)."""
+    from .process import decode_record
+    from .process_cache import shared
+
+    rec = decode_record(raw)
+    cache = shared()
+    ev = cache.feed(rec)
+    if ev is None:
+        ev = {"event": "process_fork", "pid": rec["pid"], "ppid": rec["ppid"]}
+    return {"time": _iso(rec["ktime"] + cache.boot_offset_ns), **ev}
 
 
 def _sockinfo(buf: bytes) -> dict[str, Any]:
