@@ -371,20 +371,25 @@ def _endpoints(value: Any, err: Any) -> list[Endpoint]:
     if not isinstance(value, list):
         err("must be a list of endpoints")
         return out
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     for i, ep in enumerate(value):
         if not isinstance(ep, dict):
             err("must be a mapping", (i,))
             continue
-        for k in set(ep) - {"name", "labels", "cgroup", "interfaces", "addresses", "ports", "host"}:
+        for k in set(ep) - {"name", "namespace", "labels", "cgroup", "interfaces", "addresses", "ports",
+                            "host", "allowLocalhost"}:
             err(f'unknown field "{k}"', (i, k))
         name = ep.get("name")
         if not isinstance(name, str) or not _DNS1123.match(name):
             err("must be a DNS-1123 label", (i, "name") if "name" in ep else (i,))
             continue
-        if name in seen:
-            err(f'duplicate endpoint "{name}"', (i, "name"))
-        seen.add(name)
+        ns = ep.get("namespace", "default")  # endpoints are unique per namespace, as pods are
+        if not isinstance(ns, str) or not _DNS1123.match(ns):
+            err("must be a DNS-1123 label", (i, "namespace"))
+            continue
+        if (ns, name) in seen:
+            err(f'duplicate endpoint "{name}"' + (f' in namespace "{ns}"' if ns != "default" else ""), (i, "name"))
+        seen.add((ns, name))
         labels = ep.get("labels", {})
         if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
             err("must map strings to strings", (i, "labels"))

@@ -81,7 +81,7 @@ def validate_documents(docs: Iterable[Document], lenient: bool = False) -> Valid
         result.diagnostics.extend(diags)
         if validated is None:
             continue
-        key = (validated.ident.kind.kind, validated.name)
+        key = getattr(validated.model, "identity", None) or (validated.ident.kind.kind, validated.name)
         if key in seen:
             first = seen[key]
             line, col = first.pos(("metadata", "name"))

@@ -18,6 +18,17 @@ YAML/JSON file given to `compile --inventory FILE`: a list, or a config with `en
       interfaces: [{name: eth0}]     # host firewall (tc) on these
       addresses: [192.168.1.10]
 
+    - name: web
+      namespace: team-b              # DNS-1123 label, default `default` (as in Kubernetes)
+      labels: {app: web}
+      interfaces: [{name: eth0, netns: team-b-web}]
+
+Every non-host endpoint carries the label `io.kubernetes.pod.namespace: <namespace>`, as
+a Cilium endpoint does: a namespaced policy's selectors match within its namespace
+through it, and a selector may name it to reach across. Endpoint names are unique per
+namespace; outside `default` the endpoint's artifact is named `<namespace>.<name>` (both
+DNS-1123 labels, so the dot keeps the two apart and it stays one safe path component).
+
 An endpoint with a cgroup is enforced there (its interfaces, if any, are ignored); one
 without a cgroup is enforced with tc on its interfaces. Interface directions are the
 endpoint's own: tc ingress on its interface = traffic *to* the endpoint.
@@ -32,6 +43,7 @@ from typing import Any
 
 from ...policy.diagnostics import Diagnostic
 from ...policy.load import Document, load_file
+from .rules import DEFAULT_NAMESPACE, NAMESPACE_LABEL
 
 DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 PortMap = dict[tuple[str, int], int]  # (name, proto) -> port
@@ -52,6 +64,13 @@ class Endpoint:
     addresses: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
     ports: PortMap = field(default_factory=dict)
     host: bool = False
+    namespace: str = DEFAULT_NAMESPACE
+    allow_localhost: str | None = None  # "policy" | "always"; None: the compile option decides
+
+    @property
+    def short_name(self) -> str:
+        """The name as written (`name` is qualified by a non-default namespace)."""
+        return self.name.split(".", 1)[-1]
 
     @property
     def attach_kind(self) -> str:
@@ -65,6 +84,9 @@ class InventoryError(Exception):
 
 
 PROTO = {"TCP": 6, "UDP": 17, "SCTP": 132}
+FIELDS = {"name", "namespace", "labels", "cgroup", "interfaces", "addresses", "ports", "host",
+          "allowLocalhost"}
+ALLOW_LOCALHOST = ("policy", "always")  # Cilium's --allow-localhost values we carry over
 
 
 def parse_inventory(entries: Any, where: str = "inventory") -> list[Endpoint]:
@@ -82,19 +104,35 @@ def parse_inventory(entries: Any, where: str = "inventory") -> list[Endpoint]:
         if not isinstance(e, dict):
             problems.append(f"{p}: expected a mapping")
             continue
-        unknown = set(e) - {"name", "labels", "cgroup", "interfaces", "addresses", "ports", "host"}
+        unknown = set(e) - FIELDS
         if unknown:
             problems.append(f"{p}: unknown field(s) {', '.join(sorted(unknown))}")
         name = e.get("name")
         if not isinstance(name, str) or not DNS1123.match(name) or len(name) > 63:
             problems.append(f"{p}.name: {name!r} is not a DNS-1123 label (it names the endpoint's artifact)")
             continue
-        if name in names:
-            problems.append(f"{p}.name: duplicate endpoint {name!r}")
-        names.add(name)
-        ep = Endpoint(name=name, host=bool(e.get("host")))
+        ns = e.get("namespace", DEFAULT_NAMESPACE)
+        if not isinstance(ns, str) or not DNS1123.match(ns) or len(ns) > 63:
+            problems.append(f"{p}.namespace: {ns!r} is not a DNS-1123 label (it is part of the "
+                            "endpoint's artifact name)")
+            continue
+        qualified = name if ns == DEFAULT_NAMESPACE else f"{ns}.{name}"
+        if qualified in names:
+            problems.append(f"{p}.name: duplicate endpoint {name!r} in namespace {ns!r}")
+        names.add(qualified)
+        ep = Endpoint(name=qualified, host=bool(e.get("host")), namespace=ns)
         hosts += ep.host
         ep.labels = {str(k): str(v) for k, v in (e.get("labels") or {}).items()}
+        for k in [k for k in ep.labels if k.split(":", 1)[-1] == NAMESPACE_LABEL]:
+            if ep.labels.pop(k) != ns:
+                problems.append(f"{p}.labels.{k}: the namespace label is set from `namespace` "
+                                f"({ns!r}); write namespace: instead")
+        if not ep.host:  # the host is selected by nodeSelector, which is cluster-wide
+            ep.labels[NAMESPACE_LABEL] = ns
+        al = e.get("allowLocalhost")
+        if al is not None and al not in ALLOW_LOCALHOST:
+            problems.append(f"{p}.allowLocalhost: {al!r} is not one of {', '.join(ALLOW_LOCALHOST)}")
+        ep.allow_localhost = al if al in ALLOW_LOCALHOST else None
         cg = e.get("cgroup")
         if cg is not None and (not isinstance(cg, str) or not cg.startswith("/")):
             problems.append(f"{p}.cgroup: must be an absolute cgroup v2 path")

@@ -55,6 +55,10 @@ HOST_ENTITIES = {"all", "world", "world-ipv4", "world-ipv6", "cluster", "host"}
 CLUSTER_ENTITIES = {"init", "ingress", "unmanaged", "remote-node", "health", "none", "kube-apiserver"}
 
 LABEL_SOURCES = ("k8s", "any", "container", "unspec")
+#: the label every endpoint carries with its namespace (Cilium: k8s:io.kubernetes.pod.namespace)
+NAMESPACE_LABEL = "io.kubernetes.pod.namespace"
+DEFAULT_NAMESPACE = "default"  # as in Kubernetes: an object without metadata.namespace
+DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _IANA = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 
 UNSUPPORTED_PEERS = {
@@ -86,6 +90,14 @@ class Selector:
     """A label selector: matchLabels + matchExpressions, source prefixes stripped."""
 
     reqs: tuple[Requirement, ...] = ()
+
+    def names_namespace(self) -> bool:
+        return any(r.key == NAMESPACE_LABEL for r in self.reqs)
+
+    def in_namespace(self, ns: str) -> Selector:
+        """Cilium's rule for a namespaced policy: the selector also requires the policy's
+        namespace (pkg/k8s/apis/cilium.io/utils: the namespace label is added)."""
+        return Selector((*self.reqs, Requirement(NAMESPACE_LABEL, "In", frozenset({ns}))))
 
     def matches(self, labels: dict[str, str]) -> bool:
         for r in self.reqs:
@@ -158,6 +170,7 @@ class SpecRule:
     default_deny: dict[str, bool] = field(default_factory=dict)  # enableDefaultDeny
     audit: bool = False
     rules: list[PeerRule] = field(default_factory=list)
+    namespace: str | None = None  # None: cluster-wide (CCNP, native policy without a namespace)
 
 
 # --------------------------------------------------------------------------- checker
@@ -187,21 +200,51 @@ def parse_policy(doc: Document, report: Any = None, foreign: bool = False) -> li
     data = doc.data if isinstance(doc.data, dict) else {}
     kind = data.get("kind", "NetworkPolicy")
     name = (data.get("metadata") or {}).get("name", "?")
-    policy = f"{kind}/{name}"
+    ns = policy_namespace(doc, r)
+    policy = policy_id(kind, ns, name)
     has_spec, has_specs = "spec" in data, "specs" in data
     if not has_spec and not has_specs:
         r.error((), 'missing required field "spec" (or "specs")')
         return []
     out: list[SpecRule] = []
     if has_spec:
-        out += _rule(doc, r, data["spec"], ("spec",), policy, kind, foreign)
+        out += _rule(doc, r, data["spec"], ("spec",), policy, kind, foreign, ns)
     for i, spec in enumerate(data.get("specs") or []):
-        out += _rule(doc, r, spec, ("specs", i), policy, kind, foreign)
+        out += _rule(doc, r, spec, ("specs", i), policy, kind, foreign, ns)
     return out
 
 
+def policy_namespace(doc: Document, r: Any) -> str | None:
+    """The namespace a policy lives in: a CiliumNetworkPolicy always has one (`default`
+    when metadata.namespace is absent, as kubectl does); a CiliumClusterwideNetworkPolicy
+    none; the native NetworkPolicy one only when metadata.namespace is written (a host
+    policy without one keeps selecting every endpoint, as before namespaces existed)."""
+    data = doc.data if isinstance(doc.data, dict) else {}
+    kind = data.get("kind", "NetworkPolicy")
+    raw = (data.get("metadata") or {}).get("namespace")
+    if kind == "CiliumClusterwideNetworkPolicy":
+        if raw is not None:
+            r.warning(("metadata", "namespace"), "a CiliumClusterwideNetworkPolicy is cluster-wide: "
+                      "metadata.namespace is ignored (as in Kubernetes)")
+        return None
+    if raw is None:
+        return DEFAULT_NAMESPACE if kind == "CiliumNetworkPolicy" else None
+    if not isinstance(raw, str) or not DNS1123.match(raw) or len(raw) > 63:
+        r.error(("metadata", "namespace"), f"{raw!r} is not a valid namespace: a DNS-1123 label "
+                '(lower-case letters, digits and "-", at most 63 characters)')
+        return DEFAULT_NAMESPACE
+    return raw
+
+
+def policy_id(kind: str, ns: str | None, name: str) -> str:
+    """`Kind/name`, or `Kind/namespace/name` outside the default namespace: the identity
+    counters, events and duplicate checks use (two CNPs of one name in two namespaces
+    are two policies)."""
+    return f"{kind}/{ns}/{name}" if ns not in (None, DEFAULT_NAMESPACE) else f"{kind}/{name}"
+
+
 def _rule(doc: Document, r: Any, spec: Any, path: Path, policy: str, kind: str,
-          foreign: bool) -> list[SpecRule]:
+          foreign: bool, namespace: str | None = None) -> list[SpecRule]:
     if not isinstance(spec, dict):
         return []
     es, ns = "endpointSelector" in spec, "nodeSelector" in spec
@@ -217,6 +260,13 @@ def _rule(doc: Document, r: Any, spec: Any, path: Path, policy: str, kind: str,
         return []
     sel_key = "nodeSelector" if ns else "endpointSelector"
     selector = _selector(doc, r, spec[sel_key], (*path, sel_key), drop=None)
+    if selector is not None and namespace is not None:
+        other = [v for q in selector.reqs if q.key == NAMESPACE_LABEL for v in q.values if v != namespace]
+        if other:
+            r.warning((*path, sel_key), f"a namespaced policy only selects endpoints of its own "
+                      f"namespace {namespace!r} (as in Cilium); the selector's namespace {other[0]!r} "
+                      "makes it select nothing")
+        selector = selector.in_namespace(namespace)
     sections = ("ingress", "ingressDeny", "egress", "egressDeny")
     if not any(spec.get(s) for s in sections) and not isinstance(r, _Sink):  # (lenient drops may empty one)
         r.error(path, "rule must have at least one of ingress, ingressDeny, egress, egressDeny")
@@ -230,12 +280,12 @@ def _rule(doc: Document, r: Any, spec: Any, path: Path, policy: str, kind: str,
         policy=policy, path=format_path(path), node=ns, selector=selector or Selector(),
         sections={d: (d in spec or f"{d}Deny" in spec) for d in ("ingress", "egress")},
         default_deny={d: bool(edd.get(d, True)) for d in ("ingress", "egress")},
-        audit=audit,
+        audit=audit, namespace=namespace,
     )
     for s in sections:
         direction = "ingress" if s.startswith("ingress") else "egress"
         for i, entry in enumerate(spec.get(s) or []):
-            pr = _peer_rule(doc, r, entry, (*path, s, i), policy, direction, s.endswith("Deny"), audit)
+            pr = _peer_rule(doc, r, entry, (*path, s, i), policy, direction, s.endswith("Deny"), audit, namespace)
             if pr is not None:
                 rule.rules.append(pr)
     return [rule] if selector is not None else []
@@ -250,7 +300,7 @@ def _unsupported(r: Any, path: Path, msg: str, rule_path: Path, deny: bool) -> N
 
 
 def _peer_rule(doc: Document, r: Any, entry: Any, path: Path, policy: str, direction: str,
-               deny: bool, audit: bool) -> PeerRule | None:
+               deny: bool, audit: bool, ns: str | None = None) -> PeerRule | None:
     if not isinstance(entry, dict):
         return None
     p = "from" if direction == "ingress" else "to"
@@ -291,7 +341,9 @@ def _peer_rule(doc: Document, r: Any, entry: Any, path: Path, policy: str, direc
                 for i, s in enumerate(entry[f"{p}Endpoints"])]
         if any(s is None for s in sels):
             ok = False
-        pr.any_peer, pr.endpoints = False, tuple(s for s in sels if s is not None)
+        # a namespaced policy's peer selectors stay in its namespace unless they name one
+        pr.any_peer, pr.endpoints = False, tuple(
+            s if ns is None or s.names_namespace() else s.in_namespace(ns) for s in sels if s is not None)
     if entry.get(f"{p}CIDR"):
         cidrs = [_cidr(r, c, (*path, f"{p}CIDR", i)) for i, c in enumerate(entry[f"{p}CIDR"])]
         ok = ok and all(c is not None for c in cidrs)
@@ -338,9 +390,9 @@ def _selector(doc: Document, r: Any, sel: Any, path: Path,
                 _sel_problem(r, kpath, msg, drop)
                 ok = False
                 return None
-        if key.startswith(("io.kubernetes.pod.namespace", "io.cilium.k8s.")):
-            msg = (f'"{raw}": Kubernetes namespace/cluster labels have no meaning on a single host; '
-                   "select the inventory's labels instead")
+        if key.startswith("io.cilium.k8s."):
+            msg = (f'"{raw}": Kubernetes namespace-label/cluster selectors have no meaning on a single '
+                   f"host; select the inventory's labels (or {NAMESPACE_LABEL}) instead")
             _sel_problem(r, kpath, msg, drop)
             ok = False
             return None
