@@ -21,7 +21,10 @@ rule at once. Address layouts, chosen by measurement (docs/xdp.md):
   rare addresses beyond 8 per bucket spill to the `v4_exact` HASH (bucket flag).
   A miss costs one array load; an LPM trie costs 2-4x more (docs/upstream.md §4.2).
 * IPv4 "hash" (only /32s, fewer than 4096): the `v4_exact` HASH alone.
-* IPv6: `v6_exact` HASH for /128s, `v6_prefix` LPM trie for the rest.
+* IPv6: `v6_exact` HASH for /128s; prefixes up to /64 in `v6_buckets`, one 64-byte-bucket
+  ARRAY hashed on (top 64 bits masked to the length, length), searched by a binary search
+  over the lengths present with markers (Waldvogel): about log2(#lengths) inlined bucket
+  probes instead of an LPM trie walk; the rare /65-/127 stay in the `v6_prefix` LPM trie.
 
 Map sizes use power-of-two headroom so that adding entries is a map delta, not a reload.
 """
@@ -277,17 +280,181 @@ def _buckets(addr: np.ndarray, ids_: np.ndarray) -> tuple[bytes, np.ndarray, np.
 
 # --------------------------------------------------------------------------- IPv6
 
+V6_HASH_MAX_PLEN = 64  # prefixes up to /64 live in the v6 buckets (the routing half of
+#                        the address); /65-/127 are rare in blocklists and use the LPM trie
+V6_BUCKET_SLOTS = 4  # 4 u64 keys + 4 u32 values + spill flag = one 64-byte line
+V6_HASH = 0x9E3779B97F4A7C15  # 2^64 / phi (Fibonacci hashing); the C side matches
+V6_MAX_ENTRIES = 16 << 20  # prefixes + markers; bounds the bucket array (1 GiB at 64 B)
 
-def _lower_v6(rules: list[Rule]) -> tuple[dict[int, int], dict[tuple[int, int], int]]:
-    """(exact /128 -> mask, (plen, network) -> mask), both leaf-pushed."""
+
+def _hi_mask(plen: int) -> np.uint64:
+    return np.uint64(0) if plen == 0 else np.uint64(((1 << 64) - 1) ^ ((1 << (64 - plen)) - 1))
+
+
+def v6_tree(lens: list[int]) -> dict[str, Any] | None:
+    """The binary search over prefix lengths (Waldvogel et al., "Scalable high speed IP
+    routing lookups", SIGCOMM 1997): the middle length is probed first; a hit (prefix or
+    marker) means "look longer", a miss "look shorter". Rendered as nested ifs in C."""
+    if not lens:
+        return None
+    mid = len(lens) // 2
+    return {"len": lens[mid], "short": v6_tree(lens[:mid]), "long": v6_tree(lens[mid + 1:])}
+
+
+def _ancestors(tree: dict[str, Any] | None, plen: int) -> list[int]:
+    """Lengths probed (and hit) on the way to `plen`: where its markers go."""
+    out: list[int] = []
+    while tree is not None and tree["len"] != plen:
+        if plen > tree["len"]:
+            out.append(tree["len"])
+            tree = tree["long"]
+        else:
+            tree = tree["short"]
+    return out
+
+
+@dataclass
+class _V6Hash:
+    """Prefixes <= /64 (top 64 bits, host order) as sorted real entries plus markers."""
+    lens: list[int]
+    net: np.ndarray   # uint64, real prefixes, sorted by (net, plen)
+    plen: np.ndarray  # uint8
+    raw: np.ndarray   # uint64 rule masks of the prefix itself
+    by_len: dict[int, tuple[np.ndarray, np.ndarray]]  # plen -> (sorted nets, raw masks)
+    ends_max: np.ndarray  # running max of interval ends, in `net` order
+
+    def cover(self, keys: np.ndarray, maxlen: np.ndarray) -> np.ndarray:
+        """Union of the raw masks of every real prefix of length <= maxlen containing
+        key. Only keys inside some interval are searched per length (few in real lists)."""
+        out = np.zeros(len(keys), dtype=np.uint64)
+        if not len(keys) or not len(self.net):
+            return out
+        idx = np.searchsorted(self.net, keys, side="right") - 1
+        cand = np.flatnonzero((idx >= 0) & (self.ends_max[np.maximum(idx, 0)] >= keys))
+        for plen in self.lens:
+            sel = cand[maxlen[cand] >= plen]
+            if not len(sel):
+                continue
+            nets, raw = self.by_len[plen]
+            k = keys[sel] & _hi_mask(plen)
+            pos = np.minimum(np.searchsorted(nets, k), len(nets) - 1)
+            hit = nets[pos] == k
+            out[sel[hit]] |= raw[pos[hit]]
+        return out
+
+
+def _v6_hash(net: np.ndarray, plen: np.ndarray, mask: np.ndarray) -> _V6Hash:
+    order = np.lexsort([plen, net])
+    net, plen, mask = net[order], plen[order], mask[order]
+    if len(net):
+        first = np.concatenate([[True], (net[1:] != net[:-1]) | (plen[1:] != plen[:-1])])
+        starts = np.flatnonzero(first)
+        mask = np.bitwise_or.reduceat(mask, starts)
+        net, plen = net[starts], plen[starts]
+    span = np.where(plen == 0, np.uint64((1 << 64) - 1),
+                    (np.uint64(1) << (np.uint64(64) - np.minimum(plen, 63).astype(np.uint64))) - np.uint64(1))
+    span = np.where(plen == 64, np.uint64(0), span)
+    ends_max = np.maximum.accumulate(net | span) if len(net) else net
+    lens = sorted(int(x) for x in np.unique(plen))
+    by_len = {}
+    for p in lens:
+        sel = plen == p
+        by_len[p] = (net[sel], mask[sel])  # net-sorted within a length (stable subsequence)
+    return _V6Hash(lens, net, plen, mask, by_len, ends_max)
+
+
+def _v6_entries(h: _V6Hash, tree: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(key, plen, leaf-pushed mask) of every real prefix and marker, unique by (plen, key).
+    A marker's mask is the union of the real prefixes <= its length that contain it: the
+    best match known when the search later fails longer down (Waldvogel's bmp)."""
+    n = len(h.net)
+    # a real prefix: its own mask | every shorter real prefix containing it
+    prev_end = np.concatenate([[np.uint64(0)], h.ends_max[:-1]]) if n else h.net
+    nested = np.zeros(n, dtype=bool)
+    if n:
+        nested[1:] = prev_end[1:] >= h.net[1:]
+    masks = h.raw.copy()
+    if nested.any():
+        idx = np.flatnonzero(nested)
+        masks[idx] |= h.cover(h.net[idx], h.plen[idx].astype(np.int64))
+    keys, plens, vals = [h.net], [h.plen.astype(np.int64)], [masks]
+    for p in h.lens:
+        anc = _ancestors(tree, p)
+        if not anc:
+            continue
+        sel = np.flatnonzero(h.plen == p)
+        for a in anc:
+            mk = h.net[sel] & _hi_mask(a)
+            mv = np.zeros(len(sel), dtype=np.uint64)
+            inner = nested[sel]
+            if inner.any():  # only a nested prefix's markers can carry covering rules
+                mv[inner] = h.cover(mk[inner], np.full(int(inner.sum()), a, dtype=np.int64))
+            keys.append(mk)
+            plens.append(np.full(len(sel), a, dtype=np.int64))
+            vals.append(mv)
+    k, p, v = np.concatenate(keys), np.concatenate(plens), np.concatenate(vals)
+    # unique by (plen, key), real prefixes first (their mask includes the marker's)
+    order = np.lexsort([k, p])
+    k, p, v = k[order], p[order], v[order]
+    first = np.concatenate([[True], (k[1:] != k[:-1]) | (p[1:] != p[:-1])]) if len(k) else np.zeros(0, bool)
+    starts = np.flatnonzero(first)
+    v = np.bitwise_or.reduceat(v, starts) if len(k) else v
+    return k[starts], p[starts], v
+
+
+def v6_bucket_of(key: np.ndarray, plen: np.ndarray, bits: int) -> np.ndarray:
+    """v6_buckets index of (masked top-64, length) pairs (same arithmetic as the C side)."""
+    h = (key ^ plen.astype(np.uint64)) * np.uint64(V6_HASH)
+    return (h >> np.uint64(64 - bits)).astype(np.int64)
+
+
+def _v6_buckets(key: np.ndarray, plen: np.ndarray, ids_: np.ndarray) -> tuple[bytes, bytes, int]:
+    """Pack entries into 64-byte buckets; value = id | (plen + 1) << 16 (0: empty slot).
+    Overflow beyond V6_BUCKET_SLOTS goes to the v6_spill HASH (records returned)."""
+    if len(key) > V6_MAX_ENTRIES:
+        raise ValueError(f"{len(key)} IPv6 prefixes and markers; at most {V6_MAX_ENTRIES}")
+    nbuckets = capacity(len(key) // 2, floor=1024)
+    bits = nbuckets.bit_length() - 1
+    b = v6_bucket_of(key, plen, bits)
+    order = np.argsort(b, kind="stable")
+    b, k, p, i = b[order], key[order], plen[order], ids_[order]
+    first = np.concatenate([[True], b[1:] != b[:-1]]) if len(b) else np.zeros(0, dtype=bool)
+    starts = np.flatnonzero(first)
+    rank = np.arange(len(b)) - np.repeat(starts, np.diff(np.concatenate([starts, [len(b)]])))
+    keep = rank < V6_BUCKET_SLOTS
+    val = i.astype(np.uint32) | ((p.astype(np.uint32) + np.uint32(1)) << np.uint32(16))
+    dense = np.zeros((nbuckets, 64), dtype=np.uint8)
+    dense.view("<u8")[b[keep], rank[keep]] = k[keep]
+    dense.view("<u4")[b[keep], 8 + rank[keep]] = val[keep]
+    if np.any(~keep):
+        dense[np.unique(b[~keep]), 48] = 1  # spill flag (u32 at offset 48)
+    sk = np.zeros((int((~keep).sum()), 16), dtype=np.uint8)
+    sk[:, :8] = k[~keep].astype("<u8").view(np.uint8).reshape(-1, 8)
+    sk[:, 8:12] = p[~keep].astype("<u4").view(np.uint8).reshape(-1, 4)
+    spill = _rec(sk, val[~keep].astype("<u4").view(np.uint8).reshape(-1, 4))
+    return _array_rec(dense, b[starts]), spill, nbuckets
+
+
+def _lower_v6(rules: list[Rule]) -> tuple[dict[int, int], dict[tuple[int, int], int], _V6Hash | None]:
+    """(exact /128 -> mask, (plen, network) -> mask for /65-/127, the <= /64 set), every
+    mask leaf-pushed (the union of all rules whose prefixes cover the entry)."""
     exact: dict[int, int] = {}
     prefixes: dict[tuple[int, int], int] = {}
+    hn: list[int] = []
+    hp: list[int] = []
+    hm: list[int] = []
     for r in rules:
         for addr, plen in r.sources.v6:
             if plen == 128:
                 exact[addr] = exact.get(addr, 0) | r.bit
-            else:
+            elif plen > V6_HASH_MAX_PLEN:
                 prefixes[(plen, addr)] = prefixes.get((plen, addr), 0) | r.bit
+            else:
+                hn.append(addr >> 64)
+                hp.append(plen)
+                hm.append(r.bit)
+    h = _v6_hash(np.array(hn, dtype=np.uint64), np.array(hp, dtype=np.uint8),
+                 np.array(hm, dtype=np.uint64)) if hn else None
     lens = sorted({p for p, _ in prefixes})
 
     def covering(addr: int, below: int) -> int:
@@ -295,15 +462,24 @@ def _lower_v6(rules: list[Rule]) -> tuple[dict[int, int], dict[tuple[int, int], 
         for plen in lens:
             if plen >= below:
                 break
-            net = addr & (((1 << plen) - 1) << (128 - plen)) if plen else 0
-            m |= prefixes.get((plen, net), 0)
+            m |= prefixes.get((plen, addr & (((1 << plen) - 1) << (128 - plen))), 0)
         return m
 
     for key in sorted(prefixes):  # shorter first: covering sets are final when read
         prefixes[key] |= covering(key[1], key[0])
-    for addr in exact:
-        exact[addr] |= covering(addr, 128)
-    return exact, prefixes
+    if lens:
+        for addr in exact:
+            exact[addr] |= covering(addr, 128)
+    if h is not None:
+        for extra, nbits in ((exact, 128), (prefixes, None)):
+            if not extra:
+                continue
+            addrs = list(extra) if nbits else [a for _, a in extra]
+            keys = np.array([a >> 64 for a in addrs], dtype=np.uint64)
+            cov = h.cover(keys, np.full(len(keys), V6_HASH_MAX_PLEN, dtype=np.int64))
+            for k, c in zip(list(extra), cov.tolist(), strict=True):
+                extra[k] |= int(c)
+    return exact, prefixes, h
 
 
 # --------------------------------------------------------------------------- all
@@ -313,7 +489,11 @@ def lower(rules: list[Rule], rate_limit: dict[str, int] | None) -> Lowered:
     if len(rules) > MAX_RULES:
         raise ValueError(f"{len(rules)} rules; at most {MAX_RULES} allow+deny rules per policy")
     v4 = _lower_v4(rules)
-    v6_exact, v6_prefix = _lower_v6(rules)
+    v6_exact, v6_prefix, v6h = _lower_v6(rules)
+    tree = v6_tree(v6h.lens) if v6h is not None else None
+    v6k = v6p = v6v = None
+    if v6h is not None:
+        v6k, v6p, v6v = _v6_entries(v6h, tree)
 
     # ruleset ids: every distinct (non-empty) rule mask gets one, shared by all layouts
     parts = [np.array(list(v6_exact.values()) + list(v6_prefix.values()), dtype=np.uint64)]
@@ -323,6 +503,8 @@ def lower(rules: list[Rule], rate_limit: dict[str, int] | None) -> Lowered:
         parts.append(v4.tbl24_slots[t24_nz])
     if v4.exact_mask is not None:
         parts.append(v4.exact_mask)
+    if v6v is not None:
+        parts.append(v6v)
     if len(rules) <= 16:  # few rules: a lookup table over all 2^n masks, no sorting
         seen = np.zeros(1 << len(rules), dtype=bool)
         for part in parts:
@@ -346,6 +528,7 @@ def lower(rules: list[Rule], rate_limit: dict[str, int] | None) -> Lowered:
 
     features: dict[str, Any] = {
         "v4": v4.layout, "v6_exact": bool(v6_exact), "v6_prefix": bool(v6_prefix),
+        "v6_tree": tree,
         "ports": any(r.ports is not None for r in rules),
         "protocols": any(r.protocols is not None for r in rules),
         "allow": any(r.action == "pass" for r in rules),
@@ -397,6 +580,14 @@ def lower(rules: list[Rule], rate_limit: dict[str, int] | None) -> Lowered:
         recs_l.sort(key=lambda r: r[:20])
         maps["v6_prefix"] = MapSpec("v6_prefix", "lpm_trie", 20, 4, capacity(len(keys6)), b"".join(recs_l),
                                     flags=1)  # BPF_F_NO_PREALLOC (required by LPM tries)
+
+    if v6k is not None:
+        assert v6p is not None and v6v is not None
+        vid = np.where(v6v == 0, 0, ids(v6v)).astype(np.uint32)
+        brecs, srecs, nb6 = _v6_buckets(v6k, v6p, vid)
+        features["v6_bucket_bits"] = nb6.bit_length() - 1
+        maps["v6_buckets"] = MapSpec("v6_buckets", "array", 4, 64, nb6, brecs, flags=MMAPABLE)
+        maps["v6_spill"] = MapSpec("v6_spill", "hash", 16, 4, capacity(len(srecs) // 20), srecs)
 
     if features["ports"]:
         pm = np.zeros(PORTS_MAX, dtype=np.uint64)
