@@ -47,7 +47,9 @@ class TcAttacher(Attacher):
         return rec, (old_ids[0]["prog_id"] if old_ids else None)
 
     def rollback(self, record: AttachRecord, old_prog_id: int | None) -> None:
-        if old_prog_id is None:
+        if old_prog_id is None:  # a first attach: a tcx link goes with its staging pin,
+            if record.get("tc", {}).get("mechanism") == "tc":  # a cls_bpf filter must be removed
+                self.detach(record)
             return
         with contextlib.suppress(OSError), prog_by_id(old_prog_id) as fd:
             if record.get("link_pin"):
