@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import stat
 import subprocess
@@ -70,10 +71,14 @@ class Tree:
     digest: str = ""
 
 
-def scan(paths: list[Path]) -> Tree:
-    """Walk the source paths without ever raising: names, sizes, mtimes and inodes of the
-    policy files go into a fingerprint (an artifact tree replaced by rename changes its
-    manifest's inode); hidden entries are skipped, like the loader does.
+def scan(paths: list[Path], extra: str = "") -> Tree:
+    """Walk the source paths without ever raising: names, sizes, mtimes and inodes of
+    every regular file in the tree go into a fingerprint — policy files and the files
+    policies read (XDPBlocklist `sourceFiles` lists, which must live inside the tree), so
+    appending a CIDR to a list is a new revision; an artifact tree replaced by rename
+    changes its manifest's inode. Names are hashed relative to their root, so `pol` and
+    `/abs/pol` are the same revision. `extra` folds in what the host config adds (the
+    endpoint inventory). Hidden entries are skipped, like the loader does.
 
     Directory symlinks are followed only when they stay inside the root they were met
     under; one that points out of the tree, one that leads back to a directory already
@@ -84,10 +89,16 @@ def scan(paths: list[Path]) -> Tree:
 
     tree = Tree()
     h = hashlib.sha256()
+    h.update(extra.encode() + b"\0")
+    here: list[str] = ["", ""]  # (root index, root path) of the walk in progress
+
+    def fingerprint(path: str, st: os.stat_result) -> None:
+        rel = os.path.relpath(path, here[1]) if here[1] else os.path.basename(path)
+        h.update(f"{here[0]}:{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
 
     def add(path: str, st: os.stat_result) -> None:
         tree.files.append(Path(path))
-        h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
+        fingerprint(path, st)
 
     def policy_file(path: str, st: os.stat_result) -> None:
         if stat.S_ISREG(st.st_mode):
@@ -130,8 +141,11 @@ def scan(paths: list[Path]) -> Tree:
                 walk(e.path, root_real, (*ancestors, key), depth + 1)
             elif e.name.lower().endswith(POLICY_SUFFIXES):
                 policy_file(e.path, st)
+            elif stat.S_ISREG(st.st_mode):
+                fingerprint(e.path, st)  # a file a policy may read (a sourceFiles list)
 
-    for p in paths:
+    for i, p in enumerate(paths):
+        here[0] = str(i)
         try:
             st = os.stat(p)
         except FileNotFoundError:
@@ -140,8 +154,10 @@ def scan(paths: list[Path]) -> Tree:
             tree.problems.append(f"{p}: {_why_unreadable(err)}")
             continue
         if stat.S_ISDIR(st.st_mode):
+            here[1] = str(p)
             walk(str(p), os.path.realpath(p), ((st.st_dev, st.st_ino),), 0)
         else:
+            here[1] = ""
             policy_file(str(p), st)
     tree.digest = h.hexdigest()[:16]
     return tree
@@ -327,7 +343,8 @@ def snapshot(cfg: HostConfig, paths: list[Path] | None = None) -> Snapshot:
         roots, revision = [cfg.source_dir], None
     else:
         raise SourceError("no policy source: pass PATH… or set `source` in the config file")
-    tree = scan(roots)
+    inventory = json.dumps(cfg.endpoints_raw, sort_keys=True, default=str) if cfg.endpoints_raw else ""
+    tree = scan(roots, inventory)
     revision = revision or f"dir@sha256:{tree.digest}"
     if tree.problems:
         raise SourceProblem(tree.problems, revision)
