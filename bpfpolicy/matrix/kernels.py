@@ -196,8 +196,9 @@ def _dep_name(dep: str) -> tuple[str, str | None]:
     return (m[1], m[2]) if m else (dep, None)
 
 
-def resolve(apt: PrivateApt, spec: KernelSpec) -> tuple[str, list[str]]:
-    """The newest linux-image-amd64 of the suite -> (release, packages to download).
+def resolve(apt: PrivateApt, spec: KernelSpec, older: int = 0) -> tuple[str, list[str]]:
+    """The newest linux-image-<arch> of the suite (or the `older`-th before it) ->
+    (release, packages to download).
 
     Bullseye..trixie ship everything in linux-image-<release>; sid 7.x split it into
     linux-binary-<release> (vmlinuz) and linux-modules-<release>."""
@@ -206,7 +207,8 @@ def resolve(apt: PrivateApt, spec: KernelSpec) -> tuple[str, list[str]]:
     if not versions:
         why = f" (apt-get update: {apt.warnings})" if apt.warnings else ""
         raise FetchError(f"{spec.name}: no {meta} in {', '.join(spec.suites)}{why}")
-    best = max(versions, key=_debian_version_key)
+    ranked = sorted(set(versions), key=_debian_version_key, reverse=True)
+    best = ranked[min(older, len(ranked) - 1)]
     image = None
     for dep in apt.depends(f"{meta}={best}"):
         name, version = _dep_name(dep)
@@ -252,11 +254,10 @@ def fetch(spec: KernelSpec, apt: PrivateApt | None = None) -> Kernel:
 def _download(spec: KernelSpec, apt: PrivateApt | None) -> Kernel:
     apt = apt or PrivateApt(kernels_dir() / "apt" / spec.dir.name, spec.suites, spec.arch)
     apt.update()
-    release, packages = resolve(apt, spec)
     kernels_dir().mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".fetch-{spec.name}-", dir=kernels_dir()) as tmp:
         work = Path(tmp)
-        debs = apt.download(packages, work / "debs")
+        release, packages, debs = _resolve_and_download(apt, spec, work / "debs")
         root = work / "root"
         for deb in debs:
             subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
@@ -272,6 +273,21 @@ def _download(spec: KernelSpec, apt: PrivateApt | None) -> Kernel:
     kernel = cached(spec)
     assert kernel is not None
     return kernel
+
+
+def _resolve_and_download(apt: PrivateApt, spec: KernelSpec, dest: Path) -> tuple[str, list[str], list[Path]]:
+    """The newest kernel whose packages the mirror actually serves: an index can name a
+    build its pool does not have yet (bullseye-security's arm64 5.10.262, Dec 2026: 404)."""
+    first_error: FetchError | None = None
+    for older in range(3):
+        release, packages = resolve(apt, spec, older)
+        try:
+            return release, packages, apt.download(packages, dest)
+        except FetchError as e:
+            first_error = first_error or e
+            shutil.rmtree(dest, ignore_errors=True)
+    assert first_error is not None
+    raise first_error
 
 
 def _find_vmlinuz(root: Path, release: str) -> Path:
