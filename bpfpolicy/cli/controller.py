@@ -158,17 +158,23 @@ def watch_cmd(paths: tuple[str, ...], config_path: str | None) -> None:
 
 
 @click.command("status")
+@click.argument("name", required=False)
 @_config_opt
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
-def status_cmd(config_path: str | None, fmt: str) -> None:
-    """Policies, revisions, programs, attachments, counters, conditions."""
-    from ..controller.status import collect, render
+@click.option("-o", "--output", "output", type=click.Choice(["wide", "json"]),
+              help="wide: programs, attachments, per-rule counters, messages; json: as --format json.")
+def status_cmd(name: str | None, config_path: str | None, fmt: str, output: str | None) -> None:
+    """Policies, revisions, programs, attachments, counters, conditions (NAME: one
+    policy in detail). Exit 0 when every policy is Ready, 1 otherwise (like a `flux`
+    check; scripts can gate on it)."""
+    from ..controller.status import all_ready, collect, render
 
     data = collect(_cfg(config_path))
-    if fmt == "json":
+    if fmt == "json" or output == "json":
         click.echo(json.dumps(data, indent=2, default=str))
     else:
-        render(data)
+        render(data, wide=output == "wide", name=name)
+    sys.exit(0 if all_ready(data) else 1)
 
 
 @click.command("destroy")

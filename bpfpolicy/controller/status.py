@@ -72,24 +72,111 @@ def counters(entry: dict[str, Any]) -> list[dict[str, Any]]:
              "packets": values[int(r["index"])][0], "bytes": values[int(r["index"])][1]} for r in rules]
 
 
-def render(data: dict[str, Any], console: Any = None) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def all_ready(data: dict[str, Any]) -> bool:
+    """`status` exits 0 only when this holds (like a `flux` check): every policy Ready.
+    The source's own condition is shown, but a Stalled source leaves the previous
+    revision's policies enforcing and Ready."""
+    return all(p.get("condition") == "Ready" and p.get("reason") != "DriftDetected"  # self-heal off
+               for p in data.get("policies", []))
 
-    console = console or Console(width=None if _tty() else 160)
+
+def _short_rev(rev: str | None) -> str:
+    """`dir@sha256:0123456789abcdef` → `dir@0123456789ab`: enough to tell revisions apart
+    in 80 columns; `-o wide` and `--format json` keep the whole string."""
+    if not rev:
+        return "-"
+    head, _, digest = rev.partition("@")
+    digest = digest.split(":", 1)[-1]
+    return f"{head}@{digest[:12]}" if digest else rev[:20]
+
+
+def render(data: dict[str, Any], console: Any = None, *, wide: bool = False, name: str | None = None) -> None:
+    """Narrow by default (fits 80 columns, policy names whole: NAME, READY, REASON,
+    REVISION, PACKETS); `wide=True` or one policy `name` shows programs, attachments,
+    per-rule counters and messages."""
+    from rich.console import Console
+
+    console = console or Console()
     src = data.get("source", {})
     console.print(f"source: {src.get('condition', 'Unknown')} {src.get('reason', '')}  "
-                  f"last applied {src.get('last_applied_revision', '-')}  "
-                  f"last attempted {src.get('last_attempted_revision', '-')}"
-                  + ("  [yellow]SUSPENDED[/]" if data.get("suspended") else ""))
+                  f"applied {_short_rev(src.get('last_applied_revision'))}"
+                  + ("  [yellow]SUSPENDED[/]" if data.get("suspended") else ""), overflow="fold")
     if src.get("message"):
-        console.print(f"  {src['message']}")
+        console.print(f"  {src['message']}", overflow="fold")
+    rows = [p for p in data["policies"] if name in (None, p["policy"], p["policy"].split("/", 1)[-1])]
+    if name is not None and not rows:
+        console.print(f"no policy {name}")
+        return
+    if name:
+        for p in rows:
+            _detail(p, console)
+    elif wide:
+        console.print(_wide(rows))
+    elif max((len(p["policy"]) for p in rows), default=0) + NARROW_REST > console.width:
+        _stacked(rows, console)  # names too long for one row: the name alone, details below
+    else:
+        console.print(_narrow(rows))
+
+
+# READY + REASON + REVISION + PACKETS with their gaps in the narrow table (measured):
+# a name longer than the terminal width minus this goes on its own line.
+NARROW_REST = 58
+
+
+def _cells(p: dict[str, Any]) -> list[str]:
+    ready = "True" if p["condition"] == "Ready" else "False"
+    pkts = sum(int(c.get("packets") or 0) for c in p.get("counters", []))
+    return [f"[{_COLOR.get(p['condition'], '')}]{ready}[/]", p.get("reason") or p["condition"],
+            _short_rev(p.get("last_applied_revision")), str(pkts) if p.get("counters") else "-"]
+
+
+def _detail(p: dict[str, Any], console: Any) -> None:
+    """`status NAME`: one policy as `field: value` lines (folded, never cut)."""
+    out = [("policy", p["policy"]), ("condition", f"{p['condition']} {p.get('reason') or ''}".strip()),
+           ("message", p.get("message") or ""), ("revision", p.get("last_applied_revision") or "-")]
+    if p.get("last_attempted_revision") and p["last_attempted_revision"] != p.get("last_applied_revision"):
+        out.append(("attempted", p["last_attempted_revision"]))
+    out += [("program", f"{x['name']} id {x['id']} tag {x['tag']}") for x in p.get("programs", [])]
+    out += [("attachment", f"{a['attachment']} {'attached' if a['attached'] else 'DETACHED'}")
+            for a in p.get("attachments", [])]
+    out += [("counter", f"{c['rule']}: {c['packets']} pkts {c['bytes']} B") for c in p.get("counters", [])]
+    for k, v in out:
+        if v:
+            console.print(f"{k + ':':<12}{v}", overflow="fold", markup=False, highlight=False)
+
+
+def _stacked(rows: list[dict[str, Any]], console: Any) -> None:
+    for p in rows:
+        console.print(p["policy"], overflow="fold", markup=False, highlight=False)
+        ready, reason, rev, pkts = _cells(p)
+        console.print(f"  ready {ready}  {reason}  {rev}  packets {pkts}", overflow="fold")
+
+
+_COLOR = {"Ready": "green", "Stalled": "red", "Reconciling": "yellow"}
+
+
+def _narrow(rows: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    t = Table(box=None, pad_edge=False)
+    t.add_column("NAME", no_wrap=True)  # never cut: names are what an operator types next
+    t.add_column("READY", no_wrap=True)
+    t.add_column("REASON", no_wrap=True)
+    t.add_column("REVISION", no_wrap=True)
+    t.add_column("PACKETS", justify="right", no_wrap=True)
+    for p in rows:
+        t.add_row(p["policy"], *_cells(p))
+    return t
+
+
+def _wide(rows: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
     t = Table(title="bpfpolicy status")
     for col in ("policy", "condition", "revision", "programs", "attachments", "counters"):
-        t.add_column(col)
-    color = {"Ready": "green", "Stalled": "red", "Reconciling": "yellow"}
-    for p in data["policies"]:
-        cond = f"[{color.get(p['condition'], '')}]{p['condition']}[/]"
+        t.add_column(col, overflow="fold")
+    for p in rows:
+        cond = f"[{_COLOR.get(p['condition'], '')}]{p['condition']}[/]"
         if p["reason"]:
             cond += f"\n{p['reason']}"
         if p["message"]:
@@ -101,11 +188,4 @@ def render(data: dict[str, Any], console: Any = None) -> None:
         if p.get("last_attempted_revision") and p["last_attempted_revision"] != p.get("last_applied_revision"):
             rev += f"\n(attempted {p['last_attempted_revision']})"
         t.add_row(p["policy"], cond, rev, progs, atts, ctr)
-    console.print(t)
-
-
-def _tty() -> bool:
-    """Piped output (CI logs, scripts) gets a wide table instead of rich's 80 columns."""
-    import sys
-
-    return sys.stdout.isatty()
+    return t
