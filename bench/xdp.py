@@ -15,6 +15,10 @@ as on every list update; "compile_cold_s" is the first compile, with clang and a
 build cache). Delta: add one address to the 1M list, recompile, apply; assert the
 program is unchanged and the change touched one bucket record (+ at most its tbl24 group).
 
+IPv6 1M: 1M mixed prefixes (/29-/64, mostly /32 /48 /64, 30% /128) loaded and test-run
+side by side with IPv4 1M (ratios v6_vs_v4_*): pass = unlisted, drop = a /128, drop_prefix =
+inside a /48 (the binary search over lengths, lower.py).
+
 Run: `sudo .venv/bin/python bench/xdp.py` (needs root, xdp-tools, bpftool). Last line: JSON.
 """
 
@@ -35,7 +39,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "xdp"))
+sys.path.insert(0, str(ROOT / "tests"))  # helpers.xdp
 
 from bpfpolicy.codegen.build import build_bpf  # noqa: E402
 from bpfpolicy.kernel import bpf, netns, xdp  # noqa: E402
@@ -71,6 +75,32 @@ def make_list(n: int, seed: int = 7) -> np.ndarray:
     addr[0], plens[0] = ip_int(DROP_SRC), 32
     addr[1], plens[1] = ip_int(PREFIX_SRC) & 0xFFFFFF00, 24
     return np.stack([addr, plens.astype(np.uint64)], axis=1)
+
+
+V6_PASS, V6_DROP, V6_PREFIX = "2001:db8:ffff::9", "2a00:1:2::77", "2a00:5:6::1234"
+V6_LENS = ([29, 32, 36, 40, 44, 48, 52, 56, 60, 64, 128],
+           [0.02, 0.08, 0.03, 0.05, 0.07, 0.25, 0.03, 0.07, 0.02, 0.08, 0.30])
+
+
+def write_v6_policy(d: Path, n: int, seed: int = 9) -> Path:
+    """1M mixed IPv6 prefixes like DROPv6 / cloud ranges / abuse feeds: /29-/64 (mostly /32,
+    /48, /64) and 30% /128, inside 2000::/3 but not 2001:db8::/32 (V6_PASS)."""
+    import ipaddress
+
+    rng = np.random.default_rng(seed)
+    plens = rng.choice(V6_LENS[0], size=n, p=V6_LENS[1])
+    hi = (rng.integers(0, 1 << 61, size=n, dtype=np.uint64) | np.uint64(1 << 61)) << np.uint64(2)
+    lo = rng.integers(0, 1 << 63, size=n, dtype=np.uint64)
+    hi = hi & ~((np.uint64(1) << (np.uint64(64) - np.minimum(plens, 64).astype(np.uint64))) - np.uint64(1))
+    hi = np.where(hi >> np.uint64(32) == np.uint64(0x20010DB8), hi ^ np.uint64(1 << 40), hi)
+    lines = [str(ipaddress.IPv6Address(int(h) << 64 | (int(x) if p == 128 else 0))) + ("" if p == 128 else f"/{p}")
+             for h, x, p in zip(hi.tolist(), lo.tolist(), plens.tolist(), strict=True)]
+    lines[:2] = [V6_DROP, "2a00:5:6::/48"]
+    (d / "list.txt").write_text("\n".join(lines) + "\n")
+    pol = d / "bench.yaml"
+    pol.write_text("apiVersion: bpfpolicy.io/v1\nkind: XDPBlocklist\nmetadata: {name: bench6}\n"
+                   "spec:\n  interfaces: [lo]\n  deny:\n    - name: list\n      sourceFiles: [list.txt]\n")
+    return pol
 
 
 def write_policy(d: Path, rows: np.ndarray, extra: str = "") -> Path:
@@ -250,6 +280,21 @@ def main() -> None:
                                "load_fill_s": round(t3 - t2, 3), "total_s": round(t3 - t2 + t1 - t0, 3),
                                "entries": n,
                                "maps": {m["name"]: m.get("entries", 0) for m in art.manifest["maps"]}}
+        d6 = tmp / "v6-1M"
+        d6.mkdir()
+        pol6 = write_v6_policy(d6, SIZES["1M"])
+        xdp_sources._cache.clear()
+        t0 = time.perf_counter()
+        res6 = compile_paths([pol6])
+        t1 = time.perf_counter()
+        if not res6.ok:
+            raise SystemExit("\n".join(str(x) for x in res6.diagnostics))
+        art6 = res6.artifacts[0][1]
+        loaded["v6-1M"] = load(art6)
+        t2 = time.perf_counter()
+        load_rows["v6-1M"] = {"compile_s": round(t1 - t0, 3), "load_fill_s": round(t2 - t1, 3),
+                              "total_s": round(t2 - t0, 3), "entries": SIZES["1M"],
+                              "maps": {m["name"]: m.get("entries", 0) for m in art6.manifest["maps"]}}
         with XdpFilter() as xf:
             cli_ms = xf.cli_insert_ms(50)
             fill_ms = xf.batch_fill(XF_ENTRIES)
@@ -262,6 +307,11 @@ def main() -> None:
                 progs[f"lpm-{case}/drop"] = (obj.program("lpm_drop").fd, drop_pkt, 1)
                 progs[f"lpm-{case}/drop_prefix"] = (obj.program("lpm_drop").fd, pfx_pkt, 1)
             for case, L in loaded.items():
+                if case == "v6-1M":
+                    progs[f"{case}/pass"] = (L.prog_fd, pk.packet(V6_PASS, 17, 53, size=64), 2)
+                    progs[f"{case}/drop"] = (L.prog_fd, pk.packet(V6_DROP, 17, 53, size=64), 1)
+                    progs[f"{case}/drop_prefix"] = (L.prog_fd, pk.packet(V6_PREFIX, 17, 53, size=64), 1)
+                    continue
                 progs[f"{case}/pass"] = (L.prog_fd, pass_pkt, 2)
                 progs[f"{case}/drop"] = (L.prog_fd, drop_pkt, 1)
                 progs[f"{case}/drop_prefix"] = (L.prog_fd, pfx_pkt, 1)
@@ -276,11 +326,14 @@ def main() -> None:
             rows.append({"impl": f"xdp-filter ({xf.name})", "case": "10k", "pass_ns": ns["xdp-filter/pass"],
                          "drop_ns": ns["xdp-filter/drop"], "cli_insert_ms_per_entry": round(cli_ms, 2),
                          "batch_fill_10k_ms": round(fill_ms, 2)})
-        for case in SIZES:
+        for case in [*SIZES, "v6-1M"]:
             rows.append({"impl": "bpfpolicy", "case": case, "pass_ns": ns[f"{case}/pass"],
                          "drop_ns": ns[f"{case}/drop"], "drop_prefix_ns": ns[f"{case}/drop_prefix"],
                          **load_rows[case]})
-            if case != "10":
+            if case == "v6-1M":
+                for m in ("pass", "drop", "drop_prefix"):
+                    ratios[f"v6_vs_v4_{m}@1M"] = round(ns[f"{case}/{m}"] / ns[f"1M/{m}"], 3)
+            elif case != "10":
                 for m in ("pass", "drop"):
                     ratios[f"{m}_ns@{case}"] = round(ns[f"{case}/{m}"] / ns[f"xdp-filter/{m}"], 3)
         rows.append(delta_row(tmp / "1M", loaded["1M"]))
