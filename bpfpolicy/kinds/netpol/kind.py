@@ -38,6 +38,7 @@ from ..base import (
     compile_failure,
 )
 from ..vectors import KernelTestScript
+from .fidelity import host_always_rule, selection_notes
 from .inventory import InventoryError, from_options
 from .lower import (
     ACTION_NAMES,
@@ -51,7 +52,7 @@ from .lower import (
     plan_endpoint,
 )
 from .packets import frame
-from .rules import ICMP, ICMPV6, SpecRule, parse_policy
+from .rules import ICMP, ICMPV6, SpecRule, _Sink, parse_policy, policy_id, policy_namespace
 
 CILIUM_API = "cilium.io/v2"
 TEMPLATE = "network_policy.bpf.c.j2"
@@ -74,6 +75,15 @@ class NetpolModel(Model):
     """A checked NetworkPolicy/Cilium document: the rules of its spec(s)."""
 
     rules: list[SpecRule]
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        """(kind as written, [namespace/]name): what duplicates are judged by, so two
+        CiliumNetworkPolicies of one name in two namespaces are two policies."""
+        data = self.doc.data if isinstance(self.doc.data, dict) else {}
+        kind = str(data.get("kind", "NetworkPolicy"))
+        return kind, policy_id(kind, policy_namespace(self.doc, _Sink()),
+                               str((data.get("metadata") or {}).get("name")))[len(kind) + 1:]
 
 
 class NetworkPolicyKind(Kind):
@@ -125,7 +135,8 @@ class NetworkPolicyKind(Kind):
                               "(--inventory FILE, or the controller config's endpoints:)", "warning")
             return Compiled([], [note])
         try:
-            return Compiled(_pair_with_owner(models, self.compile_models(models, ctx)), [])
+            notes = selection_notes(models, from_options(ctx.options), ctx.options)
+            return Compiled(_pair_with_owner(models, self.compile_models(models, ctx)), notes)
         except (PolicyError, BuildError) as e:
             return Compiled([], compile_failure(e, first))
 
@@ -146,6 +157,9 @@ class NetworkPolicyKind(Kind):
             plan = plan_endpoint(ep, specs, inventory)
             if plan is None:
                 continue
+            extra = host_always_rule(ep, ctx.options)  # allow-localhost: always
+            if extra is not None:
+                plan = plan_endpoint(ep, [*specs, extra], inventory) or plan
             if not ep.cgroup and not ep.interfaces:
                 raise BuildError(f"inventory endpoint {ep.name!r} is selected by "
                                  f"{', '.join(sorted({s.policy for s in plan.specs}))} but has "
@@ -168,7 +182,9 @@ def _pair_with_owner(models: Sequence[Model], arts: list[Artifact]) -> list[tupl
     by_id: dict[str, Model] = {}
     for m in models:
         data = m.doc.data if isinstance(m.doc.data, dict) else {}
-        by_id.setdefault(f"{data.get('kind')}/{(data.get('metadata') or {}).get('name')}", m)
+        kind = str(data.get("kind"))
+        by_id.setdefault(policy_id(kind, policy_namespace(m.doc, _Sink()),
+                                   str((data.get("metadata") or {}).get("name"))), m)
     return [(next((by_id[i] for i in a.manifest["metadata"]["policies"] if i in by_id), models[0]), a)
             for a in arts]
 
