@@ -24,6 +24,7 @@ CREDINFO = struct.Struct("<IIIIQQQ")  # struct tp_credinfo
 USERNSINFO = struct.Struct("<iII")  # struct tp_usernsinfo
 SOCKINFO = struct.Struct("<HHHHI16s16s")  # struct tp_sockinfo
 MONITOR_BIT = 31
+TRUNCATED_BIT = 30  # a selector failed closed on a string longer than MAX_MATCH_STRING
 
 
 def event_layout() -> dict[str, Any]:
@@ -35,7 +36,7 @@ def event_layout() -> dict[str, Any]:
         "clock": "CLOCK_MONOTONIC (bpf_ktime_get_ns)",
         "fields": {
             "time_ns": [0, "u64"], "pid": [8, "u32"], "tid": [12, "u32"], "uid": [16, "u32"],
-            "hook": [20, "u32"], "selector": [24, "s32"], "actions": [28, "u32 bitmask of 1<<action id; bit 31 = monitor"],
+            "hook": [20, "u32"], "selector": [24, "s32"], "actions": [28, "u32 bitmask of 1<<action id; bit 31 = monitor; bit 30 = truncated"],
             "ret": [32, "s64"], "comm": [40, "char[16]"], "binary_len": [56, "u32"],
             "nargs": [60, "u32"], "binary": [binary_off, f"char[{STR}]"],
             "kernel_stack": [stacks_off, "s32 id in map `stacks`, -1 = none"],
@@ -71,6 +72,9 @@ def decode_event(raw: bytes, manifest: dict[str, Any], boot_offset_ns: int | Non
         "selector": selector if selector >= 0 else None,
         "action": [name for name, bit in S.ACTIONS.items() if actions & (1 << bit)] or ["Post"],
         "monitor": bool(actions & (1 << MONITOR_BIT)),
+        # A matched string was too long to compare (tracing_policy.bpf.c.j2 TP_TRUNCATED):
+        # the selector failed closed, so its actions ran without a full comparison.
+        "truncated": bool(actions & (1 << TRUNCATED_BIT)),
         "args": [],
     }
     if meta.get("return"):

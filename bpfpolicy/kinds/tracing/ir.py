@@ -88,6 +88,7 @@ class IntValue:
     slot: int = 0
     unsigned: bool = True
     namespace: str = ""
+    direct: Capture | None = None  # filter first: read the argument itself, not the event copy
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,11 @@ class StringMatch:
     negate: bool
     literals: tuple[str, ...]
     node: str = "string"
+    # Filter first: a plain char * argument is read straight into per-CPU scratch, only
+    # `need` bytes (longest Prefix/Equal literal + 2; MAX_MATCH_STRING for Postfix).
+    direct: Capture | None = None
+    need: int = 0
+    tail: bool = False  # a Postfix literal: uncomparable when the string fills its buffer
 
 
 @dataclass(frozen=True)
@@ -238,7 +244,15 @@ class Program:
     syscall_regs: str = ""  # kprobe / trampoline: the syscall wrapper's pt_regs
     captures: list[Capture] = field(default_factory=list)
     selectors: list[Selector] = field(default_factory=list)
+    early: list[Capture] = field(default_factory=list)  # captured before selectors (matched copies)
+    late: list[Capture] = field(default_factory=list)  # captured only when an event is posted
     nothing_to_enforce: bool = False
+
+    @property
+    def scratch(self) -> bool:
+        """A selector reads into tp_scratch (direct string reads, the parent's binary)."""
+        return any(isinstance(m, StringMatch) and (m.buffer == "parent" or m.direct is not None)
+                   for s in self.selectors for m in s.matchers)
 
     @property
     def pass_ret(self) -> str:

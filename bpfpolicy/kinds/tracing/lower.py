@@ -32,6 +32,7 @@ from .check import hook_sections
 from .events import event_layout
 from .features import features_for
 from .ir import Literal, Program, Site, Tunable, Uses
+from .order import MAX_MATCH_STRING, plan
 from .selectors import ENFORCE, SelectorBuilder
 
 TARGET_ARCH = {"x86_64": "x86", "aarch64": "arm64", "arm64": "arm64"}
@@ -212,6 +213,7 @@ class Lowering:
             p.selectors.append(self.selectors.selector(name, b, sel, (*path, "selectors", j), j, positions, only))
         if not selectors and only is not None and "Post" not in only:
             p.nothing_to_enforce = True
+        plan(p, {lit.name: (lit.op, len(lit.data)) for lit in self.literals.values()})
         return p
 
     def _where(self, path: PathT) -> str:
@@ -246,7 +248,7 @@ class Lowering:
                       source_hash="", programs=self.programs,
                       literals=list(self.literals.values()), tunables=self.tunables,
                       plain_bytes=PLAIN_BYTES,
-                      str_max=S.CAPTURE_STRING, max_args=S.MAX_ARGS, ringbuf_size=256 * 1024,
+                      str_max=S.CAPTURE_STRING, match_max=MAX_MATCH_STRING, max_args=S.MAX_ARGS, ringbuf_size=256 * 1024,
                       uses_rate_limit=u.rate_limit, uses_parent_binary=u.parent_binary,
                       uses_sock=u.sock, uses_cred=u.cred, uses_pid_tree=u.pid_tree,
                       uses_stacks=u.stacks)
