@@ -111,7 +111,8 @@ def iter_policy_files(paths: Iterable[str | Path]) -> Iterator[Path]:
                 rel = child.relative_to(p).parts
                 if any(part.startswith(".") for part in rel):
                     continue
-                if child.is_file() and child.suffix.lower() in POLICY_SUFFIXES:
+                if child.is_file() and child.suffix.lower() in POLICY_SUFFIXES \
+                        and not child.name.endswith((".test.yaml", ".test.yml")):  # PolicyTest files (bpfpolicy test)
                     yield child
         else:
             yield p
