@@ -21,7 +21,7 @@ import click
 from .. import __version__
 
 # One entry per command module (later issues add theirs here).
-COMMAND_MODULES = ["validate", "compile", "doctor", "exec", "controller", "kernel_test", "service"]
+COMMAND_MODULES = ["validate", "compile", "doctor", "exec", "controller", "kernel_test", "service", "test"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
