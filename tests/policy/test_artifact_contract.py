@@ -17,7 +17,7 @@ from bpfpolicy.kinds import CompileContext
 from bpfpolicy.policy.compile import compile_paths
 
 ROOT = Path(__file__).resolve().parents[2]
-POLICIES = sorted(p for p in (ROOT / "policies").rglob("*.yaml") if p.is_file())
+POLICIES = sorted(p for p in (ROOT / "policies").rglob("*.yaml") if p.is_file() and not p.name.endswith(".test.yaml"))
 INVENTORY = str(ROOT / "examples" / "host-config.yaml")  # the example endpoint NetworkPolicy builds for
 STAMP = re.compile(rb'bpf_metadata_bpfpolicy_hash\[\] SEC\("\.rodata"\) = "([0-9a-f]*)";')
 
