@@ -110,7 +110,7 @@ def register(attacher: Attacher, *, fallback: bool = False) -> Attacher:
 
 def attacher_for(spec: AttachSpec | AttachRecord) -> Attacher:
     """The attacher for an attachment spec or record (by its `type`)."""
-    from . import auto, cgroup, tc, xdp  # noqa: F401  (registration)
+    from . import auto, cgroup, tc, uprobe, xdp  # noqa: F401  (registration)
 
     found = ATTACHERS.get(str(spec.get("type")))
     return found if found is not None else _FALLBACK[0]

@@ -204,7 +204,7 @@ class TracingChecker:
         present = hook_sections(spec)
         if not present:
             self.r.error(("spec",), "no hook section: expected one of kprobes, tracepoints, "
-                         "lsmhooks, fentries (uprobes and usdts are not implemented)")
+                         "lsmhooks, fentries, uprobes, usdts")
             return
         if len(present) > 1:
             self.r.error(("spec", present[1]),
@@ -219,12 +219,14 @@ class TracingChecker:
     # ------------------------------------------------------------------ hooks
     def _hook(self, section: str, i: int, hook: dict[str, Any]) -> None:
         path: Path_ = ("spec", section, i)
-        if section in ("uprobes", "usdts"):
-            what = "uprobes" if section == "uprobes" else "USDT probes"
-            self.r.unsupported(path, f"{what} are not implemented: bpfpolicy attaches kernel "
-                               "hooks only (kprobes, tracepoints, lsmhooks, fentries)", drop=path)
+        if section == "usdts":
+            self.r.unsupported(path, "USDT probes are not implemented yet (uprobes are: attach "
+                               "at the probe's address with spec.uprobes offsets)", drop=path)
             return
-        if section in ("kprobes", "fentries"):
+        if section == "uprobes":
+            if not self._uprobe(path, hook):
+                return
+        elif section in ("kprobes", "fentries"):
             self._kprobe(section, path, hook)
         elif section == "tracepoints":
             self._tracepoint(path, hook)
@@ -277,6 +279,13 @@ class TracingChecker:
             self.r.unsupported((*path, "returnArgAction"), "returnArgAction "
                                f"{hook['returnArgAction']} (socket tracking) is not implemented",
                                drop=path)
+
+    def _uprobe(self, path: Path_, hook: dict[str, Any]) -> bool:
+        """Tetragon's uprobe entry: an absolute path, symbols and/or offsets (refCtrOffsets
+        pair with offsets). False when the entry was dropped."""
+        from .uprobe_check import check_uprobe
+
+        return check_uprobe(self.r, path, hook)
 
     def _tracepoint(self, path: Path_, hook: dict[str, Any]) -> None:
         sub, event = str(hook.get("subsystem")), str(hook.get("event"))
@@ -358,7 +367,7 @@ class TracingChecker:
             self.r.error((*apath, "type"), f'unknown argument type "{t}"'
                          f"{did_you_mean(t, S.ARG_TYPES, 0.6)}")
             return
-        if section in ("kprobes", "fentries", "lsmhooks") and idx > S.MAX_ARG_INDEX:
+        if section in ("kprobes", "fentries", "lsmhooks", "uprobes") and idx > S.MAX_ARG_INDEX:
             self.r.error((*apath, "index"), f"argument index {idx} is out of range: "
                          f"functions have at most {S.MAX_ARG_INDEX + 1} arguments (0..{S.MAX_ARG_INDEX})")
         if raw_tp and idx > S.MAX_RAW_TP_INDEX:
@@ -747,6 +756,10 @@ class TracingChecker:
         if section == "tracepoints":
             self.r.error((*path, "action"), "Override is not available on tracepoints (they "
                          "cannot change a return value); use Sigkill, or hook the syscall")
+            return
+        if section in ("uprobes", "usdts"):
+            self.r.error((*path, "action"), "Override is not available on uprobes (a user "
+                         "function's return value cannot be changed); use Sigkill or Signal")
             return
         if section == "fentries":
             self.r.error((*path, "action"), "enforcement is not supported for fentry yet "

@@ -36,8 +36,9 @@ from .order import MAX_MATCH_STRING, plan
 from .selectors import ENFORCE, SelectorBuilder
 
 TARGET_ARCH = {"x86_64": "x86", "aarch64": "arm64", "arm64": "arm64"}
-SECTION_LETTER = {"kprobes": "k", "tracepoints": "t", "lsmhooks": "l", "fentries": "f"}
-TITLES = {"kprobes": ("kprobe", "call"), "fentries": ("fentry", "call"), "lsmhooks": ("lsm hook", "hook")}
+SECTION_LETTER = {"kprobes": "k", "tracepoints": "t", "lsmhooks": "l", "fentries": "f", "uprobes": "u", "usdts": "s"}
+TITLES = {"kprobes": ("kprobe", "call"), "fentries": ("fentry", "call"), "lsmhooks": ("lsm hook", "hook"),
+          "uprobes": ("uprobe", "call"), "usdts": ("usdt", "call")}
 PLAIN_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+:@,=~ ")
 
 __all__ = ["ARCH_PREFIX", "HookError", "Lowering", "compile_tracing_policy", "render_source"]
@@ -124,6 +125,10 @@ class Lowering:
 
     def _expand_list_call(self, hook: dict[str, Any], path: PathT) -> list[dict[str, Any]]:
         """`call: list:NAME` is one hook per syscall in the list (Tetragon's semantics)."""
+        if "path" in hook:  # uprobes / usdts: one hook per probe point
+            from .backends.uprobe import expand
+
+            return expand(hook)
         call = str(hook.get("call", ""))
         if not call.startswith("list:"):
             return [hook]

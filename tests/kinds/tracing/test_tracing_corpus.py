@@ -68,7 +68,7 @@ VERDICTS: dict[str, object] = {
          "spec.kprobes[1].selectors[0].matchActions[0].action"}, "socket tracking"),
     "tracingpolicy__tty.yaml": (
         {"spec.kprobes[0].args[0].type", "spec.kprobes[0].args[1].maxData", "spec.kprobes[0].args[1].type"}, None),
-    "tracingpolicy__uprobe-binaries.yaml": ({"spec.uprobes[0]"}, "uprobes are not implemented"),
+    "tracingpolicy__uprobe-binaries.yaml": ACCEPT,  # warning when /lib64/libc.so.6 is absent
     "tracingpolicy__usdt-set.yaml": ({"spec.usdts[0]"}, "USDT probes are not implemented"),
     "tracingpolicy__write.yaml": ACCEPT,
 }

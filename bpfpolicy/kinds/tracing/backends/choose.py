@@ -10,7 +10,7 @@ from typing import Any
 
 from ...btf import Btf
 from ..check import SYSCALL_CALL, is_syscall_hook
-from . import fentry, kprobe, lsm, tracepoint
+from . import fentry, kprobe, lsm, tracepoint, uprobe
 from .base import Backend, HookError, PathT, fmt
 
 ARCH_PREFIX = {"x86_64": "__x64_", "aarch64": "__arm64_", "arm64": "__arm64_"}
@@ -68,6 +68,8 @@ class BackendChooser:
             return self._tracepoint_backend(hook, path)
         if section == "lsmhooks":
             return self._lsm_backend(str(hook["hook"]), path, hook, "lsmhooks")
+        if section in ("uprobes", "usdts"):
+            return uprobe.choose(hook, path, self.features)
         call = str(hook["call"])
         if section == "fentries":
             if not self._need("trampoline"):
