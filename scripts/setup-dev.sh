@@ -17,3 +17,4 @@ if ((${#missing[@]})); then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+dpkg-query -W -f='${Status}' bpftrace 2>/dev/null | grep -q "install ok installed" || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bpftrace >/dev/null  # bench/tracing.py compares against bpftrace
