@@ -22,10 +22,18 @@ def _as_diag(r: object) -> Diagnostic:
 @click.option("--format", "fmt", type=click.Choice(render.FORMATS), default="text", show_default=True)
 @click.option("--kernel", default=None, help="Run the compiled side in this QEMU kernel (e.g. 6.12) instead of the host.")
 @click.option("--no-kernel", is_flag=True, help="Reference model (and seccomp emulator) only.")
-def command(paths: tuple[str, ...], fmt: str, kernel: str | None, no_kernel: bool) -> None:
+@click.option("--init", "init", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Write a starter POLICY.test.yaml beside this policy (boundary cases of every rule).")
+@click.option("--inventory", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="--init of a NetworkPolicy: the endpoint inventory (host config).")
+@click.option("--force", is_flag=True, help="--init: overwrite an existing test file.")
+def command(paths: tuple[str, ...], fmt: str, kernel: str | None, no_kernel: bool,
+            init: str | None, inventory: str | None, force: bool) -> None:
     """Run *.test.yaml policy tests two ways: reference model and compiled program."""
     from ..policytest.runner import run
 
+    if init is not None:
+        _init(init, inventory, force)
     if not paths:
         raise click.UsageError("give test files or directories (PATH…)")
     report = run(list(paths), kernel=kernel, use_kernel=False if no_kernel else None)
@@ -48,6 +56,27 @@ def command(paths: tuple[str, ...], fmt: str, kernel: str | None, no_kernel: boo
                    f"{len(failed)} failed; compiled side: {', '.join(by) or 'not run'} "
                    f"({report.seconds:.1f} s)", err=True)
     sys.exit(0 if report.ok else 1)
+
+
+def _init(policy: str, inventory: str | None, force: bool) -> None:
+    """Write the starter file (refusing to overwrite one without --force); exit 0/1."""
+    from pathlib import Path
+
+    from ..policytest.init import default_output, generate
+
+    out = default_output(Path(policy))
+    if out.exists() and not force:
+        click.echo(f"{out}: exists; not overwritten (use --force)", err=True)
+        sys.exit(1)
+    gen, diags = generate(Path(policy), out, Path(inventory) if inventory else None)
+    if gen is None:
+        render.emit_text(diags)
+        sys.exit(1)
+    out.write_text(gen.text)
+    for note in gen.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"{out}: {gen.cases} case(s)")
+    sys.exit(0)
 
 
 @click.command("explain")

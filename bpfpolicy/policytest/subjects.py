@@ -201,7 +201,16 @@ X32_BIT = 0x40000000
 KERNEL_UNSAFE = frozenset({"exit", "exit_group", "kill", "tkill", "tgkill", "fork", "vfork", "clone",
                            "clone3", "execve", "execveat", "reboot", "pause", "rt_sigreturn",
                            "rt_sigsuspend", "vhangup", "setsid", "munmap", "mprotect", "brk",
-                           "mremap", "close", "dup2", "dup3", "prctl", "seccomp"})
+                           "mremap", "close", "dup2", "dup3", "prctl", "seccomp",
+                           # wait forever even with zero arguments (the runner's alarm is 10 s)
+                           "select", "pselect6", "ppoll", "sigsuspend"})
+# an allowed call of these may wait given non-zero arguments (a count on fd 0, a timeout)
+KERNEL_BLOCKING_WITH_ARGS = frozenset({
+    "read", "readv", "pread64", "preadv", "preadv2", "recvfrom", "recvmsg", "recvmmsg", "accept",
+    "accept4", "poll", "epoll_wait", "epoll_pwait", "epoll_pwait2", "futex", "futex_waitv", "wait4",
+    "waitid", "msgrcv", "msgsnd", "semop", "semtimedop", "mq_timedreceive", "mq_timedsend",
+    "io_getevents", "io_pgetevents", "nanosleep", "clock_nanosleep", "rt_sigtimedwait", "flock",
+    "fcntl", "connect", "sendto", "sendmsg", "write", "writev", "pwrite64", "splice", "tee"})
 
 
 def action_text(ret: int) -> str:
@@ -288,7 +297,9 @@ class SeccompSubject:
     def vector(self, case: Case, ans: Answer) -> Vector | None:
         arch, _, nr, args = self.call(case)
         sc = case.syscall or {}
-        if arch != "x86_64" or (ans.value in ("allow", "log") and str(sc["name"]) in KERNEL_UNSAFE):
+        allowed = ans.value in ("allow", "log")  # trace: ENOSYS without a tracer, not run
+        name = str(sc["name"])
+        if arch != "x86_64" or (allowed and (name in KERNEL_UNSAFE or (name in KERNEL_BLOCKING_WITH_ARGS and any(args)))):
             return None
         default = self.profile.get("defaultErrnoRet") or 1
         if ans.value.startswith("errno"):
