@@ -219,11 +219,7 @@ class TracingChecker:
     # ------------------------------------------------------------------ hooks
     def _hook(self, section: str, i: int, hook: dict[str, Any]) -> None:
         path: Path_ = ("spec", section, i)
-        if section == "usdts":
-            self.r.unsupported(path, "USDT probes are not implemented yet (uprobes are: attach "
-                               "at the probe's address with spec.uprobes offsets)", drop=path)
-            return
-        if section == "uprobes":
+        if section in ("uprobes", "usdts"):
             if not self._uprobe(path, hook):
                 return
         elif section in ("kprobes", "fentries"):

@@ -75,7 +75,7 @@ UNSUPPORTED_ACTIONS = {
     "NotifyEnforcer": "NotifyEnforcer needs spec.enforcers, which are not implemented",
     "CleanupEnforcerNotification": "CleanupEnforcerNotification needs spec.enforcers, which "
                                    "are not implemented",
-    "Set": "the Set action (USDT argument rewrite) needs usdts, which are not implemented",
+    "Set": "the Set action (USDT argument rewrite into user memory) is not implemented",
 }
 
 # ------------------------------------------------------------------ argument types

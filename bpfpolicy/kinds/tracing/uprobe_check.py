@@ -34,6 +34,8 @@ def check_uprobe(r: Reporter, path: Path_, hook: dict[str, Any]) -> bool:
         r.error((*path, "path"), f'"{binary[:60]}" is not an absolute path of plain characters '
                 "(letters, digits, / . _ + -)")
         return False
+    if "provider" in hook:
+        return _usdt(r, path, hook, binary)
     for key, why in UNSUPPORTED.items():
         if hook.get(key):
             r.unsupported((*path, key), why, drop=path)
@@ -84,3 +86,23 @@ def _symbols_exist(r: Reporter, path: Path_, binary: str, symbols: list[str],
                     f"({size} bytes)")
             ok = False
     return ok
+
+
+def _usdt(r: Reporter, path: Path_, hook: dict[str, Any], binary: str) -> bool:
+    """A USDT entry: the probe must be in the binary's .note.stapsdt when it is here."""
+    from .usdt import find_note
+
+    provider, name = str(hook.get("provider")), str(hook.get("name"))
+    if not os.path.exists(binary):
+        r.warning((*path, "path"), f"{binary} does not exist on this host: its USDT notes are "
+                  "read when the policy is compiled there")
+        return True
+    try:
+        note = find_note(binary, provider, name)
+    except (OSError, ElfError, ValueError) as e:
+        r.error((*path, "path"), f"{binary}: cannot read its USDT notes ({e})")
+        return False
+    if note is None:
+        r.error((*path, "name"), f"no USDT probe {provider}:{name} in {binary} (.note.stapsdt)")
+        return False
+    return True

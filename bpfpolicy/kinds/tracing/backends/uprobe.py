@@ -24,7 +24,12 @@ MAX_UPROBE_ARG_INDEX = 4
 
 
 def expand(hook: dict[str, Any]) -> list[dict[str, Any]]:
-    """One hook per probe point; `call` names it (`path:symbol`, `path:+0xOFF`) for events."""
+    """One hook per probe point; `call` names it (`path:symbol`, `path:+0xOFF`) for events.
+    A USDT hook (`provider`, `name`) is one uprobe at its note's address (`usdt.py`)."""
+    if "provider" in hook:
+        from ..usdt import expand as expand_usdt
+
+        return expand_usdt(hook)
     path = str(hook["path"])
     out = [{**hook, "call": f"{path}:{s}", "_symbol": str(s)} for s in hook.get("symbols") or []]
     refs = hook.get("refCtrOffsets") or []
