@@ -154,7 +154,13 @@ def watch_cmd(paths: tuple[str, ...], config_path: str | None) -> None:
     if not paths and cfg.source_dir is None and cfg.git is None:
         click.echo("error: no policy source: pass PATH… or set `source` in the config", err=True)
         sys.exit(2)
-    Watcher(cfg, _paths(paths), log=lambda m: click.echo(m, err=True)).run()
+    from ..controller.export import Exporter
+
+    exporter = Exporter(cfg, on_warning=lambda m: click.echo(f"warning: {m}", err=True)).start()
+    try:
+        Watcher(cfg, _paths(paths), log=lambda m: click.echo(m, err=True)).run()
+    finally:
+        exporter.stop()
 
 
 @click.command("status")
@@ -194,51 +200,119 @@ def destroy_cmd(config_path: str | None, yes: bool) -> None:
         sys.exit(1)
 
 
+def _when(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """--since/--until: RFC 3339 or a duration; anything else is a usage error (exit 2)."""
+    from ..controller.stream import parse_when
+
+    if value is None:
+        return None
+    try:
+        return parse_when(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), ctx, param) from None
+
+
 @click.command("events")
 @_config_opt
-@click.option("--follow", "-f", is_flag=True,
-              help="Stream kernel events (ring buffers of applied policies) and new controller events.")
+@click.option("--follow", "-f", is_flag=True, help="Keep streaming new events (SIGINT/SIGTERM end it, exit 0).")
+@click.option("-o", "--output", "output", type=click.Choice(["json", "compact"]), default="json",
+              help="json: one object per line (the export's own lines); compact: one human line per event.")
 @click.option("--policy", help="Only events of Kind/name (or name).")
 @click.option("--kind", help="Only events of this kind (e.g. TracingPolicy).")
 @click.option("--source", type=click.Choice(["kernel", "controller"]), help="Only kernel or controller events.")
-@click.option("--since", help="ISO time (events at or after it).")
+@click.option("--verdict", help="Only events with this action (allow, deny, audit, Sigkill, …).")
+@click.option("--ip", help="Only packets with this local or remote address.")
+@click.option("--port", type=click.IntRange(0, 65535), help="Only packets with this local or remote port.")
+@click.option("--since", callback=_when, help="RFC 3339 time or duration ago (1h, 30m): events at or after it.")
+@click.option("--until", callback=_when, help="RFC 3339 time or duration ago: events at or before it.")
 @click.option("--count", type=click.IntRange(min=1), help="Stop after this many events.")
-def events_cmd(config_path: str | None, follow: bool, policy: str | None, kind: str | None,
-               source: str | None, since: str | None, count: int | None) -> None:
-    """Controller events (the log), or with --follow a live stream of kernel and
-    controller events, one JSON object per line."""
-    from ..controller import events
+def events_cmd(config_path: str | None, follow: bool, output: str, count: int | None, **filters) -> None:  # noqa: ANN003
+    """Kernel events and the controller log.
+
+    While a controller (`watch`) runs it is the one reader of every ring buffer and
+    writes them to the export file (exportFile, default <stateDir>/events/export.jsonl,
+    rotated); this command reads and follows that file. With no controller running it
+    reads the ring buffers directly (as the only reader: a second `events --follow`
+    would compete for the same records). Without --follow: the controller log, then the
+    exported kernel events."""
+    from ..controller import export
 
     cfg = _cfg(config_path)
-    if not follow:
-        for ev in events.read(cfg.events_path, since=since, policy=policy):
-            click.echo(json.dumps(ev, default=str))
-        return
-    _follow(cfg, policy=policy, kind=kind, source=source, since=since, count=count)
+    s = export.settings(cfg)
+    printer = _printer(output)
+    if export.controller_exporting(s):
+        lines = _from_export(cfg, s, follow=follow, replay=filters["since"] is not None or not follow)
+    elif follow:
+        lines = _from_rings(cfg, since=filters["since"])
+    else:
+        lines = _from_export(cfg, s, follow=False, replay=True)
+    _print_events(lines, printer, count, filters)
 
 
-def _follow(cfg, *, count: int | None, **filters: str | None) -> None:  # noqa: ANN001
-    """The --follow loop: SIGINT/SIGTERM end it cleanly (exit 0)."""
-    import signal
+def _printer(output: str):  # noqa: ANN202
+    from .render import event_line
 
-    from ..controller.stream import EventStream, matches
+    if output == "compact":
+        return lambda ev: click.echo(event_line(ev))
+    return lambda ev: click.echo(json.dumps(ev, default=str))
 
-    since = filters.pop("since")
-    stream = EventStream(cfg.bpffs_root, cfg.state_dir, since=since,
-                         on_warning=lambda m: click.echo(f"warning: {m}", err=True))
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stream.stop())
+
+def _print_events(lines, printer, count: int | None, filters: dict) -> None:  # noqa: ANN001
+    from ..controller.stream import from_controller, matches
+
     seen = 0
     try:
-        for ev in stream.run():
-            if not matches(ev, **filters):
+        for ev in lines:
+            view = ev if "source" in ev or "reason" not in ev else from_controller(ev)
+            if not matches(view, **filters):
                 continue
-            click.echo(json.dumps(ev, default=str))
+            printer(ev)
             seen += 1
             if count is not None and seen >= count:
                 break
     except BrokenPipeError:
         pass
+
+
+def _stop_on_signals(stop) -> None:  # noqa: ANN001
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop())
+
+
+def _from_rings(cfg, *, since: float | None):  # noqa: ANN001, ANN202
+    """No controller: read the ring buffers here (and tail the controller log)."""
+    from ..controller.stream import EventStream
+
+    stream = EventStream(cfg.bpffs_root, cfg.state_dir, since=None if since is None else "",
+                         on_warning=lambda m: click.echo(f"warning: {m}", err=True))
+    _stop_on_signals(stream.stop)
+    return stream.run()
+
+
+def _from_export(cfg, s, *, follow: bool, replay: bool):  # noqa: ANN001, ANN202
+    """The controller log and the export file (its rotated backups first, oldest first);
+    with `follow`, then what both gain until SIGINT/SIGTERM. Without `replay` only new lines."""
+    import time
+
+    from ..controller.events import LogTail
+    from ..controller.stream import from_controller
+
+    stop: list[bool] = []
+    _stop_on_signals(lambda: stop.append(True))
+    log = LogTail(cfg.events_path, at_end=not replay)
+    exp = LogTail(s.path, at_end=not replay)
+    if replay:
+        for i in range(s.keep - 1, 0, -1):
+            yield from LogTail(s.path.with_name(f"{s.path.name}.{i}")).new()
+    while True:
+        for ev in log.new():
+            yield ev if not follow and replay else from_controller(ev)
+        yield from exp.new()
+        if not follow or stop:
+            return
+        time.sleep(0.2)
 
 
 @click.command("suspend")

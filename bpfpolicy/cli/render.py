@@ -176,3 +176,31 @@ def status_table(data: dict[str, object]) -> None:
     from ..controller.status import render
 
     render(data)
+
+
+def event_line(ev: dict[str, object]) -> str:
+    """`events -o compact`: one human line per event. A packet verdict reads like a
+    Hubble flow plus where the rule is written; a tracing event names hook, process and
+    action; a controller event its reason and message."""
+    from ..controller.stream import flat
+
+    e = flat(ev)
+    when = str(e.get("time") or "")[11:23]
+    if e.get("source") == "controller" or ("reason" in e and "source" not in e):
+        return f"{when} controller {e.get('reason')} {e.get('policy') or '-'}: {e.get('message', '')}"
+    if e is not ev:  # a Tetragon-shaped line: the key names the event
+        key = next(iter(ev))
+        return f"{when} {e.get('policy') or '-'} {key} {e.get('action') or ''}".rstrip()
+    if "rport" in e:
+        arrow = "<-" if e.get("direction") == "ingress" else "->"
+        rule = f" {e.get('rule')}" if e.get("rule") else ""
+        where = f" ({e.get('where')})" if e.get("where") else ""
+        return (f"{when} {str(e.get('action', '?')).upper()} {e.get('proto')} "
+                f"{e.get('local')}:{e.get('lport')} {arrow} {e.get('remote')}:{e.get('rport')} "
+                f"{e.get('policy')}{rule}{where}")
+    if e.get("error"):
+        return f"{when} {e.get('policy')} error: {e.get('error')}"
+    act = e.get("action")
+    act = ",".join(map(str, act)) if isinstance(act, list) else (act or "")
+    proc = f"{e.get('comm')}[{e.get('pid')}]" if e.get("pid") is not None else ""
+    return f"{when} {e.get('policy')} {e.get('hook') or e.get('event') or ''} {proc} {act}".rstrip()

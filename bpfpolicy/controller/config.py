@@ -89,6 +89,7 @@ class HostConfig:
     metrics_address: str | None = None  # "host:port"; None = no metrics server
     suspend: bool = False
     file: str | None = None
+    export: dict[str, Any] = field(default_factory=dict)  # exportFile/MaxBytes/Keep/Format (controller/export.py)
 
     @property
     def inventory_path(self) -> Path:
@@ -109,7 +110,7 @@ class HostConfig:
 
 
 _FIELDS = {"source", "endpoints", "bpffsRoot", "stateDir", "interval", "selfHeal",
-           "metricsAddress", "suspend"}
+           "metricsAddress", "suspend", "exportFile", "exportMaxBytes", "exportKeep", "exportFormat"}
 _SNAKE = {"bpffs_root": "bpffsRoot", "state_dir": "stateDir", "self_heal": "selfHeal",
           "metrics_address": "metricsAddress", "reconcile_interval": "interval"}
 
@@ -200,6 +201,9 @@ def _from_data(doc: Any, errors: list[Diagnostic], cfg_dir: Path | None = None) 
             err("metricsAddress", 'must be "host:port" (e.g. "127.0.0.1:9469") or null')
         else:
             cfg.metrics_address = v
+    from .export import check_config as check_export
+
+    cfg.export = check_export(get, err)
     return cfg
 
 

@@ -16,6 +16,7 @@ cannot read becomes a line with `error` instead of ending the stream.
 from __future__ import annotations
 
 import os
+import re
 import struct
 import time
 from collections import deque
@@ -77,9 +78,13 @@ def from_controller(ev: dict[str, Any]) -> dict[str, Any]:
 
 
 def matches(ev: dict[str, Any], *, policy: str | None = None, kind: str | None = None,
-            source: str | None = None) -> bool:
+            source: str | None = None, verdict: str | None = None, ip: str | None = None,
+            port: int | None = None, since: float | None = None, until: float | None = None) -> bool:
     """Filters of the CLI. `policy` is `Kind/name` or just `name`; it also matches the
-    artifact (an endpoint artifact's events name the rule's policy)."""
+    artifact (an endpoint artifact's events name the rule's policy). `verdict` matches the
+    event's action (NetworkPolicy allow/deny/audit…, a TracingPolicy action such as
+    Sigkill); `ip`/`port` either end of a packet; `since`/`until` are epoch seconds."""
+    ev = flat(ev)
     if source and ev.get("source") != source:
         return False
     if kind and str(ev.get("kind") or "").lower() != kind.lower():
@@ -88,7 +93,71 @@ def matches(ev: dict[str, Any], *, policy: str | None = None, kind: str | None =
         names = {str(ev.get("policy") or ""), str(ev.get("artifact") or "")}
         if policy not in names and policy not in {n.split("/", 1)[-1] for n in names}:
             return False
+    if verdict is not None:
+        acts = ev.get("action") if isinstance(ev.get("action"), list) else [ev.get("action")]
+        if verdict.lower() not in {str(a).lower() for a in acts if a is not None}:
+            return False
+    if ip is not None and ip not in {str(ev.get(k)) for k in ("local", "remote") if ev.get(k)}:
+        return False
+    if port is not None and port not in {ev.get("lport"), ev.get("rport")}:
+        return False
+    if since is not None or until is not None:
+        t = epoch(ev.get("time"))
+        if t is None or (since is not None and t < since) or (until is not None and t > until):
+            return False
     return True
+
+
+def flat(ev: dict[str, Any]) -> dict[str, Any]:
+    """A Tetragon-shaped export line (`{"process_kprobe": {...}, "node_name", "time"}`)
+    seen with the stream's field names, so `--policy NAME`, `--verdict` and the times
+    apply to either format (the kind is not in that shape)."""
+    if "source" in ev or len(ev) > 3:
+        return ev
+    key = next((k for k in ev if k.startswith("process_")), None)
+    if key is None or not isinstance(ev[key], dict):
+        return ev
+    body = ev[key]
+    pol = body.get("policy_name")
+    return {"time": ev.get("time"), "source": "kernel", "kind": None, "policy": pol,
+            "action": body.get("action")}
+
+
+def epoch(value: Any) -> float | None:
+    """An RFC 3339 time (any precision, `Z` or offset) as epoch seconds; None if not one."""
+    from datetime import UTC, datetime
+
+    if not isinstance(value, str) or "T" not in value.upper():
+        return None
+    text = value.strip()
+    head, dot, rest = text.partition(".")
+    if dot:  # fromisoformat takes at most 6 fractional digits
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        text = head + "." + rest[:min(digits, 6)] + rest[digits:]
+    try:
+        dt = datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|s|m|h|d))+$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_when(text: str, now: float | None = None) -> float:
+    """`--since/--until`: an RFC 3339 time or a duration before now (`1h`, `30m`,
+    `1h30m`, `90s`). Raises ValueError naming the accepted forms."""
+    t = epoch(text)
+    if t is not None:
+        return t
+    if _DURATION.match(text.strip()):
+        secs = sum(float(n) * _UNITS[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", text))
+        return (time.time() if now is None else now) - secs
+    raise ValueError(f"{text!r} is neither an RFC 3339 time (2024-05-01T12:00:00Z) "
+                     "nor a duration (30s, 5m, 1h, 2d)")
 
 
 @dataclass
@@ -114,6 +183,7 @@ class EventStream:
     poll_ms: int = 200
     rescan_s: float = 1.0
     on_warning: Callable[[str], None] | None = None  # e.g. "permission denied" once per pin
+    controller_log: bool = True  # interleave the controller log (the exporter does not)
     sources: dict[str, _Source] = field(default_factory=dict)
     _pending: deque[dict[str, Any]] = field(default_factory=deque)
     _stop: bool = False
@@ -172,7 +242,7 @@ class EventStream:
                     rb.poll(self.poll_ms)
                 else:
                     time.sleep(self.poll_ms / 1000)
-                for ev in tail.new():
+                for ev in tail.new() if self.controller_log else ():
                     if self.since and str(ev.get("time", "")) < self.since:
                         continue
                     self._pending.append(from_controller(ev))

@@ -121,11 +121,20 @@ class Kind:
     install_subdir: ClassVar[str | None] = None
     # Ring-buffer record decoders by `events.layout`: `(raw, manifest) -> dict`.
     event_layouts: ClassVar[dict[str, Callable[[bytes, dict[str, Any]], dict[str, Any]]]] = {}
+    # Export formats beyond bpfpolicy's own, by name (exportFormat): `event -> object | None`.
+    export_formatters: ClassVar[dict[str, Callable[[dict[str, Any]], dict[str, Any] | None]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if getattr(cls, "kind", None):
             KINDS[cls.kind] = cls
+
+    @classmethod
+    def describe_change(cls, old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[str]:
+        """`plan`'s rule-level lines for one policy document changing from `old` to `new`
+        (either None: added/removed). Default: the changed top-level spec fields; kinds
+        say it in their own terms (`deny[bogons] +1 source (203.0.113.7/32)`)."""
+        return spec_field_changes(old, new)
 
     # -- identity ---------------------------------------------------------------
     @classmethod
@@ -172,6 +181,54 @@ class Kind:
             return self.compile_model(model, local), []
         except (PolicyError, BuildError, NotImplementedError) as e:
             return None, compile_failure(e, model.doc)
+
+
+def spec_field_changes(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[str]:
+    """`spec.X changed/added/removed` for each top-level spec field that differs."""
+    o = (old or {}).get("spec") if isinstance(old, dict) else None
+    n = (new or {}).get("spec") if isinstance(new, dict) else None
+    o, n = (o if isinstance(o, dict) else {}), (n if isinstance(n, dict) else {})
+    out = []
+    for key in sorted(set(o) | set(n), key=str):
+        if key not in o:
+            out.append(f"{key} added")
+        elif key not in n:
+            out.append(f"{key} removed")
+        elif o[key] != n[key]:
+            out.append(f"{key} changed")
+    return out
+
+
+def list_changes(field: str, old: Any, new: Any, label: Callable[[int, Any], str] | None = None,
+                 inner: Callable[[Any, Any], list[str]] | None = None) -> list[str]:
+    """Per-index changes of a list field: `field[i] added|removed`, or `inner`'s words for
+    an entry present on both sides (default `changed`). `label` names an entry
+    (`deny[bogons]` instead of `deny[0]`)."""
+    old = old if isinstance(old, list) else []
+    new = new if isinstance(new, list) else []
+    name = label or (lambda i, _e: f"{field}[{i}]")
+    out: list[str] = []
+    for i in range(max(len(old), len(new))):
+        if i >= len(old):
+            out.append(f"{name(i, new[i])} added")
+        elif i >= len(new):
+            out.append(f"{name(i, old[i])} removed")
+        elif old[i] != new[i]:
+            words = inner(old[i], new[i]) if inner else []
+            out.append(f"{name(i, new[i])} " + (", ".join(words) if words else "changed"))
+    return out
+
+
+def set_delta(noun: str, old: Any, new: Any) -> list[str]:
+    """`+1 source (203.0.113.7/32)` / `-2 names (a, b)` for two lists of scalars."""
+    o = {str(x) for x in old} if isinstance(old, list) else set()
+    n = {str(x) for x in new} if isinstance(new, list) else set()
+    out = []
+    for sign, items in (("+", sorted(n - o)), ("-", sorted(o - n))):
+        if items:
+            shown = ", ".join(items[:3]) + (", …" if len(items) > 3 else "")
+            out.append(f"{sign}{len(items)} {noun if len(items) == 1 else noun + 's'} ({shown})")
+    return out
 
 
 _LOCATED = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+): (?P<path>\S+): (?P<msg>.*)$", re.S)
