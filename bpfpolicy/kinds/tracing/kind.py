@@ -15,6 +15,7 @@ from ...policy.load import Document
 from ..base import Artifact, CompileContext, ForeignFormat, Kind, Model, Reporter
 from .check import TracingChecker
 from .schema import FOREIGN_FILE, NATIVE_FILE
+from .tetragon_json import to_tetragon
 
 TETRAGON_API = "cilium.io/v1alpha1"
 TETRAGON_KINDS = ("TracingPolicy", "TracingPolicyNamespaced")
@@ -36,6 +37,7 @@ class TracingPolicyKind(Kind):
     kind = "TracingPolicy"
     schema_file = NATIVE_FILE
     formats = tuple(ForeignFormat(k, FOREIGN_FILE, _is_tetragon(k)) for k in TETRAGON_KINDS)
+    export_formatters = {"tetragon": to_tetragon}  # exportFormat: tetragon (Tetragon's export JSON)
 
     def check(self, doc: Document, report: Reporter) -> None:
         self.parse(doc, report)
