@@ -9,7 +9,7 @@ is a small `FrameStyle` table each kind supplies (`kinds/xdp/packets.py`,
 to what the kinds emitted before they shared this builder.
 
 The writer speaks the per-artifact script language of kernel-tests/README.md: object,
-map-update, prog-run, attach, seccomp, syscall and exec-expect lines.
+map-update, prog-run, live, attach, seccomp, syscall and exec-expect lines.
 """
 
 from __future__ import annotations
@@ -180,6 +180,11 @@ class KernelTestScript:
 
     def prog_run(self, prog: str, expect_retval: int, data: bytes) -> KernelTestScript:
         self._lines.append(f"prog-run {prog} {expect_retval} {data.hex()}")
+        return self
+
+    def live(self, prog: str, expect_retval: int, data: bytes, direction: str = "") -> KernelTestScript:
+        """The prog-run vector as a real frame over a veth pair through the attached program."""
+        self._lines.append(f"live {prog} {expect_retval} {data.hex()} {direction}".rstrip())
         return self
 
     def attach(self, prog: str, target: str = "auto") -> KernelTestScript:
