@@ -233,7 +233,7 @@ class XDPBlocklistKind(Kind):
                     v4 = [(a, p) for f, a, p in inline if f == 4]
                     src.v4_addr = np.array([a for a, _ in v4], dtype=np.uint32)
                     src.v4_plen = np.array([p for _, p in v4], dtype=np.uint8)
-                    src.v6 = [(a, p) for f, a, p in inline if f == 6]
+                    src.set_v6([(a, p) for f, a, p in inline if f == 6])
                 for j, rel in enumerate(raw.get("sourceFiles") or []):
                     parsed = self._load_file(doc, str(rel), (*path, "sourceFiles", j), None)
                     assert parsed is not None
@@ -300,7 +300,7 @@ class XDPBlocklistKind(Kind):
             features=dict(low.features.items()),
             metadata={"policy": policy_id, "source": doc.file, "revision": ctx.revision,
                       "entries": {"v4": int(sum(len(r.sources.v4_addr) for r in rules)),
-                                  "v6": int(sum(len(r.sources.v6) for r in rules))}},
+                                  "v6": int(sum(len(r.sources.v6_plen) for r in rules))}},
         )
         return Artifact(self.kind, name, files, manifest)
 
@@ -353,7 +353,7 @@ def kernel_test(low: Lowered) -> str:
         if rec is not None:
             script.map_update(name, rec[:spec.key_size], rec[spec.key_size:])
     for ret, data, why in vectors:
-        script.comment(why).prog_run("xdp_blocklist", ret, data)
+        script.comment(why).prog_run("xdp_blocklist", ret, data).live("xdp_blocklist", ret, data)
     return script.text()
 
 
@@ -368,8 +368,9 @@ def _pick_blocked(low: Lowered) -> tuple[str, int, int] | None:
         dport = r.ports[0][0] if r.ports else 80
         if len(r.sources.v4_addr):
             return socket.inet_ntoa(int(r.sources.v4_addr[0]).to_bytes(4, "big")), proto, dport
-        if r.sources.v6:
-            return socket.inet_ntop(socket.AF_INET6, r.sources.v6[0][0].to_bytes(16, "big")), proto, dport
+        if len(r.sources.v6_plen):
+            first = int(r.sources.v6_hi[0]) << 64 | int(r.sources.v6_lo[0])
+            return socket.inet_ntop(socket.AF_INET6, first.to_bytes(16, "big")), proto, dport
     return None
 
 
@@ -387,19 +388,9 @@ def _entries_for(low: Lowered, src: str) -> list[tuple[str, bytes]]:
                 out.append(("v6_exact", raw))
                 rid = int.from_bytes(rec[16:], "little")
         if rid is None and "v6_prefix" in low.maps:
-            spec = low.maps["v6_prefix"]
-            addr = int.from_bytes(raw, "big")
-            best = None
-            n = spec.key_size + spec.value_size
-            for i in range(0, len(spec.records or b""), n):
-                rec = (spec.records or b"")[i:i + n]
-                plen = int.from_bytes(rec[:4], "little")
-                net = int.from_bytes(rec[4:20], "big")
-                if (plen == 0 or (addr ^ net) >> (128 - plen) == 0) and (best is None or plen > best[0]):
-                    best = (plen, rec)
-            if best:
-                out.append(("v6_prefix", best[1][:20]))
-                rid = int.from_bytes(best[1][20:], "little")
+            rid = _lpm_entries(low, int.from_bytes(raw, "big"), out)
+        if rid is None and "v6_buckets" in low.maps:
+            rid = _v6_tree_entries(low, int.from_bytes(raw[:8], "big"), out)
     else:
         raw = socket.inet_aton(src)
         top = int.from_bytes(raw, "big") >> 8
@@ -418,6 +409,62 @@ def _entries_for(low: Lowered, src: str) -> list[tuple[str, bytes]]:
     if rid:
         out.append(("rulesets", rid.to_bytes(4, "little")))
     return out
+
+
+def _lpm_entries(low: Lowered, addr: int, out: list[tuple[str, bytes]]) -> int | None:
+    """The v6_prefix (/65-/127 LPM trie) record `addr` matches longest, appended to `out`."""
+    spec = low.maps["v6_prefix"]
+    records = spec.records or b""
+    n = spec.key_size + spec.value_size
+    best = None
+    for i in range(0, len(records), n):
+        rec = records[i:i + n]
+        plen = int.from_bytes(rec[:4], "little")
+        net = int.from_bytes(rec[4:20], "big")
+        if (plen == 0 or (addr ^ net) >> (128 - plen) == 0) and (best is None or plen > best[0]):
+            best = (plen, rec)
+    if best is None:
+        return None
+    out.append(("v6_prefix", best[1][:20]))
+    return int.from_bytes(best[1][20:], "little")
+
+
+def _v6_tree_entries(low: Lowered, hi: int, out: list[tuple[str, bytes]]) -> int:
+    """Walk the program's binary search over prefix lengths (lower.v6_tree) for the top
+    64 bits `hi`, appending every v6_buckets record it probes (and the v6_spill record
+    an overflowing bucket leads to): the kernel then takes the same path on a map
+    holding only these records. Returns the ruleset id the search ends with."""
+    from .lower import V6_BUCKET_SLOTS, V6_HASH
+
+    buckets = low.maps["v6_buckets"].records or b""
+    spill = low.maps["v6_spill"].records or b"" if "v6_spill" in low.maps else b""
+    bits = int(low.features["v6_bucket_bits"])
+    node, rid = low.features["v6_tree"], 0
+    while node is not None:
+        plen = int(node["len"])
+        key = hi & (((1 << plen) - 1) << (64 - plen)) if plen else 0
+        idx = (((key ^ plen) * V6_HASH) & ((1 << 64) - 1)) >> (64 - bits)
+        rec = _record(buckets, 4, 64, idx.to_bytes(4, "little"))
+        hit = None
+        if rec is not None:
+            out.append(("v6_buckets", rec[:4]))
+            val = rec[4:]
+            for i in range(V6_BUCKET_SLOTS):
+                k = int.from_bytes(val[8 * i:8 * i + 8], "little")
+                v = int.from_bytes(val[32 + 4 * i:36 + 4 * i], "little")
+                if k == key and v >> 16 == plen + 1:
+                    hit = v & 0xFFFF
+            if hit is None and int.from_bytes(val[48:52], "little"):
+                skey = key.to_bytes(8, "little") + plen.to_bytes(4, "little") + bytes(4)
+                srec = _record(spill, 16, 4, skey)
+                if srec is not None:
+                    out.append(("v6_spill", skey))
+                    hit = int.from_bytes(srec[16:], "little") & 0xFFFF
+        if hit is not None:
+            rid, node = hit, node["long"]
+        else:
+            node = node["short"]
+    return rid
 
 
 def _record(records: bytes, key_size: int, value_size: int, key: bytes) -> bytes | None:

@@ -435,51 +435,71 @@ def _v6_buckets(key: np.ndarray, plen: np.ndarray, ids_: np.ndarray) -> tuple[by
     return _array_rec(dense, b[starts]), spill, nbuckets
 
 
-def _lower_v6(rules: list[Rule]) -> tuple[dict[int, int], dict[tuple[int, int], int], _V6Hash | None]:
-    """(exact /128 -> mask, (plen, network) -> mask for /65-/127, the <= /64 set), every
-    mask leaf-pushed (the union of all rules whose prefixes cover the entry)."""
-    exact: dict[int, int] = {}
-    prefixes: dict[tuple[int, int], int] = {}
-    hn: list[int] = []
-    hp: list[int] = []
-    hm: list[int] = []
+def _lower_v6(rules: list[Rule]) -> tuple[_V6Exact | None, dict[tuple[int, int], int], _V6Hash | None]:
+    """(exact /128s with masks, (plen, network) -> mask for /65-/127, the <= /64 set),
+    every mask leaf-pushed (the union of all rules whose prefixes cover the entry).
+    Vectorised: a million /128s and prefixes never become Python ints."""
+    hi_l, lo_l, p_l, m_l = [], [], [], []
     for r in rules:
-        for addr, plen in r.sources.v6:
-            if plen == 128:
-                exact[addr] = exact.get(addr, 0) | r.bit
-            elif plen > V6_HASH_MAX_PLEN:
-                prefixes[(plen, addr)] = prefixes.get((plen, addr), 0) | r.bit
-            else:
-                hn.append(addr >> 64)
-                hp.append(plen)
-                hm.append(r.bit)
-    h = _v6_hash(np.array(hn, dtype=np.uint64), np.array(hp, dtype=np.uint8),
-                 np.array(hm, dtype=np.uint64)) if hn else None
+        if len(r.sources.v6_plen):
+            hi_l.append(r.sources.v6_hi)
+            lo_l.append(r.sources.v6_lo)
+            p_l.append(r.sources.v6_plen)
+            m_l.append(np.full(len(r.sources.v6_plen), r.bit, dtype=np.uint64))
+    if not hi_l:
+        return None, {}, None
+    hi, lo, plen, mask = (np.concatenate(x) for x in (hi_l, lo_l, p_l, m_l))
+    ex = plen == 128
+    mid = (plen > V6_HASH_MAX_PLEN) & ~ex
+    hs = plen <= V6_HASH_MAX_PLEN
+    prefixes: dict[tuple[int, int], int] = {}
+    for h_, l_, p_, m_ in zip(hi[mid].tolist(), lo[mid].tolist(), plen[mid].tolist(), mask[mid].tolist(),
+                              strict=True):
+        key = (p_, h_ << 64 | l_)
+        prefixes[key] = prefixes.get(key, 0) | m_
+    h = _v6_hash(hi[hs], plen[hs], mask[hs]) if hs.any() else None
+    exact = _v6_exact(hi[ex], lo[ex], mask[ex]) if ex.any() else None
     lens = sorted({p for p, _ in prefixes})
 
     def covering(addr: int, below: int) -> int:
         m = 0
-        for plen in lens:
-            if plen >= below:
+        for plen_ in lens:
+            if plen_ >= below:
                 break
-            m |= prefixes.get((plen, addr & (((1 << plen) - 1) << (128 - plen))), 0)
+            m |= prefixes.get((plen_, addr & (((1 << plen_) - 1) << (128 - plen_))), 0)
         return m
 
     for key in sorted(prefixes):  # shorter first: covering sets are final when read
         prefixes[key] |= covering(key[1], key[0])
-    if lens:
-        for addr in exact:
-            exact[addr] |= covering(addr, 128)
+    if lens and exact is not None:  # /65-/127 are rare: per-entry only when present
+        for i, (h_, l_) in enumerate(zip(exact.hi.tolist(), exact.lo.tolist(), strict=True)):
+            exact.mask[i] |= np.uint64(covering(h_ << 64 | l_, 128))
     if h is not None:
-        for extra, nbits in ((exact, 128), (prefixes, None)):
-            if not extra:
-                continue
-            addrs = list(extra) if nbits else [a for _, a in extra]
-            keys = np.array([a >> 64 for a in addrs], dtype=np.uint64)
-            cov = h.cover(keys, np.full(len(keys), V6_HASH_MAX_PLEN, dtype=np.int64))
-            for k, c in zip(list(extra), cov.tolist(), strict=True):
-                extra[k] |= int(c)
+        if exact is not None:
+            exact.mask |= h.cover(exact.hi, np.full(len(exact.hi), V6_HASH_MAX_PLEN, dtype=np.int64))
+        if prefixes:
+            keys = list(prefixes)
+            cov = h.cover(np.array([a >> 64 for _, a in keys], dtype=np.uint64),
+                          np.full(len(keys), V6_HASH_MAX_PLEN, dtype=np.int64))
+            for k, c in zip(keys, cov.tolist(), strict=True):
+                prefixes[k] |= int(c)
     return exact, prefixes, h
+
+
+@dataclass
+class _V6Exact:
+    """Unique /128s (top and bottom 64 bits) with the OR of their rules' masks."""
+    hi: np.ndarray
+    lo: np.ndarray
+    mask: np.ndarray
+
+
+def _v6_exact(hi: np.ndarray, lo: np.ndarray, mask: np.ndarray) -> _V6Exact:
+    order = np.lexsort([lo, hi])
+    hi, lo, mask = hi[order], lo[order], mask[order]
+    first = np.concatenate([[True], (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])])
+    starts = np.flatnonzero(first)
+    return _V6Exact(hi[starts], lo[starts], np.bitwise_or.reduceat(mask, starts))
 
 
 # --------------------------------------------------------------------------- all
@@ -496,7 +516,9 @@ def lower(rules: list[Rule], rate_limit: dict[str, int] | None) -> Lowered:
         v6k, v6p, v6v = _v6_entries(v6h, tree)
 
     # ruleset ids: every distinct (non-empty) rule mask gets one, shared by all layouts
-    parts = [np.array(list(v6_exact.values()) + list(v6_prefix.values()), dtype=np.uint64)]
+    parts = [np.array(list(v6_prefix.values()), dtype=np.uint64)]
+    if v6_exact is not None:
+        parts.append(v6_exact.mask)
     t24_nz = None
     if v4.tbl24_slots is not None:
         t24_nz = np.flatnonzero(v4.tbl24_slots)
@@ -527,7 +549,7 @@ def lower(rules: list[Rule], rate_limit: dict[str, int] | None) -> Lowered:
         raise ValueError(f"{len(uniq)} distinct rule combinations; at most {MAX_RULESETS}")
 
     features: dict[str, Any] = {
-        "v4": v4.layout, "v6_exact": bool(v6_exact), "v6_prefix": bool(v6_prefix),
+        "v4": v4.layout, "v6_exact": v6_exact is not None, "v6_prefix": bool(v6_prefix),
         "v6_tree": tree,
         "ports": any(r.ports is not None for r in rules),
         "protocols": any(r.protocols is not None for r in rules),
@@ -567,11 +589,12 @@ def lower(rules: list[Rule], rate_limit: dict[str, int] | None) -> Lowered:
         ev = ids(v4.exact_mask).astype("<u4").view(np.uint8).reshape(-1, 4)
         maps["v4_exact"] = MapSpec("v4_exact", "hash", 4, 4, capacity(len(ek)), _rec(ek, ev))
 
-    if v6_exact:
-        addrs = sorted(v6_exact)
-        mids = ids(np.array([v6_exact[a] for a in addrs], dtype=np.uint64))
-        recs = b"".join(a.to_bytes(16, "big") + struct.pack("<I", int(i)) for a, i in zip(addrs, mids, strict=True))
-        maps["v6_exact"] = MapSpec("v6_exact", "hash", 16, 4, capacity(len(addrs)), recs)
+    if v6_exact is not None:  # sorted by (hi, lo) = by big-endian key bytes
+        rec = np.empty((len(v6_exact.hi), 20), dtype=np.uint8)
+        rec[:, :8] = v6_exact.hi.astype(">u8").view(np.uint8).reshape(-1, 8)
+        rec[:, 8:16] = v6_exact.lo.astype(">u8").view(np.uint8).reshape(-1, 8)
+        rec[:, 16:] = ids(v6_exact.mask).astype("<u4").view(np.uint8).reshape(-1, 4)
+        maps["v6_exact"] = MapSpec("v6_exact", "hash", 16, 4, capacity(len(rec)), rec.tobytes())
     if v6_prefix:
         keys6 = sorted(v6_prefix)
         mids = ids(np.array([v6_prefix[k] for k in keys6], dtype=np.uint64))
@@ -629,6 +652,17 @@ def embedded_v4(addr6: int) -> int | None:
     return None
 
 
+def _v6_listed(src: Sources, addr: int) -> bool:
+    """Does any IPv6 entry of `src` contain `addr`? (vectorised: lists hold a million)"""
+    p = src.v6_plen.astype(np.uint64)
+    hi_keep = np.where(p >= 64, ~np.uint64(0), ~(~np.uint64(0) >> np.minimum(p, 63)))
+    hi_keep = np.where(p == 0, np.uint64(0), hi_keep)
+    lo_keep = np.where(p <= 64, np.uint64(0), ~((np.uint64(1) << (np.uint64(128) - np.maximum(p, 65))) - np.uint64(1)))
+    hit = (((src.v6_hi ^ np.uint64(addr >> 64)) & hi_keep) == 0) & \
+        (((src.v6_lo ^ np.uint64(addr & ((1 << 64) - 1))) & lo_keep) == 0)
+    return bool(hit.any())
+
+
 def source_mask(low: Lowered, src: str) -> int:
     """Bit i set = rule i lists `src` (an IPv6 source embedding an IPv4 address is also
     matched against the IPv4 entries, like the program does)."""
@@ -637,7 +671,7 @@ def source_mask(low: Lowered, src: str) -> int:
     v4 = embedded_v4(addr) if fam6 else addr
     mask = 0
     for r in low.rules:
-        hit = fam6 and any(((addr ^ a) >> (128 - p) if p else 0) == 0 for a, p in r.sources.v6)
+        hit = fam6 and _v6_listed(r.sources, addr)
         if not hit and v4 is not None and len(r.sources.v4_addr):
             a4, p4 = r.sources.v4_addr.astype(np.uint64), r.sources.v4_plen.astype(np.uint64)
             shift = np.uint64(32) - p4

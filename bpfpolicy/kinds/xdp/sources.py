@@ -51,24 +51,46 @@ def token(text: str) -> str:
     return f'"{out}{"…" if len(text) > TOKEN_CHARS else ""}"'
 
 
+def _u64(values: Iterable[int] = ()) -> np.ndarray:
+    return np.array(list(values), dtype=np.uint64)
+
+
 @dataclass
 class Sources:
-    """Parsed addresses of one rule (or one list file)."""
+    """Parsed addresses of one rule (or one list file). IPv6 entries are three parallel
+    arrays (top and bottom 64 bits in host order, prefix length): a million of them
+    lower with numpy instead of a million Python ints."""
 
     v4_addr: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint32))
     v4_plen: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint8))
-    v6: list[tuple[int, int]] = field(default_factory=list)  # (address int, prefix length)
+    v6_hi: np.ndarray = field(default_factory=_u64)
+    v6_lo: np.ndarray = field(default_factory=_u64)
+    v6_plen: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint8))
     errors: list[tuple[int, str]] = field(default_factory=list)  # (line, message)
     error_count: int = 0
 
     def extend(self, other: Sources) -> None:
         self.v4_addr = np.concatenate([self.v4_addr, other.v4_addr])
         self.v4_plen = np.concatenate([self.v4_plen, other.v4_plen])
-        self.v6.extend(other.v6)
+        self.v6_hi = np.concatenate([self.v6_hi, other.v6_hi])
+        self.v6_lo = np.concatenate([self.v6_lo, other.v6_lo])
+        self.v6_plen = np.concatenate([self.v6_plen, other.v6_plen])
+
+    def set_v6(self, entries: list[tuple[int, int]]) -> None:
+        """Replace the IPv6 entries with (address int, prefix length) pairs."""
+        self.v6_hi = _u64(a >> 64 for a, _ in entries)
+        self.v6_lo = _u64(a & ((1 << 64) - 1) for a, _ in entries)
+        self.v6_plen = np.array([p for _, p in entries], dtype=np.uint8)
+
+    @property
+    def v6(self) -> list[tuple[int, int]]:
+        """(address int, prefix length) pairs: for references and small lists only."""
+        return [(h << 64 | lo, p) for h, lo, p in
+                zip(self.v6_hi.tolist(), self.v6_lo.tolist(), self.v6_plen.tolist(), strict=True)]
 
     @property
     def count(self) -> int:
-        return len(self.v4_addr) + len(self.v6)
+        return len(self.v4_addr) + len(self.v6_plen)
 
 
 # --------------------------------------------------------------------------- one CIDR
@@ -125,38 +147,46 @@ def parse_list(data: bytes) -> Sources:
     cleaned = _COMMENT.sub(b"", data) if b"#" in data else data
     if b" " in cleaned or b"\t" in cleaned or b"\r" in cleaned:
         cleaned = _EDGE_BLANKS.sub(b"", cleaned)
-    v6_lines: list[tuple[int, str]] = []
-    if b":" in cleaned:  # IPv6 lines go the slow way; blank them out for the fast parser
-        lines = cleaned.split(b"\n")
-        for i, line in enumerate(lines):
-            if b":" in line:
-                v6_lines.append((i + 1, line.decode("utf-8", "replace")))
-                lines[i] = b""
-        cleaned = b"\n".join(lines)
+    v6_buf = v6_lines = None
+    if b":" in cleaned:  # IPv6 lines go to their own parser; blank them out for the v4 one
+        cleaned, v6_buf, v6_lines = _split_v6(cleaned)
     fast = _parse_v4_vectorised(cleaned)
-    if fast is None:
-        return _parse_slow(data)
-    out = Sources(v4_addr=fast[0], v4_plen=fast[1])
-    for lineno, text in v6_lines:
-        _slow_line(out, lineno, text)
+    out = _parse_slow(cleaned) if fast is None else Sources(v4_addr=fast[0], v4_plen=fast[1])
+    if v6_buf is not None and v6_lines is not None:
+        _parse_v6_lines(out, v6_buf, v6_lines)
     return out
+
+
+def _split_v6(data: bytes) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """(data with every line holding a ':' blanked, those lines' bytes each ending in a
+    newline, their 1-based line numbers). Line numbers of both halves stay the file's."""
+    buf = np.frombuffer(data if data.endswith(b"\n") else data + b"\n", dtype=np.uint8)
+    is_nl = buf == 10
+    nl = np.flatnonzero(is_nl)
+    colons = np.flatnonzero(buf == 58)
+    six = np.zeros(len(nl), dtype=bool)
+    six[np.cumsum(is_nl, dtype=np.int32)[colons]] = True  # newlines before = line index
+    byte6 = np.repeat(six, np.diff(nl, prepend=-1))
+    return buf[~byte6 | is_nl].tobytes(), buf[byte6], np.flatnonzero(six) + 1
 
 
 def _parse_slow(data: bytes) -> Sources:
     out = Sources()
     a4: list[int] = []
     p4: list[int] = []
+    v6: list[tuple[int, int]] = []
     for lineno, raw in enumerate(data.split(b"\n"), 1):
         text = raw.decode("utf-8", "replace").split("#", 1)[0].strip()
         if text:
-            _slow_line(out, lineno, text, a4, p4)
+            _slow_line(out, lineno, text, a4, p4, v6)
     out.v4_addr = np.array(a4, dtype=np.uint32)
     out.v4_plen = np.array(p4, dtype=np.uint8)
+    out.set_v6(v6)
     return out
 
 
-def _slow_line(out: Sources, lineno: int, text: str, a4: list[int] | None = None,
-               p4: list[int] | None = None) -> None:
+def _slow_line(out: Sources, lineno: int, text: str, a4: list[int], p4: list[int],
+               v6: list[tuple[int, int]]) -> None:
     try:
         family, addr, plen = parse_cidr(text)
     except ValueError as e:
@@ -165,13 +195,148 @@ def _slow_line(out: Sources, lineno: int, text: str, a4: list[int] | None = None
             out.errors.append((lineno, str(e)))
         return
     if family == 6:
-        out.v6.append((addr, plen))
-    elif a4 is not None and p4 is not None:
+        v6.append((addr, plen))
+    else:
         a4.append(addr)
         p4.append(plen)
-    else:
-        out.v4_addr = np.append(out.v4_addr, np.uint32(addr))
-        out.v4_plen = np.append(out.v4_plen, np.uint8(plen))
+
+
+_HEX = np.full(256, 255, dtype=np.uint8)
+_HEX[np.frombuffer(b"0123456789", dtype=np.uint8)] = np.arange(10, dtype=np.uint8)
+_HEX[np.frombuffer(b"abcdef", dtype=np.uint8)] = np.arange(10, 16, dtype=np.uint8)
+_HEX[np.frombuffer(b"ABCDEF", dtype=np.uint8)] = np.arange(10, 16, dtype=np.uint8)
+_COLON, _SLASH, _NL = 58, 47, 10
+
+
+def _parse_v6_lines(out: Sources, buf: np.ndarray, linenos: np.ndarray) -> None:
+    """IPv6 lines (each ending in a newline) into `out`: the common shape — hex groups,
+    one optional "::", an optional decimal "/len", no host bits — vectorised (~0.3 s per
+    million lines); every other line (embedded IPv4, typos) through `parse_cidr`, which
+    explains what is wrong. Entries keep file order."""
+    hi, lo, plen, ok = _v6_vectorised(buf, len(linenos))
+    slow_idx = np.flatnonzero(~ok)
+    entries: list[tuple[int, int]] = []
+    slow_at: list[int] = []
+    extra = Sources()  # its own first errors: merged with the IPv4 half's by line below
+    if len(slow_idx):
+        nl = np.flatnonzero(buf == _NL)
+        starts = np.concatenate([[0], nl[:-1] + 1])
+        for i in slow_idx.tolist():
+            text = buf[starts[i]:nl[i]].tobytes().decode("utf-8", "replace")
+            before = len(entries)
+            _slow_line(extra, int(linenos[i]), text, [], [], entries)
+            if len(entries) > before:
+                slow_at.append(i)
+    good = np.flatnonzero(ok)
+    order_key = np.concatenate([good, np.array(slow_at, dtype=np.int64)])
+    extra.set_v6(entries)
+    order = np.argsort(order_key, kind="stable")
+    out.v6_hi = np.concatenate([out.v6_hi, np.concatenate([hi[good], extra.v6_hi])[order]])
+    out.v6_lo = np.concatenate([out.v6_lo, np.concatenate([lo[good], extra.v6_lo])[order]])
+    out.v6_plen = np.concatenate([out.v6_plen, np.concatenate([plen[good], extra.v6_plen])[order]])
+    out.errors = sorted(out.errors + extra.errors)[:MAX_LIST_ERRORS]
+    out.error_count += extra.error_count
+
+
+def _shift(a: np.ndarray, fill: object) -> tuple[np.ndarray, np.ndarray]:
+    """(a shifted right by one, a shifted left by one), `fill` at the open end; same dtype."""
+    prev, nxt = np.empty_like(a), np.empty_like(a)
+    prev[0], prev[1:] = fill, a[:-1]
+    nxt[-1], nxt[:-1] = fill, a[1:]
+    return prev, nxt
+
+
+def _v6_vectorised(buf: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(hi, lo, plen, ok) per line of `buf`; a line is ok only when this parser is sure
+    inet_pton agrees (anything unusual is left to the per-line parser)."""
+    nib = _HEX[buf]
+    is_hex = nib != 255
+    is_colon = buf == _COLON
+    is_slash = buf == _SLASH
+    is_nl = buf == _NL
+    line_of = np.cumsum(is_nl, dtype=np.int32)  # at a non-newline byte: its line index
+    bad = np.zeros(n, dtype=bool)
+    bad[line_of[np.flatnonzero(~(is_hex | is_colon | is_slash | is_nl))]] = True  # '.', spaces, junk
+    # runs of hex digits: [start, end]
+    prev_hex, next_hex = _shift(is_hex, False)
+    starts = np.flatnonzero(is_hex & ~prev_hex)
+    ends = np.flatnonzero(is_hex & ~next_hex)
+    length = ends - starts + 1
+    rline = line_of[starts]
+    before = buf[np.maximum(starts - 1, 0)]
+    before = np.where(starts == 0, _NL, before)
+    after = buf[ends + 1]  # every line ends in a newline, so ends + 1 exists
+    is_len = before == _SLASH  # the "/len" run (decimal digits only, checked below)
+    # "::" markers, ":::" and single colons at line edges
+    dbl = is_colon[:-1] & is_colon[1:]
+    dpos = np.flatnonzero(dbl)
+    if len(dpos) > 1:
+        bad[line_of[dpos[1:][dpos[1:] == dpos[:-1] + 1]]] = True  # ":::"
+    ndbl = np.bincount(line_of[dpos], minlength=n)
+    bad |= ndbl > 1
+    prev_b, next_b = _shift(buf, _NL)
+    in_dbl = np.zeros(len(buf), dtype=bool)
+    in_dbl[:-1] |= dbl
+    in_dbl[1:] |= dbl
+    lone = is_colon & ~in_dbl
+    edge = lone & ((prev_b == _NL) | (next_b == _NL) | (next_b == _SLASH) | (prev_b == _SLASH))
+    bad[line_of[edge]] = True
+    # slashes: at most one per line, followed by 1-3 decimal digits to the end of line
+    sl = np.flatnonzero(is_slash)
+    nsl = np.bincount(line_of[sl], minlength=n)
+    bad |= nsl > 1
+    bad[line_of[sl][(prev_b[sl] == _NL) | (next_b[sl] == _NL)]] = True
+    lenrun = np.flatnonzero(is_len)
+    bad[rline[lenrun][(after[lenrun] != _NL) | (length[lenrun] > 3)]] = True
+    dec_ok = np.ones(len(lenrun), dtype=bool)
+    for k in range(3):  # decimal digits only in the length
+        pos = np.minimum(starts[lenrun] + k, len(buf) - 1)
+        dec_ok &= (k >= length[lenrun]) | (nib[pos] < 10)
+    bad[rline[lenrun][~dec_ok]] = True
+    # address groups: at most 4 hex digits each
+    grp = np.flatnonzero(~is_len)
+    bad[rline[grp][length[grp] > 4]] = True
+    g_start, g_len, g_line = starts[grp], length[grp], rline[grp]
+    val = np.zeros(len(grp), dtype=np.uint32)
+    for width in range(1, 5):  # one pass per group width: each digit gathered once
+        sel = np.flatnonzero(g_len == width)
+        at = g_start[sel]
+        v = nib[at].astype(np.uint32)
+        for k in range(1, width):
+            v = (v << np.uint32(4)) | nib[at + k]
+        val[sel] = v
+    # group position: runs before "::" count from the left, after it from the right
+    dbl_at = np.full(n, len(buf), dtype=np.int64)  # where a line's "::" is (none: past the end)
+    dbl_at[line_of[dpos[::-1]]] = dpos[::-1]  # the first one wins (more are bad anyway)
+    after_dbl = g_start > dbl_at[g_line]
+    ngroups = np.bincount(g_line, minlength=n)
+    nright = np.bincount(g_line[after_dbl], minlength=n)
+    first_run = np.concatenate([[0], np.cumsum(ngroups)[:-1]])
+    rank = np.arange(len(grp)) - first_run[g_line]
+    has_dbl = ndbl == 1
+    bad |= np.where(has_dbl, ngroups > 7, ngroups != 8)
+    pos = np.where(after_dbl, 8 - nright[g_line] + (rank - (ngroups - nright)[g_line]), rank)
+    pos = np.clip(pos, 0, 7)
+    G = np.zeros((n, 8), dtype=np.uint64)
+    G[g_line, pos] = val
+    sh = [np.uint64(48), np.uint64(32), np.uint64(16), np.uint64(0)]
+    hi = (G[:, 0] << sh[0]) | (G[:, 1] << sh[1]) | (G[:, 2] << sh[2]) | G[:, 3]
+    lo = (G[:, 4] << sh[0]) | (G[:, 5] << sh[1]) | (G[:, 6] << sh[2]) | G[:, 7]
+    plen = np.full(n, 128, dtype=np.int64)
+    lv = np.zeros(len(lenrun), dtype=np.int64)
+    for k in range(3):
+        pos_k = np.minimum(starts[lenrun] + k, len(buf) - 1)
+        lv = np.where(k < length[lenrun], lv * 10 + nib[pos_k].astype(np.int64) % 16, lv)
+    plen[rline[lenrun]] = lv
+    bad |= plen > 128
+    bad[rline[lenrun][(length[lenrun] > 1) & (nib[starts[lenrun]] == 0)]] = True  # "/048"
+    host_hi = np.where(plen >= 64, np.uint64(0),
+                       ~np.uint64(0) >> np.minimum(plen, 63).astype(np.uint64))
+    host_lo = np.where(plen <= 64, ~np.uint64(0),
+                       (np.uint64(1) << (128 - np.clip(plen, 65, 128)).astype(np.uint64)) - np.uint64(1))
+    host_lo = np.where(plen == 128, np.uint64(0), host_lo)
+    bad |= ((hi & host_hi) | (lo & host_lo)) != 0  # host bits set: the slow path names the network
+    return hi, lo, plen.astype(np.uint8), ~bad
 
 
 def _parse_v4_vectorised(data: bytes) -> tuple[np.ndarray, np.ndarray] | None:
