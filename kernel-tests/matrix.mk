@@ -15,7 +15,7 @@ KT_ARGS      ?= $(if $(wildcard examples/host-config.yaml),--inventory examples/
 # TCG; needs `scripts/setup-matrix-dev.sh arm64`, which the arm64 targets run).
 ARCH         ?= amd64
 
-.PHONY: kernel-matrix kernel-matrix-arm64 kernel-smoke kernel-fetch kernel-bundle
+.PHONY: kernel-matrix kernel-matrix-arm64 kernel-smoke kernel-fetch kernel-bundle kernel-vagrant
 
 ## kernel-matrix: Debian 5.10, 6.1, 6.12, 7.x under QEMU + the host kernel, on the
 ## fixture programs (tests/matrix/test_matrix.py) and on $(KT_PATHS). ARCH=arm64: the
@@ -33,7 +33,7 @@ endif
 kernel-matrix-arm64:
 	bash scripts/setup.sh
 	bash scripts/setup-matrix-dev.sh arm64
-	$(KT_PYTEST) -q -m vm tests/matrix/test_matrix_arm64.py
+	BPFPOLICY_KERNEL_TEST_ARM64=1 $(KT_PYTEST) -q -m vm tests/matrix/test_matrix_arm64.py
 	$(KT_BPFPOLICY) kernel-test --arch arm64 --kernels 5.10,6.1,6.12,7 --out $(KT_OUT)-arm64 $(KT_ARGS) $(KT_PATHS)
 
 ## kernel-smoke: the CI smoke — fixture programs on Debian 6.12 + host (pytest), then
@@ -54,3 +54,9 @@ kernel-bundle:  # needs what scripts/setup.sh installs (not run here: it may nee
 	rm -rf $(KT_BUNDLE) out/kernel-fixtures
 	$(KT_VENV)/bin/python tests/matrix/fixtures/kt_fixtures.py out/kernel-fixtures --without broken_xdp
 	$(KT_BPFPOLICY) kernel-test --bundle $(KT_BUNDLE) --kernels 5.10,6.1,6.12,7 $(KT_ARGS) out/kernel-fixtures/artifacts $(KT_PATHS)
+
+## kernel-vagrant: one `vagrant up k61` of the locally built box under TCG (libvirt driver
+## qemu), its bundle results checked (tests/matrix/test_matrix_vagrant.py; ~9 min). The
+## box: `scripts/build-vagrant-box.sh 6.1` (needs `scripts/setup-matrix-dev.sh vagrant`).
+kernel-vagrant:
+	BPFPOLICY_VAGRANT_TEST=1 $(KT_PYTEST) -q -m vm tests/matrix/test_matrix_vagrant.py
