@@ -7,7 +7,10 @@
 * bpfpolicy_policies{condition}              — policies by condition (Ready|Stalled|...)
 * bpfpolicy_map_entries{policy,map}          — records in each content map (desired)
 * bpfpolicy_drift_repairs_total              — drift detected and repaired
-* bpfpolicy_rule_packets/bytes{policy,rule}  — per-rule counters, refreshed on deep cycles
+* bpfpolicy_rule_packets_total/_bytes_total{kind,policy,rule} — per-rule counters, read
+  from the pinned maps at scrape time (ScrapeCollector), never stale
+* bpfpolicy_policy_condition{kind,policy,type,status} — 1 for each policy's current
+  condition status (Flux's gotk_reconcile_condition shape: True/False/Unknown series)
 * bpfpolicy_source_stalled{reason}           — 1 while the source is Stalled for that reason
 * bpfpolicy_cycle_errors_total{reason}       — cycles refused (BuildFailed, UntrustedRevision, ...)
 * bpfpolicy_applied_revision_info{revision}  — 1 for the revision the last converged cycle applied
@@ -15,9 +18,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 REGISTRY = CollectorRegistry()
 RECONCILES = Counter("bpfpolicy_reconcile", "Reconcile cycles", ["result"], registry=REGISTRY)
@@ -28,24 +34,61 @@ APPLIES = Counter("bpfpolicy_apply", "Per-policy actions applied", ["action", "r
 POLICIES = Gauge("bpfpolicy_policies", "Policies by condition", ["condition"], registry=REGISTRY)
 MAP_ENTRIES = Gauge("bpfpolicy_map_entries", "Entries in content maps", ["policy", "map"], registry=REGISTRY)
 DRIFT = Counter("bpfpolicy_drift_repairs", "Drift detected and repaired", registry=REGISTRY)
-RULE_PACKETS = Gauge("bpfpolicy_rule_packets", "Packets matched per policy rule (summed over CPUs)",
-                     ["policy", "rule"], registry=REGISTRY)
 SOURCE_STALLED = Gauge("bpfpolicy_source_stalled", "1 while the source is Stalled (by reason)", ["reason"],
                        registry=REGISTRY)
 CYCLE_ERRORS = Counter("bpfpolicy_cycle_errors", "Cycles that refused a revision, by reason", ["reason"],
                        registry=REGISTRY)
 _STALLED_REASONS: set[str] = set()
-RULE_BYTES = Gauge("bpfpolicy_rule_bytes", "Bytes matched per policy rule (summed over CPUs)",
-                   ["policy", "rule"], registry=REGISTRY)
 APPLIED_REVISION = Gauge("bpfpolicy_applied_revision_info",
                          "1 for the source revision the last converged cycle applied (a fleet view)",
                          ["revision"], registry=REGISTRY)
 
 
+class ScrapeCollector:
+    """Series read at scrape time from the state dir and the pinned counter maps: a rule's
+    packets are what the kernel counted now, and a pruned policy's series vanish with it
+    (no stale label sets to forget)."""
+
+    def __init__(self) -> None:
+        self.state_dir: Path | None = None  # set by the first cycle (observe_cycle)
+
+    def collect(self) -> Iterator[Any]:
+        packets = CounterMetricFamily("bpfpolicy_rule_packets", "Packets matched per policy rule (summed over CPUs)",
+                                      labels=["kind", "policy", "rule"])
+        nbytes = CounterMetricFamily("bpfpolicy_rule_bytes", "Bytes matched per policy rule (summed over CPUs)",
+                                     labels=["kind", "policy", "rule"])
+        cond = GaugeMetricFamily("bpfpolicy_policy_condition", "1 for the current status of each policy condition",
+                                 labels=["kind", "policy", "type", "status"])
+        if self.state_dir is not None:
+            self._fill(packets, nbytes, cond)
+        yield from (packets, nbytes, cond)
+
+    def _fill(self, packets: Any, nbytes: Any, cond: Any) -> None:
+        from .state import Store
+        from .status import counters
+
+        store = Store(self.state_dir)  # type: ignore[arg-type]
+        for key, entry in store.inventory().items():
+            kind = key.split("/", 1)[0]
+            for c in counters(entry):
+                packets.add_metric([kind, key, str(c["rule"])], c["packets"])
+                nbytes.add_metric([kind, key, str(c["rule"])], c["bytes"])
+        for key, st in store.status().get("policies", {}).items():
+            ready = {"Ready": "True", "Stalled": "False"}.get(st.get("condition"), "Unknown")
+            for status in ("True", "False", "Unknown"):
+                cond.add_metric([key.split("/", 1)[0], key, "Ready", status], 1.0 if status == ready else 0.0)
+
+
+SCRAPE = ScrapeCollector()
+REGISTRY.register(SCRAPE)  # type: ignore[arg-type]
+DEFAULT_HOST = "127.0.0.1"  # metrics name policies and rules: loopback unless an address is given
+
+
 def serve(address: str) -> None:
-    """Start the /metrics HTTP server in a daemon thread ("host:port")."""
+    """Start the /metrics HTTP server in a daemon thread ("host:port"; ":port" binds
+    loopback)."""
     host, _, port = address.rpartition(":")
-    start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0", registry=REGISTRY)
+    start_http_server(int(port), addr=host.strip("[]") or DEFAULT_HOST, registry=REGISTRY)
 
 
 def observe_cycle(cfg: Any, res: Any) -> None:
@@ -69,14 +112,7 @@ def observe_cycle(cfg: Any, res: Any) -> None:
             APPLIES.labels(o.action, "success" if o.ok else "failure").inc()
             if o.ok and o.drift:
                 DRIFT.inc()
-    if res.plan is not None and getattr(res, "deep", False):
-        from .state import Store
-        from .status import counters
-
-        for key, entry in Store(cfg.state_dir).inventory().items():
-            for c in counters(entry):
-                RULE_PACKETS.labels(key, c["rule"]).set(c["packets"])
-                RULE_BYTES.labels(key, c["rule"]).set(c["bytes"])
+    SCRAPE.state_dir = cfg.state_dir
     if res.plan is not None:
         counts: dict[str, int] = {"Ready": 0, "Stalled": 0}
         from .state import Store

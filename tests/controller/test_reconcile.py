@@ -235,7 +235,8 @@ def test_destroy_events_and_metrics(ctl, veth, tmp_path: Path) -> None:
     assert not ping(veth)
     assert _cycle(ctl, src).ok  # a deep no-op cycle refreshes per-rule counters
     rule = f"deny-{veth.ip4_b}"
-    assert metrics.REGISTRY.get_sample_value("bpfpolicy_rule_packets", {"policy": "XDPBlocklist/edge", "rule": rule}) >= 1
+    assert metrics.REGISTRY.get_sample_value("bpfpolicy_rule_packets_total",
+                                             {"kind": "XDPBlocklist", "policy": "XDPBlocklist/edge", "rule": rule}) >= 1
     assert _xdp_id(veth) is not None
     proc = run_cli(ctl, "destroy", "--yes")
     assert proc.returncode == 0 and "removed XDPBlocklist/edge" in proc.stdout
