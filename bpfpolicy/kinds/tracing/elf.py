@@ -9,6 +9,7 @@ free of an ELF dependency for these two tables.
 
 from __future__ import annotations
 
+import bisect
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,41 @@ class Elf:
                 if name and fo is not None:
                     out.setdefault(name, fo)
         return out
+
+    def symbol_at_offset(self, file_offset: int) -> tuple[str, int] | None:
+        """The function whose body holds `file_offset` (a mapped address minus the mapping
+        start plus its file offset), as (name, offset into it): stack symbolisation."""
+        vaddr = self.offset_to_vaddr(file_offset)
+        if vaddr is None:
+            return None
+        starts, table = self._sorted_functions()
+        k = bisect.bisect_right(starts, vaddr) - 1
+        if k < 0:
+            return None
+        start, size, name = table[k]
+        return (name, vaddr - start) if vaddr < start + max(size, 1) else None
+
+    def offset_to_vaddr(self, file_offset: int) -> int | None:
+        for ptype, _flags, off, va, _pa, filesz, _memsz, _align in self.segments:
+            if ptype == PT_LOAD and off <= file_offset < off + filesz:
+                return file_offset - off + va
+        return None
+
+    def _sorted_functions(self) -> tuple[list[int], list[tuple[int, int, str]]]:
+        """(start vaddrs, [(start, size, name)]) of defined functions, sorted; built once."""
+        cached = self.__dict__.get("_by_addr")
+        if cached is None:
+            rows: dict[int, tuple[int, int, str]] = {}
+            for _name, stype, _addr, off, size, link in self.sections:
+                if stype not in (SHT_SYMTAB, SHT_DYNSYM):
+                    continue
+                for k in range(size // 24):
+                    st_name, info, _o, shndx, value, sz = struct.unpack_from("<IBBHQQ", self.data, off + k * 24)
+                    if info & 0xF in (STT_FUNC, STT_GNU_IFUNC) and shndx != SHN_UNDEF and value:
+                        rows.setdefault(value, (value, sz, self._str(link, st_name).split("@", 1)[0]))
+            table = sorted(rows.values())
+            cached = self.__dict__["_by_addr"] = ([r[0] for r in table], table)
+        return cached
 
     def usdt_notes(self) -> list[UsdtNote]:
         """`.note.stapsdt` entries (type 3, owner "stapsdt"): pc, base, semaphore, then

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from . import spec as S
+from .symbolize import StackLookup, symbolise
 
 STR = S.CAPTURE_STRING
 ARG_SIZE = 8 + 4 + 4 + STR
@@ -55,8 +56,10 @@ def _cstr(raw: bytes, n: int | None = None) -> str:
     return raw.decode(errors="replace")
 
 
-def decode_event(raw: bytes, manifest: dict[str, Any], boot_offset_ns: int | None = None) -> dict[str, Any]:
-    """One ring-buffer record -> the JSON object `bpfpolicy events` prints."""
+def decode_event(raw: bytes, manifest: dict[str, Any], boot_offset_ns: int | None = None,
+                 stacks: StackLookup | None = None) -> dict[str, Any]:
+    """One ring-buffer record -> the JSON object `bpfpolicy events` prints. With `stacks`
+    (stack id -> the `stacks` map's value) stack ids become symbolised traces (symbolize.py)."""
     (t, pid, tid, uid, hook, selector, actions, ret, comm, binary_len, nargs) = HEADER.unpack_from(raw, 0)
     layout = manifest.get("events") or {}
     hooks = layout.get("hooks") or []
@@ -86,6 +89,7 @@ def decode_event(raw: bytes, manifest: dict[str, Any], boot_offset_ns: int | Non
             out["kernel_stack_id"] = kstack
         if ustack >= 0:
             out["user_stack_id"] = ustack
+        symbolise(out, stacks, pid)
     specs = meta.get("args") or []
     base = HEADER.size + STR
     for k in range(min(nargs, S.MAX_ARGS)):

@@ -120,3 +120,51 @@ def test_message_and_tags_reach_both_event_shapes(tmp_path: Path) -> None:
     assert tet is not None
     (body,) = [v for k, v in tet.items() if k.startswith("process_")]
     assert body["message"] == ours["message"] and body["tags"] == ours["tags"]
+
+
+# Frame pointers kept, and the syscall issued inline from the leaf: the first user frame
+# is then `bpfpolicy_stack_leaf` itself, its callers found by walking %rbp.
+STACK_PROG = r"""
+#include <stdio.h>
+__attribute__((noinline)) long bpfpolicy_stack_leaf(void)
+{ long r; __asm__ volatile("syscall" : "=a"(r) : "a"(110L) : "rcx", "r11", "memory"); return r; }
+__attribute__((noinline)) long bpfpolicy_stack_outer(void) { return bpfpolicy_stack_leaf() + 1; }
+int main(void) { long r = bpfpolicy_stack_outer(); printf("%ld\n", r); fflush(stdout); getchar(); return 0; }
+"""
+
+
+def stack_lookup(obj: Any) -> Any:
+    from bpfpolicy.kernel import bpf
+    from bpfpolicy.kinds.tracing.symbolize import STACK_DEPTH
+
+    fd = obj.map("stacks").fd
+    return lambda sid: bpf.map_lookup(fd, sid.to_bytes(4, "little"), STACK_DEPTH * 8)
+
+
+def test_kernel_and_user_stacks_are_symbolised(tmp_path: Path) -> None:
+    (tmp_path / "stk.c").write_text(STACK_PROG)
+    prog = tmp_path / "stk"
+    subprocess.run(["cc", "-O0", "-fno-omit-frame-pointer", "-o", str(prog), str(tmp_path / "stk.c")], check=True)
+    art, diags = compile_one(write(tmp_path, f"""\
+kprobes:
+- call: sys_getppid
+  syscall: true
+  selectors:
+  - matchBinaries: [{{operator: In, values: ["{prog}"]}}]
+    matchActions: [{{action: Post, kernelStackTrace: true, userStackTrace: true}}]
+"""))
+    assert art is not None, diags
+    with loaded(art) as (obj, reader):
+        child = subprocess.Popen([str(prog)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout is not None and child.stdout.readline()  # the syscall ran
+            got = events(art, reader, stacks=stack_lookup(obj))  # decoded while it is alive
+        finally:
+            child.communicate("\n", timeout=10)
+    (ev,) = [e for e in got if e["pid"] == child.pid]
+    user = [f.get("symbol") for f in ev["user_stack_trace"]]
+    assert user[:3] == ["bpfpolicy_stack_leaf", "bpfpolicy_stack_outer", "main"], ev["user_stack_trace"]
+    assert ev["user_stack_trace"][0]["module"] == str(prog)
+    kernel = [f.get("symbol") or "" for f in ev["kernel_stack_trace"]]
+    assert any("syscall" in k.lower() for k in kernel), kernel
+    assert all(f["address"].startswith("0x") for f in ev["kernel_stack_trace"])
