@@ -38,6 +38,7 @@ from ..base import (
     compile_failure,
 )
 from ..vectors import KernelTestScript
+from .events import decode as decode_event
 from .fidelity import host_always_rule, selection_notes
 from .inventory import InventoryError, from_options
 from .lower import (
@@ -89,6 +90,7 @@ class NetpolModel(Model):
 class NetworkPolicyKind(Kind):
     kind = "NetworkPolicy"
     schema_file = "networkpolicy.json"
+    event_layouts = {"netpol_event_v1": decode_event}
     formats: ClassVar[tuple[ForeignFormat, ...]] = (
         _cilium("CiliumNetworkPolicy"), _cilium("CiliumClusterwideNetworkPolicy"))
 

@@ -14,6 +14,7 @@ from typing import Any
 from ...policy.load import Document
 from ..base import Artifact, CompileContext, ForeignFormat, Kind, Model, Reporter
 from .check import TracingChecker
+from .events import decode_event
 from .schema import FOREIGN_FILE, NATIVE_FILE
 from .tetragon_json import to_tetragon
 
@@ -36,6 +37,7 @@ class TracingModel(Model):
 class TracingPolicyKind(Kind):
     kind = "TracingPolicy"
     schema_file = NATIVE_FILE
+    event_layouts = {"tracing_event_v1": decode_event}
     formats = tuple(ForeignFormat(k, FOREIGN_FILE, _is_tetragon(k)) for k in TETRAGON_KINDS)
     export_formatters = {"tetragon": to_tetragon}  # exportFormat: tetragon (Tetragon's export JSON)
 
