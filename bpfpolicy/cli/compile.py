@@ -10,11 +10,11 @@ from pathlib import Path
 import click
 
 from ..kinds import CompileContext
-from ..kinds.target import parse_kernel_version
+from ..kinds.target import format_kernel_version, parse_kernel_version, running_kernel_version
 from ..policy.compile import compile_paths, write_artifacts
 from ..policy.diagnostics import Diagnostic
 from . import render
-from .validate import require_package_data
+from .validate import STRICT_BACKEND_HELP, promote_backend_changes, require_package_data
 
 
 def parse_kernel(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, int] | None:
@@ -55,22 +55,24 @@ def make_context(kernel: tuple[int, int] | None, arch: str, caps: str | None,
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where artifacts go (out/<Kind>/<name>/).")
 @click.option("--dry-run", is_flag=True, help="Build in a temporary directory (and run the verifier when privileged); write nothing.")
 @click.option("--format", "fmt", type=click.Choice(render.FORMATS), default="text", show_default=True)
+@click.option("--strict-backend", is_flag=True, help=STRICT_BACKEND_HELP)
 @context_options
 def command(paths: tuple[str, ...], out_dir: str | None, dry_run: bool, fmt: str, kernel: tuple[int, int] | None,
-            arch: str, caps: str | None, inventory: str | None, revision: str | None, lenient: bool) -> None:
+            arch: str, caps: str | None, inventory: str | None, revision: str | None, lenient: bool,
+            strict_backend: bool) -> None:
     """Validate and compile policies to BPF objects / seccomp filters."""
     if not out_dir and not dry_run:
         raise click.UsageError("give --out DIR, or --dry-run")
     require_package_data(templates=True)
     ctx = make_context(kernel, arch, caps, inventory, revision)
     result = compile_paths(paths, ctx, lenient=lenient)
-    diags = list(result.diagnostics)
+    diags = promote_backend_changes(list(result.diagnostics), strict_backend)
     written: list[Path] = []
-    if result.ok:
+    if not any(d.severity == "error" for d in diags):
         if dry_run:
             with tempfile.TemporaryDirectory(prefix="bpfpolicy-dry-run-") as tmp:
                 written = write_artifacts(result, Path(tmp))
-                diags += verify_in_kernel(written, [p.doc.diag((), "") for p, _ in result.artifacts])
+                diags += verify_in_kernel(written, [p.doc.diag((), "") for p, _ in result.artifacts], kernel)
             written = []
         else:
             written = write_artifacts(result, Path(out_dir or "out"))
@@ -79,9 +81,18 @@ def command(paths: tuple[str, ...], out_dir: str | None, dry_run: bool, fmt: str
     sys.exit(0 if ok else 1)
 
 
-def verify_in_kernel(artifact_dirs: list[Path], where: list[Diagnostic]) -> list[Diagnostic]:
-    """With privileges, load every object through the verifier (nothing attached)."""
-    if os.geteuid() != 0:
+def verify_in_kernel(artifact_dirs: list[Path], where: list[Diagnostic],
+                     kernel: tuple[int, int] | None = None) -> list[Diagnostic]:
+    """With privileges, load every object through the verifier (nothing attached) — only
+    on the kernel it was compiled for: another kernel's verifier (and its missing hook
+    types) would report rejections that say nothing about the target."""
+    if os.geteuid() != 0 or not artifact_dirs:
+        return []
+    if kernel is not None and kernel != running_kernel_version():
+        text = format_kernel_version(kernel)
+        click.echo(f"note: not verified: this host runs {format_kernel_version(running_kernel_version())}; "
+                   f"verification needs the target kernel: run `bpfpolicy kernel-test --kernels {text}`",
+                   err=True)
         return []
     from ..codegen.verify import verify_artifact
 

@@ -31,7 +31,7 @@ FORMATS = ("text", "json", "junit", "github")
 
 def summary(diags: list[Diagnostic], files: int, policies: int) -> str:
     errors = sum(d.severity == "error" for d in diags)
-    warnings = len(diags) - errors
+    warnings = sum(d.severity == "warning" for d in diags)
     return f"{files} file(s), {policies} valid polic{'y' if policies == 1 else 'ies'}: {errors} error(s), {warnings} warning(s)"
 
 
@@ -53,7 +53,7 @@ def gh_property(text: str) -> str:
 
 
 def github_line(d: Diagnostic) -> str:
-    level = "error" if d.severity == "error" else "warning"
+    level = {"error": "error", "note": "notice"}.get(d.severity, "warning")
     return (f"::{level} file={gh_property(str(d.file))},line={int(d.line)},col={int(d.col)}"
             f"::{gh_data(f'{d.path}: {d.message}')}")
 

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import click
 
-from ..policy.validate import validate_paths
+from ..kinds import CompileContext
+from ..kinds.target import is_backend_change, parse_kernel_version
+from ..policy.diagnostics import Diagnostic
+from ..policy.validate import ValidationResult, validate_paths
 from ..resources import CODEGEN_DIR, SCHEMAS_DIR, MissingPackageData, require
 from . import render
+
+
+def _kernel(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    version = parse_kernel_version(value)
+    if version is None:
+        raise click.BadParameter(f'"{value}" is not a kernel version like 6.1')
+    return version
 
 
 def require_package_data(*, templates: bool = False) -> None:
@@ -24,14 +37,42 @@ def require_package_data(*, templates: bool = False) -> None:
         sys.exit(2)
 
 
+STRICT_BACKEND_HELP = "Make a hook that runs on another backend than it asks for (kprobe → tracepoint, → LSM, …) an error."
+
+
+def promote_backend_changes(diags: list[Diagnostic], strict: bool) -> list[Diagnostic]:
+    """--strict-backend: the backend-change warnings become errors (exit 1)."""
+    if not strict:
+        return diags
+    return [dataclasses.replace(d, severity="error") if d.severity == "warning" and is_backend_change(d.message)
+            else d for d in diags]
+
+
+def backend_notes(result: ValidationResult, kernel: tuple[int, int] | None, arch: str) -> list[Diagnostic]:
+    """Per hook, where it runs on the target, for the kinds that choose a backend."""
+    out: list[Diagnostic] = []
+    for p in result.policies:
+        describe = getattr(p.ident.kind(), "backend_diagnostics", None)
+        if describe is not None:
+            out += describe(p.model, CompileContext(kernel=kernel, arch=arch))
+    return out
+
+
 @click.command("validate")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--format", "fmt", type=click.Choice(render.FORMATS), default="text", show_default=True)
 @click.option("--lenient", is_flag=True, help="Drop rules that use features with no meaning on one host (warning instead of error).")
-def command(paths: tuple[str, ...], fmt: str, lenient: bool) -> None:
+@click.option("--kernel", callback=lambda _c, _p, v: _kernel(v), help="Say what runs where on this kernel MAJOR.MINOR (default: running kernel).")
+@click.option("--arch", default="x86_64", show_default=True, help="Target architecture.")
+@click.option("--strict-backend", is_flag=True, help=STRICT_BACKEND_HELP)
+def command(paths: tuple[str, ...], fmt: str, lenient: bool, kernel: tuple[int, int] | None, arch: str,
+            strict_backend: bool) -> None:
     """Validate policy files and directories (YAML, JSON; Cilium, Tetragon, Docker/OCI seccomp)."""
     require_package_data()
     result = validate_paths(paths, lenient=lenient)
+    if result.ok:
+        result.diagnostics = promote_backend_changes(
+            result.diagnostics + backend_notes(result, kernel, arch), strict_backend)
     files = sorted({p.doc.file for p in result.policies} | {d.file for d in result.diagnostics})
     if fmt == "json":
         render.emit_json({

@@ -81,3 +81,172 @@ class Target:
     def btf(self) -> Path | None:
         """The kernel's own BTF when the target is this host and it has one."""
         return HOST_BTF if self.is_host and HOST_BTF.exists() else None
+
+    def facts(self) -> KernelFacts:
+        """The kernel's own facts: this host's files, or the matrix cache's package."""
+        return host_facts() if self.is_host else matrix_facts(self.version)
+
+
+# ------------------------------------------------------------------ the target's own facts
+# Read from the kernel itself, never guessed from its distribution: its build config, the
+# active LSM list, its BTF and the functions on its error-injection list (the only
+# functions fmod_ret and bpf_override_return may change: the kernel refuses others with
+# "<func>() is not modifiable").
+
+HOST_CONFIGS = (Path("/proc/config.gz"),)  # plus /boot/config-$(uname -r), below
+HOST_LSM = Path("/sys/kernel/security/lsm")
+HOST_ERROR_INJECTION = Path("/sys/kernel/debug/error_injection/list")
+# The matrix guest's boot command line sets lsm= (bpfpolicy/matrix/guest.py CMDLINE; a
+# test keeps the two equal — kinds may not import the matrix).
+MATRIX_LSM = "lockdown,capability,yama,bpf"
+# ALLOW_ERROR_INJECTION(func, type) emits a static `_eil_addr_<func>` entry into the
+# `_error_injection_whitelist` section; System.map lists each one by that name.
+_EIL_SYMBOL = re.compile(r"^[0-9a-fA-F]+ [dD] _eil_addr_(\w+)$", re.M)
+# A warning whose message starts with this says a hook runs on another backend than the
+# policy asked for; `--strict-backend` (validate, compile) turns it into an error.
+BACKEND_CHANGE = "backend change: "
+
+
+def is_backend_change(message: str) -> bool:
+    return message.startswith(BACKEND_CHANGE)
+
+
+def parse_config(text: str) -> dict[str, str]:
+    """`CONFIG_X=y` lines → {"CONFIG_X": "y"}; `# CONFIG_X is not set` lines are absent."""
+    return dict(re.findall(r"^(CONFIG_\w+)=(.*)$", text, re.M))
+
+
+def read_config(path: Path) -> dict[str, str] | None:
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return None
+    if path.suffix == ".gz":
+        import gzip
+
+        raw = gzip.decompress(raw)
+    return parse_config(raw.decode(errors="replace"))
+
+
+def error_injection_from_system_map(text: str) -> frozenset[str]:
+    return frozenset(_EIL_SYMBOL.findall(text))
+
+
+def error_injection_from_debugfs(text: str) -> frozenset[str]:
+    """debugfs `error_injection/list` lines: `<func>\t<type>`."""
+    return frozenset(line.split()[0] for line in text.splitlines() if line.strip())
+
+
+@dataclass(frozen=True)
+class KernelFacts:
+    """What one kernel says about itself. `None` = not determinable here (and then a
+    feature that depends on it is refused with `where` named, never assumed)."""
+
+    kernel: str  # "6.12"
+    release: str | None  # uname -r of that kernel, when known
+    config: dict[str, str] | None
+    config_source: str | None
+    lsm: list[str] | None  # the active LSMs, in order
+    lsm_source: str | None
+    btf: bool | None
+    error_injection: frozenset[str] | None  # functions fmod_ret/override may change
+    error_injection_source: str | None
+    where: str  # where the facts were looked for, for messages
+
+    def flag(self, name: str) -> bool | None:
+        """CONFIG_<name> is y/m (True), absent (False), or the config is unknown (None)."""
+        if self.config is None:
+            return None
+        return self.config.get(name) in ("y", "m")
+
+
+def host_facts() -> KernelFacts:
+    """This host: /proc/config.gz or /boot/config-$(uname -r), securityfs' lsm list,
+    /sys/kernel/btf/vmlinux, debugfs' error-injection list (when debugfs is mounted)."""
+    release = os.uname().release
+    config, config_source = None, None
+    for path in (*HOST_CONFIGS, Path(f"/boot/config-{release}")):
+        config = read_config(path)
+        if config is not None:
+            config_source = str(path)
+            break
+    lsm, lsm_source = _read_list(HOST_LSM), str(HOST_LSM)
+    if lsm is None:
+        cmdline = _read_text(Path("/proc/cmdline")) or ""
+        m = re.search(r"\blsm=(\S+)", cmdline)
+        if m:
+            lsm, lsm_source = m.group(1).split(","), "/proc/cmdline lsm="
+        elif config and "CONFIG_LSM" in config:
+            lsm, lsm_source = config["CONFIG_LSM"].strip('"').split(","), f"{config_source} CONFIG_LSM"
+        else:
+            lsm_source = None
+    injection_text = _read_text(HOST_ERROR_INJECTION)
+    injection = error_injection_from_debugfs(injection_text) if injection_text is not None else None
+    if injection is None and config is not None and not config.get("CONFIG_FUNCTION_ERROR_INJECTION"):
+        injection = frozenset()  # no error injection at all: the list is empty by definition
+    return KernelFacts(
+        kernel=format_kernel_version(running_kernel_version()), release=release,
+        config=config, config_source=config_source, lsm=lsm, lsm_source=lsm_source,
+        btf=HOST_BTF.exists(), error_injection=injection,
+        error_injection_source=str(HOST_ERROR_INJECTION) if injection_text is not None else config_source,
+        where=f"this host ({release})")
+
+
+def matrix_kernel_dir(kernel: KernelVersion) -> Path | None:
+    """The kernel-test cache's unpacked Debian package of this kernel (matrix/kernels.py
+    keeps vmlinuz, kernel.json, config, System.map there), when its release is X.Y."""
+    import json
+
+    from ..resources import cache_dir
+
+    for key in (format_kernel_version(kernel), str(kernel[0])):
+        d = cache_dir() / "kernels" / key
+        try:
+            release = json.loads((d / "kernel.json").read_text())["release"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if parse_kernel_version(release) == kernel:
+            return d
+    return None
+
+
+def matrix_facts(kernel: KernelVersion) -> KernelFacts:
+    """A matrix kernel, from its own Debian package in the cache: config-<release>,
+    System.map-<release> (error-injection entries), the image's BTF, and lsm= from the
+    guest's boot command line (CONFIG_LSM when the command line does not set it)."""
+    text = format_kernel_version(kernel)
+    d = matrix_kernel_dir(kernel)
+    if d is None:
+        return KernelFacts(text, None, None, None, None, None, None, None, None,
+                           f"the kernel-test cache (no kernel {text} there: `bpfpolicy kernel fetch` or "
+                           f"`bpfpolicy kernel-test --kernels {text}` brings it)")
+    import json
+
+    release = json.loads((d / "kernel.json").read_text())["release"]
+    config = read_config(d / "config")
+    smap = _read_text(d / "System.map")
+    injection: frozenset[str] | None = None
+    injection_source = None
+    if config is not None and not config.get("CONFIG_FUNCTION_ERROR_INJECTION"):
+        injection, injection_source = frozenset(), f"{d / 'config'}"
+    elif smap is not None:
+        injection, injection_source = error_injection_from_system_map(smap), str(d / "System.map")
+    return KernelFacts(
+        kernel=text, release=release, config=config,
+        config_source=str(d / "config") if config is not None else None,
+        lsm=MATRIX_LSM.split(","), lsm_source="the matrix guest's boot command line (lsm=)",
+        btf=config.get("CONFIG_DEBUG_INFO_BTF") == "y" if config is not None else None,
+        error_injection=injection, error_injection_source=injection_source,
+        where=f"the kernel-test cache {d} ({release})")
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def _read_list(path: Path) -> list[str] | None:
+    text = _read_text(path)
+    return [x for x in text.strip().split(",") if x] if text is not None else None

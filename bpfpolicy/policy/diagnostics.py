@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-Severity = Literal["error", "warning"]
+Severity = Literal["error", "warning", "note"]  # a note informs; only errors fail
 
 
 def format_path(path: tuple[str | int, ...] | list[str | int]) -> str:
@@ -33,7 +33,7 @@ class Diagnostic:
     severity: Severity = "error"
 
     def __str__(self) -> str:
-        prefix = "warning: " if self.severity == "warning" else ""
+        prefix = f"{self.severity}: " if self.severity != "error" else ""
         return f"{self.file}:{self.line}:{self.col}: {self.path}: {prefix}{self.message}"
 
     def as_dict(self) -> dict[str, object]:

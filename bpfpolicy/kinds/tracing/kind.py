@@ -8,9 +8,11 @@ the template in `tracing_lower`; see docs/tracing.md.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from ...policy.diagnostics import Diagnostic
 from ...policy.load import Document
 from ..base import Artifact, CompileContext, ForeignFormat, Kind, Model, Reporter
 from .check import TracingChecker
@@ -54,3 +56,33 @@ class TracingPolicyKind(Kind):
         from .lower import compile_tracing_policy
 
         return compile_tracing_policy(doc, ctx)
+
+    def compile_one(self, model: Model, ctx: CompileContext) -> tuple[Artifact | None, list[Diagnostic]]:
+        """The artifact plus, per hook, where it runs on the target (docs/tracing.md
+        "What runs where"), read back from the manifest's hook table."""
+        artifact, diags = super().compile_one(model, ctx)
+        if artifact is not None:
+            diags = [*diags, *self._where(model.doc, artifact.manifest["events"]["hooks"],
+                                          artifact.manifest["features"].get("kernel", "?"))]
+        return artifact, diags
+
+    def backend_diagnostics(self, model: Model, ctx: CompileContext) -> list[Diagnostic]:
+        """`validate`: the same notes without building (the C is rendered, not compiled);
+        a hook that cannot run on the target is a note here — compile makes it an error."""
+        from ...policy.diagnostics import PolicyError
+        from .lower import Lowering
+
+        try:
+            lowering = Lowering(model.doc, ctx)
+        except PolicyError as e:
+            kernel = ctx.target.version_text
+            return [dataclasses.replace(d, severity="note", message=f"cannot run on kernel {kernel}: {d.message}")
+                    for d in e.diagnostics if d.severity == "error"]
+        return self._where(model.doc, lowering.hooks, lowering.features.get("kernel", "?"))
+
+    @staticmethod
+    def _where(doc: Document, hooks: list[dict[str, Any]], kernel: str) -> list[Diagnostic]:
+        from .backends.choose import backend_report
+
+        return [Diagnostic(doc.file, line, col, path, message, severity)  # type: ignore[arg-type]
+                for (line, col), path, severity, message in backend_report(hooks, kernel)]

@@ -289,7 +289,8 @@ class Lowering:
     def kernel_test(self) -> str:
         script = KernelTestScript().comment(f"TracingPolicy/{self.name}: load every program, attach by SEC()")
         script.object()
-        for p in self.programs:
+        for p in self.programs:  # the backend this kernel gets, so the matrix log says what ran
+            script.comment(f"{p.title} runs as {p.sec} on kernel {self.features.get('kernel')}")
             script.attach(p.name)
         annotation = ((self.data.get("metadata") or {}).get("annotations") or {}).get("bpfpolicy.io/kernel-test")
         for line in str(annotation or "").splitlines():

@@ -10,6 +10,7 @@ from typing import Any
 
 from ...btf import Btf
 from ..check import SYSCALL_CALL, is_syscall_hook
+from ..features import injectable
 from . import fentry, kprobe, lsm, tracepoint, uprobe
 from .base import Backend, HookError, PathT, fmt
 
@@ -99,9 +100,10 @@ class BackendChooser:
         name = func.split("sys_", 1)[1]
         if override:
             prefer_fmod = self.override_method == "fmod-ret"
-            if self._need("kprobes", "kprobe_override") and not prefer_fmod:
+            modifiable = self._injectable(func, path, selectors)
+            if modifiable and self._need("kprobes", "kprobe_override") and not prefer_fmod:
                 return kprobe.backend(func, "Override via bpf_override_return", syscall=True)
-            if self._need("trampoline", "error_injection"):
+            if modifiable and self._need("trampoline", "error_injection"):
                 n = self._func_params(func, path, hook)
                 if n is None:
                     return None
@@ -121,11 +123,13 @@ class BackendChooser:
             if name in LSM_REMAP:
                 hint = (f"; on kernels with BPF LSM express it as lsmhooks: hook "
                         f"{LSM_REMAP[name]} (the mapping for {name} in docs/upstream.md §2.4)")
+            lacks = self._missing('kprobe_override', 'trampoline', 'error_injection') or \
+                f"{func} on its error-injection list (the kernel refuses it: \"{func}() is not modifiable\")"
             raise HookError(self._override_path(path, selectors),
                             f"Override on syscall {name} needs kprobes with CONFIG_BPF_KPROBE_OVERRIDE "
-                            f"or BPF trampolines with CONFIG_FUNCTION_ERROR_INJECTION (fmod_ret); "
-                            f"kernel {self.features.get('kernel')} lacks "
-                            f"{self._missing('kprobe_override', 'trampoline', 'error_injection')}{hint}")
+                            f"or BPF trampolines with CONFIG_FUNCTION_ERROR_INJECTION (fmod_ret), and "
+                            f"{func} on the kernel's error-injection list; kernel "
+                            f"{self.features.get('kernel')} lacks {lacks}{hint}")
         if hook.get("return") and not self._need("trampoline"):
             raise HookError((*path, "return"), f"return: true needs fexit (BPF trampolines); kernel "
                             f"{self.features.get('kernel')} lacks {self._missing('trampoline')}")
@@ -140,6 +144,21 @@ class BackendChooser:
                 "fentry", func, "no kprobes, no syscall tracepoints", n, syscall=True)
         raise HookError(path, f"syscall {name} cannot be traced: kernel lacks "
                         f"{self._missing('kprobes', 'syscall_tracepoints', 'trampoline')}")
+
+    def _injectable(self, func: str, path: PathT, selectors: list[dict[str, Any]]) -> bool:
+        """fmod_ret and bpf_override_return change only functions on the target's
+        error-injection list; when the list cannot be read for this target, refuse
+        rather than compile an object the kernel rejects at load ("not modifiable")."""
+        if not self._need("error_injection"):
+            return False  # the caller's error names CONFIG_FUNCTION_ERROR_INJECTION
+        known = injectable(self.features, func)
+        if known is None:
+            raise HookError(self._override_path(path, selectors),
+                            f"Override on {func}: cannot tell whether kernel {self.features.get('kernel')} "
+                            f"may modify it (its error-injection list is not readable here: "
+                            f"{self._reason('error_injection')}); fetch the kernel "
+                            f"(`bpfpolicy kernel-test --kernels {self.features.get('kernel')}`) or mount debugfs")
+        return known
 
     def _override_path(self, path: PathT, selectors: list[dict[str, Any]]) -> PathT:
         for j, s in enumerate(selectors):
@@ -226,3 +245,47 @@ class BackendChooser:
         if hook.get("raw"):
             return tracepoint.raw_backend(event)
         return tracepoint.backend(sub, event, "tracepoints section")
+
+
+# ------------------------------------------------------------------ what runs where
+# The backend each section asks for; a hook that runs as something else changes meaning.
+REQUESTED = {"kprobes": "kprobe", "lsmhooks": "lsm", "tracepoints": "tracepoint", "fentries": "fentry",
+             "uprobes": "uprobe", "usdts": "uprobe"}
+SAME = {("tracepoint", "raw_tracepoint")}
+# What changes when a hook runs as another backend (docs/tracing.md "What runs where").
+DIFFERENCE = {
+    ("kprobe", "tracepoint"): "the syscall tracepoint fires at syscall entry with the raw user "
+        "arguments (args[]), never an in-kernel resolved argument; it cannot change a return value "
+        "(no Override), and it sees only what the sys_enter record carries",
+    ("kprobe", "lsm"): "a BPF LSM program runs only if no earlier LSM in lsm= denied the operation "
+        "and only while `bpf` is in the kernel's lsm= list; it sees the LSM hook's arguments (kernel "
+        "objects), not the syscall's, and its return value (0 or -errno) is the access decision",
+    ("kprobe", "fmod_ret"): "fmod_ret runs on a BPF trampoline before the function; a non-zero "
+        "return skips the function and becomes its return value, and only functions on the kernel's "
+        "error-injection list may be attached",
+    ("kprobe", "fentry"): "fentry runs on a BPF trampoline at function entry with BTF-typed "
+        "arguments; functions without BTF (or inlined) cannot be hooked, and it cannot override",
+    ("kprobe", "fexit"): "fexit runs after the function returns, with the arguments and the "
+        "return value",
+}
+
+
+def backend_report(hooks: list[dict[str, Any]], kernel: str) -> list[tuple[tuple[int, int], str, str, str]]:
+    """Per hook: a note saying where it runs, and a warning (prefixed BACKEND_CHANGE, so
+    --strict-backend can make it an error) when that is not the backend the policy asked
+    for. Returns ((line, col), path, severity, message) rows."""
+    from ...target import BACKEND_CHANGE
+
+    rows = []
+    for h in hooks:
+        asked, got = REQUESTED.get(h["section"], h["backend"]), h["backend"]
+        target = h["attach"].split("/", 1)[1] if "/" in h["attach"] else h["attach"]
+        ret = " (return value via fexit)" if h.get("return") else ""
+        where = (h["line"], h["col"])
+        rows.append((where, h["path"], "note",
+                     f"{h['name']} runs as {got} {target}{ret} on kernel {kernel} ({h['why']})"))
+        if asked != got and (asked, got) not in SAME:
+            why = DIFFERENCE.get((asked, got), f"{got} is not a {asked}: its arguments and timing differ")
+            rows.append((where, h["path"], "warning",
+                         f"{BACKEND_CHANGE}{asked} → {got}: {h['name']} runs as {got} {target}: {why}"))
+    return rows
