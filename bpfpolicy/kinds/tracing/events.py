@@ -101,6 +101,8 @@ def decode_event(raw: bytes, manifest: dict[str, Any], boot_offset_ns: int | Non
         name = ARG_KINDS.get(kind, "none")
         if name in ("int", "uint"):
             arg["value"] = ival if name == "int" else ival & 0xFFFFFFFFFFFFFFFF
+            if spec.get("type") == "fd":
+                _resolve_fd(arg, pid, ival)
         elif name in ("string", "path"):
             arg["value"] = _cstr(buf, min(length, STR - 1))
         elif name == "sock":
@@ -148,6 +150,21 @@ def decode_process(raw: bytes, manifest: dict[str, Any]) -> dict[str, Any]:
     if ev is None:
         ev = {"event": "process_fork", "pid": rec["pid"], "ppid": rec["ppid"]}
     return {"time": _iso(rec["ktime"] + cache.boot_offset_ns), **ev}
+
+
+def _resolve_fd(arg: dict[str, Any], pid: int, fd: int) -> None:
+    """An `fd` argument -> its path from /proc/<pid>/fd/<n>, read when the event is decoded
+    (Tetragon resolves in the kernel at the hook). The process must still be alive and the
+    fd not reused since: `resolved_at: decode` says so; an unresolvable fd stays a number."""
+    import os
+
+    if fd < 0 or pid <= 0:
+        return
+    try:
+        path = os.readlink(f"/proc/{pid}/fd/{fd}")
+    except OSError:
+        return
+    arg.update(value=path, fd=fd, resolved_at="decode")
 
 
 def _sockinfo(buf: bytes) -> dict[str, Any]:

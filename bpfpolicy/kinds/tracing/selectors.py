@@ -163,8 +163,8 @@ class SelectorBuilder:
         bits, effects, post, verdict, error = 0, [], None, "pass", 0
         for k, a in enumerate(sel.get("matchActions") or [{"action": "Post"}]):
             name = str(a["action"])
-            if only is not None and name not in only:
-                continue
+            if (only is not None and name not in only) or name in S.REMOVED_ACTIONS:
+                continue  # FollowFD/CopyFD/UnfollowFD: decode-time fd resolution (check.py)
             bits |= 1 << S.ACTIONS[name]
             site = self.site((*spath, "matchActions", k))
             if name in ENFORCE and self.monitor:

@@ -168,3 +168,62 @@ kprobes:
     kernel = [f.get("symbol") or "" for f in ev["kernel_stack_trace"]]
     assert any("syscall" in k.lower() for k in kernel), kernel
     assert all(f["address"].startswith("0x") for f in ev["kernel_stack_trace"])
+
+
+FD_PROG = r"""
+#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
+int main(int argc, char **argv)
+{ char b[8]; int fd = open(argv[1], O_RDONLY); if (fd < 0) return 2; (void)!read(fd, b, sizeof b);
+  printf("%d\n", fd); fflush(stdout); getchar(); return 0; }
+"""
+
+
+@pytest.mark.parametrize("action", ["Post", "FollowFD"])  # FollowFD: accepted, same meaning
+def test_fd_argument_resolves_to_its_path_while_the_process_lives(tmp_path: Path, action: str) -> None:
+    (tmp_path / "fd.c").write_text(FD_PROG)
+    prog, target = tmp_path / "fdprog", tmp_path / "watched.txt"
+    target.write_text("hello")
+    subprocess.run(["cc", "-O1", "-o", str(prog), str(tmp_path / "fd.c")], check=True)
+    extra = "{action: FollowFD, argFd: 0}, " if action == "FollowFD" else ""
+    art, diags = compile_one(write(tmp_path, f"""\
+kprobes:
+- call: sys_read
+  syscall: true
+  args: [{{index: 0, type: fd}}]
+  selectors:
+  - matchBinaries: [{{operator: In, values: ["{prog}"]}}]
+    matchActions: [{extra}{{action: Post}}]
+"""))
+    assert art is not None, diags
+    with loaded(art) as (_obj, reader):
+        child = subprocess.Popen([str(prog), str(target)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout is not None
+            fd = int(child.stdout.readline())
+            alive = events(art, reader)
+        finally:
+            child.communicate("\n", timeout=10)
+    reads = [e["args"][0] for e in alive if e["pid"] == child.pid and e["args"][0].get("fd") == fd]
+    assert reads and reads[0]["value"] == str(target) and reads[0]["resolved_at"] == "decode", alive
+    tet = to_tetragon({"source": "kernel", "section": "kprobes", "hook": "sys_read", "args": [reads[0]]}, "n")
+    assert tet is not None and tet["process_kprobe"]["args"][0]["file_arg"]["path"] == str(target)
+
+
+def test_followfd_is_accepted_with_a_warning_naming_its_meaning(tmp_path: Path) -> None:
+    from helpers.tracing import validate
+
+    p = write(tmp_path, """\
+kprobes:
+- call: sys_read
+  syscall: true
+  args: [{index: 0, type: fd}]
+  selectors:
+  - matchActions: [{action: FollowFD, argFd: 0, argName: 1}, {action: Post}]
+""")
+    result = validate(p)
+    assert result.ok
+    (w,) = [d for d in result.diagnostics if d.severity == "warning" and "FollowFD" in d.message]
+    assert w.path == "spec.kprobes[0].selectors[0].matchActions[0].action"
+    assert "resolved_at: decode" in w.message
