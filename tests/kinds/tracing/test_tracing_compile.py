@@ -176,7 +176,8 @@ def test_manifest_describes_programs_attachments_and_events(tmp_path: Path) -> N
     assert ev["size"] == 1688 and ev["hooks"][0]["name"] == "sys_openat"
     assert ev["hooks"][0]["attach"] == "tp/syscalls/sys_enter_openat"
     kt = art.files["kernel-test.txt"].decode().splitlines()
-    assert kt[1:] == ["object prog.bpf.o", f"attach {m['programs'][0]['name']} auto"]
+    assert [x for x in kt[1:] if not x.startswith("#")] == ["object prog.bpf.o", f"attach {m['programs'][0]['name']} auto"]
+    assert kt[2] == "# kprobe sys_openat runs as tp/syscalls/sys_enter_openat on kernel " + m["features"]["kernel"]
 
 
 def test_event_decoder_round_trip() -> None:
