@@ -423,7 +423,9 @@ class TracingChecker:
                          f"per selector (has {n_args})")
         for key, why in (
             ("matchData", "matchData is not implemented"),
-            ("matchReturnArgs", "matchReturnArgs is not implemented"),
+            ("matchReturnArgs", "matchReturnArgs is not implemented (kretprobe/fexit return "
+                                "values are not matched); on a syscall's exit, hook the "
+                                "sys_exit_* tracepoint and use matchArgs on field 5 (ret)"),
             ("matchNamespaceChanges", "matchNamespaceChanges (tracking namespace changes per "
                                       "process) is not implemented"),
             ("matchCapabilityChanges", "matchCapabilityChanges (tracking capability changes per "

@@ -5,6 +5,7 @@ on `sys_exit_*`. One behaviour per row; docs/tracing.md "Tetragon features" cite
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import uuid
@@ -227,3 +228,44 @@ kprobes:
     (w,) = [d for d in result.diagnostics if d.severity == "warning" and "FollowFD" in d.message]
     assert w.path == "spec.kprobes[0].selectors[0].matchActions[0].action"
     assert "resolved_at: decode" in w.message
+
+
+def test_sys_exit_ret_posts_failed_opens_only(tmp_path: Path) -> None:
+    """The return value on the tracepoint exit backend: field 5 (ret) of sys_exit_openat,
+    -ENOENT posted, a successful open not."""
+    missing = f"/tmp/bpfpolicy-ret-{uuid.uuid4().hex[:8]}"
+    art, diags = compile_one(write(tmp_path, f"""\
+tracepoints:
+- subsystem: syscalls
+  event: sys_exit_openat
+  args: [{{index: 5, type: int64}}]
+  selectors:
+  - matchPIDs: [{{operator: In, followForks: true, values: [{os.getpid()}]}}]
+    matchArgs: [{{index: 0, operator: Equal, values: ["-2"]}}]
+"""))
+    assert art is not None, diags
+    with loaded(art) as (_obj, reader):
+        code = "import os, sys\ntry: os.close(os.open(sys.argv[1], os.O_RDONLY))\nexcept OSError: sys.exit(1)"
+        bad, good = (subprocess.Popen([sys.executable, "-I", "-S", "-c", code, f]) for f in (missing, "/etc/hostname"))
+        assert bad.wait() == 1 and good.wait() == 0
+        got = events(art, reader)
+    # Both runs fail the same startup opens; `bad` fails one more: `missing`.
+    n_bad, n_good = (len([e for e in got if e["pid"] == p.pid]) for p in (bad, good))
+    assert n_bad == n_good + 1, got
+    assert all(e["args"][0]["value"] == -2 for e in got), got  # successes never posted
+
+
+def test_match_return_args_refusal_names_the_way_that_works(tmp_path: Path) -> None:
+    from helpers.tracing import errors, validate
+
+    p = write(tmp_path, """\
+tracepoints:
+- subsystem: syscalls
+  event: sys_exit_openat
+  args: [{index: 5, type: int64}]
+  selectors:
+  - matchReturnArgs: [{index: 0, operator: Equal, values: ["-2"]}]
+""")
+    (d,) = errors(validate(p))
+    assert d.path == "spec.tracepoints[0].selectors[0].matchReturnArgs"
+    assert "matchArgs on field 5 (ret)" in d.message, d.message
