@@ -41,6 +41,21 @@ _prebuilt_opt = click.option(
          "and bpffs root. A policy source never yields artifacts.")
 
 
+_prune_opt = click.option(
+    "--prune", is_flag=True,
+    help="Remove applied policies that PATH does not hold (implied when PATH is the configured "
+         "source or no PATH is given). Without it they are kept and listed, like kubectl apply.")
+
+
+def _should_prune(cfg, paths: tuple[str, ...], prune: bool) -> bool:  # noqa: ANN001
+    """GitOps: only the whole truth prunes — `--prune`, no PATH (the configured source), or
+    a PATH that is the configured source directory however it is spelled."""
+    if prune or not paths:
+        return True
+    src = cfg.source_dir
+    return src is not None and len(paths) == 1 and Path(paths[0]).resolve() == Path(src).resolve()
+
+
 def _desired(paths: tuple[str, ...], prebuilt: tuple[str, ...]) -> tuple[list[Path] | None, bool]:
     """(paths, prebuilt?) for the Reconciler; PATH and --prebuilt don't mix (usage error)."""
     if prebuilt and paths:
@@ -54,18 +69,25 @@ def _desired(paths: tuple[str, ...], prebuilt: tuple[str, ...]) -> tuple[list[Pa
 @click.argument("paths", nargs=-1, type=click.Path())
 @_config_opt
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@click.option("-o", "--output", "output", type=click.Choice(["text", "json"]),
+              help="json: the plan with digests and program hashes (as --format json).")
+@click.option("--diff", "show_diff", is_flag=True, help="Also print a unified diff of each changing policy object.")
 @click.option("--allow-empty", is_flag=True, help="Allow a plan that prunes every policy.")
+@_prune_opt
 @_prebuilt_opt
-def plan_cmd(paths: tuple[str, ...], config_path: str | None, fmt: str, allow_empty: bool,
-             prebuilt: tuple[str, ...]) -> None:
-    """Show what apply would do. Exit 0 no changes, 1 changes, 2 error."""
+def plan_cmd(paths: tuple[str, ...], config_path: str | None, fmt: str, output: str | None, show_diff: bool,
+             allow_empty: bool, prune: bool, prebuilt: tuple[str, ...]) -> None:
+    """Show what apply would do: actions, the kinds' rule-level changes (and with --diff
+    the policy objects' unified diff). Exit 0 no changes, 1 changes, 2 error."""
     from ..controller.plan import render
     from ..controller.reconcile import Reconciler
 
     cfg = _cfg(config_path)
+    fmt = output or fmt
     want, is_prebuilt = _desired(paths, prebuilt)
     try:
-        res = Reconciler(cfg, want, allow_empty=allow_empty, prebuilt=is_prebuilt).cycle(dry_run=True)
+        res = Reconciler(cfg, want, allow_empty=allow_empty, prebuilt=is_prebuilt,
+                         prune=_should_prune(cfg, paths, prune) or is_prebuilt).cycle(dry_run=True)
     except OSError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
@@ -75,7 +97,7 @@ def plan_cmd(paths: tuple[str, ...], config_path: str | None, fmt: str, allow_em
     if fmt == "json":
         click.echo(json.dumps({"revision": res.revision, **res.plan.as_dict()}, indent=2))
     else:
-        render(res.plan)
+        render(res.plan, diff=show_diff)
     if res.plan.refused:
         sys.exit(2)
     sys.exit(1 if res.plan.changes else 0)
@@ -86,10 +108,12 @@ def plan_cmd(paths: tuple[str, ...], config_path: str | None, fmt: str, allow_em
 @_config_opt
 @click.option("--allow-empty", is_flag=True, help="Allow pruning every policy.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@_prune_opt
 @_prebuilt_opt
 def apply_cmd(paths: tuple[str, ...], config_path: str | None, allow_empty: bool, fmt: str,
-              prebuilt: tuple[str, ...]) -> None:
-    """Converge once: load, fill, swap atomically, prune. Non-zero exit on failure."""
+              prune: bool, prebuilt: tuple[str, ...]) -> None:
+    """Converge once: load, fill, swap atomically; prune with --prune (or the configured
+    source). Non-zero exit on failure."""
     from rich.console import Console
 
     from ..controller.reconcile import Reconciler
@@ -104,7 +128,8 @@ def apply_cmd(paths: tuple[str, ...], config_path: str | None, allow_empty: bool
         status.update(f"{action} {key}…")
 
     try:
-        res = Reconciler(cfg, want, allow_empty=allow_empty, progress=progress, prebuilt=is_prebuilt).cycle()
+        res = Reconciler(cfg, want, allow_empty=allow_empty, progress=progress, prebuilt=is_prebuilt,
+                         prune=_should_prune(cfg, paths, prune) or is_prebuilt).cycle()
     finally:
         status.stop()
     if fmt == "json":
@@ -121,7 +146,8 @@ def _result_json(res) -> dict:  # noqa: ANN001
     return {"revision": res.revision, "ok": res.ok, "error": res.error, "skipped": res.skipped,
             "seconds": res.seconds,
             "outcomes": [{"policy": o.key, "action": o.action, "ok": o.ok, "message": o.message,
-                          "reason": o.reason, "drift": o.drift, "seconds": o.seconds} for o in outs]}
+                          "reason": o.reason, "drift": o.drift, "seconds": o.seconds} for o in outs],
+            "kept": sorted(res.plan.kept) if res.plan is not None else []}
 
 
 def _print_result(console, res) -> None:  # noqa: ANN001
@@ -140,6 +166,9 @@ def _print_result(console, res) -> None:  # noqa: ANN001
             console.print(o.log[-3000:], markup=False, highlight=False)
     if not outs:
         console.print("no changes")
+    kept = sorted(res.plan.kept) if res.plan is not None else []
+    for key in kept:
+        console.print(f"[dim]- {key}: not in PATH (use --prune to remove)[/]")
     console.print(f"revision {res.revision}: {'converged' if res.ok else 'FAILED'} in {res.seconds * 1000:.1f} ms")
 
 

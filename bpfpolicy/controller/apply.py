@@ -107,7 +107,7 @@ def apply_plan(cfg: HostConfig, plan: Plan, store: Store, *, revision: str | Non
     heal = cfg.self_heal if heal is None else heal
     result = ApplyResult()
     for pp in plan.policies:
-        acts = [a for a in pp.actions if a.type != "noop" and (heal or not a.drift)]
+        acts = [a for a in pp.actions if a.type not in ("noop", "keep") and (heal or not a.drift)]
         if not acts:
             continue
         t0 = time.perf_counter()
@@ -137,6 +137,7 @@ def _apply_policy(cfg: HostConfig, pp: PolicyPlan, types: list[str], store: Stor
     old = o.entry if o else None
     if not d.is_bpf:
         store.record_policy(d.key, install_files(cfg, d, revision))
+        save_applied_document(cfg.state_dir, d)
         return
     if "create" in types or "replace" in types:
         entry = load_and_swap(cfg, d, old, revision)
@@ -151,6 +152,25 @@ def _apply_policy(cfg: HostConfig, pp: PolicyPlan, types: list[str], store: Stor
         entry.update(digest=d.digest, manifest=d.manifest, revision=revision or entry.get("revision"),
                      applied_at=now_iso())
     store.record_policy(d.key, entry)
+    save_applied_document(cfg.state_dir, d)
+
+
+def save_applied_document(state_dir: Path, d: DesiredPolicy) -> None:
+    """Keep the policy document just applied (YAML, 0600): the next plan's rule-level
+    lines and `plan --diff` compare against it."""
+    from .plan import applied_document, doc_text
+
+    if d.document is None:
+        return
+    kind, name = d.key.split("/", 1)
+    contained(state_dir, "applied", kind, name)
+    dest = check_inside(applied_document(state_dir, d.key), state_dir)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(doc_text(d.document))
+    os.replace(tmp, dest)
 
 
 # --------------------------------------------------------------------------- load + swap

@@ -43,6 +43,7 @@ class DesiredPolicy:
     manifest: dict[str, Any]
     dir: Path
     source: str | None = None  # policy file it came from
+    document: Any = None  # the policy document's data (plan's rule-level diff, kept at apply)
 
     @property
     def key(self) -> str:
@@ -173,6 +174,7 @@ def _compile(paths: list[Path], out_dir: Path, ctx: Any, state: DesiredState,
             state.diagnostics.append(Diagnostic(src, 1, 1, "$", f"{dest}: {e}"))
             continue
         pol.source = getattr(getattr(validated, "doc", None), "file", None)
+        pol.document = getattr(getattr(validated, "doc", None), "data", None)
         _add(state, pol)
 
 

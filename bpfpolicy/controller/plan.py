@@ -6,6 +6,13 @@ Actions (docs/upstream.md §6): `create`, `replace` (load a new program version 
 `noop`. Drift-driven actions carry `drift=True`; with self-heal off they are reported
 and not applied.
 
+GitOps semantics: a policy the plan's source does not hold is pruned only when the
+caller says the source is the whole truth (`--prune`, the configured source, `watch`);
+otherwise it is kept and listed (`keep`, like kubectl apply without --prune). Each
+changing policy also gets rule-level lines from its kind (`Kind.describe_change`) over
+the policy document applied last (kept in the state dir at apply) and the new one;
+hashes stay in the JSON plan, out of the human table.
+
 Map deltas are computed against what the kernel map holds *now* (read through its pin),
 not against what we believe we wrote, so an entry edited behind our back is both
 detected and repaired by the same delta.
@@ -32,9 +39,12 @@ class Action:
     drift: bool = False
     maps: dict[str, tuple[int, int]] = field(default_factory=dict)  # map -> (+N, −M)
     attachments: list[int] = field(default_factory=list)  # reattach: indexes
+    hashes: dict[str, str] = field(default_factory=dict)  # JSON only: {"old": …, "new": …}
 
     def as_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"type": self.type, "detail": self.detail, "drift": self.drift}
+        if self.hashes:
+            d["hashes"] = self.hashes
         if self.maps:
             d["maps"] = {k: {"add": a, "remove": r} for k, (a, r) in self.maps.items()}
         if self.attachments:
@@ -48,16 +58,37 @@ class PolicyPlan:
     desired: DesiredPolicy | None
     observed: ObservedPolicy | None
     actions: list[Action] = field(default_factory=list)
+    rules: list[str] = field(default_factory=list)  # the kind's rule-level change lines
+    old_doc: Any = None  # policy document applied last (None: none kept)
+    new_doc: Any = None
 
     @property
     def changes(self) -> bool:
         return any(a.type in CHANGE_TYPES for a in self.actions)
+
+    def doc_key(self) -> str:
+        """`Kind/name` of the policy document (an endpoint artifact such as
+        NetworkPolicy/ep is named after its endpoint; its lines name the policy)."""
+        for doc in (self.new_doc, self.old_doc):
+            meta = doc.get("metadata") if isinstance(doc, dict) else None
+            if isinstance(meta, dict) and meta.get("name"):
+                return f"{self.key.split('/', 1)[0]}/{meta['name']}"
+        return self.key
+
+    def diff(self) -> str:
+        """Unified diff of the policy object, applied → desired (`plan --diff`)."""
+        import difflib
+
+        a, b = doc_text(self.old_doc), doc_text(self.new_doc)
+        return "".join(difflib.unified_diff(a.splitlines(True), b.splitlines(True),
+                                            f"applied/{self.doc_key()}", f"desired/{self.doc_key()}"))
 
 
 @dataclass
 class Plan:
     policies: list[PolicyPlan] = field(default_factory=list)
     refused: str | None = None  # e.g. prune-to-empty without --allow-empty
+    kept: set[str] = field(default_factory=set)  # applied, not in the source, not pruned
 
     @property
     def changes(self) -> bool:
@@ -65,23 +96,33 @@ class Plan:
 
     def as_dict(self) -> dict[str, Any]:
         return {"changes": self.changes, "refused": self.refused,
-                "policies": [{"policy": p.key, "actions": [a.as_dict() for a in p.actions]}
-                             for p in self.policies]}
+                "kept": sorted(self.kept),
+                "policies": [{"policy": p.key, "actions": [a.as_dict() for a in p.actions],
+                              "document": p.doc_key(), "changes": p.rules} for p in self.policies]}
+
+
+KEEP = "not in PATH (use --prune to remove)"
 
 
 def make_plan(cfg: HostConfig, desired: DesiredState, observed: Observed, *,
-              allow_empty: bool = False, deep: bool = True) -> Plan:
+              allow_empty: bool = False, deep: bool = True, prune: bool = True) -> Plan:
     """`deep` reads every content map back from the kernel (drift detection); shallow
-    plans trust the applied copies for unchanged policies (fast file-triggered cycles)."""
+    plans trust the applied copies for unchanged policies (fast file-triggered cycles).
+    `prune=False`: applied policies outside the source are kept (`keep`), not removed."""
     plan = Plan()
     for key in sorted(set(desired.policies) | set(observed.policies)):
         d, o = desired.policies.get(key), observed.policies.get(key)
         pp = PolicyPlan(key, d, o)
-        if d is None:
+        if d is None and not prune:
+            pp.actions.append(Action("keep", KEEP))
+            plan.kept.add(key)
+        elif d is None:
             assert o is not None
             pp.actions.append(Action("prune", "not in the desired state"))
         else:
             pp.actions = _policy_actions(d, o, cfg.state_dir, deep)
+        if pp.changes:
+            _describe(pp, cfg.state_dir)
         plan.policies.append(pp)
     prunes = [p for p in plan.policies if any(a.type == "prune" for a in p.actions)]
     if prunes and not desired.policies and not allow_empty:
@@ -92,19 +133,21 @@ def make_plan(cfg: HostConfig, desired: DesiredState, observed: Observed, *,
 
 def _policy_actions(d: DesiredPolicy, o: ObservedPolicy | None, state_dir: Path, deep: bool) -> list[Action]:
     if o is None or (o.entry is None and o.pin_dir is None):
-        return [Action("create", f"new {'program' if d.is_bpf else 'artifact'} digest {d.digest[:12]}")]
+        return [Action("create", f"new {'program' if d.is_bpf else 'artifact'}", hashes={"new": d.digest})]
     e = o.entry
     if e is None:
         return [Action("replace", "adopt pinned objects with no inventory entry (reload and swap)", drift=True)]
     if not d.is_bpf:
         if e.get("digest") != d.digest:
-            return [Action("replace", f"install digest {d.digest[:12]} (was {str(e.get('digest'))[:12]})")]
+            return [Action("replace", "install the new artifact",
+                           hashes={"old": str(e.get("digest")), "new": d.digest})]
         if o.drift:
             return [Action("replace", "; ".join(o.drift), drift=True)]
         return [Action("noop")]
     why = _reload_reason(d, e, o)
     if why:
-        return [Action("replace", why[0], drift=why[1])]
+        hashes = {"old": str(e.get("program_hash")), "new": str(d.manifest.get("program_hash"))}
+        return [Action("replace", why[0], drift=why[1], hashes=hashes if not why[1] else {})]
     actions: list[Action] = []
     deltas = {m: delta for m, delta in map_deltas(d, e, state_dir, deep).items() if delta != (0, 0)}
     if deltas:
@@ -127,7 +170,7 @@ def _reload_reason(d: DesiredPolicy, e: dict[str, Any], o: ObservedPolicy) -> tu
     """Why the program must be reloaded, and whether the reason is drift."""
     m = d.manifest
     if e.get("program_hash") != m.get("program_hash"):
-        return f"program changed ({str(e.get('program_hash'))[:12]} → {str(m.get('program_hash'))[:12]})", False
+        return "program changed", False
     if _map_defs(e.get("manifest", {})) != _map_defs(m):
         return "map definitions changed", False
     if _att_keys(e.get("manifest", {})) != _att_keys(m):
@@ -137,6 +180,41 @@ def _reload_reason(d: DesiredPolicy, e: dict[str, Any], o: ObservedPolicy) -> tu
     if missing:
         return "pins deleted: " + ", ".join(missing), True
     return None
+
+
+def applied_document(state_dir: Path, key: str) -> Path:
+    """Where apply keeps the policy document it applied (the base of rule-level plans
+    and `plan --diff`; removed with the policy at prune)."""
+    return state_dir / "applied" / key / "policy.yaml"
+
+
+def doc_text(doc: Any) -> str:
+    """A policy document as the YAML text kept in the state dir (stable key order)."""
+    import yaml
+
+    return "" if doc is None else yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
+
+
+def _describe(pp: PolicyPlan, state_dir: Path) -> None:
+    """Rule-level lines from the policy's kind (`Kind.describe_change`), old → new."""
+    import yaml
+
+    from ..kinds import KINDS
+
+    try:
+        pp.old_doc = yaml.safe_load(applied_document(state_dir, pp.key).read_text())
+    except (OSError, yaml.YAMLError):
+        pp.old_doc = None
+    pp.new_doc = pp.desired.document if pp.desired is not None else None
+    kind = KINDS.get(pp.key.split("/", 1)[0])
+    if kind is None or (pp.old_doc is None and pp.new_doc is None) or pp.old_doc == pp.new_doc:
+        return
+    if pp.old_doc is None and pp.desired is not None and pp.observed is not None and pp.observed.entry:
+        return  # applied before documents were kept: nothing to compare against
+    try:
+        pp.rules = kind.describe_change(pp.old_doc, pp.new_doc)
+    except Exception as e:  # a kind's wording must never break a plan
+        pp.rules = [f"(no rule-level diff: {e})"]
 
 
 def _map_defs(m: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -255,11 +333,12 @@ def diff_counts(current: bytes, new: bytes, spec: dict[str, Any]) -> tuple[int, 
 # --------------------------------------------------------------------------- printing
 
 _STYLE = {"create": "green", "replace": "yellow", "update-map": "cyan", "reattach": "magenta",
-          "record": "blue", "prune": "red", "noop": "dim"}
+          "record": "blue", "prune": "red", "noop": "dim", "keep": "dim"}
 
 
-def render(plan: Plan, console: Any = None) -> None:
-    """Readable plan: one row per action (rich table)."""
+def render(plan: Plan, console: Any = None, *, diff: bool = False) -> None:
+    """Readable plan: one row per action, then the kind's rule-level lines
+    (`Kind/name: change`); `diff` adds the unified diff of each changing policy object."""
     from rich.console import Console
     from rich.table import Table
 
@@ -273,6 +352,13 @@ def render(plan: Plan, console: Any = None) -> None:
             label = a.type + (" (drift)" if a.drift else "")
             table.add_row(p.key, f"[{_STYLE.get(a.type, '')}]{label}[/]", a.detail)
     console.print(table)
+    for p in plan.policies:
+        for line in p.rules:
+            console.print(f"{p.doc_key()}: {line}", markup=False, highlight=False, soft_wrap=True)
+        if diff and p.changes and (text := p.diff()):
+            console.print(text, markup=False, highlight=False, soft_wrap=True, end="")
+    if plan.kept:
+        console.print(f"{len(plan.kept)} applied policies not in PATH kept (use --prune to remove)")
     n = sum(1 for p in plan.policies if p.changes)
     console.print(f"{n} of {len(plan.policies)} policies change" if n else "no changes")
     if plan.refused:

@@ -69,11 +69,13 @@ class Reconciler:
     """Holds what survives between cycles in one process: the compile memo."""
 
     def __init__(self, cfg: HostConfig, paths: list[Path] | None = None, *,
-                 allow_empty: bool = False, progress: Any = None, prebuilt: bool = False) -> None:
+                 allow_empty: bool = False, progress: Any = None, prebuilt: bool = False,
+                 prune: bool = True) -> None:
         self.cfg = cfg
         self.prebuilt = prebuilt  # `paths` are operator-vouched artifact trees (desired.build)
         self.paths = paths
         self.allow_empty = allow_empty
+        self.prune = prune  # False: `apply PATH` without --prune keeps policies outside PATH
         self.progress = progress
         self.store = Store(cfg.state_dir)
         self._memo: tuple[str, DesiredState] | None = None
@@ -161,7 +163,7 @@ class Reconciler:
             return
         phase[0] = "plan"
         res.plan = make_plan(self.cfg, desired, observe(self.cfg, self.store, deep=deep),
-                             allow_empty=self.allow_empty, deep=deep)
+                             allow_empty=self.allow_empty, deep=deep, prune=self.prune)
         if dry_run:
             return
         if not retry_failed:
@@ -180,7 +182,7 @@ class Reconciler:
                                  progress=self.progress, heal=heal)
         phase[0] = "record"
         self._record(res, snap.revision, desired)
-        gc_artifacts(self.cfg.state_dir / "artifacts", set(desired.policies))
+        gc_artifacts(self.cfg.state_dir / "artifacts", set(desired.policies) | res.plan.kept)
 
     def _describe(self, e: Exception, phase: str, res: CycleResult) -> str:
         """A one-line message for an unforeseen exception, naming the policy file that
@@ -239,7 +241,7 @@ class Reconciler:
                 events.emit(ev, o.reason or "ApplyFailed", o.message, policy=o.key, type_="Warning",
                             revision=revision, log=o.log[-4000:] if o.log else None)
         for key in list(pols):
-            if key not in desired.policies:
+            if key not in desired.policies and key not in res.plan.kept:
                 pols.pop(key)
         heal_off = not self.cfg.self_heal
         for pp in res.plan.policies:

@@ -32,6 +32,7 @@ from typing import Any
 from ...policy.diagnostics import Diagnostic, PolicyError, did_you_mean
 from ...policy.load import Document
 from ..base import Artifact, CompileContext, ForeignFormat, Kind, Model, Reporter
+from .changes import describe_change as _describe_change
 
 OTHER_ARCH_SYSCALLS = frozenset({
     # names libseccomp knows only on architectures we have no table for
@@ -73,6 +74,7 @@ class SeccompModel(Model):
 
 class SeccompProfileKind(Kind):
     kind = "SeccompProfile"
+    describe_change = staticmethod(_describe_change)  # plan's rule-level lines (changes.py)
     schema_file = "seccompprofile.json"
     install_subdir = "seccomp"
     formats = (ForeignFormat("SeccompJSON", "oci-seccomp.json", matches=_is_foreign_json),)

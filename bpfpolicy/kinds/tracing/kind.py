@@ -15,6 +15,7 @@ from typing import Any
 from ...policy.diagnostics import Diagnostic
 from ...policy.load import Document
 from ..base import Artifact, CompileContext, ForeignFormat, Kind, Model, Reporter
+from .changes import describe_change as _describe_change
 from .check import TracingChecker
 from .events import decode_event
 from .schema import FOREIGN_FILE, NATIVE_FILE
@@ -38,6 +39,7 @@ class TracingModel(Model):
 
 class TracingPolicyKind(Kind):
     kind = "TracingPolicy"
+    describe_change = staticmethod(_describe_change)  # plan's rule-level lines (changes.py)
     schema_file = NATIVE_FILE
     event_layouts = {"tracing_event_v1": decode_event}
     formats = tuple(ForeignFormat(k, FOREIGN_FILE, _is_tetragon(k)) for k in TETRAGON_KINDS)

@@ -24,6 +24,7 @@ from ...policy.diagnostics import Diagnostic, PolicyError, format_path
 from ...policy.load import Document
 from ..base import Artifact, CompileContext, Kind, Model, Reporter
 from ..vectors import KernelTestScript
+from .changes import describe_change as _describe_change
 from .lower import LIMITS, MAX_RULES, PORT_PROTOCOLS, PROTOCOLS, Lowered, Rule, classify, lower
 from .sources import Sources, UnsafeListFile, open_list, parse_cidr
 
@@ -85,6 +86,7 @@ class XdpModel(Model):
 
 class XDPBlocklistKind(Kind):
     kind = "XDPBlocklist"
+    describe_change = staticmethod(_describe_change)  # plan's rule-level lines (changes.py)
     schema_file = "xdpblocklist.json"
 
     def parse(self, doc: Document, report: Reporter) -> Model:
