@@ -24,14 +24,17 @@ from . import bpf, pins
 from .tc import query_ids
 
 CGROUP_INET_INGRESS, CGROUP_INET_EGRESS = 0, 1
-DIRECTIONS = {"ingress": CGROUP_INET_INGRESS, "egress": CGROUP_INET_EGRESS}
+CGROUP_SETSOCKOPT = 22  # BPF_CGROUP_SETSOCKOPT (enum bpf_attach_type, uapi linux/bpf.h)
+# attachment `direction` -> attach type; "setsockopt" is the cgroup/setsockopt hook
+DIRECTIONS = {"ingress": CGROUP_INET_INGRESS, "egress": CGROUP_INET_EGRESS,
+              "setsockopt": CGROUP_SETSOCKOPT}
 
 
 def _attach_type(direction: str) -> int:
     try:
         return DIRECTIONS[direction]
     except KeyError:
-        raise ValueError(f"direction must be ingress or egress, got {direction!r}") from None
+        raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}") from None
 
 
 def _open_cgroup(path: str) -> int:

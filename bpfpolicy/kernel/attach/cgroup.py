@@ -1,8 +1,8 @@
 """cgroup hooks through a pinned bpf_link (BPF_LINK_CREATE on a cgroup v2 directory):
 the link keeps the program attached when the controller exits, BPF_LINK_UPDATE swaps
 it atomically, and detaching the link removes exactly our attachment. Serves any cgroup
-attach type `kernel.cgroup` knows (cgroup_skb ingress/egress today); a new one is a
-type name here plus its attach type number there."""
+attach type `kernel.cgroup` knows (cgroup_skb ingress/egress, cgroup_sockopt with
+direction "setsockopt"); a new one is a type name here plus its attach type number there."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from .base import Attacher, AttachRecord, Observation, SwapRequest, prog_id_of, 
 
 
 class CgroupAttacher(Attacher):
-    types = ("cgroup_skb",)
+    types = ("cgroup_skb", "cgroup_sockopt")
 
     def swap(self, req: SwapRequest, prog: Any) -> tuple[AttachRecord, int | None]:
         spec, final = req.spec, req.final_link_pin
