@@ -128,7 +128,10 @@ def _netpol_cases(subject: NetpolSubject) -> Iterator[dict[str, Any]]:
             # a rule's own edges, plus one peer of every other rule of its direction: the
             # rule's ports from there show where it meets (or loses to) the others
             others = [next(_netpol_peers(plan, o), None) for o in plan.rules if o is not r and o.direction == r.direction]
+            own = {str(a) for a in plan.endpoint.addresses}  # itself: not policed, not a probe
             for peer, why in [*_netpol_peers(plan, r), *(o for o in others if o is not None)]:
+                if peer in own:
+                    continue
                 for proto, port in _netpol_l4(r):
                     if proto == 58 and ":" not in peer or proto == 1 and ":" in peer:
                         continue

@@ -74,7 +74,12 @@ def subject_for(tf: TestFile) -> tuple[Any, list[Diagnostic]]:
     if kind == "NetworkPolicy":
         if tf.inventory is None:
             return None, [Diagnostic(str(tf.path), 1, 1, "spec", "NetworkPolicy tests need spec.inventory (the endpoints)")]
-        return NetpolSubject(models, str(tf.inventory)), []
+        from ..kinds.netpol.inventory import InventoryError
+
+        try:
+            return NetpolSubject(models, str(tf.inventory)), []
+        except InventoryError as e:
+            return None, [Diagnostic(str(tf.path), 1, 1, "spec.inventory", f"{tf.inventory}: {e}")]
     return None, [Diagnostic(str(tf.path), 1, 1, "spec.policy", f"{kind}: no test subject for this kind yet (XDPBlocklist, NetworkPolicy, SeccompProfile)")]
 
 
