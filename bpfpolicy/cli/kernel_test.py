@@ -90,6 +90,7 @@ def command(paths: tuple[str, ...], kernel_names: list[str], fmt: str, out_dir: 
         if not kernel_names:
             raise click.UsageError(f"no {arch} kernels to boot")
     static, policies, empty = _split_paths(paths)
+    inventory = inventory or (_default_inventory(policies) if policies else None)  # README: no --inventory
     for d in empty:
         click.echo(f"kernel-test: {d}: artifact has no kernel-test.txt and no BPF object; nothing to run", err=True)
     compiled: dict[tuple[int, int] | None, list[ArtifactDir]] = {}
@@ -138,6 +139,24 @@ def command(paths: tuple[str, ...], kernel_names: list[str], fmt: str, out_dir: 
     else:
         render.matrix_table(report)
     sys.exit(0 if report.ok else 1)
+
+
+def _default_inventory(policies: list[Path]) -> str | None:
+    """Without --inventory: the host config's endpoints when it has some, else
+    examples/host-config.yaml of the repository holding the policy tree; else say so
+    (NetworkPolicy then fails to compile with its own located error)."""
+    import os
+
+    host = Path(os.environ.get("BPFPOLICY_CONFIG", "/etc/bpfpolicy/config.yaml"))
+    candidates = [host] + [d / "examples" / "host-config.yaml"
+                           for p in policies for d in Path(p).resolve().parents]
+    for c in candidates:
+        if c.is_file() and _inventory(c):
+            click.echo(f"kernel-test: endpoint inventory from {c}", err=True)
+            return str(c)
+    click.echo("kernel-test: no endpoint inventory (no host config endpoints, no examples/host-config.yaml"
+               " above the policies): NetworkPolicy needs --inventory", err=True)
+    return None
 
 
 def _inventory(path: Path) -> list[object]:
