@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
@@ -79,12 +80,28 @@ class Target:
 
     @property
     def btf(self) -> Path | None:
-        """The kernel's own BTF when the target is this host and it has one."""
-        return HOST_BTF if self.is_host and HOST_BTF.exists() else None
+        """The kernel's own BTF: this host's, or the one extracted from the matrix cache's
+        image of that kernel for this arch (None when neither is at hand)."""
+        if self.is_host:
+            return HOST_BTF if HOST_BTF.exists() else None
+        return matrix_btf(self.version, self.arch)
+
+    @property
+    def foreign_arch(self) -> bool:
+        """Another architecture than this host's: host BTF and headers do not describe it."""
+        return debian_arch(self.arch) != debian_arch(os.uname().machine)
 
     def facts(self) -> KernelFacts:
         """The kernel's own facts: this host's files, or the matrix cache's package."""
-        return host_facts() if self.is_host else matrix_facts(self.version)
+        return host_facts() if self.is_host else matrix_facts(self.version, self.arch)
+
+
+# uname -m / CompileContext.arch spellings -> Debian's architecture names (matrix cache dirs).
+_DEBIAN_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def debian_arch(arch: str) -> str:
+    return _DEBIAN_ARCH.get(arch, arch)
 
 
 # ------------------------------------------------------------------ the target's own facts
@@ -192,15 +209,17 @@ def host_facts() -> KernelFacts:
         where=f"this host ({release})")
 
 
-def matrix_kernel_dir(kernel: KernelVersion) -> Path | None:
+def matrix_kernel_dir(kernel: KernelVersion, arch: str = "x86_64") -> Path | None:
     """The kernel-test cache's unpacked Debian package of this kernel (matrix/kernels.py
-    keeps vmlinuz, kernel.json, config, System.map there), when its release is X.Y."""
+    keeps vmlinuz, kernel.json, config, System.map in kernels/<member> for amd64 and
+    kernels/<member>-<arch> for the others), when its release is X.Y."""
     import json
 
     from ..resources import cache_dir
 
+    suffix = "" if debian_arch(arch) == "amd64" else f"-{debian_arch(arch)}"
     for key in (format_kernel_version(kernel), str(kernel[0])):
-        d = cache_dir() / "kernels" / key
+        d = cache_dir() / "kernels" / f"{key}{suffix}"
         try:
             release = json.loads((d / "kernel.json").read_text())["release"]
         except (OSError, ValueError, KeyError):
@@ -210,16 +229,17 @@ def matrix_kernel_dir(kernel: KernelVersion) -> Path | None:
     return None
 
 
-def matrix_facts(kernel: KernelVersion) -> KernelFacts:
+def matrix_facts(kernel: KernelVersion, arch: str = "x86_64") -> KernelFacts:
     """A matrix kernel, from its own Debian package in the cache: config-<release>,
     System.map-<release> (error-injection entries), the image's BTF, and lsm= from the
     guest's boot command line (CONFIG_LSM when the command line does not set it)."""
     text = format_kernel_version(kernel)
-    d = matrix_kernel_dir(kernel)
+    d = matrix_kernel_dir(kernel, arch)
     if d is None:
+        flag = "" if debian_arch(arch) == "amd64" else f" --arch {debian_arch(arch)}"
         return KernelFacts(text, None, None, None, None, None, None, None, None,
-                           f"the kernel-test cache (no kernel {text} there: `bpfpolicy kernel fetch` or "
-                           f"`bpfpolicy kernel-test --kernels {text}` brings it)")
+                           f"the kernel-test cache (no {debian_arch(arch)} kernel {text} there: "
+                           f"`bpfpolicy kernel-test{flag} --kernels {text}` brings it)")
     import json
 
     release = json.loads((d / "kernel.json").read_text())["release"]
@@ -238,6 +258,54 @@ def matrix_facts(kernel: KernelVersion) -> KernelFacts:
         btf=config.get("CONFIG_DEBUG_INFO_BTF") == "y" if config is not None else None,
         error_injection=injection, error_injection_source=injection_source,
         where=f"the kernel-test cache {d} ({release})")
+
+
+# ---------------------------------------------------------------- a matrix kernel's BTF
+# The BTF header (include/uapi/linux/btf.h): magic 0xEB9F, version 1, flags 0, hdr_len 24,
+# then type_off, type_len, str_off, str_len (offsets after the header). An uncompressed
+# image (Debian's arm64 Image, stored decompressed by the matrix) carries the .BTF blob
+# verbatim; a bzImage holds it inside its compressed ELF (kinds/btf.btf_from_vmlinuz).
+_BTF_HEADER = struct.Struct("<HBBIIIII")
+_BTF_PREFIX = b"\x9f\xeb\x01\x00\x18\x00\x00\x00"
+# A kernel's BTF is MBs of types; anything smaller is a stray match of the magic.
+MIN_KERNEL_BTF = 64 * 1024
+
+
+def btf_in_raw_image(data: bytes) -> bytes | None:
+    """The largest well-formed BTF blob in an uncompressed kernel image."""
+    best = b""
+    start = data.find(_BTF_PREFIX)
+    while start >= 0:
+        _m, _v, _f, hdr_len, type_off, type_len, str_off, str_len = _BTF_HEADER.unpack_from(data, start)
+        total = hdr_len + str_off + str_len
+        if type_off == 0 and type_len <= str_off and start + total <= len(data) and total > len(best):
+            best = data[start:start + total]
+        start = data.find(_BTF_PREFIX, start + 1)
+    return best if len(best) >= MIN_KERNEL_BTF else None
+
+
+def matrix_btf(kernel: KernelVersion, arch: str = "x86_64") -> Path | None:
+    """The BTF of a matrix kernel (that arch's image in the kernel-test cache), extracted
+    once into cache/btf/ keyed by cache dir (member-arch), size and mtime; None when not cached."""
+    from ..resources import cache_dir
+    from .btf import btf_from_vmlinuz
+
+    d = matrix_kernel_dir(kernel, arch)
+    image = d / "vmlinuz" if d is not None else None
+    if image is None or not image.is_file():
+        return None
+    st = image.stat()
+    out = cache_dir() / "btf" / f"{d.name}-{st.st_size}-{int(st.st_mtime)}.btf"
+    if out.exists():
+        return out
+    raw = btf_in_raw_image(image.read_bytes()) or btf_from_vmlinuz(image)
+    if raw is None:
+        return None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_bytes(raw)
+    os.replace(tmp, out)
+    return out
 
 
 def _read_text(path: Path) -> str | None:

@@ -3,7 +3,8 @@
 The kernels come from Debian's own archive (the fleet runs distro kernels, not
 upstream builds), fetched with `apt-get download` against a PRIVATE sources list,
 lists and cache under the cache directory, so the host's apt configuration is
-never read or changed. Only `vmlinuz` and the few modules the runner needs are
+never read or changed. Only `vmlinuz`, the few modules the runner needs and the
+package's `config` and `System.map` (the kernel's own facts, for the compilers) are
 kept; with a warm cache no network is touched.
 """
 
@@ -35,6 +36,11 @@ KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 # live-traffic stage's pair). `attach` lines use `lo` (generic XDP) and need neither.
 MODULES = ("sch_ingress", "cls_bpf", "veth")
 LISTS_MAX_AGE = 24 * 3600
+# Kept from the package next to vmlinuz: the TracingPolicy compiler reads a target
+# kernel's features from its own build config and its error-injection list from
+# System.map (kinds/target.py matrix_facts) — without them `compile --kernel X` on a
+# fresh machine would have to guess.
+FACT_FILES = ("config", "System.map")
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,8 @@ def cached(spec: KernelSpec) -> Kernel | None:
         return None
     if not {f"{m}.ko" for m in MODULES} <= set(meta.get("modules", [])):
         return None  # cached before a module was added to MODULES: fetch again
+    if not all((spec.dir / name).is_file() for name in FACT_FILES):
+        return None  # cached before the package's config/System.map were kept: fetch again
     modules = [spec.dir / "modules" / m for m in meta.get("modules", [])]
     return Kernel(spec, vmlinuz, [m for m in modules if m.is_file()], meta["release"], meta["package"])
 
@@ -201,7 +209,8 @@ def resolve(apt: PrivateApt, spec: KernelSpec, older: int = 0) -> tuple[str, lis
     (release, packages to download).
 
     Bullseye..trixie ship everything in linux-image-<release>; sid 7.x split it into
-    linux-binary-<release> (vmlinuz) and linux-modules-<release>."""
+    linux-binary-<release> (vmlinuz), linux-modules-<release> and linux-base-<release>
+    (config, System.map)."""
     meta = f"linux-image-{spec.arch}"
     versions = [v for v, suite in apt.madison(meta) if suite in spec.suites]
     if not versions:
@@ -218,7 +227,7 @@ def resolve(apt: PrivateApt, spec: KernelSpec, older: int = 0) -> tuple[str, lis
         raise FetchError(f"{spec.name}: {meta}={best} names no linux-image-*-{spec.arch}")
     release = image[0][len("linux-image-"):]
     names = [_dep_name(d)[0] for d in apt.depends(f"{image[0]}={image[1]}")]
-    split = [f"linux-{part}-{release}" for part in ("binary", "modules")]
+    split = [f"linux-{part}-{release}" for part in ("binary", "modules", "base")]
     if all(s in names for s in split):
         return release, [f"{s}={image[1]}" for s in split]
     return release, [f"{image[0]}={image[1]}"]
@@ -265,6 +274,7 @@ def _download(spec: KernelSpec, apt: PrivateApt | None) -> Kernel:
         (stage / "modules").mkdir(parents=True)
         _copy_kernel_image(_find_vmlinuz(root, release), stage / "vmlinuz")
         mods = _extract_modules(root, release, stage / "modules")
+        _keep_facts(root, release, stage)
         meta = {"release": release, "package": " ".join(packages), "modules": mods,
                 "suite": spec.suite, "fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         (stage / "kernel.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -297,6 +307,21 @@ def _find_vmlinuz(root: Path, release: str) -> Path:
         if cand.is_file():
             return cand
     raise FetchError(f"no vmlinuz for {release} in the downloaded packages")
+
+
+def _keep_facts(root: Path, release: str, stage: Path) -> None:
+    """boot/config-<release> and boot/System.map-<release> (or the usr/lib/modules copies
+    newer packages ship) into the cache as FACT_FILES; a package without them is an error,
+    not a cache that silently lacks the facts."""
+    for name in FACT_FILES:
+        for cand in (root / "boot" / f"{name}-{release}",
+                     root / "usr/lib/modules" / release / name,
+                     root / "lib/modules" / release / name):
+            if cand.is_file():
+                shutil.copyfile(cand, stage / name)
+                break
+        else:
+            raise FetchError(f"no {name}-{release} in the downloaded packages")
 
 
 def _extract_modules(root: Path, release: str, dest: Path) -> list[str]:

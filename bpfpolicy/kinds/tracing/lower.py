@@ -22,6 +22,7 @@ from ...policy.diagnostics import Diagnostic, PolicyError
 from ...policy.load import Document
 from ..base import Artifact, CompileContext
 from ..btf import Btf, host_btf, load, target_btf
+from ..target import debian_arch
 from ..vectors import KernelTestScript
 from . import spec as S
 from .backends import PREFIXES, Backend, HookError, PathT, module
@@ -50,7 +51,8 @@ __all__ = ["ARCH_PREFIX", "HookError", "Lowering", "compile_tracing_policy", "re
 def compile_tracing_policy(doc: Document, ctx: CompileContext) -> Artifact:
     lowering = Lowering(doc, ctx)
     source = lowering.render()
-    extra = (f"-D__TARGET_ARCH_{TARGET_ARCH.get(ctx.arch, 'x86')}", "-I", str(vmlinux_header().parent))
+    header = vmlinux_header(lowering.header_btf) if lowering.header_btf else vmlinux_header()
+    extra = (f"-D__TARGET_ARCH_{TARGET_ARCH.get(ctx.arch, 'x86')}", "-I", str(header.parent))
     result = build_bpf(source, name=lowering.name, extra_flags=extra)
     return lowering.artifact(source, result.object)
 
@@ -74,6 +76,7 @@ class Lowering:
         self.spec = self.data.get("spec") or {}
         self.features = features_for(ctx.kernel, ctx.options)
         self.warnings: list[str] = []
+        self.header_btf: Path | None = None  # BTF for vmlinux.h when the host's does not fit
         self.btf, self.btf_source = self._target_btf(ctx)
         opts = {o.get("name"): str(o.get("value")) for o in self.spec.get("options") or []}
         self.monitor = opts.get("policy-mode") == "monitor"
@@ -92,7 +95,11 @@ class Lowering:
         """Function names and parameter counts come from the target's BTF: a given file,
         the matrix's cached image of that kernel, or (same or unknown kernel) this host's."""
         if ctx.options.get("btf"):
+            if ctx.target.foreign_arch:
+                self.header_btf = Path(ctx.options["btf"])
             return load(Path(ctx.options["btf"])), str(ctx.options["btf"])
+        if ctx.target.foreign_arch:
+            return self._foreign_btf(ctx)
         host = _host_version()
         if ctx.kernel is not None and ctx.kernel != host:
             btf = target_btf(ctx.kernel)
@@ -101,6 +108,21 @@ class Lowering:
             self.warnings.append(f"no BTF of kernel {ctx.kernel[0]}.{ctx.kernel[1]} at hand: function "
                                  "parameter counts are taken from this host's BTF")
         return host_btf(), "host /sys/kernel/btf/vmlinux"
+
+    def _foreign_btf(self, ctx: CompileContext) -> tuple[Btf, str]:
+        """Another arch than the host's: hook names, parameters and `vmlinux.h` (CO-RE
+        `PT_REGS_*` need that arch's `struct user_pt_regs`/`pt_regs`) must all come from a
+        kernel of that arch — the matrix cache's image; refused when there is none."""
+        path = ctx.target.btf if ctx.kernel is not None else None
+        if path is None:
+            which = (f"kernel {ctx.target.version_text} is not in the kernel-test cache for {ctx.arch}"
+                     if ctx.kernel is not None else "no --kernel was given")
+            raise PolicyError([self.doc.diag(("spec",), (
+                f"compiling for {ctx.arch} needs the BTF of an {ctx.arch} kernel and {which}: "
+                f"`bpfpolicy kernel-test --arch {debian_arch(ctx.arch)} --kernels X.Y` caches one, "
+                "or give its BTF file as the btf option"))])
+        self.header_btf = path
+        return load(path), f"cached {ctx.arch} image of kernel {ctx.target.version_text}"
 
     # -------------------------------------------------------------- hooks
     def _lower(self) -> None:

@@ -98,6 +98,7 @@ class BackendChooser:
                          selectors: list[dict[str, Any]]) -> Backend | None:
         func = self._syscall_func(call)
         name = func.split("sys_", 1)[1]
+        _exists_on_arch(self.arch_prefix, name, func, path, hook)
         if override:
             prefer_fmod = self.override_method == "fmod-ret"
             modifiable = self._injectable(func, path, selectors)
@@ -289,3 +290,19 @@ def backend_report(hooks: list[dict[str, Any]], kernel: str) -> list[tuple[tuple
             rows.append((where, h["path"], "warning",
                          f"{BACKEND_CHANGE}{asked} → {got}: {h['name']} runs as {got} {target}: {why}"))
     return rows
+
+
+def _exists_on_arch(prefix: str, name: str, func: str, path: PathT, hook: dict[str, Any]) -> None:
+    """arm64 has no open, mkdir, stat, ... (asm-generic unistd): their __arm64_sys_ functions
+    are built and in BTF but no syscall number reaches them, so a hook there never fires."""
+    from ....syscalls.tables import TABLES
+
+    if prefix != ARCH_PREFIX["aarch64"] or not func.startswith(prefix):
+        return
+    table = TABLES["aarch64"]
+    if name in table or name.removeprefix("new") in table:
+        return
+    raise HookError((*path, "call") if "call" in hook else path,
+                    f"syscall {name} does not exist on aarch64: the arm64 kernel lacks syscall {name} "
+                    f"(not in its syscall table: {func} is never called there; arm64 has only the "
+                    "*at forms, e.g. openat, mkdirat)")
