@@ -12,6 +12,10 @@
   kubelet probes) — per endpoint (`allowLocalhost:`) or for the whole compile
   (`CompileContext.options["allow_localhost"]`). `always` adds one allow rule from the
   `host` entity; an explicit deny of the host still wins (deny beats allow).
+* `allowICMPFragNeeded` (Cilium's `allow-icmp-frag-needed`, on by default): ingress ICMP
+  frag-needed / ICMPv6 packet-too-big pass before policy, so path MTU discovery works
+  under ingress default deny — per endpoint (inventory) or for the whole compile
+  (`CompileContext.options["allow_icmp_frag_needed"]`).
 See docs/networkpolicy.md "Fidelity".
 """
 
@@ -49,7 +53,7 @@ def selection_notes(models: Sequence[Model], inventory: list[Endpoint],
         notes.append(m.doc.diag(("metadata", "name"), f"{specs[0].policy}: selects no endpoint in "
                                 f"the inventory{hint}", "warning"))
     for ep in inventory:
-        if not ep.cgroup:
+        if ep.attach_kind != "cgroup_skb":
             continue
         chosen = [(m, s) for m in models for s in _specs(m) if selects(s, ep)]
         if any(s.sections["ingress"] and s.default_deny["ingress"] and not s.audit for _, s in chosen):
@@ -63,6 +67,14 @@ def allow_localhost_mode(ep: Endpoint, options: dict[str, Any]) -> str:
     if mode not in ALLOW_LOCALHOST:
         raise BuildError(f"allow_localhost {mode!r} is not one of {', '.join(ALLOW_LOCALHOST)}")
     return mode
+
+
+def allow_frag_needed(ep: Endpoint, options: dict[str, Any]) -> bool:
+    """The endpoint's `allowICMPFragNeeded`, else the compile option, else on (Cilium)."""
+    value = ep.allow_frag_needed if ep.allow_frag_needed is not None else options.get("allow_icmp_frag_needed", True)
+    if not isinstance(value, bool):
+        raise BuildError(f"allow_icmp_frag_needed {value!r} is not true or false")
+    return value
 
 
 def host_always_rule(ep: Endpoint, options: dict[str, Any]) -> SpecRule | None:

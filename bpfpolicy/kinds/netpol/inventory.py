@@ -66,6 +66,7 @@ class Endpoint:
     host: bool = False
     namespace: str = DEFAULT_NAMESPACE
     allow_localhost: str | None = None  # "policy" | "always"; None: the compile option decides
+    allow_frag_needed: bool | None = None  # allowICMPFragNeeded; None: the compile option decides
 
     @property
     def short_name(self) -> str:
@@ -74,7 +75,8 @@ class Endpoint:
 
     @property
     def attach_kind(self) -> str:
-        return "cgroup_skb" if self.cgroup else "tc"
+        return "cgroup_skb" if self.cgroup and not self.interfaces else "tc"  # a cgroup next to
+        # interfaces only carries the raw-socket guard (cgroup/setsockopt); tc enforces
 
 
 class InventoryError(Exception):
@@ -85,7 +87,7 @@ class InventoryError(Exception):
 
 PROTO = {"TCP": 6, "UDP": 17, "SCTP": 132}
 FIELDS = {"name", "namespace", "labels", "cgroup", "interfaces", "addresses", "ports", "host",
-          "allowLocalhost"}
+          "allowLocalhost", "allowICMPFragNeeded"}
 ALLOW_LOCALHOST = ("policy", "always")  # Cilium's --allow-localhost values we carry over
 
 
@@ -133,6 +135,10 @@ def parse_inventory(entries: Any, where: str = "inventory") -> list[Endpoint]:
         if al is not None and al not in ALLOW_LOCALHOST:
             problems.append(f"{p}.allowLocalhost: {al!r} is not one of {', '.join(ALLOW_LOCALHOST)}")
         ep.allow_localhost = al if al in ALLOW_LOCALHOST else None
+        fn = e.get("allowICMPFragNeeded")
+        if fn is not None and not isinstance(fn, bool):
+            problems.append(f"{p}.allowICMPFragNeeded: {fn!r} is not true or false")
+        ep.allow_frag_needed = fn if isinstance(fn, bool) else None
         cg = e.get("cgroup")
         if cg is not None and (not isinstance(cg, str) or not cg.startswith("/")):
             problems.append(f"{p}.cgroup: must be an absolute cgroup v2 path")

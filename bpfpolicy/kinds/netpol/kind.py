@@ -38,8 +38,9 @@ from ..base import (
     compile_failure,
 )
 from ..vectors import KernelTestScript
+from .changes import describe_change as _describe_change
 from .events import decode as decode_event
-from .fidelity import host_always_rule, selection_notes
+from .fidelity import allow_frag_needed, host_always_rule, selection_notes
 from .inventory import InventoryError, from_options
 from .lower import (
     ACTION_NAMES,
@@ -57,12 +58,18 @@ from .rules import ICMP, ICMPV6, SpecRule, _Sink, parse_policy, policy_id, polic
 
 CILIUM_API = "cilium.io/v2"
 TEMPLATE = "network_policy.bpf.c.j2"
+SOCKOPT_TEMPLATE = "netpol_sockopt.bpf.c.j2"  # cgroup/setsockopt: refuses PACKET_QDISC_BYPASS
+RAW_SOCKET_GAP = ("AF_PACKET (raw packet socket) egress is not enforced: cgroup_skb does not "
+                  "see packet sockets and no cgroup hook on this kernel sees their creation; "
+                  "list the endpoint's interfaces in the inventory so tc enforces egress, or run "
+                  "its workloads without CAP_NET_RAW")
 MAP_SPECS = {  # name -> (type, key_size, value_size)
     "np_peers4": ("lpm_trie", 8, 4),
     "np_peers6": ("lpm_trie", 20, 4),
     "np_verdicts": ("lpm_trie", 12, 8),
     "np_defaults": ("array", 4, 8),
     "np_config": ("array", 4, 4),
+    "np_self": ("hash", 20, 1),
 }
 
 
@@ -89,6 +96,7 @@ class NetpolModel(Model):
 
 class NetworkPolicyKind(Kind):
     kind = "NetworkPolicy"
+    describe_change = staticmethod(_describe_change)  # plan's rule-level lines (changes.py)
     schema_file = "networkpolicy.json"
     event_layouts = {"netpol_event_v1": decode_event}
     formats: ClassVar[tuple[ForeignFormat, ...]] = (
@@ -138,6 +146,7 @@ class NetworkPolicyKind(Kind):
             return Compiled([], [note])
         try:
             notes = selection_notes(models, from_options(ctx.options), ctx.options)
+            notes += raw_socket_notes(models, from_options(ctx.options))
             return Compiled(_pair_with_owner(models, self.compile_models(models, ctx)), notes)
         except (PolicyError, BuildError) as e:
             return Compiled([], compile_failure(e, first))
@@ -162,6 +171,7 @@ class NetworkPolicyKind(Kind):
             extra = host_always_rule(ep, ctx.options)  # allow-localhost: always
             if extra is not None:
                 plan = plan_endpoint(ep, [*specs, extra], inventory) or plan
+            plan.allow_frag_needed = allow_frag_needed(ep, ctx.options)
             if not ep.cgroup and not ep.interfaces:
                 raise BuildError(f"inventory endpoint {ep.name!r} is selected by "
                                  f"{', '.join(sorted({s.policy for s in plan.specs}))} but has "
@@ -214,7 +224,8 @@ def render_source(plan: EndpointPlan, sizes: dict[str, int], policy_id: str) -> 
     return stamp_program_hash(render(
         TEMPLATE, endpoint=plan.endpoint.name, attach=attach, sizes=sizes, slots=slots,
         stats_map=stats_map_name(plan), slot_default=SLOT_DEFAULT, slot_reply=SLOT_REPLY,
-        policy_id=policy_id, source_hash=""))
+        allow_frag_needed=plan.allow_frag_needed, policy_id=policy_id, source_hash="")
+        + (render(SOCKOPT_TEMPLATE) if raw_socket_guard(plan) else ""))
 
 
 def stats_map_name(plan: EndpointPlan) -> str:
@@ -238,6 +249,7 @@ def build_artifact(plan: EndpointPlan, ctx: CompileContext) -> Artifact:
         "peers6": _pow2(len(contents["np_peers6"]), 64),
         "verdicts": _pow2(len(contents["np_verdicts"]), 256),
         "stats": _pow2(n_slots, 64),
+        "self": _pow2(len(contents["np_self"]), 16),
         "conntrack": int(ctx.options.get("conntrack_entries", 65536)),
     }
     policy_id = f"NetworkPolicy/{ep.name}"
@@ -257,7 +269,7 @@ def build_artifact(plan: EndpointPlan, ctx: CompileContext) -> Artifact:
         {"name": stats, "type": "percpu_array", "key_size": 4, "value_size": 16, "percpu": True},
         {"name": "np_events", "type": "ringbuf", "key_size": 0, "value_size": 0, "percpu": False},
     ]
-    if ep.cgroup:
+    if ep.attach_kind == "cgroup_skb":
         programs = [{"name": "netpol_cg_ingress", "type": "cgroup_skb"},
                     {"name": "netpol_cg_egress", "type": "cgroup_skb"}]
         attachments = [{"program": f"netpol_cg_{d}", "type": "cgroup_skb", "direction": d,
@@ -268,6 +280,10 @@ def build_artifact(plan: EndpointPlan, ctx: CompileContext) -> Artifact:
                         "interface": i.name, "netns": i.netns}
                        for i in ep.interfaces for d in ("ingress", "egress")]
     files["kernel-test.txt"] = kernel_test(plan, contents, programs).encode()
+    if raw_socket_guard(plan):  # after kernel_test: its vectors run the skb programs only
+        programs.append({"name": "netpol_sockopt", "type": "cgroup_sockopt"})
+        attachments.append({"program": "netpol_sockopt", "type": "cgroup_sockopt",
+                            "direction": "setsockopt", "cgroup": str(ep.cgroup)})
     manifest: Manifest = {
         "object": "prog.bpf.o",
         "program_hash": program_hash,
@@ -287,6 +303,43 @@ def build_artifact(plan: EndpointPlan, ctx: CompileContext) -> Artifact:
         },
     }
     return Artifact("NetworkPolicy", ep.name, files, manifest, warnings=list(plan.warnings))
+
+
+def _polices_egress(plan: EndpointPlan) -> bool:
+    return plan.dd_all["egress"] or any(r.direction == "egress" for r in plan.rules)
+
+
+def raw_socket_guard(plan: EndpointPlan) -> bool:
+    """Whether the endpoint gets the cgroup/setsockopt program refusing PACKET_QDISC_BYPASS:
+    a tc endpoint (bypass skips tc egress) with egress rules whose inventory entry also
+    names a cgroup to attach it to. A cgroup_skb endpoint gets none: AF_PACKET egress
+    passes cgroup_skb with or without bypass (a compile warning says so instead)."""
+    ep = plan.endpoint
+    return bool(ep.cgroup) and ep.attach_kind == "tc" and _polices_egress(plan)
+
+
+def raw_socket_notes(models: Sequence[Model], inventory: list[Any]) -> list[Diagnostic]:
+    """A warning at the first egress rule of every cgroup_skb endpoint under egress policy:
+    AF_PACKET egress passes cgroup_skb, and sock_create is not run for packet sockets
+    (checked on 6.18), so only tc (the endpoint's interfaces) sees those frames."""
+    specs = [s for m in models if isinstance(m, NetpolModel) for s in m.rules]
+    notes = []
+    for ep in inventory:
+        if ep.attach_kind != "cgroup_skb":
+            continue
+        plan = plan_endpoint(ep, specs, inventory)
+        if plan is None or not _polices_egress(plan):
+            continue
+        rule = next((r for r in plan.rules if r.direction == "egress"), None)
+        if rule is None:  # egress default deny from an empty egress section: the policy
+            doc = next(m.doc for m in models if isinstance(m, NetpolModel) and m.rules)
+            notes.append(doc.diag(("metadata", "name"), f"inventory endpoint {ep.name!r}: {RAW_SOCKET_GAP}",
+                                  "warning"))
+            continue
+        file, line, col = rule.where.rsplit(":", 2)
+        notes.append(Diagnostic(file, int(line), int(col), rule.path,
+                                f"inventory endpoint {ep.name!r}: {RAW_SOCKET_GAP}", "warning"))
+    return notes
 
 
 def counter_rules(plan: EndpointPlan) -> list[CounterRule]:
@@ -375,6 +428,8 @@ def kernel_test(plan: EndpointPlan, contents: dict[str, list[tuple[bytes, bytes]
     local6 = next((str(a) for a in ep.addresses if a.version == 6), "fd00:ffff::1")
     cg = ep.attach_kind == "cgroup_skb"
     for n, (d, addr, proto, port) in enumerate(probes(plan)):
+        if cg and plan.within_endpoint(addr, loopback=True):
+            continue  # test runs are on "lo": this peer would be the endpoint itself
         action, slot = plan.table_verdict(d, addr, proto, port)
         local = local4 if ipaddress.ip_address(addr).version == 4 else local6
         sport = 40000 + n
@@ -384,5 +439,5 @@ def kernel_test(plan: EndpointPlan, contents: dict[str, list[tuple[bytes, bytes]
         expect = (0 if drop else 1) if cg else (2 if drop else 0)
         prog = f"netpol_{'cg' if cg else 'tc'}_{d}"
         script.comment(f"{d} {addr} proto {proto} port {port}: {ACTION_NAMES[action]} ({plan.slot_name(slot)})")
-        script.prog_run(prog, expect, data)
+        script.prog_run(prog, expect, data).live(prog, expect, data, d)
     return script.text()

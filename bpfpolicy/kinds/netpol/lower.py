@@ -15,6 +15,12 @@ endpoint the plan holds:
 * **defaults** per direction (no entry matched): default deny, audited default deny, or
   pass when no selecting policy has a section for that direction.
 
+Before any of that, two things pass without a verdict (docs/networkpolicy.md, Fidelity):
+traffic inside the endpoint (on a cgroup endpoint: a packet on `lo` whose peer is loopback
+or one of the endpoint's own addresses, `np_self`) and, with `allow_frag_needed` (on by
+default, Cilium's `allow-icmp-frag-needed`), an ingress ICMP frag-needed / ICMPv6
+packet-too-big, counted as `ingress/reply`.
+
 `reference_verdict()` computes the same answer straight from the rules (no tables); the
 tests check the tables against it on every probe.
 """
@@ -67,6 +73,7 @@ class EndpointPlan:
     peers: dict[Net, int] = field(default_factory=dict)
     peer_sets: list[frozenset[int]] = field(default_factory=list)
     verdicts: dict[tuple[int, int, int | None, int, int], Verdict] = field(default_factory=dict)
+    allow_frag_needed: bool = True  # allowICMPFragNeeded (inventory / compile option)
 
     # ------------------------------------------------------------------ helpers
     def default(self, d: str) -> Verdict:
@@ -87,9 +94,32 @@ class EndpointPlan:
     def host_nets(self) -> list[Net]:
         return [ipaddress.ip_network(a) for ep in self.inventory if ep.host for a in ep.addresses] + list(LOOPBACK)
 
+    def within_endpoint(self, addr: Addr | str, loopback: bool) -> bool:
+        """A cgroup endpoint's packet on `lo` whose peer is loopback or its own address:
+        traffic inside the endpoint, never policed (Cilium never polices inside a pod).
+        tc endpoints never see it (it does not reach their interfaces)."""
+        a = peer_address(addr)
+        return (loopback and self.endpoint.attach_kind == "cgroup_skb"
+                and (a.is_loopback or a in {peer_address(x) for x in self.endpoint.addresses}))
+
+    def passes_first(self, d: str, addr: Addr | str, proto: int, port: int, code: int,
+                     loopback: bool) -> Verdict | None:
+        """What passes before conntrack and policy: (PASS, -1) inside the endpoint (not
+        counted), frag-needed / packet-too-big on ingress with allow_frag_needed."""
+        if self.within_endpoint(addr, loopback):
+            return (PASS, -1)
+        if self.allow_frag_needed and d == "ingress" and is_frag_needed(proto, port, code):
+            return (ALLOW, SLOT_REPLY["ingress"])
+        return None
+
     # ------------------------------------------------------------------ lookups
-    def table_verdict(self, d: str, addr: Addr | str, proto: int, port: int) -> Verdict:
-        """What the datapath computes: LPM peer lookup, then LPM verdict lookup."""
+    def table_verdict(self, d: str, addr: Addr | str, proto: int, port: int, code: int = 0,
+                      loopback: bool = False) -> Verdict:
+        """What the datapath computes: LPM peer lookup, then LPM verdict lookup (ICMP: port
+        = type; `loopback`: the packet is on `lo`)."""
+        first = self.passes_first(d, addr, proto, port, code, loopback)
+        if first is not None:
+            return first
         a = peer_address(addr)
         best = max((n for n in self.peers if n.version == a.version and a in n), key=lambda n: n.prefixlen)
         peer = self.peers[best]
@@ -102,8 +132,13 @@ class EndpointPlan:
         v = self.verdicts.get((peer, dn, None, 0, 0))
         return v if v is not None else self.default(d)
 
-    def reference_verdict(self, d: str, addr: Addr | str, proto: int, port: int) -> Verdict:
+    def reference_verdict(self, d: str, addr: Addr | str, proto: int, port: int, code: int = 0,
+                          loopback: bool = False) -> Verdict:
         """Cilium's semantics evaluated directly on the rules (the tests' oracle)."""
+        if self.within_endpoint(addr, loopback):
+            return (PASS, -1)
+        if self.allow_frag_needed and d == "ingress" and is_frag_needed(proto, port, code):
+            return (ALLOW, SLOT_REPLY["ingress"])
         a = peer_address(addr)
         net = ipaddress.ip_network(a)
         matching = [i for i, r in enumerate(self.rules)
@@ -157,6 +192,11 @@ def peer_address(addr: Addr | str) -> Addr:
     if a.version == 6 and a.ipv4_mapped is not None:  # type: ignore[union-attr]
         return a.ipv4_mapped  # type: ignore[union-attr]
     return a
+
+
+def is_frag_needed(proto: int, icmp_type: int, code: int) -> bool:
+    """ICMP destination unreachable / fragmentation needed (3/4), ICMPv6 packet too big (2)."""
+    return (proto == ICMP and icmp_type == 3 and code == 4) or (proto == ICMPV6 and icmp_type == 2)
 
 
 def _entity(e: str, p: Net, managed: bool, host: bool) -> bool:
@@ -360,13 +400,24 @@ def encode_maps(plan: EndpointPlan) -> dict[str, list[tuple[bytes, bytes]]]:
         verdicts.append((key, VERDICT_VAL.pack(action, slot)))
     defaults = [(struct.pack("<I", DIR_NUM[d]), VERDICT_VAL.pack(*plan.default(d))) for d in DIRS]
     out = {"np_peers4": sorted(peers4), "np_peers6": sorted(peers6),
-           "np_verdicts": sorted(verdicts), "np_defaults": sorted(defaults)}
+           "np_verdicts": sorted(verdicts), "np_defaults": sorted(defaults),
+           "np_self": self_records(plan.endpoint)}
     h = hashlib.sha256()
     for name in sorted(out):
         h.update(name.encode() + b"".join(k + v for k, v in out[name]))
     generation = int.from_bytes(h.digest()[:4], "little") or 1
     out["np_config"] = [(struct.pack("<I", 0), struct.pack("<I", generation))]
     return out
+
+
+SELF_KEY = struct.Struct("<I 16s")  # family, address (IPv4: first 4 bytes)
+
+
+def self_records(ep: Endpoint) -> list[tuple[bytes, bytes]]:
+    """`np_self`: the endpoint's own addresses (IPv4-mapped ones as IPv4, as the datapath
+    judges them), value one unused byte."""
+    addrs = {peer_address(a) for a in ep.addresses}
+    return sorted((SELF_KEY.pack(a.version, a.packed), b"\x01") for a in addrs)
 
 
 ICMP_PROTOS = (ICMP, ICMPV6)
