@@ -29,6 +29,7 @@ class Case:
     packet: dict[str, Any] | None
     syscall: dict[str, Any] | None
     expect: dict[str, Any]
+    event: dict[str, Any] | None = None  # TracingPolicy: hook, args, binary, pid
 
     @property
     def label(self) -> str:
@@ -82,7 +83,7 @@ def load_test_file(path: Path) -> tuple[TestFile | None, list[Diagnostic]]:
         diags += _check_case(doc, i, raw)
         line, col = doc.pos(("spec", "cases", i))
         tf.cases.append(Case(str(path), i, raw.get("name") or f"case {i}", f"{path}:{line}:{col}",
-                             raw.get("packet"), raw.get("syscall"), raw["expect"]))
+                             raw.get("packet"), raw.get("syscall"), raw["expect"], raw.get("event")))
     return (None if diags else tf), diags
 
 
@@ -100,6 +101,9 @@ def _check_case(doc: Document, i: int, raw: dict[str, Any]) -> list[Diagnostic]:
                     out.append(doc.diag((*base, "packet", key), f'"{pkt[key]}" is not an IPv4 or IPv6 address'))
         if "verdict" not in exp:
             out.append(doc.diag((*base, "expect"), 'a packet case needs expect.verdict (allow or deny)'))
+    elif raw.get("event") is not None:
+        if "selector" not in exp:
+            out.append(doc.diag((*base, "expect"), "an event case needs expect.selector (an index or none)"))
     elif "action" not in exp:
         out.append(doc.diag((*base, "expect"), "a syscall case needs expect.action (allow, errno N, kill, log, trace)"))
     return out

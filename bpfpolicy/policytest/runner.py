@@ -31,7 +31,7 @@ MAX_MAP_RECORDS = 20000
 @dataclass
 class CaseResult:
     case: Case
-    status: str  # pass | fail | error
+    status: str  # pass | fail | error | skip (the model cannot evaluate the case)
     model: Answer | None = None
     compiled: str | None = None  # the compiled artifact's answer, where one was had
     compiled_by: str = ""  # emulator | kernel <release> | "" (not run)
@@ -54,7 +54,7 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return not self.diagnostics and all(r.status == "pass" for r in self.results)
+        return not self.diagnostics and all(r.status in ("pass", "skip") for r in self.results)
 
 
 def subject_for(tf: TestFile) -> tuple[Any, list[Diagnostic]]:
@@ -71,6 +71,10 @@ def subject_for(tf: TestFile) -> tuple[Any, list[Diagnostic]]:
         return XdpSubject(models[0]), []
     if kind == "SeccompProfile":
         return SeccompSubject(models[0]), []
+    if kind == "TracingPolicy":
+        from .tracing import TracingSubject
+
+        return TracingSubject(models[0], tf.policy), []
     if kind == "NetworkPolicy":
         if tf.inventory is None:
             return None, [Diagnostic(str(tf.path), 1, 1, "spec", "NetworkPolicy tests need spec.inventory (the endpoints)")]
@@ -86,6 +90,12 @@ def subject_for(tf: TestFile) -> tuple[Any, list[Diagnostic]]:
 def expect_matches(case: Case, ans: Answer) -> str | None:
     """None when the model's answer is what the case expects, else why not."""
     exp = case.expect
+    if case.event is not None:
+        from .tracing import expected_text
+
+        want = expected_text(exp)
+        return None if ans.value == want else f"expected {want}, the policy gives {ans.value}" + (
+            f" ({ans.rule})" if ans.rule else "")
     want = exp.get("verdict") or exp.get("action")
     got = ans.value
     ok = got == want or (want == "trace" and got.startswith("trace"))
@@ -119,6 +129,7 @@ def run(paths: list[str], kernel: str | None = None, use_kernel: bool | None = N
         pending.append((tf, subject, vectors))
     if use_kernel is None:
         use_kernel = kernel is not None or os.geteuid() == 0
+    run_tracing(pending, report, bool(use_kernel) and kernel is None and os.geteuid() == 0)
     if use_kernel and any(v for _, _, v in pending):
         run_kernel(pending, kernel, report)
     elif any(v for _, _, v in pending):
@@ -127,12 +138,38 @@ def run(paths: list[str], kernel: str | None = None, use_kernel: bool | None = N
     return report
 
 
+def run_tracing(pending: list[tuple[TestFile, Any, list[tuple[CaseResult, Vector]]]],
+                report: Report, host: bool) -> None:
+    """TracingPolicy cases on the compiled side: real syscalls under the attached program
+    (root on this host only; `--kernel` guests do not run them yet). Others: model-only."""
+    from .tracing import TracingSubject, run_host
+
+    for tf, subject, _ in pending:
+        if not isinstance(subject, TracingSubject):
+            continue
+        mine = [r for r in report.results if r.case.file == str(tf.path) and r.status != "skip" and r.model]
+        runnable = [(r, subject.command(r.case)) for r in mine]
+        only = [r for r, argv in runnable if argv is None]
+        for r in only:
+            r.compiled_by = "model only (no host command issues this hook with these facts)"
+        todo = [(r, argv) for r, argv in runnable if argv is not None]
+        if todo and host:
+            run_host(subject, todo, report.kernel_notes)
+        elif todo:
+            for r, _ in todo:
+                r.compiled_by = "model only (compiled side needs root on the host)"
+
+
 def run_case(subject: Any, case: Case) -> tuple[CaseResult, Vector | None]:
     """The model's answer, checked against the case; the emulator's where there is one."""
+    from .tracing import ModelCannot
+
     try:
         ans = subject.answer(case)
     except Unsupported as e:
         return CaseResult(case, "error", message=str(e)), None
+    except ModelCannot as e:
+        return CaseResult(case, "skip", message=f"skipped: {e}"), None
     res = CaseResult(case, "pass", ans)
     why = expect_matches(case, ans)
     if why:
@@ -143,6 +180,8 @@ def run_case(subject: Any, case: Case) -> tuple[CaseResult, Vector | None]:
         if emu.value != ans.value:
             res.status = "fail"
             res.message = compiler_bug(ans.value, emu.value, "emulated cBPF filter")
+    if case.event is not None:
+        return res, None  # the compiled side runs in run_tracing_host (real syscalls)
     return res, subject.vector(case, ans)
 
 
