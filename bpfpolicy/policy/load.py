@@ -46,6 +46,18 @@ class Document:
     _located: bool = field(default=True, repr=False)
     # sequence path -> position of each item (scalars in sequences have no value_pos entry)
     item_pos: dict[PathT, list[Pos]] = field(default_factory=dict, repr=False)
+    # the policy tree this file was loaded from (set by validate_paths); see source_name
+    tree_root: Path | None = field(default=None, repr=False)
+
+    @property
+    def source_name(self) -> str:
+        """The file's name relative to its policy tree, as artifacts record it: what CI
+        compiled matches the host whatever the working directory or the path's spelling
+        (`pol`, `/abs/pol`, `cd pol && .`). Diagnostics keep `file`, as the user wrote it."""
+        if self.tree_root is None:
+            return self.file
+        rel = os.path.relpath(os.path.realpath(self.file), os.path.realpath(self.tree_root))
+        return self.file if rel.startswith("..") else rel
 
     def pos(self, path: Iterable[str | int]) -> Pos:
         """Line and column of `path`, or of its nearest ancestor we know about.

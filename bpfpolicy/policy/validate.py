@@ -66,7 +66,7 @@ def validate_paths(paths: Iterable[str | Path], lenient: bool = False) -> Valida
     docs, diags = load_paths(paths)
     roots = current_roots() or tree_roots(paths)
     for doc in docs:  # files a policy may read (sourceFiles) stay inside its tree
-        doc.tree_root = root_for(doc.file, roots)  # type: ignore[attr-defined]
+        doc.tree_root = root_for(doc.file, roots)
     result = validate_documents(docs, lenient=lenient)
     result.diagnostics[:0] = diags
     result.files = len({d.file for d in docs} | {d.file for d in diags})

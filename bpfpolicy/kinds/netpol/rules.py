@@ -305,7 +305,7 @@ def _peer_rule(doc: Document, r: Any, entry: Any, path: Path, policy: str, direc
         return None
     p = "from" if direction == "ingress" else "to"
     line, col = doc.pos(path)
-    pr = PeerRule(policy=policy, path=format_path(path), where=f"{doc.file}:{line}:{col}",
+    pr = PeerRule(policy=policy, path=format_path(path), where=f"{doc.source_name}:{line}:{col}",
                   direction=direction, deny=deny, audit=audit)
     ok = True
     for suffix, msg in UNSUPPORTED_PEERS.items():

@@ -245,7 +245,7 @@ class Lowering:
 
     def _where(self, path: PathT) -> str:
         line, col = self.doc.pos(path)
-        return f"{self.doc.file}:{line}:{col}"  # reaches C only through policy_marker
+        return f"{self.doc.source_name}:{line}:{col}"  # reaches C only through policy_marker
 
     def _site(self, path: PathT) -> Site:
         return Site(self._where(path), fmt(path))

@@ -247,7 +247,7 @@ class XDPBlocklistKind(Kind):
                     protocols = set(PORT_PROTOCOLS)  # ports imply a protocol that has ports
                 line, col = doc.pos(path)
                 out.append(Rule(len(out), raw.get("name") or f"{section}-{i}", action, path,
-                                f"{doc.file}:{line}:{col}", src, protocols, ports))
+                                f"{doc.source_name}:{line}:{col}", src, protocols, ports))
         return out
 
     # ------------------------------------------------------------------ compile
@@ -300,7 +300,7 @@ class XDPBlocklistKind(Kind):
             attachments=attachments,
             counters={"map": "rule_stats", "layout": "percpu_array_u64x2", "rules": counters},
             features=dict(low.features.items()),
-            metadata={"policy": policy_id, "source": doc.file, "revision": ctx.revision,
+            metadata={"policy": policy_id, "source": doc.source_name, "revision": ctx.revision,
                       "entries": {"v4": int(sum(len(r.sources.v4_addr) for r in rules)),
                                   "v6": int(sum(len(r.sources.v6_plen) for r in rules))}},
         )
@@ -312,7 +312,7 @@ class XDPBlocklistKind(Kind):
                         "rules": ", ".join(r.name for r in low.rules if m & r.bit)}
                        for p, m in sorted(low.proto_masks.items())]
         return {
-            "policy_id": policy_id, "source_file": doc.file, "features": low.features,
+            "policy_id": policy_id, "source_file": doc.source_name, "features": low.features,
             "rules": [{"index": r.index, "name": r.name, "action": r.action, "where": r.where,
                        "path": format_path(r.path)} for r in low.rules],
             "maps": low.maps, "masks": {k: hex(v) for k, v in low.masks.items()},
