@@ -12,9 +12,10 @@ from ..policy.diagnostics import Diagnostic
 from . import render
 
 
-def _as_diag(r: object) -> Diagnostic:
+def _as_diag(r: object, severity: str = "error") -> Diagnostic:
     file, line, col = r.case.where.rsplit(":", 2)  # type: ignore[attr-defined]
-    return Diagnostic(file, int(line), int(col), f"spec.cases[{r.case.index}]", f"{r.case.name}: {r.message}")  # type: ignore[attr-defined]
+    return Diagnostic(file, int(line), int(col), f"spec.cases[{r.case.index}]",  # type: ignore[attr-defined]
+                      f"{r.case.name}: {r.message}", severity)  # type: ignore[arg-type,attr-defined]
 
 
 @click.command("test")
@@ -37,8 +38,9 @@ def command(paths: tuple[str, ...], fmt: str, kernel: str | None, no_kernel: boo
     if not paths:
         raise click.UsageError("give test files or directories (PATH…)")
     report = run(list(paths), kernel=kernel, use_kernel=False if no_kernel else None)
-    failed = [r for r in report.results if r.status != "pass"]
-    diags = report.diagnostics + [_as_diag(r) for r in failed]
+    failed = [r for r in report.results if r.status not in ("pass", "skip")]
+    skipped = [r for r in report.results if r.status == "skip"]  # the model cannot evaluate it: said, not failed
+    diags = report.diagnostics + [_as_diag(r) for r in failed] + [_as_diag(r, "warning") for r in skipped]
     if fmt == "json":
         render.emit_json({"ok": report.ok, "seconds": round(report.seconds, 3), "notes": report.kernel_notes,
                           "diagnostics": [d.as_dict() for d in report.diagnostics],
@@ -52,8 +54,8 @@ def command(paths: tuple[str, ...], fmt: str, kernel: str | None, no_kernel: boo
         for note in report.kernel_notes:
             click.echo(f"note: {note}", err=True)
         by = sorted({r.compiled_by.split(" (")[0] for r in report.results if r.compiled_by})
-        click.echo(f"{len(report.results)} case(s): {len(report.results) - len(failed)} passed, "
-                   f"{len(failed)} failed; compiled side: {', '.join(by) or 'not run'} "
+        click.echo(f"{len(report.results)} case(s): {len(report.results) - len(failed) - len(skipped)} passed, "
+                   f"{len(failed)} failed, {len(skipped)} skipped; compiled side: {', '.join(by) or 'not run'} "
                    f"({report.seconds:.1f} s)", err=True)
     sys.exit(0 if report.ok else 1)
 
