@@ -25,7 +25,8 @@ from ...policy.load import Document
 from ..base import Artifact, CompileContext, Kind, Model, Reporter
 from ..vectors import KernelTestScript
 from .changes import describe_change as _describe_change
-from .lower import LIMITS, MAX_RULES, PORT_PROTOCOLS, PROTOCOLS, Lowered, Rule, classify, lower
+from .incremental import lower_incremental
+from .lower import LIMITS, MAX_RULES, PORT_PROTOCOLS, PROTOCOLS, Lowered, Rule, classify
 from .sources import Sources, UnsafeListFile, open_list, parse_cidr
 
 IFNAMSIZ = 16
@@ -265,11 +266,11 @@ class XDPBlocklistKind(Kind):
 
         assert isinstance(model, XdpModel)
         doc, name, rules = model.doc, model.name, model.rules
-        try:
-            low = lower(rules, model.rate)
+        policy_id = f"{self.kind}/{name}"
+        try:  # a few changed /32s patch the last lowering of this policy (incremental.py)
+            low, _ = lower_incremental(f"{doc.file}:{policy_id}", rules, model.rate)
         except ValueError as e:
             raise PolicyError([doc.diag(("spec",), str(e))]) from None
-        policy_id = f"{self.kind}/{name}"
         context = self._template_context(doc, low, policy_id)
         source, program_hash = stamp_program_hash(render("xdp_blocklist.bpf.c.j2", **context, source_hash=""))
         built = build_bpf(source, name=f"xdp-{name}")

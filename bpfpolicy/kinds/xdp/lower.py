@@ -505,7 +505,9 @@ def _v6_exact(hi: np.ndarray, lo: np.ndarray, mask: np.ndarray) -> _V6Exact:
 # --------------------------------------------------------------------------- all
 
 
-def lower(rules: list[Rule], rate_limit: dict[str, int] | None) -> Lowered:
+def lower(rules: list[Rule], rate_limit: dict[str, int] | None, keep: dict[str, Any] | None = None) -> Lowered:
+    """Rules -> map contents. `keep`, when given, receives the IPv4 intermediates
+    (incremental.py patches them for the next small change)."""
     if len(rules) > MAX_RULES:
         raise ValueError(f"{len(rules)} rules; at most {MAX_RULES} allow+deny rules per policy")
     v4 = _lower_v4(rules)
@@ -636,6 +638,8 @@ def lower(rules: list[Rule], rate_limit: dict[str, int] | None) -> Lowered:
     low.proto_masks = {p: any_proto | sum(r.bit for r in rules if r.protocols and p in r.protocols)
                        for p in protos}
     low.masks["any_proto"] = any_proto
+    if keep is not None:
+        keep.update(v4=v4, others=[p for p in parts if p is not v4.exact_mask])
     return low
 
 
