@@ -117,16 +117,18 @@ def _upsert(records: bytes, vsize: int, changes: dict[int, bytes | None]) -> byt
     index -> new value bytes, or None to drop the record."""
     n = 4 + vsize
     keys = np.frombuffer(records, dtype=">u4")[::n // 4]
-    parts, at = [], 0
+    view = memoryview(records)  # slices without copies: the join below copies once
+    parts: list[bytes | memoryview] = []
+    at = 0
     for idx in sorted(changes, key=lambda i: int.from_bytes(i.to_bytes(4, "little"), "big")):
         kb = idx.to_bytes(4, "little")
         pos = int(np.searchsorted(keys, int.from_bytes(kb, "big")))
-        parts.append(records[at * n:pos * n])
+        parts.append(view[at * n:pos * n])
         present = pos < len(keys) and int(keys[pos]) == int.from_bytes(kb, "big")
         if changes[idx] is not None:
             parts.append(kb + changes[idx])
         at = pos + 1 if present else pos
-    parts.append(records[at * n:])
+    parts.append(view[at * n:])
     return b"".join(parts)
 
 
