@@ -193,7 +193,11 @@ def generate(policy: Path, out: Path, inventory: Path | None = None) -> tuple[Ge
     subject, diags = subject_for(tf)
     if subject is None:
         return None, diags
-    gen = {XdpSubject: _xdp_cases, NetpolSubject: _netpol_cases, SeccompSubject: _seccomp_cases}[type(subject)]
+    from .tracing import ModelCannot, TracingSubject
+    from .tracing_init import tracing_cases, tracing_expect
+
+    gen = {XdpSubject: _xdp_cases, NetpolSubject: _netpol_cases, SeccompSubject: _seccomp_cases,
+           TracingSubject: tracing_cases}[type(subject)]
     cases, seen, notes = [], set(), []
     for raw in gen(subject):
         # the same probe may stand under two rules (each rule keeps its allow and deny case)
@@ -204,14 +208,17 @@ def generate(policy: Path, out: Path, inventory: Path | None = None) -> tuple[Ge
         if len(cases) >= MAX_CASES:
             notes.append(f"more than {MAX_CASES} probes: the rest left out")
             break
-        case = Case(str(out), len(cases), raw["name"], "", raw.get("packet"), raw.get("syscall"), {})
+        case = Case(str(out), len(cases), raw["name"], "", raw.get("packet"), raw.get("syscall"), {}, raw.get("event"))
         try:
             ans = subject.answer(case)
-        except Unsupported as e:
+        except (Unsupported, ModelCannot) as e:
             notes.append(f"{raw['name']}: {e}")
             continue
-        key_name = "verdict" if "packet" in raw else "action"
-        raw["expect"] = {key_name: ans.value, **({"rule": ans.rule} if ans.rule else {})}
+        if "event" in raw:
+            raw["expect"] = tracing_expect(ans.value)
+        else:
+            key_name = "verdict" if "packet" in raw else "action"
+            raw["expect"] = {key_name: ans.value, **({"rule": ans.rule} if ans.rule else {})}
         cases.append(raw)
     return Generated(_render(policy, out, inventory, cases), len(cases), notes), []
 

@@ -33,6 +33,14 @@ HOST_COMMANDS: dict[tuple[str, str], tuple[int, tuple[str, ...]]] = {
 CHILD_TIMEOUT_S = 10
 # how long the ring buffer is polled after a child ends (events are written before it exits)
 POLL_MS = 300
+# consume() rounds per drain: other engineers' or the host's processes may hit the same
+# hook (e.g. a loop opening /etc/shadow) and fill the ring; each round empties what is there
+DRAIN_ROUNDS = 64
+# an expected event that did not arrive is re-run this many times: while another process
+# floods the same hook the 256 KiB ring is full and the child's event is dropped (seen on the
+# shared host: a benchmark opening /etc/shadow-* a million times); a program that never posts
+# still fails every run
+MISSED_EVENT_RETRIES = 4
 
 
 class ModelCannot(Exception):
@@ -183,9 +191,10 @@ def loaded(art: Any) -> Iterator[Any]:
         obj.close()
 
 
-def _cleanup(argv: list[str]) -> None:
-    """A mkdir case leaves its directory (SIGKILL does not undo the call): remove it."""
-    if os.path.basename(argv[0]) == "mkdir":
+def _cleanup(argv: list[str], existed: bool) -> None:
+    """A mkdir case leaves its directory (SIGKILL does not undo the call): remove it — only
+    when the child created it (a generated probe may name an existing directory)."""
+    if os.path.basename(argv[0]) == "mkdir" and not existed:
         shutil.rmtree(argv[-1], ignore_errors=True)
 
 
@@ -215,22 +224,44 @@ def run_host(subject: TracingSubject, pending: list[tuple[Any, list[str]]], note
         return
     try:
         for res, argv in pending:
-            _cleanup(argv)
-            records.clear()
-            child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            child.wait(timeout=CHILD_TIMEOUT_S)
-            rb.poll(POLL_MS)
-            _cleanup(argv)
-            evs = [e for e in (decode_event(r, manifest) for r in records) if e["pid"] == child.pid]
-            got = _observed(evs, child.returncode)
-            res.compiled, res.compiled_by = got, by
             want = _expected_observation(res.model.value if res.model else "no match")
+            attempt, got = 1, _run_child(argv, rb, records, manifest, decode_event)
+            while attempt <= MISSED_EVENT_RETRIES and _missing_event(got, want):
+                attempt, got = attempt + 1, _run_child(argv, rb, records, manifest, decode_event)
+            res.compiled, res.compiled_by = got, by + (f" (attempt {attempt})" if attempt > 1 else "")
             if got != want:
                 res.status = "fail"
                 res.message = compiler_bug(f"{res.model.value if res.model else '?'} (so: {want})", got,
-                                           f"tracepoint program, {' '.join(argv)}, {by}")
+                                           f"tracepoint program, {' '.join(argv)}, {by}, {attempt} run(s)")
     finally:
         ctx.__exit__(None, None, None)
+
+
+def _run_child(argv: list[str], rb: Any, records: list[bytes], manifest: dict[str, Any], decode: Any) -> str:
+    """One run of the case's command under the attached program: what the kernel did."""
+    existed = os.path.lexists(argv[-1])
+    _drain(rb)  # another process's events must not leave the ring full for this child
+    records.clear()
+    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child.wait(timeout=CHILD_TIMEOUT_S)
+    rb.poll(POLL_MS)
+    _drain(rb)
+    _cleanup(argv, existed)
+    evs = [e for e in (decode(r, manifest) for r in records) if e["pid"] == child.pid]
+    return _observed(evs, child.returncode)
+
+
+def _missing_event(got: str, want: str) -> bool:
+    """Only an expected event that did not arrive is retried: a full ring drops events
+    (bpf_ringbuf_reserve fails), it never invents one nor changes a kill."""
+    return got.startswith("no event") and not want.startswith("no event") and got.split("; ")[1] == want.split("; ")[1]
+
+
+def _drain(rb: Any) -> None:
+    """Consume every record already in the ring (bounded: a flood cannot hold the run)."""
+    for _ in range(DRAIN_ROUNDS):
+        if rb.consume() <= 0:
+            return
 
 
 def _observed(evs: list[dict[str, Any]], rc: int) -> str:
