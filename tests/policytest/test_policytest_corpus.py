@@ -1,4 +1,6 @@
 """The harness on the corpus (../shared/corpus beside the repo; skipped without it): every
+Tetragon example that validates gets TracingPolicy `--init` cases (selector model; the host
+runner where it drives the hook), and every
 Cilium example that compiles — against examples/host-config.yaml, else an inventory
 synthesised from its selectors — and every seccomp profile gets `test --init` cases, run
 both ways (reference model; compiled program in the kernel as root, the seccomp emulator
@@ -105,3 +107,37 @@ def test_corpus_generated_cases_agree_both_ways(tmp_path: Path) -> None:
     assert len(files) >= 15 and len(report.results) > 250
     if os.geteuid() == 0:
         assert sum(r["kernel"] for r in by_file.values()) > len(report.results) // 2
+
+
+def test_tetragon_corpus_generated_cases_agree_both_ways(tmp_path: Path) -> None:
+    """Every Tetragon example that validates gets `--init` cases: run on the model, and on the
+    attached program where the host runner drives the hook with the case's binary. Printed:
+    files, cases, how many ran on the kernel, cases left out (with the matcher the model
+    cannot evaluate), time."""
+    if not (CORPUS / "tetragon").is_dir():
+        pytest.skip(f"corpus not found: {CORPUS / 'tetragon'}")
+    start = time.monotonic()
+    files, left_out, per_file = [], {}, {}
+    for f in sorted((CORPUS / "tetragon").glob("*.yaml")):
+        if not validate_paths([f]).ok:
+            continue
+        out = default_output(tmp_path / f.name)
+        gen, diags = generate(f, out)
+        assert gen is not None, (f.name, diags)
+        per_file[f.name] = gen.cases
+        left_out[f.name] = sorted({n.split(": ", 2)[-1] for n in gen.notes})
+        if gen.cases:
+            out.write_text(gen.text)
+            files.append(str(out))
+    generated = time.monotonic() - start
+    report = runner.run(files)
+    kernel = sum(r.compiled_by.startswith("kernel") for r in report.results)
+    print(json.dumps({"validating": len(per_file), "files_with_cases": len(files), "cases": len(report.results),
+                      "kernel": kernel, "model_only": len(report.results) - kernel,
+                      "generate_s": round(generated, 2), "run_s": round(report.seconds, 2),
+                      "per_file": per_file, "left_out": {k: v for k, v in left_out.items() if v},
+                      "notes": report.kernel_notes}, indent=1))
+    assert report.diagnostics == []
+    bad = [(r.case.label, r.message) for r in report.results if r.status != "pass"]
+    assert not bad, bad  # a compiler bug names both answers: the model's and the program's
+    assert len(per_file) >= 25 and len(report.results) >= 30
