@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from ..matrix import ALL_KERNELS, ArtifactDir, discover
+from ..matrix.results import KernelRun
 from . import render
 
 # Debian architecture names (kernels, multiarch) and the compiler's (uname -m) names.
@@ -128,9 +129,11 @@ def command(paths: tuple[str, ...], kernel_names: list[str], fmt: str, out_dir: 
             sys.exit(1)
         click.echo(f"kernel-test: bundle for {', '.join(members)} in {dest}; run `sudo {dest}/run.sh` on the target")
         return
+    live = Progress(kernel_names, arch, fetched=prefetched is not None)
     try:
-        report = run_matrix(kernel_names, source, out, jobs=jobs, timeout=timeout, prefetched=prefetched,
-                            arch=arch)
+        with live:
+            report = run_matrix(kernel_names, source, out, jobs=jobs, timeout=timeout, prefetched=prefetched,
+                                arch=arch, progress=live.update)
     except GuestError as e:
         click.echo(f"kernel-test: {e}", err=True)
         sys.exit(1)
@@ -139,6 +142,77 @@ def command(paths: tuple[str, ...], kernel_names: list[str], fmt: str, out_dir: 
     else:
         render.matrix_table(report)
     sys.exit(0 if report.ok else 1)
+
+
+class Progress:
+    """One row per matrix member (arch, kernel): fetching → booting/running → done with
+    its ok/fail/skip counts as soon as that guest's results arrive. A rich Live table on
+    stderr when it is a terminal; otherwise one plain line per change (`kernel-test: host:
+    done: 3 ok, 0 fail, 1 skip (2.1 s)`), so CI logs show progress too. stdout keeps only
+    the final table (or JSON)."""
+
+    def __init__(self, names: list[str], arch: str, fetched: bool = False, enabled: bool = True) -> None:
+        import threading
+
+        from rich.console import Console
+
+        self.names, self.arch, self.enabled = names, arch, enabled
+        self.stage = {n: "queued" if n == "host" or fetched else "fetching" for n in names}
+        self.counts: dict[str, str] = {}
+        self.console = Console(stderr=True)
+        self.lock = threading.Lock()
+        self.live = None
+
+    def __enter__(self) -> Progress:
+        if self.enabled and self.console.is_terminal:
+            from rich.live import Live
+
+            self.live = Live(self._table(), console=self.console, refresh_per_second=4, transient=False)
+            self.live.__enter__()
+        elif self.enabled:
+            for name in self.names:
+                self._line(name)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)  # type: ignore[arg-type]
+            self.live = None
+
+    def update(self, name: str, stage: str, run: KernelRun | None) -> None:
+        """The matrix's per-kernel callback (worker threads: serialised by the lock)."""
+        with self.lock:
+            self.stage[name] = stage
+            if run is not None:
+                self.counts[name] = _counts(run)
+            if self.live is not None:
+                self.live.update(self._table())
+            elif self.enabled:
+                self._line(name)
+
+    def _line(self, name: str) -> None:
+        extra = f": {self.counts[name]}" if name in self.counts else ""
+        click.echo(f"kernel-test: {self._label(name)}: {self.stage[name]}{extra}", err=True)
+
+    def _label(self, name: str) -> str:
+        return name if self.arch == "amd64" else f"{name} ({self.arch})"
+
+    def _table(self) -> object:
+        from rich.table import Table
+
+        table = Table(title="kernel-test", title_justify="left")
+        for col in ("arch", "kernel", "stage", "results"):
+            table.add_column(col)
+        for name in self.names:
+            table.add_row(self.arch, name, self.stage[name], self.counts.get(name, ""))
+        return table
+
+
+def _counts(run: KernelRun) -> str:
+    """`3 ok, 0 fail, 1 skip (2.1 s)`, or the run's error when the guest never reported."""
+    tally = {s: sum(1 for r in run.results if r.status == s) for s in ("ok", "fail", "skip")}
+    text = ", ".join(f"{n} {s}" for s, n in tally.items()) + f" ({run.seconds:.1f} s)"
+    return f"{text}; {run.error}" if run.error else text
 
 
 def _default_inventory(policies: list[Path]) -> str | None:

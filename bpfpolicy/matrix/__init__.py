@@ -41,6 +41,9 @@ ALL_KERNELS = (*KERNELS, "host")
 
 # Given a target kernel (major, minor) — None for the running host — the artifacts to run.
 ArtifactSource = Callable[[tuple[int, int] | None], list[ArtifactDir]]
+# Per-kernel progress, called from the worker threads as each member moves on:
+# (member name, stage: booting | running | done, the finished run at `done`, else None).
+Progress = Callable[[str, str, KernelRun | None], None]
 
 
 @dataclass
@@ -106,9 +109,10 @@ def fetch_all(kernel_names: list[str], arch: str = "amd64") -> tuple[dict[str, K
 def run_matrix(kernel_names: list[str], source: ArtifactSource, out_dir: Path,
                jobs: int | None = None, timeout: float = 90.0,
                prefetched: tuple[dict[str, Kernel | str], float] | None = None,
-               arch: str = "amd64") -> MatrixReport:
+               arch: str = "amd64", progress: Progress | None = None) -> MatrixReport:
     """Fetch, boot and test every requested kernel of one architecture (`host` only for
-    amd64, the host's own); write logs and results.json to out_dir."""
+    amd64, the host's own); write logs and results.json to out_dir. `progress` hears of
+    each member as it starts and as its results arrive (the CLI's live display)."""
     start = time.monotonic()
     out_dir.mkdir(parents=True, exist_ok=True)
     report = MatrixReport(out_dir=out_dir)
@@ -117,7 +121,12 @@ def run_matrix(kernel_names: list[str], source: ArtifactSource, out_dir: Path,
     workers = jobs or os.cpu_count() or 1
 
     def one(name: str) -> KernelRun:
-        return _run_kernel(name, fetched.get(name), runner, source, out_dir, timeout)
+        if progress:
+            progress(name, "running" if name == "host" else "booting", None)
+        run = _run_kernel(name, fetched.get(name), runner, source, out_dir, timeout)
+        if progress:
+            progress(name, "done", run)
+        return run
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         report.runs = list(pool.map(one, kernel_names))
