@@ -21,6 +21,7 @@ TEST_PACKAGES=(
   llvm gcc make python3-dev python3-seccomp libseccomp-dev
   qemu-system-x86 busybox-static cpio zstd iputils-ping gnupg openssh-client
   libelf-dev zlib1g-dev libzstd-dev prometheus systemd util-linux
+  jq  # Tetragon's documented jq filters run on `bpfpolicy events` output (tests/controller/test_process_sensor.py)
   systemtap-sdt-dev  # <sys/sdt.h>: the USDT test program (tests/kinds/tracing/test_tracing_usdt.py)
 )
 

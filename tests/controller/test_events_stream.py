@@ -102,7 +102,8 @@ def _until(f: Follower, trigger: Callable[[], subprocess.Popen[bytes]],
     while time.monotonic() < deadline:
         pids.add(trigger().pid)
         for ev in f.lines(0.7):
-            if pred(ev, pids):
+            # the process sensor's process_fork/exec lines carry the same pids
+            if pred(ev, pids) and ev.get("policy") != "TracingPolicy/bpfpolicy-process-sensor":
                 return ev, pids
         if f.proc.poll() is not None:
             break

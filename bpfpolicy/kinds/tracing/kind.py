@@ -9,15 +9,17 @@ the template in `tracing_lower`; see docs/tracing.md.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ...policy.diagnostics import Diagnostic
 from ...policy.load import Document
-from ..base import Artifact, CompileContext, ForeignFormat, Kind, Model, Reporter
+from ..base import Artifact, CompileContext, Compiled, ForeignFormat, Kind, Model, Reporter
 from .changes import describe_change as _describe_change
 from .check import TracingChecker
-from .events import decode_event
+from .events import decode_event, decode_process
 from .schema import FOREIGN_FILE, NATIVE_FILE
 from .tetragon_json import to_tetragon
 
@@ -41,7 +43,7 @@ class TracingPolicyKind(Kind):
     kind = "TracingPolicy"
     describe_change = staticmethod(_describe_change)  # plan's rule-level lines (changes.py)
     schema_file = NATIVE_FILE
-    event_layouts = {"tracing_event_v1": decode_event}
+    event_layouts = {"tracing_event_v1": decode_event, "tracing_process_v1": decode_process}
     formats = tuple(ForeignFormat(k, FOREIGN_FILE, _is_tetragon(k)) for k in TETRAGON_KINDS)
     export_formatters = {"tetragon": to_tetragon}  # exportFormat: tetragon (Tetragon's export JSON)
 
@@ -58,6 +60,27 @@ class TracingPolicyKind(Kind):
         from .lower import compile_tracing_policy
 
         return compile_tracing_policy(doc, ctx)
+
+    def compile_all(self, models: Sequence[Model], ctx: CompileContext) -> Compiled:
+        """Every TracingPolicy, plus the process sensor whenever there is one: events
+        carry process/parent blocks and `process_exec`/`process_exit` only when the
+        sched tracepoints feed the cache, and the controller applies and destroys the
+        sensor like any artifact (paired with the first policy, which owns its status)."""
+        out = super().compile_all(models, ctx)
+        if not models:
+            return out
+        header = _sensor_header(ctx)
+        if ctx.target.foreign_arch and header is None:
+            return out  # no vmlinux.h of that arch: the policies' own diagnostics say so
+        from ...policy.diagnostics import BuildError
+        from ..base import compile_failure
+        from .process import build_sensor
+
+        try:
+            out.artifacts.append((models[0], build_sensor(ctx.arch, ctx.revision, header)))
+        except BuildError as e:
+            out.diagnostics += compile_failure(e, models[0].doc)
+        return out
 
     def compile_one(self, model: Model, ctx: CompileContext) -> tuple[Artifact | None, list[Diagnostic]]:
         """The artifact plus, per hook, where it runs on the target (docs/tracing.md
@@ -88,3 +111,14 @@ class TracingPolicyKind(Kind):
 
         return [Diagnostic(doc.file, line, col, path, message, severity)  # type: ignore[arg-type]
                 for (line, col), path, severity, message in backend_report(hooks, kernel)]
+
+
+def _sensor_header(ctx: CompileContext) -> Path | None:
+    """The BTF the sensor's `vmlinux.h` comes from, as the tracing lowering picks it
+    (`Lowering.header_btf`): a given btf file or the matrix cache's image for another
+    arch; None (the host's) otherwise."""
+    if not ctx.target.foreign_arch:
+        return None
+    if ctx.options.get("btf"):
+        return Path(ctx.options["btf"])
+    return ctx.target.btf if ctx.kernel is not None else None

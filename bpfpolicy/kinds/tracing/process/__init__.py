@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import struct
 from importlib import resources
+from pathlib import Path
 
 from ....artifact import Artifact, program_hash
 
@@ -31,13 +32,15 @@ def sensor_source() -> str:
     return resources.files(__package__).joinpath("sensor.bpf.c").read_text()
 
 
-def build_sensor(arch: str = "x86_64", revision: str | None = None) -> Artifact:
-    """Build the sensor object with clang and describe it in a manifest."""
+def build_sensor(arch: str = "x86_64", revision: str | None = None, header_btf: Path | None = None) -> Artifact:
+    """Build the sensor object with clang and describe it in a manifest. `header_btf`:
+    the BTF `vmlinux.h` is generated from when the host's does not fit the target (another
+    arch) — the same file the tracing lowering picks for the policies beside it."""
     from ....codegen.build import build_bpf, vmlinux_header
     from ..lower import TARGET_ARCH
 
     source = sensor_source()
-    extra = (f"-D__TARGET_ARCH_{TARGET_ARCH.get(arch, 'x86')}", "-I", str(vmlinux_header().parent))
+    extra = (f"-D__TARGET_ARCH_{TARGET_ARCH.get(arch, 'x86')}", "-I", str(vmlinux_header(header_btf).parent if header_btf else vmlinux_header().parent))
     obj = build_bpf(source, name="process_sensor", extra_flags=extra).object
     manifest = {
         "object": "prog.bpf.o",
