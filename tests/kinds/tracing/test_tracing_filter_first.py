@@ -93,7 +93,9 @@ def test_prefix_reads_only_what_the_longest_literal_needs(tmp_path: Path) -> Non
     art = build(tmp_path, openat_policy("Prefix", ["/etc/shadow", "/etc/sudoers"]))
     src = art.files["prog.bpf.c"].decode()
     body = src.split('SEC("tp/syscalls/sys_enter_openat")')[1]
-    assert "bpf_probe_read_user_str(sc->match, 14," in body  # 12-byte literal + 2
+    assert "bpf_probe_read_user(tp_sbuf, 12," in body  # the 12-byte literal, raw, on the stack
+    miss = body.split("tp_event_slot(")[0]
+    assert "bpf_map_lookup_elem" not in miss and "_str(" not in miss.split("< 0) {")[0], "a miss touches no map"
     assert body.index("tp_prefix") < body.index("tp_event_fill(e)"), "the event is filled after the match"
     assert "tp_capture_str" not in body.split("tp_event_fill(e)")[0], "no capture before the selector"
 
