@@ -14,7 +14,7 @@ import struct
 from importlib import resources
 from pathlib import Path
 
-from ....artifact import Artifact, program_hash
+from ....artifact import Artifact, stamp_program_hash
 
 SENSOR_NAME = "bpfpolicy-process-sensor"  # one per host, whatever the policies
 LAYOUT = "tracing_process_v1"
@@ -39,12 +39,13 @@ def build_sensor(arch: str = "x86_64", revision: str | None = None, header_btf: 
     from ....codegen.build import build_bpf, vmlinux_header
     from ..lower import TARGET_ARCH
 
-    source = sensor_source()
-    extra = (f"-D__TARGET_ARCH_{TARGET_ARCH.get(arch, 'x86')}", "-I", str(vmlinux_header(header_btf).parent if header_btf else vmlinux_header().parent))
+    source, shape = stamp_program_hash(sensor_source())
+    header = vmlinux_header(header_btf) if header_btf else vmlinux_header()
+    extra = (f"-D__TARGET_ARCH_{TARGET_ARCH.get(arch, 'x86')}", "-I", str(header.parent))
     obj = build_bpf(source, name="process_sensor", extra_flags=extra).object
     manifest = {
         "object": "prog.bpf.o",
-        "program_hash": program_hash(source),
+        "program_hash": shape,
         "programs": [{"name": n, "type": t, "section": s} for n, t, s in PROGRAMS],
         "maps": [{"name": "events", "type": "ringbuf"}],
         "attachments": [{"program": n, "type": t} for n, t, _s in PROGRAMS],

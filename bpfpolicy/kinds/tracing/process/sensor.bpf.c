@@ -13,6 +13,12 @@
 #include <bpf/bpf_core_read.h>
 
 char LICENSE[] SEC("license") = "GPL";
+/* The artifact contract's metadata (codegen/templates/_metadata.h.j2): which artifact,
+ * its program_hash (stamped by build_sensor) and the revision placeholder the controller
+ * overwrites before load — `bpftool prog show` tells the sensor apart like any policy. */
+const volatile char bpf_metadata_bpfpolicy_policy[] SEC(".rodata") = "TracingPolicy/bpfpolicy-process-sensor";
+const volatile char bpf_metadata_bpfpolicy_hash[] SEC(".rodata") = "";
+const volatile char bpf_metadata_bpfpolicy_revision[64] SEC(".rodata") = "@@bpfpolicy-revision@@";
 
 #define PROC_EXEC   1
 #define PROC_EXIT   2
