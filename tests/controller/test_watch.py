@@ -83,8 +83,10 @@ def test_burst_of_1000_writes_is_debounced(ctl, veth, tmp_path: Path) -> None:
     finally:
         w.request_stop()
         t.join(timeout=30)
-    # a handful of cycles (one per MAX_DELAY window while writes keep coming), not 1,001
-    assert 1 <= cycles <= 4 + int(burst / 0.5), f"{cycles} reconciles for 1,001 writes in {burst:.2f} s"
+    # coalesced: one cycle per debounce window while writes keep coming, not one per write.
+    # The bound is a count, not a timing (a loaded host stretches the burst over more
+    # windows): 1,001 writes may cause at most 5% as many cycles.
+    assert 1 <= cycles <= 50, f"{cycles} reconciles for 1,001 writes in {burst:.2f} s"
     # converged on the final content, by map delta (program never reloaded)
     assert _inventory(ctl)["XDPBlocklist/edge"]["programs"]["xdp_blocklist"]["id"] == prog_id
     assert run_cli(ctl, "plan", str(src)).returncode == 0

@@ -145,8 +145,12 @@ class NetworkPolicyKind(Kind):
                               "(--inventory FILE, or the controller config's endpoints:)", "warning")
             return Compiled([], [note])
         try:
-            notes = selection_notes(models, from_options(ctx.options), ctx.options)
-            notes += raw_socket_notes(models, from_options(ctx.options))
+            try:
+                inventory = from_options(ctx.options)
+            except InventoryError as e:
+                raise BuildError("inventory: " + "; ".join(e.problems)) from None
+            notes = selection_notes(models, inventory, ctx.options)
+            notes += raw_socket_notes(models, inventory)
             return Compiled(_pair_with_owner(models, self.compile_models(models, ctx)), notes)
         except (PolicyError, BuildError) as e:
             return Compiled([], compile_failure(e, first))

@@ -162,7 +162,8 @@ def test_generated_c_points_back_to_the_policy(tmp_path: Path) -> None:
     assert {"spec.kprobes[0]", "spec.kprobes[0].selectors[0]",
             "spec.kprobes[0].selectors[0].matchArgs[0]"} <= paths
     assert all(m[0] == "#0" for m in markers)  # file #0 of the @policy-files table
-    assert find_marker(src, len(src.splitlines())).file == str(p)
+    # the file as artifacts record it: relative to its policy tree (the same for any spelling)
+    assert find_marker(src, len(src.splitlines())).file == p.name
     assert 'bpf_metadata_bpfpolicy_policy[] SEC(".rodata") = "TracingPolicy/t"' in src
 
 
@@ -200,7 +201,7 @@ def test_event_decoder_round_trip() -> None:
 
 
 def test_examples_compile_for_host_and_612() -> None:
-    for f in sorted((ROOT / "policies/tracing").glob("*.yaml")):
+    for f in sorted(f for f in (ROOT / "policies/tracing").glob("*.yaml") if not f.name.endswith(".test.yaml")):
         for kernel in (None, (6, 12)):
             art, diags = compile_one(f, kernel=kernel)
             assert art is not None, (f, diags)
