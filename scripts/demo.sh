@@ -45,7 +45,7 @@ LISTENER=$!
 sleep 0.5
 
 cat > "$WORK/config.yaml" <<YAML
-source: {directory: policies}
+source: {directory: $PWD/policies}
 bpffsRoot: $BPFPOLICY_BPFFS_ROOT
 stateDir: $BPFPOLICY_STATE_DIR
 endpoints:
