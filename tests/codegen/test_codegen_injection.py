@@ -139,6 +139,12 @@ def compile_cli(policy: Path, out: Path, *extra: str) -> subprocess.CompletedPro
                           capture_output=True, env=env, check=False)
 
 
+def policy_sources(out: Path) -> list[Path]:
+    """The policy's generated C: every artifact but the process sensor that any
+    TracingPolicy brings along (its C has no policy text in it)."""
+    return [c for c in out.rglob("prog.bpf.c") if c.parent.name != "bpfpolicy-process-sensor"]
+
+
 def check_build(proc: subprocess.CompletedProcess[bytes], out: Path, twin: dict, policy_id: bytes) -> None:
     """Either a clean rejection (exit 1, no traceback) or an object equivalent to the twin."""
     text = proc.stdout + proc.stderr
@@ -146,7 +152,7 @@ def check_build(proc: subprocess.CompletedProcess[bytes], out: Path, twin: dict,
     assert proc.returncode in (0, 1), text
     if proc.returncode:
         return
-    (c_file,) = out.rglob("prog.bpf.c")
+    (c_file,) = policy_sources(out)
     src = c_file.read_text()
     assert_inert_comments(src)
     assert directives(src) == twin["directives"]
@@ -226,7 +232,7 @@ def twin(kind: str, root: str) -> dict:
     p = write_policy(base, b"d", b"p", doc)
     proc = compile_cli(p, base / "out", *extra)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    (c_file,) = (base / "out").rglob("prog.bpf.c")
+    (c_file,) = policy_sources(base / "out")
     return {"directives": directives(c_file.read_text()), "obj": objdump(c_file.with_suffix(".o"))}
 
 
@@ -311,7 +317,7 @@ def test_reported_attack_is_inert(kind: str, field: str, value: str | bytes, tmp
     p = write_policy(tmp_path, dirname, b"p", doc)  # type: ignore[arg-type]
     proc = compile_cli(p, tmp_path / "out")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    (c_file,) = (tmp_path / "out").rglob("prog.bpf.c")
+    (c_file,) = policy_sources(tmp_path / "out")
     dis = subprocess.run(["llvm-objdump", "-d", str(c_file.with_suffix(".o"))], capture_output=True,
                          text=True, check=True).stdout
     assert not re.search(r"\bcall (0x6d|109)\b", dis)  # bpf_send_signal (helper 109)
