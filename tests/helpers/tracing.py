@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import textwrap
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +76,32 @@ class RingReader:
 
 def manifest(art: Artifact) -> dict[str, Any]:
     return json.loads(json.dumps(art.manifest, default=str)) | {"kind": art.kind, "name": art.name}
+
+
+@contextmanager
+def loaded(art: Artifact, attach: Callable[[Any], Any] | None = None) -> Iterator[tuple[Any, RingReader]]:
+    """Load the artifact's object, attach every program (by its SEC() name unless `attach`
+    says how), and read its `events` ring; everything is closed on the way out."""
+    from bpfpolicy.kernel import libbpf
+
+    obj = libbpf.BpfObject.open_mem(art.files["prog.bpf.o"], art.name.replace("-", "_")[:15])
+    links, reader = [], None
+    try:
+        obj.load()
+        links = [(attach or (lambda prog: prog.attach()))(obj.program(p["name"]))
+                 for p in art.manifest["programs"]]
+        reader = RingReader(obj.map("events").fd)
+        yield obj, reader
+    finally:
+        if reader is not None:
+            reader.close()
+        for link in links:
+            link.close()
+        obj.close()
+
+
+@contextmanager
+def ring(art: Artifact, attach: Callable[[Any], Any] | None = None) -> Iterator[RingReader]:
+    """`loaded`, for tests that need only the ring reader."""
+    with loaded(art, attach) as (_obj, reader):
+        yield reader

@@ -9,8 +9,6 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,30 +18,11 @@ from bpfpolicy.kinds import Artifact
 from bpfpolicy.kinds.tracing.events import decode_event
 from bpfpolicy.kinds.tracing.tetragon_json import to_tetragon
 
-from helpers.tracing import RingReader, compile_one, manifest, write
+from helpers.tracing import RingReader, compile_one, loaded, manifest, write
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("root_required", "clang_required")]
 
 
-@contextmanager
-def loaded(art: Artifact) -> Iterator[tuple[Any, RingReader]]:
-    """Load the artifact's object, attach every program by SEC() (tracepoints and
-    uprobes both carry their target there), read `events`."""
-    from bpfpolicy.kernel import libbpf
-
-    obj = libbpf.BpfObject.open_mem(art.files["prog.bpf.o"], art.name.replace("-", "_"))
-    links, reader = [], None
-    try:
-        obj.load()
-        links = [obj.program(p["name"]).attach() for p in art.manifest["programs"]]
-        reader = RingReader(obj.map("events").fd)
-        yield obj, reader
-    finally:
-        if reader is not None:
-            reader.close()
-        for link in links:
-            link.close()
-        obj.close()
 
 
 def events(art: Artifact, reader: RingReader, **kw: Any) -> list[dict]:

@@ -11,8 +11,6 @@ import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,8 @@ from bpfpolicy.kinds import Artifact
 from bpfpolicy.kinds.tracing.events import decode_event
 from bpfpolicy.kinds.tracing.order import MAX_MATCH_STRING
 
-from helpers.tracing import RingReader, compile_one, manifest, write
+from helpers.tracing import compile_one, manifest, write
+from helpers.tracing import ring as loaded
 
 
 def openat_policy(op: str, values: list[str], action: str = "Post", extra: str = "") -> str:
@@ -43,23 +42,6 @@ kprobes:
 """
 
 
-@contextmanager
-def loaded(art: Artifact) -> Iterator[RingReader]:
-    from bpfpolicy.kernel import libbpf
-
-    obj = libbpf.BpfObject.open_mem(art.files["prog.bpf.o"], art.name.replace("-", "_"))
-    links, reader = [], None
-    try:
-        obj.load()
-        links = [obj.program(p["name"]).attach() for p in art.manifest["programs"]]
-        reader = RingReader(obj.map("events").fd)
-        yield reader
-    finally:
-        if reader is not None:
-            reader.close()
-        for link in links:
-            link.close()
-        obj.close()
 
 
 def open_in_child(path: str) -> subprocess.Popen[bytes]:

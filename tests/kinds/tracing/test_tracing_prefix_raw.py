@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import subprocess
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from bpfpolicy.kinds import Artifact
 from bpfpolicy.kinds.tracing.events import decode_event
 
-from helpers.tracing import RingReader, compile_one, manifest, write
+from helpers.tracing import compile_one, manifest, write
+from helpers.tracing import ring as loaded
 
 # Opens argv[1] from either the middle of a page or its very last bytes, the next page
 # PROT_NONE (argv[2] == "end"): reading past the string's NUL faults.
@@ -55,23 +53,6 @@ ROWS = [
 ]
 
 
-@contextmanager
-def loaded(art: Artifact) -> Iterator[RingReader]:
-    from bpfpolicy.kernel import libbpf
-
-    obj = libbpf.BpfObject.open_mem(art.files["prog.bpf.o"], art.name.replace("-", "_"))
-    links, reader = [], None
-    try:
-        obj.load()
-        links = [obj.program(p["name"]).attach() for p in art.manifest["programs"]]
-        reader = RingReader(obj.map("events").fd)
-        yield reader
-    finally:
-        if reader is not None:
-            reader.close()
-        for link in links:
-            link.close()
-        obj.close()
 
 
 def policy(values: list[str]) -> str:

@@ -9,18 +9,17 @@ import base64
 import socket
 import subprocess
 import uuid
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
-from bpfpolicy.kinds import Artifact
 from bpfpolicy.kinds.tracing.events import decode_event, decode_process
 from bpfpolicy.kinds.tracing.process import build_sensor
 from bpfpolicy.kinds.tracing.process_cache import ProcessCache, exec_id
 
-from helpers.tracing import RingReader, compile_one, manifest, write
+from helpers.tracing import compile_one, manifest, write
+from helpers.tracing import ring as running
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("root_required", "clang_required")]
 
@@ -42,24 +41,6 @@ kprobes:
 """
 
 
-@contextmanager
-def running(art: Artifact) -> Iterator[RingReader]:
-    """Load the artifact, attach every program by SEC(), yield its ring reader."""
-    from bpfpolicy.kernel import libbpf
-
-    obj = libbpf.BpfObject.open_mem(art.files["prog.bpf.o"], art.name.replace("-", "_")[:15])
-    links, reader = [], None
-    try:
-        obj.load()
-        links = [obj.program(p["name"]).attach() for p in art.manifest["programs"]]
-        reader = RingReader(obj.map("events").fd)
-        yield reader
-    finally:
-        if reader is not None:
-            reader.close()
-        for link in links:
-            link.close()
-        obj.close()
 
 
 @pytest.fixture(scope="module")

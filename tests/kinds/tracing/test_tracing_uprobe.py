@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ from bpfpolicy.kinds import Artifact
 from bpfpolicy.kinds.tracing.elf import Elf
 from bpfpolicy.kinds.tracing.events import decode_event
 
-from helpers.tracing import RingReader, compile_one, errors, manifest, validate, write
+from helpers.tracing import compile_one, errors, manifest, ring, validate, write
 
 PROG = r"""
 #include <stdio.h>
@@ -56,25 +54,13 @@ def libc_of(binary: Path) -> str:
     return next(line.split("=>")[1].split()[0] for line in out.splitlines() if "libc.so" in line)
 
 
-@contextmanager
-def attached(art: Artifact) -> Iterator[RingReader]:
+
+
+def attached(art: Artifact):  # noqa: ANN201
     """Load the object and attach every program through the uprobe Attacher."""
-    from bpfpolicy.kernel import libbpf
     from bpfpolicy.kernel.attach.uprobe import attach_section
 
-    obj = libbpf.BpfObject.open_mem(art.files["prog.bpf.o"], art.name.replace("-", "_"))
-    links, reader = [], None
-    try:
-        obj.load()
-        links = [attach_section(obj.program(p["name"])) for p in art.manifest["programs"]]
-        reader = RingReader(obj.map("events").fd)
-        yield reader
-    finally:
-        if reader is not None:
-            reader.close()
-        for link in links:
-            link.close()
-        obj.close()
+    return ring(art, attach=attach_section)
 
 
 def run_events(art: Artifact, argv: list[str]) -> tuple[subprocess.CompletedProcess, list[dict]]:
