@@ -84,10 +84,13 @@ def _until(pred: Callable[[], object], trigger: Callable[[], object], what: str,
 
 
 def _lines(path: Path) -> list[dict]:
+    """The complete lines (a line the exporter is still writing has no newline yet)."""
     try:
-        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        text = path.read_text()
     except FileNotFoundError:
         return []
+    complete = text[: text.rfind("\n") + 1]
+    return [json.loads(x) for x in complete.splitlines() if x.strip()]
 
 
 @pytest.fixture

@@ -76,6 +76,8 @@ def test_a_rule_that_takes_an_old_rules_slot_starts_at_zero(ctl, veth, tmp_path:
     assert second.returncode == 0, second.stdout + second.stderr
     after = _counters(ctl)
     assert after[old_rule] == 0, after  # the new rule at the old slot inherited nothing
-    assert all(n == 0 for n in after.values()), after
+    # every policy rule starts at zero (the built-in default-deny/reply counters are left
+    # out: IPv6 neighbour discovery on the veth can tick them at any time)
+    assert all(n == 0 for rule, n in after.items() if rule.startswith("NetworkPolicy/")), after
     assert _send(veth, 7001, 2) == 2
     assert _counters(ctl)[old_rule] == 2  # ingress[0] is now the 7001 rule: its own two packets

@@ -206,7 +206,7 @@ def test_cli_host_only_exit_code_and_json(fixture_artifacts: Path, tmp_path: Pat
     res = CliRunner().invoke(command, ["--kernels", "host", "--format", "json", "--out", str(tmp_path / "o1"),
                                        str(ok_only)])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output)["ok"] is True
+    assert json.loads(res.stdout)["ok"] is True
     res = CliRunner().invoke(command, ["--kernels", "host", "--out", str(tmp_path / "o2"), str(fixture_artifacts)])
     assert res.exit_code == 1
     assert "invalid access to packet" in res.output
