@@ -24,6 +24,7 @@ from typing import Any
 from ..target import (
     KernelFacts,
     KernelFeatures,
+    debian_arch,
     host_facts,
     matrix_facts,
     parse_kernel_version,
@@ -49,9 +50,11 @@ STATIC_FEATURES: dict[str, KernelFeatures] = {
 }
 
 
-def features_for(kernel: tuple[int, int] | None, options: dict[str, Any]) -> KernelFeatures:
+def features_for(kernel: tuple[int, int] | None, options: dict[str, Any],
+                 arch: str | None = None) -> KernelFeatures:
     """The feature set compilation targets: a probed set passed in by the caller, the
-    target kernel's own facts (its package in the kernel-test cache), or this host."""
+    target kernel's own facts (its package in the kernel-test cache, for `arch`), or
+    this host (same kernel and same architecture only)."""
     given = options.get("features")
     if isinstance(given, dict):
         out = {k: bool(given.get(k, False)) for k in FEATURE_NAMES}
@@ -60,9 +63,12 @@ def features_for(kernel: tuple[int, int] | None, options: dict[str, Any]) -> Ker
         if "error_injection_where" in given:
             out["error_injection_where"] = str(given["error_injection_where"])
         return out
-    if kernel is None or kernel == running_kernel_version():
+    arch = arch or os.uname().machine
+    same_arch = debian_arch(arch) == debian_arch(os.uname().machine)
+    if same_arch and (kernel is None or kernel == running_kernel_version()):
         return probe_host_features()
-    facts = matrix_facts(kernel)
+    kernel = kernel or running_kernel_version()  # this kernel's version on another arch
+    facts = matrix_facts(kernel, arch)
     if facts.config is not None:
         return features_from_facts(facts)
     key = f"{kernel[0]}.{kernel[1]}"

@@ -74,7 +74,7 @@ class Lowering:
         self.data = doc.data
         self.name = str(self.data["metadata"]["name"])
         self.spec = self.data.get("spec") or {}
-        self.features = features_for(ctx.kernel, ctx.options)
+        self.features = features_for(ctx.kernel, ctx.options, ctx.arch)
         self.warnings: list[str] = []
         self.header_btf: Path | None = None  # BTF for vmlinux.h when the host's does not fit
         self.btf, self.btf_source = self._target_btf(ctx)
