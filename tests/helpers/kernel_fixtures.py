@@ -4,10 +4,12 @@
 * `veth_pair` — two fresh network namespaces joined by a veth pair with IPv4 + IPv6
   addresses (see bpfpolicy.kernel.netns.VethPair); unique names, always cleaned up.
 * `bpffs_dir` — a unique directory under /sys/fs/bpf for pins, removed afterwards.
+* `cgroup_dir` — a throwaway cgroup v2 directory; leftover processes go back to the root.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
@@ -57,3 +59,25 @@ def bpffs_dir() -> Iterator[str]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+CGROUP_ROOT = "/sys/fs/cgroup/unified"
+
+
+@pytest.fixture
+def cgroup_dir() -> Iterator[str]:
+    """A throwaway cgroup v2 directory (cgroup_skb endpoints, cgroup/setsockopt guards);
+    any process left in it is moved back to the root before it is removed."""
+    if not os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.procs")):
+        pytest.skip(f"no cgroup v2 hierarchy at {CGROUP_ROOT}")
+    path = os.path.join(CGROUP_ROOT, f"bpfpolicy-test-{uuid.uuid4().hex[:10]}")
+    os.mkdir(path)
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError), open(os.path.join(path, "cgroup.procs")) as f:
+            for pid in f.read().split():
+                with contextlib.suppress(OSError), open(os.path.join(CGROUP_ROOT, "cgroup.procs"), "w") as r:
+                    r.write(pid)
+        with contextlib.suppress(OSError):
+            os.rmdir(path)

@@ -251,18 +251,6 @@ SHAPES = [
 ]
 
 
-@pytest.fixture
-def cgroup_dir():
-    root = "/sys/fs/cgroup/unified"
-    if not os.path.exists(os.path.join(root, "cgroup.procs")):
-        pytest.skip(f"no cgroup v2 hierarchy at {root}")
-    path = os.path.join(root, f"bpfpolicy-evasion-{uuid.uuid4().hex[:10]}")
-    os.mkdir(path)
-    try:
-        yield path
-    finally:
-        with contextlib.suppress(OSError):
-            os.rmdir(path)
 
 
 def _endpoint(tmp_path, pair, kind: str, cgroup: str | None, text: str = POLICY):  # noqa: ANN001

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import select
 import socket
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,23 +95,6 @@ def probe(netns: str, probes: list[list[object]], cgroup: str | None = None) -> 
     return json.loads(out.stdout)
 
 
-@pytest.fixture
-def cgroup_dir() -> Iterator[str]:
-    root = "/sys/fs/cgroup/unified"
-    if not os.path.isdir(root) or not os.path.exists(os.path.join(root, "cgroup.procs")):
-        pytest.skip(f"no cgroup v2 hierarchy at {root}")
-    path = os.path.join(root, f"bpfpolicy-netpol-{uuid.uuid4().hex[:10]}")
-    os.mkdir(path)
-    try:
-        yield path
-    finally:
-        # move any leftover process back to the root before removing the cgroup
-        with contextlib.suppress(OSError), open(os.path.join(path, "cgroup.procs")) as f:
-            for pid in f.read().split():
-                with contextlib.suppress(OSError), open(os.path.join(root, "cgroup.procs"), "w") as r:
-                    r.write(pid)
-        with contextlib.suppress(OSError):
-            os.rmdir(path)
 
 
 def _compile(tmp_path, text, inventory):

@@ -16,7 +16,6 @@ import socket
 import struct
 import subprocess
 import sys
-import uuid
 
 import pytest
 
@@ -53,18 +52,6 @@ def _needs(root_required, clang_required):
     require_kernel()
 
 
-@pytest.fixture
-def cgroup_dir():
-    root = "/sys/fs/cgroup/unified"
-    if not os.path.exists(os.path.join(root, "cgroup.procs")):
-        pytest.skip(f"no cgroup v2 hierarchy at {root}")
-    path = os.path.join(root, f"bpfpolicy-rawsock-{uuid.uuid4().hex[:8]}")
-    os.mkdir(path)
-    try:
-        yield path
-    finally:
-        with contextlib.suppress(OSError):
-            os.rmdir(path)
 
 
 def _frame(pair, port: int) -> bytes:  # noqa: ANN001

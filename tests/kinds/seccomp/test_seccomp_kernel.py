@@ -18,7 +18,7 @@ from bpfpolicy.kinds.seccomp.api import compile_profile
 from bpfpolicy.kinds.seccomp.resolve import Target
 from bpfpolicy.syscalls.tables import TABLES
 
-from helpers.seccomp import AUDIT_X86_64, ROOT, corpus_profile, vectors_for
+from helpers.seccomp import AUDIT_X86_64, ROOT, corpus_profile, run_in_child, vectors_for
 
 pytestmark = [
     pytest.mark.kernel,
@@ -36,30 +36,6 @@ RUNTIME = ["read", "write", "close", "mmap", "munmap", "brk", "mprotect", "futex
 UNFILTERED = {"uretprobe", "uprobe"}
 HARMLESS = {"getppid", "getpid", "gettid", "personality", "umask", "kill", "getpriority", "lseek",
             "getuid", "socket"}
-
-
-def run_in_child(filter_bytes: bytes, calls: list[tuple[int, tuple[int, ...]]]) -> tuple[list, int | None]:
-    """Install the filter in a forked child, make `calls`, return ([(ret, errno)], signal)."""
-    from bpfpolicy.kernel import seccomp as ks
-
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: nothing but the calls, then report
-        try:
-            os.close(r)
-            ks.install(filter_bytes)
-            out = [ks.syscall(nr, *args) for nr, args in calls]
-            os.write(w, json.dumps(out).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    chunks = []
-    while chunk := os.read(r, 1 << 16):
-        chunks.append(chunk)
-    os.close(r)
-    _, status = os.waitpid(pid, 0)
-    sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
-    return (json.loads(b"".join(chunks)) if chunks else []), sig
 
 
 def observed(ret: int, err: int) -> str:
