@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from ..policy.diagnostics import PolicyError
+from .validate import STRICT_BACKEND_HELP, promote_backend_changes
 
 _config_opt = click.option("--config", "config_path", type=click.Path(dir_okay=False),
                            help="Host config (default /etc/bpfpolicy/config.yaml).")
@@ -75,10 +76,13 @@ def _desired(paths: tuple[str, ...], prebuilt: tuple[str, ...]) -> tuple[list[Pa
 @click.option("--allow-empty", is_flag=True, help="Allow a plan that prunes every policy.")
 @_prune_opt
 @_prebuilt_opt
+@click.option("--strict-backend", is_flag=True, help=STRICT_BACKEND_HELP)
 def plan_cmd(paths: tuple[str, ...], config_path: str | None, fmt: str, output: str | None, show_diff: bool,
-             allow_empty: bool, prune: bool, prebuilt: tuple[str, ...]) -> None:
+             allow_empty: bool, prune: bool, prebuilt: tuple[str, ...], strict_backend: bool) -> None:
     """Show what apply would do: actions, the kinds' rule-level changes (and with --diff
-    the policy objects' unified diff). Exit 0 no changes, 1 changes, 2 error."""
+    the policy objects' unified diff), and per hook where it runs on this kernel (the
+    notes and backend-change warnings `compile` prints). Exit 0 no changes, 1 changes,
+    2 error (with --strict-backend, also a hook that runs on another backend than it asks)."""
     from ..controller.plan import render
     from ..controller.reconcile import Reconciler
 
@@ -91,16 +95,38 @@ def plan_cmd(paths: tuple[str, ...], config_path: str | None, fmt: str, output: 
     except OSError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
-    if res.error or res.plan is None:
-        click.echo(res.error or "no plan", err=True)
+    notes = _build_notes(res.diagnostics, strict_backend)
+    strict = sum(d.severity == "error" for d in notes)
+    if res.error or res.plan is None or strict:
+        _emit_notes(notes)
+        click.echo(res.error or (f"refused: {strict} hook(s) run on another backend than they ask "
+                                 "for (--strict-backend)" if strict else "no plan"), err=True)
         sys.exit(2)
     if fmt == "json":
-        click.echo(json.dumps({"revision": res.revision, **res.plan.as_dict()}, indent=2))
+        click.echo(json.dumps({"revision": res.revision, **res.plan.as_dict(),
+                               "diagnostics": [d.as_dict() for d in notes]}, indent=2))
     else:
+        _emit_notes(notes)
         render(res.plan, diff=show_diff)
     if res.plan.refused:
         sys.exit(2)
     sys.exit(1 if res.plan.changes else 0)
+
+
+def _build_notes(diags: list, strict_backend: bool) -> list:  # noqa: ANN001
+    """The compile's notes and warnings (per hook: the backend the kernel gets, and a
+    `backend change:` warning when that is not what the policy asked for), as `compile`
+    prints them; errors are reported through the plan's build failure instead."""
+    from ..policy.diagnostics import Diagnostic
+
+    own = [d for d in diags if isinstance(d, Diagnostic) and d.severity != "error"]
+    return promote_backend_changes(own, strict_backend)
+
+
+def _emit_notes(notes: list) -> None:  # noqa: ANN001
+    from . import render as out
+
+    out.emit_text(notes)
 
 
 @click.command("apply")
