@@ -316,7 +316,7 @@ class Lowering:
             script.attach(p.name)
         annotation = ((self.data.get("metadata") or {}).get("annotations") or {}).get("bpfpolicy.io/kernel-test")
         for line in str(annotation or "").splitlines():
-            if line.strip().startswith("exec-expect "):
+            if line.strip().startswith(("exec-expect ", "event-expect ")):  # matrix/expect.py
                 script.raw(line.strip())
         return script.text()
 
