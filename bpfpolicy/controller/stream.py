@@ -208,6 +208,9 @@ class EventStream:
             if decoder_for(manifest) is None:
                 continue
             pin_dir = entry.get("dir") or str(self.bpffs_root / key)
+            # the applied maps' pins, for decoders that read a second map (stack traces)
+            manifest["pins"] = {n: m["pin"] for n, m in (entry.get("maps") or {}).items()
+                                if isinstance(m, dict) and m.get("pin")}
             path = os.path.join(pin_dir, f"map_{spec['map']}")
             try:
                 with pinned(path, read_only=True) as fd:

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from . import spec as S
-from .symbolize import StackLookup, symbolise
+from .symbolize import StackLookup, pinned_stacks, symbolise
 
 STR = S.CAPTURE_STRING
 ARG_SIZE = 8 + 4 + 4 + STR
@@ -89,6 +89,8 @@ def decode_event(raw: bytes, manifest: dict[str, Any], boot_offset_ns: int | Non
             out["kernel_stack_id"] = kstack
         if ustack >= 0:
             out["user_stack_id"] = ustack
+        if stacks is None and ("kernel_stack_id" in out or "user_stack_id" in out):
+            stacks = pinned_stacks(manifest)  # the event stream: the applied policy's pinned map
         symbolise(out, stacks, pid)
     specs = meta.get("args") or []
     base = HEADER.size + STR

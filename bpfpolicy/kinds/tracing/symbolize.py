@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -114,6 +115,31 @@ def user_frames(pid: int, ips: list[int]) -> list[dict[str, Any]]:
                 frame.update(symbol=sym[0], offset=f"{sym[1]:#x}")
         out.append(frame)
     return out
+
+
+def pinned_stacks(manifest: dict[str, Any]) -> StackLookup | None:
+    """The `stacks` map of an applied policy, read through its bpffs pin: the event stream
+    (`watch`'s export, `events --follow`) puts the applied artifact's map pins in its copy
+    of the manifest (`pins`). The pin is opened per lookup, so a replaced policy's new map
+    is read, never a stale descriptor; None when there is no pin to read."""
+    pin = (manifest.get("pins") or {}).get("stacks")
+    if not pin:
+        return None
+
+    def lookup(stack_id: int) -> bytes | None:
+        from ...kernel import bpf
+
+        try:
+            fd = bpf.obj_get(str(pin), read_only=True)
+        except OSError:
+            return None  # unpinned since (destroyed, replaced): an empty trace, the ids stay
+        try:
+            return bpf.map_lookup(fd, stack_id.to_bytes(4, "little"), STACK_DEPTH * 8)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+    return lookup
 
 
 def symbolise(out: dict[str, Any], stacks: StackLookup | None, pid: int) -> None:
