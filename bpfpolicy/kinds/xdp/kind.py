@@ -26,7 +26,17 @@ from ..base import Artifact, CompileContext, Kind, Model, Reporter
 from ..vectors import KernelTestScript
 from .changes import describe_change as _describe_change
 from .incremental import lower_incremental
-from .lower import LIMITS, MAX_RULES, PORT_PROTOCOLS, PROTOCOLS, Lowered, Rule, classify
+from .lower import (
+    LIMITS,
+    MAX_RULES,
+    PORT_PROTOCOLS,
+    PROTOCOLS,
+    V6_TBL_C,
+    Lowered,
+    Rule,
+    classify,
+    v6_path,
+)
 from .sources import Sources, UnsafeListFile, open_list, parse_cidr
 
 IFNAMSIZ = 16
@@ -317,7 +327,7 @@ class XDPBlocklistKind(Kind):
             "rules": [{"index": r.index, "name": r.name, "action": r.action, "where": r.where,
                        "path": format_path(r.path)} for r in low.rules],
             "maps": low.maps, "masks": {k: hex(v) for k, v in low.masks.items()},
-            "proto_masks": proto_masks, "tbl24_group": 32, "limits": LIMITS,
+            "proto_masks": proto_masks, "tbl24_group": 32, "limits": LIMITS, "v6_tbl": V6_TBL_C,
             "fail_closed_index": len(low.rules) + 1,
             "syn_cost_ns": (10**9 // rate["synPerSecond"]) if rate else 0,
             "syn_burst_ns": (10**9 // rate["synPerSecond"]) * rate["burst"] if rate else 0,
@@ -385,15 +395,8 @@ def _entries_for(low: Lowered, src: str) -> list[tuple[str, bytes]]:
     rid: int | None = None
     if ":" in src:
         raw = socket.inet_pton(socket.AF_INET6, src)
-        if "v6_exact" in low.maps:
-            rec = _record(low.maps["v6_exact"].records or b"", 16, 4, raw)
-            if rec:
-                out.append(("v6_exact", raw))
-                rid = int.from_bytes(rec[16:], "little")
-        if rid is None and "v6_prefix" in low.maps:
-            rid = _lpm_entries(low, int.from_bytes(raw, "big"), out)
-        if rid is None and "v6_buckets" in low.maps:
-            rid = _v6_tree_entries(low, int.from_bytes(raw[:8], "big"), out)
+        rid, recs = v6_path(low, raw)
+        out += recs
     else:
         raw = socket.inet_aton(src)
         top = int.from_bytes(raw, "big") >> 8
@@ -412,62 +415,6 @@ def _entries_for(low: Lowered, src: str) -> list[tuple[str, bytes]]:
     if rid:
         out.append(("rulesets", rid.to_bytes(4, "little")))
     return out
-
-
-def _lpm_entries(low: Lowered, addr: int, out: list[tuple[str, bytes]]) -> int | None:
-    """The v6_prefix (/65-/127 LPM trie) record `addr` matches longest, appended to `out`."""
-    spec = low.maps["v6_prefix"]
-    records = spec.records or b""
-    n = spec.key_size + spec.value_size
-    best = None
-    for i in range(0, len(records), n):
-        rec = records[i:i + n]
-        plen = int.from_bytes(rec[:4], "little")
-        net = int.from_bytes(rec[4:20], "big")
-        if (plen == 0 or (addr ^ net) >> (128 - plen) == 0) and (best is None or plen > best[0]):
-            best = (plen, rec)
-    if best is None:
-        return None
-    out.append(("v6_prefix", best[1][:20]))
-    return int.from_bytes(best[1][20:], "little")
-
-
-def _v6_tree_entries(low: Lowered, hi: int, out: list[tuple[str, bytes]]) -> int:
-    """Walk the program's binary search over prefix lengths (lower.v6_tree) for the top
-    64 bits `hi`, appending every v6_buckets record it probes (and the v6_spill record
-    an overflowing bucket leads to): the kernel then takes the same path on a map
-    holding only these records. Returns the ruleset id the search ends with."""
-    from .lower import V6_BUCKET_SLOTS, V6_HASH
-
-    buckets = low.maps["v6_buckets"].records or b""
-    spill = low.maps["v6_spill"].records or b"" if "v6_spill" in low.maps else b""
-    bits = int(low.features["v6_bucket_bits"])
-    node, rid = low.features["v6_tree"], 0
-    while node is not None:
-        plen = int(node["len"])
-        key = hi & (((1 << plen) - 1) << (64 - plen)) if plen else 0
-        idx = (((key ^ plen) * V6_HASH) & ((1 << 64) - 1)) >> (64 - bits)
-        rec = _record(buckets, 4, 64, idx.to_bytes(4, "little"))
-        hit = None
-        if rec is not None:
-            out.append(("v6_buckets", rec[:4]))
-            val = rec[4:]
-            for i in range(V6_BUCKET_SLOTS):
-                k = int.from_bytes(val[8 * i:8 * i + 8], "little")
-                v = int.from_bytes(val[32 + 4 * i:36 + 4 * i], "little")
-                if k == key and v >> 16 == plen + 1:
-                    hit = v & 0xFFFF
-            if hit is None and int.from_bytes(val[48:52], "little"):
-                skey = key.to_bytes(8, "little") + plen.to_bytes(4, "little") + bytes(4)
-                srec = _record(spill, 16, 4, skey)
-                if srec is not None:
-                    out.append(("v6_spill", skey))
-                    hit = int.from_bytes(srec[16:], "little") & 0xFFFF
-        if hit is not None:
-            rid, node = hit, node["long"]
-        else:
-            node = node["short"]
-    return rid
 
 
 def _record(records: bytes, key_size: int, value_size: int, key: bytes) -> bytes | None:

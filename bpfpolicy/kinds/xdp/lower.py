@@ -285,6 +285,19 @@ V6_HASH_MAX_PLEN = 64  # prefixes up to /64 live in the v6 buckets (the routing 
 V6_BUCKET_SLOTS = 4  # 4 u64 keys + 4 u32 values + spill flag = one 64-byte line
 V6_HASH = 0x9E3779B97F4A7C15  # 2^64 / phi (Fibonacci hashing); the C side matches
 V6_MAX_ENTRIES = 16 << 20  # prefixes + markers; bounds the bucket array (1 GiB at 64 B)
+# IPv6 level 1: `v6_tbl24`, an ARRAY indexed by the top 24 address bits (as v4_tbl24), so a
+# source whose /24 holds nothing longer is decided by one inlined array load. Slot = ruleset
+# id of the prefixes <= /24 covering it | V6_TBL_MORE (prefixes /25-/127 inside: binary
+# search) | V6_TBL_HOSTS (/128s inside: probe v6_hosts first).
+V6_TBL_BITS = 24
+V6_TBL_GROUP = 32  # u16 slots per element: one 64-byte line
+V6_TBL_ENTRIES = (1 << V6_TBL_BITS) // V6_TBL_GROUP
+V6_TBL_MORE = 0x8000
+V6_TBL_HOSTS = 0x4000
+V6_TBL_ID_MAX = 0x3FFF  # two flag bits leave 14 id bits in a slot
+V6_HOST_SLOTS = 3  # /128s per v6_hosts bucket: 3 x (hi, lo) + 3 ids + spill flag = 64 bytes
+V6_TBL_C = {"bits": V6_TBL_BITS, "group": V6_TBL_GROUP, "more": hex(V6_TBL_MORE), "hosts": hex(V6_TBL_HOSTS),
+            "id_mask": hex(V6_TBL_ID_MAX), "host_slots": V6_HOST_SLOTS}  # the template's #defines
 
 
 def _hi_mask(plen: int) -> np.uint64:
@@ -377,9 +390,10 @@ def _v6_entries(h: _V6Hash, tree: dict[str, Any] | None) -> tuple[np.ndarray, np
     if nested.any():
         idx = np.flatnonzero(nested)
         masks[idx] |= h.cover(h.net[idx], h.plen[idx].astype(np.int64))
-    keys, plens, vals = [h.net], [h.plen.astype(np.int64)], [masks]
+    deep = h.plen > V6_TBL_BITS  # shorter prefixes are painted into v6_tbl24 instead
+    keys, plens, vals = [h.net[deep]], [h.plen[deep].astype(np.int64)], [masks[deep]]
     for p in h.lens:
-        anc = _ancestors(tree, p)
+        anc = _ancestors(tree, p) if p > V6_TBL_BITS else []
         if not anc:
             continue
         sel = np.flatnonzero(h.plen == p)
@@ -433,6 +447,58 @@ def _v6_buckets(key: np.ndarray, plen: np.ndarray, ids_: np.ndarray) -> tuple[by
     sk[:, 8:12] = p[~keep].astype("<u4").view(np.uint8).reshape(-1, 4)
     spill = _rec(sk, val[~keep].astype("<u4").view(np.uint8).reshape(-1, 4))
     return _array_rec(dense, b[starts]), spill, nbuckets
+
+
+def v6_host_bucket_of(hi: np.ndarray, lo: np.ndarray, bits: int) -> np.ndarray:
+    """v6_hosts index of /128s (top and bottom 64 bits, host order; same arithmetic as C)."""
+    h = ((hi * np.uint64(V6_HASH)) ^ lo) * np.uint64(V6_HASH)
+    return (h >> np.uint64(64 - bits)).astype(np.int64)
+
+
+def _v6_hosts(hi: np.ndarray, lo: np.ndarray, ids_: np.ndarray) -> tuple[bytes, bytes, int]:
+    """/128s into 64-byte buckets of V6_HOST_SLOTS (hi[3], lo[3], id[3], spill): our own
+    hashed array instead of a kernel HASH (a hit is one inlined load and 3 compares, the
+    kernel's jhash walk of a 16-byte key measured ~15 ns more). Overflow goes to the
+    v6_exact HASH (records returned). A bucket depends only on its own addresses."""
+    nbuckets = capacity(len(hi) // 2, floor=1024)
+    bits = nbuckets.bit_length() - 1
+    b = v6_host_bucket_of(hi, lo, bits)
+    packed = np.sort((b.astype(np.uint64) << np.uint64(32)) | np.arange(len(b), dtype=np.uint64))
+    order = (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    b, h, lo_, i = (packed >> np.uint64(32)).astype(np.int64), hi[order], lo[order], ids_[order]
+    first = np.concatenate([[True], b[1:] != b[:-1]]) if len(b) else np.zeros(0, dtype=bool)
+    starts = np.flatnonzero(first)
+    rank = np.arange(len(b)) - np.repeat(starts, np.diff(np.concatenate([starts, [len(b)]])))
+    keep = rank < V6_HOST_SLOTS
+    dense = np.zeros((nbuckets, 64), dtype=np.uint8)
+    bk, r = b[keep], rank[keep]
+    dense.view("<u8")[bk, r] = h[keep]
+    dense.view("<u8")[bk, V6_HOST_SLOTS + r] = lo_[keep]
+    dense.view("<u4")[bk, 4 * V6_HOST_SLOTS + r] = i[keep].astype(np.uint32)
+    if np.any(~keep):
+        dense[np.unique(b[~keep]), 60] = 1  # spill flag (u32 at offset 60)
+    sk = np.empty((int((~keep).sum()), 16), dtype=np.uint8)
+    sk[:, :8] = h[~keep].astype(">u8").view(np.uint8).reshape(-1, 8)
+    sk[:, 8:] = lo_[~keep].astype(">u8").view(np.uint8).reshape(-1, 8)
+    spill = _rec(sk, i[~keep].astype("<u4").view(np.uint8).reshape(-1, 4))
+    return _array_rec(dense, b[starts]), spill, nbuckets
+
+
+def _v6_short(h: _V6Hash | None, mdt: type) -> np.ndarray | None:
+    """Rule masks per /24 (v6_tbl24 slot) of the prefixes <= /24, painted like v4_tbl24
+    (None when there are none: the usual case, every slot's id is then 0)."""
+    if h is None or not any(p <= V6_TBL_BITS for p in h.lens):
+        return None
+    t24 = np.zeros(1 << V6_TBL_BITS, dtype=mdt)
+    for p in h.lens:
+        if p > V6_TBL_BITS:
+            break
+        nets, raw = h.by_len[p]
+        top = (nets >> np.uint64(64 - V6_TBL_BITS)).astype(np.int64)
+        n = 1 << (V6_TBL_BITS - p)
+        for s_, m in zip(top.tolist(), raw.astype(mdt).tolist(), strict=True):
+            t24[s_:s_ + n] |= mdt(m)
+    return t24
 
 
 def _lower_v6(rules: list[Rule]) -> tuple[_V6Exact | None, dict[tuple[int, int], int], _V6Hash | None]:
@@ -512,9 +578,11 @@ def lower(rules: list[Rule], rate_limit: dict[str, int] | None, keep: dict[str, 
         raise ValueError(f"{len(rules)} rules; at most {MAX_RULES} allow+deny rules per policy")
     v4 = _lower_v4(rules)
     v6_exact, v6_prefix, v6h = _lower_v6(rules)
-    tree = v6_tree(v6h.lens) if v6h is not None else None
+    tree = v6_tree([p for p in v6h.lens if p > V6_TBL_BITS]) if v6h is not None else None
+    v6_short = _v6_short(v6h, mask_dtype(len(rules)))
+    v6_short_nz = np.flatnonzero(v6_short) if v6_short is not None else None
     v6k = v6p = v6v = None
-    if v6h is not None:
+    if v6h is not None and tree is not None:
         v6k, v6p, v6v = _v6_entries(v6h, tree)
 
     # ruleset ids: every distinct (non-empty) rule mask gets one, shared by all layouts
@@ -529,6 +597,8 @@ def lower(rules: list[Rule], rate_limit: dict[str, int] | None, keep: dict[str, 
         parts.append(v4.exact_mask)
     if v6v is not None:
         parts.append(v6v)
+    if v6_short is not None and v6_short_nz is not None:
+        parts.append(v6_short[v6_short_nz])
     if len(rules) <= 16:  # few rules: a lookup table over all 2^n masks, no sorting
         seen = np.zeros(1 << len(rules), dtype=bool)
         for part in parts:
@@ -551,7 +621,8 @@ def lower(rules: list[Rule], rate_limit: dict[str, int] | None, keep: dict[str, 
         raise ValueError(f"{len(uniq)} distinct rule combinations; at most {MAX_RULESETS}")
 
     features: dict[str, Any] = {
-        "v4": v4.layout, "v6_exact": v6_exact is not None, "v6_prefix": bool(v6_prefix),
+        "v4": v4.layout, "v6": v6h is not None or v6_exact is not None or bool(v6_prefix),
+        "v6_exact": v6_exact is not None, "v6_prefix": bool(v6_prefix),
         "v6_tree": tree,
         "ports": any(r.ports is not None for r in rules),
         "protocols": any(r.protocols is not None for r in rules),
@@ -591,12 +662,30 @@ def lower(rules: list[Rule], rate_limit: dict[str, int] | None, keep: dict[str, 
         ev = ids(v4.exact_mask).astype("<u4").view(np.uint8).reshape(-1, 4)
         maps["v4_exact"] = MapSpec("v4_exact", "hash", 4, 4, capacity(len(ek)), _rec(ek, ev))
 
-    if v6_exact is not None:  # sorted by (hi, lo) = by big-endian key bytes
-        rec = np.empty((len(v6_exact.hi), 20), dtype=np.uint8)
-        rec[:, :8] = v6_exact.hi.astype(">u8").view(np.uint8).reshape(-1, 8)
-        rec[:, 8:16] = v6_exact.lo.astype(">u8").view(np.uint8).reshape(-1, 8)
-        rec[:, 16:] = ids(v6_exact.mask).astype("<u4").view(np.uint8).reshape(-1, 4)
-        maps["v6_exact"] = MapSpec("v6_exact", "hash", 16, 4, capacity(len(rec)), rec.tobytes())
+    if features["v6"]:
+        slots = np.zeros(1 << V6_TBL_BITS, dtype=np.uint16)
+        if v6_short is not None and v6_short_nz is not None and len(v6_short_nz):
+            sid = ids(v6_short[v6_short_nz])
+            if int(sid.max()) > V6_TBL_ID_MAX:
+                raise ValueError(f"{len(uniq)} distinct rule combinations with IPv6 prefixes of /{V6_TBL_BITS} "
+                                 f"or shorter; at most {V6_TBL_ID_MAX}")
+            slots[v6_short_nz] = sid.astype(np.uint16)
+        shift = np.uint64(64 - V6_TBL_BITS)
+        if v6k is not None and v6p is not None:
+            slots[(v6k[v6p > V6_TBL_BITS] >> shift).astype(np.int64)] |= np.uint16(V6_TBL_MORE)
+        if v6_prefix:
+            slots[[a >> (128 - V6_TBL_BITS) for _, a in v6_prefix]] |= np.uint16(V6_TBL_MORE)
+        if v6_exact is not None:
+            slots[(v6_exact.hi >> shift).astype(np.int64)] |= np.uint16(V6_TBL_HOSTS)
+        groups = slots.reshape(V6_TBL_ENTRIES, V6_TBL_GROUP)
+        used = np.flatnonzero(groups.view(np.uint64).any(axis=1))
+        maps["v6_tbl24"] = MapSpec("v6_tbl24", "array", 4, 2 * V6_TBL_GROUP, V6_TBL_ENTRIES,
+                                   _array_rec(_le(groups), used), flags=MMAPABLE)
+    if v6_exact is not None:
+        hrecs, hspill, nbh = _v6_hosts(v6_exact.hi, v6_exact.lo, ids(v6_exact.mask))
+        features["v6_host_bits"] = nbh.bit_length() - 1
+        maps["v6_hosts"] = MapSpec("v6_hosts", "array", 4, 64, nbh, hrecs, flags=MMAPABLE)
+        maps["v6_exact"] = MapSpec("v6_exact", "hash", 16, 4, capacity(len(hspill) // 20), hspill)
     if v6_prefix:
         keys6 = sorted(v6_prefix)
         mids = ids(np.array([v6_prefix[k] for k in keys6], dtype=np.uint64))
@@ -641,6 +730,121 @@ def lower(rules: list[Rule], rate_limit: dict[str, int] | None, keep: dict[str, 
     if keep is not None:
         keep.update(v4=v4, others=[p for p in parts if p is not v4.exact_mask])
     return low
+
+
+# --------------------------------------------------------------------------- kernel-test
+
+
+def find_record(records: bytes, key_size: int, value_size: int, key: bytes) -> bytes | None:
+    """Binary search a sorted contents buffer for `key`."""
+    n = key_size + value_size
+    lo, hi = 0, len(records) // n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        k = records[mid * n:mid * n + key_size]
+        if k == key:
+            return records[mid * n:(mid + 1) * n]
+        if k < key:
+            lo = mid + 1
+        else:
+            hi = mid
+    return None
+
+
+def v6_path(low: Lowered, raw: bytes) -> tuple[int, list[tuple[str, bytes]]]:
+    """The map records the program reads to look up the IPv6 source `raw` (16 bytes), in
+    its order (lookup_v6 in the template), and the ruleset id it ends with: kernel-test
+    vectors insert just these records and the kernel takes the same path."""
+    out: list[tuple[str, bytes]] = []
+    hi, lo = int.from_bytes(raw[:8], "big"), int.from_bytes(raw[8:], "big")
+    top = hi >> (64 - V6_TBL_BITS)
+    gkey = (top // V6_TBL_GROUP).to_bytes(4, "little")
+    rec = find_record(low.maps["v6_tbl24"].records or b"", 4, 2 * V6_TBL_GROUP, gkey)
+    if rec is None:
+        return 0, out
+    out.append(("v6_tbl24", gkey))
+    at = 4 + 2 * (top % V6_TBL_GROUP)
+    slot = int.from_bytes(rec[at:at + 2], "little")
+    cover = slot & V6_TBL_ID_MAX
+    if slot & V6_TBL_HOSTS:
+        bits = int(low.features["v6_host_bits"])
+        idx = int(v6_host_bucket_of(np.array([hi], dtype=np.uint64), np.array([lo], dtype=np.uint64), bits)[0])
+        rec = find_record(low.maps["v6_hosts"].records or b"", 4, 64, idx.to_bytes(4, "little"))
+        if rec is not None:
+            out.append(("v6_hosts", rec[:4]))
+            v = rec[4:]
+            for i in range(V6_HOST_SLOTS):
+                hid = int.from_bytes(v[48 + 4 * i:52 + 4 * i], "little")
+                if hid and int.from_bytes(v[8 * i:8 * i + 8], "little") == hi \
+                        and int.from_bytes(v[24 + 8 * i:32 + 8 * i], "little") == lo:
+                    return hid, out
+            if int.from_bytes(v[60:64], "little"):
+                srec = find_record(low.maps["v6_exact"].records or b"", 16, 4, raw)
+                if srec is not None:
+                    out.append(("v6_exact", raw))
+                    return int.from_bytes(srec[16:], "little"), out
+    if not slot & V6_TBL_MORE:
+        return cover, out
+    if "v6_prefix" in low.maps:
+        rid = _lpm_path(low, hi << 64 | lo, out)
+        if rid is not None:
+            return rid, out
+    if "v6_buckets" in low.maps:
+        return _v6_tree_path(low, hi, out) or cover, out
+    return cover, out
+
+
+def _lpm_path(low: Lowered, addr: int, out: list[tuple[str, bytes]]) -> int | None:
+    """The v6_prefix (/65-/127 LPM trie) record `addr` matches longest, appended to `out`."""
+    spec = low.maps["v6_prefix"]
+    records = spec.records or b""
+    n = spec.key_size + spec.value_size
+    best = None
+    for i in range(0, len(records), n):
+        rec = records[i:i + n]
+        plen = int.from_bytes(rec[:4], "little")
+        net = int.from_bytes(rec[4:20], "big")
+        if (plen == 0 or (addr ^ net) >> (128 - plen) == 0) and (best is None or plen > best[0]):
+            best = (plen, rec)
+    if best is None:
+        return None
+    out.append(("v6_prefix", best[1][:20]))
+    return int.from_bytes(best[1][20:], "little")
+
+
+def _v6_tree_path(low: Lowered, hi: int, out: list[tuple[str, bytes]]) -> int:
+    """Walk the binary search over prefix lengths (v6_tree) for the top 64 bits `hi`,
+    appending every v6_buckets record it probes (and the v6_spill record an overflowing
+    bucket leads to). Returns the ruleset id the search ends with (0: none)."""
+    buckets = low.maps["v6_buckets"].records or b""
+    spill = low.maps["v6_spill"].records or b"" if "v6_spill" in low.maps else b""
+    bits = int(low.features["v6_bucket_bits"])
+    node, rid = low.features["v6_tree"], 0
+    while node is not None:
+        plen = int(node["len"])
+        key = hi & (((1 << plen) - 1) << (64 - plen)) if plen else 0
+        idx = (((key ^ plen) * V6_HASH) & ((1 << 64) - 1)) >> (64 - bits)
+        rec = find_record(buckets, 4, 64, idx.to_bytes(4, "little"))
+        hit = None
+        if rec is not None:
+            out.append(("v6_buckets", rec[:4]))
+            val = rec[4:]
+            for i in range(V6_BUCKET_SLOTS):
+                k = int.from_bytes(val[8 * i:8 * i + 8], "little")
+                v = int.from_bytes(val[32 + 4 * i:36 + 4 * i], "little")
+                if k == key and v >> 16 == plen + 1:
+                    hit = v & 0xFFFF
+            if hit is None and int.from_bytes(val[48:52], "little"):
+                skey = key.to_bytes(8, "little") + plen.to_bytes(4, "little") + bytes(4)
+                srec = find_record(spill, 16, 4, skey)
+                if srec is not None:
+                    out.append(("v6_spill", skey))
+                    hit = int.from_bytes(srec[16:], "little") & 0xFFFF
+        if hit is not None:
+            rid, node = hit, node["long"]
+        else:
+            node = node["short"]
+    return rid
 
 
 # --------------------------------------------------------------------------- reference
