@@ -146,7 +146,7 @@ class TracingChecker:
         self._sections(spec)
 
     def _lists(self, lists: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        from .lists import LIST_TYPES, syscall_problem
+        from .lists import GENERATED_LISTS, LIST_TYPES, syscall_problem
 
         out: dict[str, dict[str, Any]] = {}
         for i, lst in enumerate(lists):
@@ -158,11 +158,8 @@ class TracingChecker:
             if ltype not in LIST_TYPES:
                 self.r.error((*path, "type"), f'unknown list type "{ltype}"'
                              f"{did_you_mean(ltype, LIST_TYPES, 0.6)}")
-            elif ltype != "syscalls":
-                self.unsupported_lists.add(name)
-                self.r.unsupported((*path, "type"), f"{ltype} lists (every syscall or ftrace "
-                                   "function, one hook each) are not implemented; list the "
-                                   "syscalls (type: syscalls)", drop=path)
+            elif ltype in GENERATED_LISTS:
+                self._generated_list(path, lst, ltype)
             else:
                 if not lst.get("values"):
                     self.r.error(path, "a syscalls list needs values")
@@ -173,6 +170,32 @@ class TracingChecker:
                     elif why:
                         self.r.error((*path, "values", k), why)
         return out
+
+    def _generated_list(self, path: Path_, lst: dict[str, Any], ltype: str) -> None:
+        """generated_syscalls: every syscall of the target (filled at compile from its BTF);
+        generated_ftrace: the target's ftrace-able functions matching `pattern` (a regex,
+        searched, as Tetragon's ftrace.ReadAvailFuncs). Neither takes values (Tetragon:
+        "error generated list '%s' has values")."""
+        if lst.get("values"):
+            self.r.error((*path, "values"), f"a {ltype} list takes no values: bpfpolicy fills it "
+                         "when compiling for the target kernel" + (" (every syscall in its BTF)"
+                         if ltype == "generated_syscalls" else " (its functions matching pattern)"))
+        pattern = lst.get("pattern")
+        if ltype == "generated_syscalls":
+            if pattern is not None:
+                self.r.warning((*path, "pattern"), "pattern has no effect on a generated_syscalls "
+                               "list (only generated_ftrace lists are filtered)")
+            return
+        if not pattern:
+            self.r.error(path, "a generated_ftrace list needs pattern (a regular expression "
+                         "over the kernel's available_filter_functions)")
+            return
+        import re
+
+        try:
+            re.compile(str(pattern))
+        except re.error as e:
+            self.r.error((*path, "pattern"), f"pattern is not a regular expression: {e}")
 
     def _list_ref(self, path: Path_, ref: str, drop: Path_ | None = None) -> dict[str, Any] | None:
         name = ref.removeprefix("list:")
@@ -331,9 +354,12 @@ class TracingChecker:
         if len(args) + len(hook.get("data") or []) > S.MAX_ARGS:
             self.r.error((*path, "args", S.MAX_ARGS), f"at most {S.MAX_ARGS} args + data per hook")
         raw_tp = section == "tracepoints" and hook.get("raw")
+        from .returns import check_return_copy
+
         for k, arg in enumerate(args):
             apath = (*path, "args", k)
             self._arg(section, path, apath, arg, bool(raw_tp))
+            check_return_copy(self.r, section, hook, apath, arg, path)
             if section == "tracepoints" and not raw_tp:
                 self._syscall_tp_field(hook, apath, arg)
 
@@ -391,9 +417,6 @@ class TracingChecker:
         if "resolve" in arg and not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", str(arg["resolve"])):
             self.r.error((*apath, "resolve"), f'"{arg["resolve"]}" is not a member path like '
                          "mm.owner.comm")
-        if arg.get("returnCopy"):
-            self.r.unsupported((*apath, "returnCopy"), "returnCopy is not implemented",
-                               drop=hpath)
         if arg.get("maxData"):
             self.r.unsupported((*apath, "maxData"), f"maxData: bpfpolicy captures at most "
                                f"{S.CAPTURE_STRING} bytes of a buffer", drop=(*apath, "maxData"))
@@ -423,20 +446,16 @@ class TracingChecker:
                          f"per selector (has {n_args})")
         for key, why in (
             ("matchData", "matchData is not implemented"),
-            ("matchReturnArgs", "matchReturnArgs is not implemented (kretprobe/fexit return "
-                                "values are not matched); on a syscall's exit, hook the "
-                                "sys_exit_* tracepoint and use matchArgs on field 5 (ret)"),
             ("matchNamespaceChanges", "matchNamespaceChanges (tracking namespace changes per "
                                       "process) is not implemented"),
             ("matchCapabilityChanges", "matchCapabilityChanges (tracking capability changes per "
                                        "process) is not implemented"),
-            ("matchReturnActions", "matchReturnActions is not implemented"),
         ):
             if key in sel:
-                if key == "matchReturnArgs" and section == "lsmhooks":
-                    self.r.error((*path, key), "matchReturnArgs is not available on lsmhooks")
-                else:
-                    self.r.unsupported((*path, key), why, drop=drop)
+                self.r.unsupported((*path, key), why, drop=drop)
+        from .returns import check_returns  # matchReturnArgs / matchReturnActions
+
+        check_returns(self, path, sel, hook, section, drop)
         for k, m in enumerate(sel.get("matchArgs") or []):
             self._match_arg((*path, "matchArgs", k), m, types, hook is not None, drop)
         self._match_pids(path, sel.get("matchPIDs") or [], drop)
@@ -512,7 +531,11 @@ class TracingChecker:
                              f'(argument {idx} is "{t}")')
             for k, v in enumerate(values):
                 if str(v).startswith("list:"):
-                    self._list_ref((*path, "values", k), str(v), drop=drop)
+                    lst = self._list_ref((*path, "values", k), str(v), drop=drop)
+                    if lst is not None and lst.get("type") == "generated_ftrace":
+                        self.r.error((*path, "values", k), f"{_clip(v)} is a generated_ftrace list "
+                                     f"(kernel functions): {op} takes syscall lists only (Tetragon: "
+                                     "\"is not syscall type\")")
                 elif parse_int(v) is None:
                     self.r.error((*path, "values", k), f'"{_clip(v)}" is not an integer or list:NAME')
                 elif in_hook and t in S.INT_TYPES and not int_range(t)[0] <= parse_int(v) <= int_range(t)[1]:  # type: ignore[operator]

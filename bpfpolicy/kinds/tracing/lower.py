@@ -33,6 +33,7 @@ from .check import hook_sections
 from .events import event_layout
 from .features import features_for
 from .ir import Literal, Program, Site, Tunable, Uses
+from .lists import GENERATED_LISTS, expand_generated
 from .order import MAX_MATCH_STRING, plan
 from .selectors import ENFORCE, SelectorBuilder
 
@@ -87,6 +88,7 @@ class Lowering:
         self.uses = Uses()
         self.literals: dict[tuple[str, bytes], Literal] = {}
         self.tunables: list[Tunable] = []
+        self._generated_lists: dict[str, list[tuple[str, bool]]] = {}
         self.selectors = SelectorBuilder(self._site, self.uses, self.monitor, self.literals,
                                          self.tunables, self._map_values)
         self._lower()
@@ -157,9 +159,22 @@ class Lowering:
         from .lists import lists_by_name
 
         lst = lists_by_name(self.spec).get(call.removeprefix("list:"))
+        if lst is not None and lst.get("type") in GENERATED_LISTS:
+            return [{**hook, "call": c, "syscall": sc} for c, sc in self._generated(lst, path)]
         if lst is None or not lst.get("values"):
             raise HookError((*path, "call"), f"{call}: no such list with values")
         return [{**hook, "call": str(v), "syscall": True} for v in lst["values"]]
+
+    def _generated(self, lst: dict[str, Any], path: PathT) -> list[tuple[str, bool]]:
+        """generated_syscalls / generated_ftrace filled for this target (lists.py)."""
+        key = str(lst.get("name"))
+        if key not in self._generated_lists:
+            on_host = not self.ctx.target.foreign_arch and self.ctx.kernel in (None, _host_version())
+            self._generated_lists[key] = expand_generated(
+                lst, (*path, "call"), arch=self.ctx.arch, features=self.features,
+                btf_funcs=self.btf.funcs if self.btf is not None else None,
+                prefix=ARCH_PREFIX.get(self.ctx.arch, "__x64_"), on_host=on_host, warnings=self.warnings)
+        return self._generated_lists[key]
 
     def _hook(self, section: str, i: int, hook: dict[str, Any], path: PathT, suffix: str = "") -> None:
         selectors = [self._expand_macros(s) for s in hook.get("selectors") or []]
@@ -258,8 +273,9 @@ class Lowering:
         for v in values:
             if v.startswith("list:"):
                 lst = lists_by_name(self.spec).get(v.removeprefix("list:")) or {}
-                out += [str(n) for n in syscall_numbers([str(x) for x in lst.get("values") or []],
-                                                        self.ctx.arch)]
+                names = [c for c, _ in self._generated(lst, path)] if lst.get("type") == "generated_syscalls" \
+                    else [str(x) for x in lst.get("values") or []]
+                out += [str(n) for n in syscall_numbers(names, self.ctx.arch)]
             else:
                 out.append(v)
         if not out:
