@@ -75,6 +75,11 @@ class Capture:
     signed: bool = True
     size: ArgRead | None = None  # char_buf: sizeArgIndex
     resolve: Resolve | None = None
+    # returnCopy (Tetragon): the buffer is read when the function returns, `ret` bytes.
+    # `ret_copy` is where this program does it: "" (not returnCopy), "pointer" (an entry
+    # program keeps the raw pointer in the event), "at_exit" (fexit: read it now, with
+    # the return value as its size), "stored" (a return program reads the kept pointer).
+    ret_copy: str = ""
 
 
 # ------------------------------------------------------------------------ matchers
@@ -119,6 +124,9 @@ class StringMatch:
     direct: Capture | None = None
     need: int = 0
     tail: bool = False  # a Postfix literal: uncomparable when the string fills its buffer
+    # matchBinaries followChildren (buffer "parent", scratch): the process's executable,
+    # else its ancestors' up `real_parent`, at most this many tasks in all (0: not followed).
+    follow: int = 0
 
 
 @dataclass(frozen=True)
@@ -189,6 +197,7 @@ class Post:
     rate_limit_s: int | None = None
     rate_scope: str = "thread"  # thread, process, global
     rate_tunable: str = ""  # the const volatile rodata name of the window
+    store: bool = False  # a return: true entry program keeps the event for its return half
 
 
 @dataclass(frozen=True)
@@ -207,6 +216,10 @@ class Selector:
     index: int
     matchers: list[Matcher]
     actions: Actions
+    # return: true with a kept event (kretprobe, sys_exit_* pair): matchReturnArgs, then
+    # matchReturnActions (or the selector's Post) run in the return program.
+    ret_matchers: list[IntMatch] = field(default_factory=list)
+    ret_actions: Actions | None = None
 
     @property
     def scratch(self) -> bool:
@@ -247,6 +260,10 @@ class Program:
     early: list[Capture] = field(default_factory=list)  # captured before selectors (matched copies)
     late: list[Capture] = field(default_factory=list)  # captured only when an event is posted
     nothing_to_enforce: bool = False
+    # return: true split in two programs (kretprobe / sys_exit_* tracepoint): "store" is the
+    # entry half (keeps the event per task in tp_ret_map), "stored" the return half.
+    ret_mode: str = ""
+    ret_read: str = ""  # stored: how the return value is read (kretprobe: regs_rc, sys_exit: tp_ret)
 
     @property
     def scratch(self) -> bool:
@@ -279,3 +296,4 @@ class Uses:
     cred: bool = False
     pid_tree: bool = False
     stacks: bool = False
+    ret_store: bool = False  # tp_ret_map: events kept from a function's entry to its return

@@ -35,6 +35,7 @@ from .features import features_for
 from .ir import Literal, Program, Site, Tunable, Uses
 from .lists import GENERATED_LISTS, expand_generated
 from .order import MAX_MATCH_STRING, plan
+from .returns import RET_MAP_ENTRIES, return_programs
 from .selectors import ENFORCE, SelectorBuilder
 
 TARGET_ARCH = {"x86_64": "x86", "aarch64": "arm64", "arm64": "arm64"}
@@ -190,13 +191,10 @@ class Lowering:
         hook_id = len(self.hooks)
         self.hooks.append(self._hook_meta(section, hook, path, backend))
         rule = f"{SECTION_LETTER[section]}{i}{suffix}"
-        if ret_probe:
-            fexit = self.chooser.fexit(section, hook, path)
-            if enforce:
-                self.programs.append(self._program(rule, "_enter", backend, hook, selectors, path,
-                                                   hook_id, section, only=ENFORCE))
-            self.programs.append(self._program(rule, "_exit", fexit, hook, selectors, path,
-                                               hook_id, section, only=("Post", "NoPost")))
+        if ret_probe:  # kretprobe / sys_exit_* pair / fexit: returns.py
+            self.programs += return_programs(self, rule, backend, hook, selectors, path, hook_id,
+                                             section, enforce)
+            self.hooks[hook_id]["return_attach"] = self.programs[-1].sec
         else:
             self.programs.append(self._program(rule, "", backend, hook, selectors, path, hook_id, section))
 
@@ -294,7 +292,7 @@ class Lowering:
                       str_max=S.CAPTURE_STRING, match_max=MAX_MATCH_STRING, max_args=S.MAX_ARGS, ringbuf_size=256 * 1024,
                       uses_rate_limit=u.rate_limit, uses_parent_binary=u.parent_binary,
                       uses_sock=u.sock, uses_cred=u.cred, uses_pid_tree=u.pid_tree,
-                      uses_stacks=u.stacks)
+                      uses_stacks=u.stacks, uses_ret_store=u.ret_store, ret_entries=RET_MAP_ENTRIES)
         return stamp_program_hash(source)[0]
 
     def artifact(self, source: str, obj: bytes) -> Artifact:
@@ -309,6 +307,7 @@ class Lowering:
                 {"name": "tp_scratch_map", "type": "percpu_array"},
                 *([{"name": "tp_rate_limit", "type": "lru_hash"}] if self.uses.rate_limit else []),
                 *([{"name": "stacks", "type": "stack_trace"}] if self.uses.stacks else []),
+                *([{"name": "tp_ret_map", "type": "lru_hash"}] if self.uses.ret_store else []),
             ],
             "attachments": [{"program": p.name, "type": p.kind} for p in self.programs],
             "events": {"map": "events", "type": "ringbuf", "layout": "tracing_event_v1",

@@ -124,7 +124,10 @@ kprobes:
   - matchArgs: [{index: 0, operator: Prefix, values: [/etc/]}]
     matchActions: [{action: Override, argError: -1}, {action: Post}]
 """)
-    art, diags = compile_one(p, options={"features": FULL})
+    art, diags = compile_one(p, options={"features": FULL})  # kprobes: Tetragon's kretprobe
+    assert art is not None, diags
+    assert sections(art) == ["lsm/file_open", "kprobe/security_file_open", "kretprobe/security_file_open"]
+    art, diags = compile_one(p, options={"features": {**FULL, "kprobes": False}})
     assert art is not None, diags
     assert sections(art) == ["lsm/file_open", "fexit/security_file_open"]
     src = art.files["prog.bpf.c"].decode()

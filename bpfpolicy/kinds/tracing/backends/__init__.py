@@ -10,10 +10,10 @@ from . import fentry, kprobe, lsm, tracepoint, uprobe
 from .base import Backend, HookError, PathT, Shape
 
 MODULES: dict[str, ModuleType] = {
-    "kprobe": kprobe, "tracepoint": tracepoint, "raw_tracepoint": tracepoint, "lsm": lsm,
+    "kprobe": kprobe, "kretprobe": kprobe, "tracepoint": tracepoint, "raw_tracepoint": tracepoint, "lsm": lsm,
     "fentry": fentry, "fexit": fentry, "fmod_ret": fentry, "uprobe": uprobe,
 }
-PREFIXES = {"kprobe": "kprobe", "tracepoint": "tp", "raw_tracepoint": "raw_tp", "lsm": "lsm",
+PREFIXES = {"kprobe": "kprobe", "kretprobe": "kretprobe", "tracepoint": "tp", "raw_tracepoint": "raw_tp", "lsm": "lsm",
             "fentry": "fentry", "fexit": "fexit", "fmod_ret": "fmod_ret", "uprobe": "uprobe"}
 
 __all__ = ["MODULES", "PREFIXES", "Backend", "HookError", "PathT", "Shape", "module"]

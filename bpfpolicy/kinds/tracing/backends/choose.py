@@ -131,9 +131,10 @@ class BackendChooser:
                             f"or BPF trampolines with CONFIG_FUNCTION_ERROR_INJECTION (fmod_ret), and "
                             f"{func} on the kernel's error-injection list; kernel "
                             f"{self.features.get('kernel')} lacks {lacks}{hint}")
-        if hook.get("return") and not self._need("trampoline"):
-            raise HookError((*path, "return"), f"return: true needs fexit (BPF trampolines); kernel "
-                            f"{self.features.get('kernel')} lacks {self._missing('trampoline')}")
+        if hook.get("return") and not any(map(self._need, ("kprobes", "trampoline", "syscall_tracepoints"))):
+            raise HookError((*path, "return"), "return: true needs a kretprobe, fexit or the sys_exit "
+                            f"tracepoint; kernel {self.features.get('kernel')} lacks "
+                            f"{self._missing('kprobes', 'trampoline', 'syscall_tracepoints')}")
         if self._need("kprobes"):
             return kprobe.backend(func, "kprobes available", syscall=True)
         if self._need("syscall_tracepoints"):
@@ -218,7 +219,7 @@ class BackendChooser:
                         f"{self._missing('kprobes', 'bpf_lsm', 'trampoline')}")
 
     def _function_backend(self, call: str, hook: dict[str, Any], path: PathT) -> Backend | None:
-        if self._need("kprobes") and not hook.get("return"):
+        if self._need("kprobes"):  # return: true adds a kretprobe (returns.py)
             if self.btf is not None and call not in self.btf.funcs:
                 n = self._func_params(call, path, hook)  # raises, or None for callNotFound
                 if n is None:
@@ -281,7 +282,7 @@ def backend_report(hooks: list[dict[str, Any]], kernel: str) -> list[tuple[tuple
     for h in hooks:
         asked, got = REQUESTED.get(h["section"], h["backend"]), h["backend"]
         target = h["attach"].split("/", 1)[1] if "/" in h["attach"] else h["attach"]
-        ret = " (return value via fexit)" if h.get("return") else ""
+        ret = f" (return value via {h.get('return_attach', 'fexit')})" if h.get("return") else ""
         where = (h["line"], h["col"])
         rows.append((where, h["path"], "note",
                      f"{h['name']} runs as {got} {target}{ret} on kernel {kernel} ({h['why']})"))
