@@ -272,7 +272,7 @@ def _v6_vectorised(buf: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.
     length = np.diff(sep, prepend=-1) - 1
     is_nl = c == _C_NL
     nl_tok = np.flatnonzero(is_nl)  # the token ending each line
-    line = np.repeat(np.arange(n, dtype=np.int64), np.diff(nl_tok, prepend=-1))
+    line = np.repeat(np.arange(n, dtype=np.int32), np.diff(nl_tok, prepend=-1))
     start_c = np.empty_like(c)  # the separator before each token (newline at a line start)
     start_c[0] = _C_NL
     start_c[1:] = c[:-1]
@@ -329,10 +329,10 @@ def _v6_vectorised(buf: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.
     # group position: before "::" from the left, after it right-aligned
     first = np.concatenate([[0], np.cumsum(ngroups)[:-1]])
     rank = np.arange(len(g)) - first[g_line]
-    dcum = np.cumsum(dbl)
-    line_first_tok = np.concatenate([[0], nl_tok[:-1] + 1])
-    dbase = dcum[line_first_tok] - dbl[line_first_tok]
-    after = (dcum[g] - dbase[g_line]) > 0
+    dbl_tok = np.full(n, len(sep), dtype=np.int64)  # the token of each line's "::" (none: past the end)
+    dt = np.flatnonzero(dbl)
+    dbl_tok[line[dt]] = dt  # lines with two are bad anyway
+    after = g > dbl_tok[g_line]
     pos = np.where(after, 8 - ngroups[g_line] + rank, rank)
     pos = np.clip(pos, 0, 7)
     G = np.zeros(n * 8, dtype=np.uint64)
