@@ -255,6 +255,7 @@ def _compile(policies: list[str], version: tuple[int, int] | None, out: Path, ca
     for that kernel (a skip when the kernel lacks what it needs), so one kernel's gap
     does not hide the others' results."""
     from ..matrix.artifacts import compile_failure
+    from ..matrix.tracing import annotate, sensor_artifacts
     from ..policy.compile import compile_policy
     from ..policy.validate import validate_paths
     from .compile import make_context
@@ -278,6 +279,10 @@ def _compile(policies: list[str], version: tuple[int, int] | None, out: Path, ca
         if artifact is None or errors:
             found.append(compile_failure(label, "; ".join(str(d) for d in errors) or "compile failed"))
             continue
-        arts, _ = discover(artifact.write(dest))
+        written = artifact.write(dest)
+        annotate(written, policy.doc.file, policy.name, host=version is None)  # Tetragon corpus checks
+        arts, _ = discover(written)
         found += arts
+    # The process sensor beside TracingPolicies, with a process_exec check (matrix/tracing.py).
+    found += sensor_artifacts([p for p in validation.policies if p.ident.kind.kind == "TracingPolicy"], ctx, dest)
     return found

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .expect import resolve_dir
+
 SCRIPT = "kernel-test.txt"
 
 
@@ -56,8 +58,8 @@ def _safe(name: str) -> str:
 
 def load(d: Path, name: str) -> ArtifactDir | None:
     script_file = d / SCRIPT
-    if script_file.is_file():
-        return ArtifactDir(_safe(name), d, script_file.read_text())
+    if script_file.is_file():  # event-expect lines resolved against the manifest (expect.py)
+        return ArtifactDir(_safe(name), d, resolve_dir(d, script_file.read_text()))
     objects = sorted(p.relative_to(d).as_posix() for p in d.rglob("*.o"))
     if not objects:
         return None

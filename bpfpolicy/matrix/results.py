@@ -21,7 +21,7 @@ END_RE = re.compile(r"^END (\S+)$")
 # Which column of the table a step counts towards.
 CATEGORY = {"compile": "load", "object": "load", "seccomp": "load", "map-update": "load", "script": "load",
             "attach": "attach", "prog-run": "behaviour", "syscall": "behaviour",
-            "exec-expect": "behaviour", "runner": "load", "boot": "load", "live": "live"}
+            "exec-expect": "behaviour", "event-expect": "behaviour", "runner": "load", "boot": "load", "live": "live"}
 CATEGORIES = ("load", "attach", "behaviour", "live")
 # Cell labels: live traffic (real frames over a veth through the attached program) is
 # spelled out, since "L" is load.

@@ -318,9 +318,12 @@ static const char *lacking_feature(struct bpf_program *prog, int err)
 
 static void live_teardown(void);
 
+static void rings_free(void);
+
 static void close_object(void)
 {
 	live_teardown();
+	rings_free();
 	for (int i = 0; i < nlinks; i++)
 		bpf_link__destroy(links[i]);
 	nlinks = 0;
@@ -840,11 +843,109 @@ static void do_syscall(int ln, int argc, char **argv)
 	result(ln, "syscall", ok ? "ok" : "fail", "nr=%llu want %s got %s", nr, argv[2], seen);
 }
 
-/* exec-expect exit=N <shell command>: the command runs via /bin/sh -c, 20 s limit. */
+/* ---- exec-expect and event-expect ------------------------------------------------
+ *
+ * exec-expect runs a shell command with the object's programs attached; event-expect
+ * then asks what the object's ring buffers received while that command ran. Before the
+ * fork every ring buffer of the object is drained (records of earlier lines and other
+ * processes are dropped); after waitpid() it is drained again and the records kept. A
+ * BPF program submits from the syscall (or exit) path of the process itself, so by the
+ * time the child has been reaped every record it caused is in the ring. */
+
+#define KT_MAX_RECORDS 8192     /* records kept per command; a flood beyond is counted */
+#define KT_MAX_RINGS 8          /* ring buffer maps consumed per object */
+
+struct kt_record {
+	const char *map;        /* name of the ring buffer map it came from */
+	size_t len;
+	unsigned char *data;
+};
+
+static struct ring_buffer *rings;
+static const char *ring_names[KT_MAX_RINGS];
+static int nrings;
+static bool ring_keep;          /* false while draining before a command */
+static struct kt_record records[KT_MAX_RECORDS];
+static int nrecords, records_dropped;
+static int exec_line;           /* line of the last exec-expect that ran, 0 = none */
+static int exec_skip_line;      /* ... or of the last one that was skipped */
+static pid_t exec_pid;          /* the forked child (it execs /bin/sh -c <cmd>) */
+static char exec_cmd[256];
+
+static void records_clear(void)
+{
+	for (int i = 0; i < nrecords; i++)
+		free(records[i].data);
+	nrecords = records_dropped = 0;
+}
+
+static void rings_free(void)
+{
+	ring_buffer__free(rings);
+	rings = NULL;
+	nrings = 0;
+	records_clear();
+	exec_line = exec_skip_line = 0;
+}
+
+static int ring_record(void *ctx, void *data, size_t len)
+{
+	if (!ring_keep)
+		return 0;
+	if (nrecords == KT_MAX_RECORDS) {
+		records_dropped++;
+		return 0;
+	}
+	records[nrecords].map = ctx;
+	records[nrecords].len = len;
+	records[nrecords].data = malloc(len);
+	if (!records[nrecords].data) {
+		records_dropped++;
+		return 0;
+	}
+	memcpy(records[nrecords].data, data, len);
+	nrecords++;
+	return 0;
+}
+
+/* Every BPF_MAP_TYPE_RINGBUF of the loaded object, consumed through one ring_buffer. */
+static void rings_open(void)
+{
+	struct bpf_map *map;
+
+	if (rings || !obj)
+		return;
+	bpf_object__for_each_map(map, obj) {
+		int fd = bpf_map__fd(map);
+		if (bpf_map__type(map) != BPF_MAP_TYPE_RINGBUF || fd < 0 || nrings == KT_MAX_RINGS)
+			continue;
+		ring_names[nrings] = bpf_map__name(map);
+		if (!rings)
+			rings = ring_buffer__new(fd, ring_record, (void *)ring_names[nrings], NULL);
+		else if (ring_buffer__add(rings, fd, ring_record, (void *)ring_names[nrings]))
+			continue;
+		if (rings)
+			nrings++;
+	}
+}
+
+static void rings_drain(bool keep)
+{
+	if (!rings)
+		return;
+	ring_keep = keep;
+	ring_buffer__consume(rings);
+	ring_keep = false;
+}
+
+/* exec-expect exit=N|signal=N <shell command>: the command runs via /bin/sh -c, 20 s
+ * limit. signal=N: the command (often `exec`ing the program under test) must die of
+ * signal N, e.g. signal=9 for a Sigkill policy. */
 static void do_exec_expect(int ln, char *rest)
 {
 	char *cmd, *expect;
 	unsigned long long want;
+	bool want_signal;
 	int status;
 	pid_t pid;
 
@@ -852,21 +953,27 @@ static void do_exec_expect(int ln, char *rest)
 		rest++;
 	expect = rest;
 	cmd = strpbrk(rest, " \t");
-	if (!cmd || strncmp(expect, "exit=", 5)) {
-		result(ln, "exec-expect", "fail", "usage: exec-expect exit=N <cmd...>");
+	want_signal = !strncmp(expect, "signal=", 7);
+	if (!cmd || (strncmp(expect, "exit=", 5) && !want_signal)) {
+		result(ln, "exec-expect", "fail", "usage: exec-expect exit=N|signal=N <cmd...>");
 		return;
 	}
 	*cmd++ = '\0';
 	cmd[strcspn(cmd, "\r\n")] = '\0';
-	if (!parse_u64(expect + 5, &want)) {
+	if (!parse_u64(expect + (want_signal ? 7 : 5), &want)) {
 		result(ln, "exec-expect", "fail", "bad expectation %s", expect);
 		return;
 	}
+	records_clear();
+	exec_line = 0;
+	exec_skip_line = ln;
 	if (attach_gap_line) {
 		result(ln, "exec-expect", "skip", "`%s` not run: the attach at line %d did not happen",
 		       cmd, attach_gap_line);
 		return;
 	}
+	rings_open();
+	rings_drain(false);
 	fflush(stdout);
 	pid = fork();
 	if (pid == 0) {
@@ -881,11 +988,176 @@ static void do_exec_expect(int ln, char *rest)
 		_exit(127);
 	}
 	waitpid(pid, &status, 0);
-	if (WIFSIGNALED(status))
+	rings_drain(true);
+	exec_line = ln;
+	exec_skip_line = 0;
+	exec_pid = pid;
+	snprintf(exec_cmd, sizeof(exec_cmd), "%s", cmd);
+	if (want_signal)
+		result(ln, "exec-expect", WIFSIGNALED(status) && WTERMSIG(status) == (int)want ? "ok" : "fail",
+		       WIFSIGNALED(status) ? "`%s` killed by signal %d (want %s)" : "`%s` exit=%d (want %s)", cmd,
+		       WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status), expect);
+	else if (WIFSIGNALED(status))
 		result(ln, "exec-expect", "fail", "`%s` killed by signal %d (want %s)", cmd, WTERMSIG(status), expect);
 	else
 		result(ln, "exec-expect", WEXITSTATUS(status) == (int)want ? "ok" : "fail",
 		       "`%s` exit=%d (want %s)", cmd, WEXITSTATUS(status), expect);
+}
+
+/* One event-expect filter or note: <kind>@<offset>[=<value>]. */
+struct kt_field {
+	char kind[8];           /* pid, eq, bits, str, u32 (note), s32 (note), text (note) */
+	unsigned long off;
+	char *value;            /* after '=', or NULL */
+};
+
+static bool parse_field(const char *tok, struct kt_field *f)
+{
+	const char *at = strchr(tok, '@');
+	char *end;
+
+	if (!at || at == tok || (size_t)(at - tok) >= sizeof(f->kind))
+		return false;
+	memcpy(f->kind, tok, at - tok);
+	f->kind[at - tok] = '\0';
+	f->off = strtoul(at + 1, &end, 0);
+	if (end == at + 1 || (*end && *end != '='))
+		return false;
+	f->value = *end == '=' ? end + 1 : NULL;
+	return true;
+}
+
+static bool rec_u32(const struct kt_record *r, unsigned long off, uint32_t *v)
+{
+	if (off + 4 > r->len)
+		return false;
+	memcpy(v, r->data + off, 4);
+	return true;
+}
+
+static bool field_matches(const struct kt_record *r, const struct kt_field *f)
+{
+	uint32_t v;
+
+	if (!strcmp(f->kind, "pid"))
+		return rec_u32(r, f->off, &v) && v == (uint32_t)exec_pid;
+	if (!strcmp(f->kind, "eq")) {       /* eq@OFF=V[,V...]: the u32 is one of them */
+		char copy[128], *save = NULL;
+		unsigned long long want;
+		if (!f->value || !rec_u32(r, f->off, &v))
+			return false;
+		snprintf(copy, sizeof(copy), "%s", f->value);
+		for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save))
+			if (parse_u64(t, &want) && v == (uint32_t)want)
+				return true;
+		return false;
+	}
+	if (!strcmp(f->kind, "bits")) {     /* bits@OFF=MASK: every bit of MASK set */
+		unsigned long long mask;
+		return f->value && parse_u64(f->value, &mask) && rec_u32(r, f->off, &v) &&
+		       (v & (uint32_t)mask) == (uint32_t)mask;
+	}
+	if (!strcmp(f->kind, "str")) {      /* str@OFF=TEXT: NUL-terminated string equals TEXT */
+		size_t n = f->value ? strlen(f->value) : 0;
+		return f->value && f->off + n < r->len && !memcmp(r->data + f->off, f->value, n) &&
+		       r->data[f->off + n] == '\0';
+	}
+	return true;                        /* notes do not filter */
+}
+
+/* A note for the detail: u32@OFF=name, s32@OFF=name, text@OFF=name (up to 64 bytes). */
+static void append_note(char *out, size_t size, const struct kt_record *r, const struct kt_field *f)
+{
+	size_t used = strlen(out);
+	uint32_t v;
+
+	if (!f->value)
+		return;
+	if (!strcmp(f->kind, "text") && f->off < r->len) {
+		size_t n = strnlen((const char *)r->data + f->off, r->len - f->off);
+		snprintf(out + used, size - used, " %s %.*s", f->value, (int)(n > 64 ? 64 : n),
+			 (const char *)r->data + f->off);
+	} else if (!strcmp(f->kind, "u32") && rec_u32(r, f->off, &v)) {
+		snprintf(out + used, size - used, " %s %u", f->value, v);
+	} else if (!strcmp(f->kind, "s32") && rec_u32(r, f->off, &v)) {
+		snprintf(out + used, size - used, " %s %d", f->value, (int32_t)v);
+	}
+}
+
+/*
+ * event-expect posted|none <map> <what> [pid@OFF] [eq@OFF=V,..] [bits@OFF=MASK] [str@OFF=TEXT]
+ *              [u32|s32|text@OFF=name ...]
+ * Records in ring buffer <map> caught while the last exec-expect's command ran, filtered:
+ * pid@ = the u32 at OFF is that command's pid (the forked child, which execs /bin/sh -c;
+ * `exec prog` in the command keeps the pid); eq@, bits@, str@ as commented above. posted:
+ * at least one record passes; none: not one. <what> names the hook and policy for the
+ * detail; the notes print fields of the first record that passed.
+ * `event-expect fail <why...>`: a line bpfpolicy could not resolve (reported as a fail).
+ */
+static void do_event_expect(int ln, int argc, char **argv)
+{
+	struct kt_field fields[12];
+	int nfields = 0, matched = 0, in_map = 0, first = -1;
+	bool posted;
+	char detail[512] = "";
+
+	if (argc >= 2 && !strcmp(argv[1], "fail")) {
+		for (int i = 2; i < argc; i++) {
+			size_t used = strlen(detail);
+			snprintf(detail + used, sizeof(detail) - used, "%s%s", i > 2 ? " " : "", argv[i]);
+		}
+		result(ln, "event-expect", "fail", "%s", detail);
+		return;
+	}
+	if (argc < 4 || (strcmp(argv[1], "posted") && strcmp(argv[1], "none")) || argc - 4 > 12) {
+		result(ln, "event-expect", "fail", "usage: event-expect posted|none <map> <what> [field@OFF[=V]]...");
+		return;
+	}
+	posted = !strcmp(argv[1], "posted");
+	for (int i = 4; i < argc; i++)
+		if (!parse_field(argv[i], &fields[nfields++])) {
+			result(ln, "event-expect", "fail", "bad field %s (want kind@offset[=value])", argv[i]);
+			return;
+		}
+	if (exec_skip_line) {
+		result(ln, "event-expect", "skip", "%s: the exec-expect at line %d did not run", argv[3], exec_skip_line);
+		return;
+	}
+	if (!exec_line) {
+		result(ln, "event-expect", "fail", "no exec-expect before this line");
+		return;
+	}
+	bool have_map = false;
+	for (int i = 0; i < nrings; i++)
+		have_map |= !strcmp(ring_names[i], argv[2]);
+	if (!have_map) {
+		result(ln, "event-expect", "fail", "%s: the object has no ring buffer map named %s", argv[3], argv[2]);
+		return;
+	}
+	for (int i = 0; i < nrecords; i++) {
+		bool ok = true;
+		if (strcmp(records[i].map, argv[2]))
+			continue;
+		in_map++;
+		for (int j = 0; j < nfields && ok; j++)
+			ok = field_matches(&records[i], &fields[j]);
+		if (ok && matched++ == 0)
+			first = i;
+	}
+	snprintf(detail, sizeof(detail), "%s %s %d event(s) from pid %d while line %d ran (`%.80s`); %d record(s) in %s",
+		 artifact, argv[3], matched, (int)exec_pid, exec_line, exec_cmd, in_map, argv[2]);
+	if (records_dropped) {
+		size_t used = strlen(detail);
+		snprintf(detail + used, sizeof(detail) - used, ", %d not kept", records_dropped);
+	}
+	if (first >= 0) {
+		size_t used = strlen(detail);
+		snprintf(detail + used, sizeof(detail) - used, "; first:");
+		for (int j = 0; j < nfields; j++)
+			append_note(detail, sizeof(detail), &records[first], &fields[j]);
+	}
+	result(ln, "event-expect", (posted ? matched > 0 : matched == 0) ? "ok" : "fail", "%s (want %s)", detail,
+	       posted ? "posted" : "none");
 }
 
 /* ---- live traffic: veth pair, real packets through the attached program --------------
@@ -1497,14 +1769,14 @@ static int enter_netns(void)
 
 static void run_line(int ln, char *line)
 {
-	char *argv[16];
+	char *argv[24];
 	int argc;
 
 	if (!strncmp(line, "exec-expect", 11) && (line[11] == ' ' || line[11] == '\t')) {
 		do_exec_expect(ln, line + 11);
 		return;
 	}
-	argc = split(line, argv, 16);
+	argc = split(line, argv, 24);
 	if (argc == 0)
 		return;
 	if (!strcmp(argv[0], "object"))
@@ -1521,8 +1793,10 @@ static void run_line(int ln, char *line)
 		do_syscall(ln, argc, argv);
 	else if (!strcmp(argv[0], "live"))
 		do_live(ln, argc, argv);
+	else if (!strcmp(argv[0], "event-expect"))
+		do_event_expect(ln, argc, argv);
 	else
-		result(ln, argv[0], "fail", "unknown directive %s (object, map-update, prog-run, attach, live, seccomp, syscall, exec-expect)",
+		result(ln, argv[0], "fail", "unknown directive %s (object, map-update, prog-run, attach, live, seccomp, syscall, exec-expect, event-expect)",
 		       argv[0]);
 }
 
