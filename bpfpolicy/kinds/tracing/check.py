@@ -671,9 +671,9 @@ class TracingChecker:
             if m.get("followChildren"):
                 if op not in ("In", "NotIn"):
                     self.r.error((*p, "followChildren"), "followChildren works only with In/NotIn")
-                else:
-                    self.r.unsupported((*p, "followChildren"), "followChildren needs a process "
-                                       "tree and is not implemented", drop=drop)
+                elif key != "matchBinaries":
+                    self.r.unsupported((*p, "followChildren"), f"followChildren on {key} is not "
+                                       "implemented (only on matchBinaries, as in Tetragon)", drop=drop)
             values = m.get("values") or []
             if not values:
                 self.r.error((*p, "values"), f"{key} needs at least one path")

@@ -127,6 +127,9 @@ class StringMatch:
     # matchBinaries followChildren (buffer "parent", scratch): the process's executable,
     # else its ancestors' up `real_parent`, at most this many tasks in all (0: not followed).
     follow: int = 0
+    # matchBinaries followChildren (buffer "parent", scratch): the process's executable,
+    # else its ancestors' up `real_parent`, at most this many tasks in all (0: not followed).
+    follow: int = 0
 
 
 @dataclass(frozen=True)

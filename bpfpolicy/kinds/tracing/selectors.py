@@ -5,6 +5,7 @@ capabilities), each selector's actions one ir.Actions. The templates in
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from . import net
@@ -81,6 +82,14 @@ class SelectorBuilder:
         raise HookError(path, f"argument {idx} of type {t} cannot be matched")
 
     def _match_binaries(self, m: dict[str, Any], path: PathT, positions: Positions) -> Matcher:
+        if m.get("followChildren"):  # In/NotIn only (check.py)
+            # Tetragon: also the children of a matching binary. Compared in the kernel: the
+            # process's executable, else an ancestor's (spec.FOLLOW_CHILDREN_DEPTH tasks up
+            # real_parent), into per-CPU scratch like matchParentBinaries.
+            self.uses.parent_binary = True
+            match = self._binary(m, path, "parent")
+            return replace(match, text=match.text + " or an ancestor's (followChildren)",
+                           follow=S.FOLLOW_CHILDREN_DEPTH)
         return self._binary(m, path, "binary")
 
     def _match_parent_binaries(self, m: dict[str, Any], path: PathT, positions: Positions) -> Matcher:

@@ -135,5 +135,9 @@ NET_FIELD_MAX = {"Family": 0xFFFF, "Protocol": 0xFFFF, "State": 0xFF}
 MAX_RATE_LIMIT_S = (2**64 - 1) // 1_000_000_000
 # PIDs are compared as 32-bit unsigned values (tgid); the kernel's limit is 2^22.
 MAX_PID = 0xFFFFFFFF
+# matchBinaries followChildren: the executables compared are the process's and its
+# ancestors' up `real_parent`, this many tasks in all — the bound followForks walks too
+# (Tetragon's execve_map walk), a loop the verifier accepts with a path walk per level.
+FOLLOW_CHILDREN_DEPTH = 10
 # bpfpolicy's own capture sizes (the ring-buffer event layout).
 CAPTURE_STRING = 256  # bytes of a string / path argument kept in events and compared
