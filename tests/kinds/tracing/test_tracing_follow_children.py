@@ -12,10 +12,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers.tracing import compile_one, loaded, manifest, write
 
 from bpfpolicy.kinds.tracing.events import decode_event
 from bpfpolicy.kinds.tracing.spec import FOLLOW_CHILDREN_DEPTH
+
+from helpers.tracing import compile_one, loaded, manifest, write
 
 PROG = r"""
 #include <stdio.h>

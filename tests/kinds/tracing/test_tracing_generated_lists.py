@@ -6,16 +6,19 @@ produces events on several different syscalls while other processes produce none
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from helpers.tracing import compile_one, errors, features, loaded, manifest, validate, write
 
 from bpfpolicy.kinds.tracing.events import decode_event
 from bpfpolicy.kinds.tracing.lists import MAX_GENERATED_CALLS, ftrace_functions
+
+from helpers.tracing import compile_one, errors, features, loaded, manifest, validate, write
 
 POLICY = """\
 lists:
@@ -170,3 +173,50 @@ def test_tetragon_example_list_syscalls_generated_compiles(corpus: Path) -> None
     art, diags = compile_one(corpus / "tetragon" / "tracingpolicy__list-syscalls-generated.yaml")
     assert art is not None, "\n".join(map(str, diags))
     assert len(art.manifest["programs"]) > 250
+
+
+# ------------------------------------------------------------------ guest: kprobes on 6.12
+
+GUEST_FTRACE = """\
+apiVersion: bpfpolicy.io/v1
+kind: TracingPolicy
+metadata:
+  name: gen-ftrace
+  annotations:
+    bpfpolicy.io/kernel-test: |
+      exec-expect exit=0 sh -c 'exec mkdir /tmp/gen-ftrace-dir'
+      event-expect posted vfs_mkdir
+      exec-expect exit=0 sh -c 'exec true'
+      event-expect none vfs_mkdir
+spec:
+  lists:
+  - {name: mk, type: generated_ftrace, pattern: '^vfs_mkdir$|^vfs_rmdir$'}
+  kprobes:
+  - call: list:mk
+"""
+
+
+@pytest.mark.vm
+def test_generated_ftrace_kprobes_post_in_a_612_guest(tmp_path: Path, cli) -> None:  # noqa: ANN001
+    """Debian 6.12 (QEMU, kprobes): the list becomes kprobe/vfs_mkdir + kprobe/vfs_rmdir
+    (from 6.12's BTF: its tracefs is not here), both attach, and a mkdir posts on
+    vfs_mkdir while `true` posts nothing."""
+    if not shutil.which("qemu-system-x86_64"):
+        pytest.skip("qemu-system-x86_64 not installed")
+    from bpfpolicy.resources import cache_dir
+
+    if not (cache_dir() / "kernels" / "6.12" / "vmlinuz").exists():
+        pytest.skip("Debian 6.12 kernel not cached (bpfpolicy kernel-test --kernels 6.12 fetches it)")
+    pol = tmp_path / "policies"
+    pol.mkdir()
+    (pol / "gen-ftrace.yaml").write_text(GUEST_FTRACE)
+    out = tmp_path / "out"
+    code, text = cli("kernel-test", str(pol), "--kernels", "6.12", "--format", "json", "--out", str(out))
+    results = json.loads((out / "results.json").read_text())
+    rows = json.dumps(results)
+    assert code == 0 and results["ok"] is True, text
+    for attached in ("kprobe/vfs_mkdir", "kprobe/vfs_rmdir"):
+        assert attached in rows, attached
+    assert re.search(r"hook=vfs_mkdir\[kprobe/vfs_mkdir\] [1-9]\d* event\(s\) from pid", rows), rows
+    assert re.search(r"hook=vfs_mkdir\[kprobe/vfs_mkdir\] 0 event\(s\) from pid \d+ while line \d+ ran "
+                     r"\(`sh -c 'exec true'`\)", rows), rows
