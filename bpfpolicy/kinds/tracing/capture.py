@@ -17,6 +17,12 @@ KERNEL_STRUCT = {"cred": "cred", "user_namespace": "userns", "module": "module"}
 NET_HOW = {"sock": "sock", "socket": "socket", "skb": "skb", "sockaddr": "sockaddr",
            "net_device": "net_device"}
 PATH_HOW = {"file": "file", "path": "path", "dentry": "dentry", "linux_binprm": "binprm"}
+# maxData: bytes of one argument sent after the event, in the same ring-buffer record.
+# Tetragon reads up to 327360 bytes in chunks into a BPF map; bpfpolicy builds event + data
+# in one per-CPU slot, and a per-CPU map value is at most PCPU_MIN_UNIT_SIZE (32 KiB) —
+# struct tp_event (1688 B) + a 32-byte header + 16 KiB fits, with a power of 2 the
+# verifier bounds by mask. Longer data is cut there and the argument says `truncated`.
+MAX_DATA = 16384
 
 
 class CaptureBuilder:
@@ -66,6 +72,12 @@ class CaptureBuilder:
                     raise HookError((*apath, "resolve"), f"resolve ends at an array: type must be string (got {t})")
                 return Capture(how="str", read=read, resolve=resolve, **{**base, "user": False})
         how, extra = self._how(t, idx, arg, read, apath)
+        if arg.get("maxData"):
+            if how not in ("str", "bytes") or resolve is not None:
+                raise HookError((*apath, "maxData"), f"maxData reads a string or char_buf argument "
+                                f"from its pointer; this {t} argument is captured as {how}")
+            self.uses.data = True
+            extra["max_data"] = True
         return Capture(how=how, read=read, resolve=resolve, **base, **extra)
 
     def _how(self, t: str, idx: int, arg: dict[str, Any], read: ArgRead,
@@ -141,4 +153,29 @@ def _walk(btf: Btf, base: str, resolve: str, path: PathT) -> Resolve:
     raise HookError(path, "empty resolve path")
 
 
-__all__ = ["CaptureBuilder", "Positions", "Site"]
+def check_max_data(r, section: str, hook: dict[str, Any], apath: PathT, arg: dict[str, Any],  # noqa: ANN001
+                   drop: PathT) -> None:
+    """maxData (check.py calls this): a string or char_buf whose size is known, one per hook."""
+    if not arg.get("maxData"):
+        return
+    t = str(arg.get("type", "auto"))
+    where = (*apath, "maxData")
+    if t not in S.IMPLEMENTED_TYPES and t in S.ARG_TYPES:  # e.g. Tetragon's iov_iter (tty.yaml)
+        r.unsupported(where, f"maxData on {t}: bpfpolicy does not decode {t} arguments (maxData "
+                      "reads string and char_buf arguments)", drop=where)
+    elif t not in ("string", "char_buf", "filename"):
+        r.error(where, f"maxData applies to string and char_buf arguments (this one is {t})")
+    elif t == "char_buf" and "sizeArgIndex" not in arg and not arg.get("returnCopy"):
+        r.error(where, "maxData on a char_buf needs its size: sizeArgIndex, or returnCopy (the "
+                "return value)")
+    elif hook.get("return") and not arg.get("returnCopy"):
+        r.unsupported(where, "maxData on a return: true hook is read at the return, so only with "
+                      "returnCopy (the pointer of another argument is not kept for a large read)",
+                      drop=where)
+    elif sum(1 for a in hook.get("args") or [] if a.get("maxData")) > 1 and \
+            next(a for a in hook["args"] if a.get("maxData")) is not arg:
+        r.unsupported(where, f"maxData on more than one argument of a hook: bpfpolicy sends one "
+                      f"argument's data (up to {MAX_DATA} bytes) after the event", drop=where)
+
+
+__all__ = ["MAX_DATA", "CaptureBuilder", "Positions", "Site", "check_max_data"]

@@ -354,12 +354,14 @@ class TracingChecker:
         if len(args) + len(hook.get("data") or []) > S.MAX_ARGS:
             self.r.error((*path, "args", S.MAX_ARGS), f"at most {S.MAX_ARGS} args + data per hook")
         raw_tp = section == "tracepoints" and hook.get("raw")
+        from .capture import check_max_data
         from .returns import check_return_copy
 
         for k, arg in enumerate(args):
             apath = (*path, "args", k)
             self._arg(section, path, apath, arg, bool(raw_tp))
             check_return_copy(self.r, section, hook, apath, arg, path)
+            check_max_data(self.r, section, hook, apath, arg, path)
             if section == "tracepoints" and not raw_tp:
                 self._syscall_tp_field(hook, apath, arg)
 
@@ -417,9 +419,6 @@ class TracingChecker:
         if "resolve" in arg and not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", str(arg["resolve"])):
             self.r.error((*apath, "resolve"), f'"{arg["resolve"]}" is not a member path like '
                          "mm.owner.comm")
-        if arg.get("maxData"):
-            self.r.unsupported((*apath, "maxData"), f"maxData: bpfpolicy captures at most "
-                               f"{S.CAPTURE_STRING} bytes of a buffer", drop=(*apath, "maxData"))
         if "sizeArgIndex" in arg:
             size_idx = int(arg["sizeArgIndex"])
             if t != "char_buf":

@@ -26,6 +26,7 @@ USERNSINFO = struct.Struct("<iII")  # struct tp_usernsinfo
 SOCKINFO = struct.Struct("<HHHHI16s16s")  # struct tp_sockinfo
 MONITOR_BIT = 31
 TRUNCATED_BIT = 30  # a selector failed closed on a string longer than MAX_MATCH_STRING
+DATA_HDR = struct.Struct("<QIIIIQ")  # maxData after the event: struct tp_data_hdr (capture.j2)
 
 
 def event_layout() -> dict[str, Any]:
@@ -93,6 +94,7 @@ def decode_event(raw: bytes, manifest: dict[str, Any], boot_offset_ns: int | Non
             stacks = pinned_stacks(manifest)  # the event stream: the applied policy's pinned map
         symbolise(out, stacks, pid)
     specs = meta.get("args") or []
+    by_slot: dict[int, dict[str, Any]] = {}
     base = HEADER.size + STR
     for k in range(min(nargs, S.MAX_ARGS)):
         ival, length, kind, buf = ARG.unpack_from(raw, base + k * ARG_SIZE)
@@ -123,7 +125,29 @@ def decode_event(raw: bytes, manifest: dict[str, Any], boot_offset_ns: int | Non
         else:
             continue
         out["args"].append(arg)
+        by_slot[k] = arg
+    _max_data(raw, by_slot)
     return with_process(out, meta, pid, t)
+
+
+def _max_data(raw: bytes, by_slot: dict[int, dict[str, Any]]) -> None:
+    """maxData: the record goes on after the event with one argument's data (up to
+    capture.MAX_DATA bytes); it replaces the TP_STR_MAX bytes the event kept."""
+    end = event_layout()["size"]
+    if len(raw) < end + DATA_HDR.size:
+        return
+    _t, _hook, slot, n, flags, size = DATA_HDR.unpack_from(raw, end)
+    arg = by_slot.get(slot)
+    if arg is None:
+        return
+    data = raw[end + DATA_HDR.size:end + DATA_HDR.size + n]
+    if "size" in arg:
+        arg["value"] = data.hex()
+        arg["size"] = size
+    else:
+        arg["value"] = data.decode(errors="replace")
+    arg["max_data"] = len(data)
+    arg["truncated"] = bool(flags & 1)
 
 
 def with_process(out: dict[str, Any], meta: dict[str, Any], pid: int, ktime: int) -> dict[str, Any]:

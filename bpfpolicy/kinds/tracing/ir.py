@@ -80,6 +80,9 @@ class Capture:
     # program keeps the raw pointer in the event), "at_exit" (fexit: read it now, with
     # the return value as its size), "stored" (a return program reads the kept pointer).
     ret_copy: str = ""
+    # maxData (Tetragon): besides the TP_STR_MAX bytes in the event, up to MAX_DATA bytes
+    # travel after the event in the same ring-buffer record (capture.py).
+    max_data: bool = False
 
 
 # ------------------------------------------------------------------------ matchers
@@ -124,9 +127,6 @@ class StringMatch:
     direct: Capture | None = None
     need: int = 0
     tail: bool = False  # a Postfix literal: uncomparable when the string fills its buffer
-    # matchBinaries followChildren (buffer "parent", scratch): the process's executable,
-    # else its ancestors' up `real_parent`, at most this many tasks in all (0: not followed).
-    follow: int = 0
     # matchBinaries followChildren (buffer "parent", scratch): the process's executable,
     # else its ancestors' up `real_parent`, at most this many tasks in all (0: not followed).
     follow: int = 0
@@ -300,3 +300,4 @@ class Uses:
     pid_tree: bool = False
     stacks: bool = False
     ret_store: bool = False  # tp_ret_map: events kept from a function's entry to its return
+    data: bool = False  # maxData: tp_data_map and the event + data record

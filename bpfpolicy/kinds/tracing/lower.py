@@ -28,7 +28,7 @@ from . import spec as S
 from .backends import PREFIXES, Backend, HookError, PathT, module
 from .backends.base import fmt
 from .backends.choose import ARCH_PREFIX, BackendChooser
-from .capture import CaptureBuilder
+from .capture import MAX_DATA, CaptureBuilder
 from .check import hook_sections
 from .events import event_layout
 from .features import features_for
@@ -292,7 +292,8 @@ class Lowering:
                       str_max=S.CAPTURE_STRING, match_max=MAX_MATCH_STRING, max_args=S.MAX_ARGS, ringbuf_size=256 * 1024,
                       uses_rate_limit=u.rate_limit, uses_parent_binary=u.parent_binary,
                       uses_sock=u.sock, uses_cred=u.cred, uses_pid_tree=u.pid_tree,
-                      uses_stacks=u.stacks, uses_ret_store=u.ret_store, ret_entries=RET_MAP_ENTRIES)
+                      uses_stacks=u.stacks, uses_ret_store=u.ret_store, ret_entries=RET_MAP_ENTRIES,
+                      uses_data=u.data, data_max=MAX_DATA)
         return stamp_program_hash(source)[0]
 
     def artifact(self, source: str, obj: bytes) -> Artifact:
@@ -308,6 +309,7 @@ class Lowering:
                 *([{"name": "tp_rate_limit", "type": "lru_hash"}] if self.uses.rate_limit else []),
                 *([{"name": "stacks", "type": "stack_trace"}] if self.uses.stacks else []),
                 *([{"name": "tp_ret_map", "type": "lru_hash"}] if self.uses.ret_store else []),
+                *([{"name": "tp_data_map", "type": "percpu_array"}] if self.uses.data else []),
             ],
             "attachments": [{"program": p.name, "type": p.kind} for p in self.programs],
             "events": {"map": "events", "type": "ringbuf", "layout": "tracing_event_v1",

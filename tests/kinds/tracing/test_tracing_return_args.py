@@ -288,6 +288,31 @@ spec:
 """
 
 
+# read(2) of exactly 7 bytes by busybox (dd; busybox cat uses sendfile): the kretprobe on
+# sys_read matches the 64-bit return value, with a returnCopy + maxData buffer kept from the
+# call (its verifier load is part of the proof), and kills.
+GUEST_READ = """\
+apiVersion: bpfpolicy.io/v1
+kind: TracingPolicy
+metadata:
+  name: ret-readcopy
+  annotations:
+    bpfpolicy.io/kernel-test: |
+      exec-expect exit=0 sh -c 'echo hello > /tmp/rc; dd if=/tmp/rc of=/dev/null bs=64 2>/dev/null; exit $?'
+      exec-expect exit=137 sh -c 'printf 1234567 > /tmp/rc7; dd if=/tmp/rc7 of=/dev/null bs=64 2>/dev/null; exit $?'
+spec:
+  kprobes:
+  - call: sys_read
+    return: true
+    args: [{index: 1, type: char_buf, returnCopy: true, maxData: true}]
+    returnArg: {index: 0, type: long}
+    selectors:
+    - matchBinaries: [{operator: In, values: [/bin/busybox]}]
+      matchReturnArgs: [{index: 0, operator: Equal, values: ["7"]}]
+      matchReturnActions: [{action: Post}, {action: Sigkill}]
+"""
+
+
 @pytest.mark.vm
 def test_kretprobe_and_fexit_return_sigkill_in_a_612_guest(tmp_path: Path, cli) -> None:
     """Debian 6.12 (QEMU): a kretprobe on sys_openat (kprobes section) and an fexit on it
@@ -305,12 +330,15 @@ def test_kretprobe_and_fexit_return_sigkill_in_a_612_guest(tmp_path: Path, cli) 
                                                             call="sys_openat", syscall="true"))
     (pol / "fexit.yaml").write_text(GUEST_POLICY.format(name="ret-fexit", section="fentries",
                                                         call="sys_openat", syscall="true"))
+    (pol / "readcopy.yaml").write_text(GUEST_READ)
     out = tmp_path / "out"
     code, text = cli("kernel-test", str(pol), "--kernels", "6.12", "--format", "json", "--out", str(out))
     results = json.loads((out / "results.json").read_text())
     assert code == 0 and results["ok"] is True, text
     rows = json.dumps(results)
-    for attached in ("kprobe/__x64_sys_openat", "kretprobe/__x64_sys_openat", "fexit/__x64_sys_openat"):
+    for attached in ("kprobe/__x64_sys_openat", "kretprobe/__x64_sys_openat", "fexit/__x64_sys_openat",
+                     "kretprobe/__x64_sys_read"):
         assert f": {attached}" in rows, attached
     killed = "cat /tmp/ret-missing 2>/dev/null; exit $?'` exit=137 (want exit=137)"
     assert rows.count(killed) == 2, rows
+    assert "bs=64 2>/dev/null; exit $?'` exit=137 (want exit=137)" in rows
