@@ -26,6 +26,7 @@ int main(void) { long r = bpfp_watch_outer(); printf("%ld\n", r); fflush(stdout)
 
 def test_exported_events_carry_symbolised_stacks(ctl, tmp_path: Path) -> None:  # noqa: ANN001
     from bpfpolicy.controller.export import Exporter, settings
+    from bpfpolicy.kinds.tracing.tetragon_json import to_tetragon
 
     (tmp_path / "stk.c").write_text(STACK_PROG)
     prog = tmp_path / "stk"
@@ -74,3 +75,9 @@ spec:
     assert ev["user_stack_trace"][0]["module"] == str(prog)
     kernel = [f.get("symbol") or "" for f in ev["kernel_stack_trace"]]
     assert any("syscall" in k.lower() for k in kernel), kernel
+    # exportFormat: tetragon carries them as ProcessKprobe's repeated StackTraceEntry
+    tet = to_tetragon(ev, node_name="n")["process_kprobe"]
+    assert [f.get("symbol") for f in tet["user_stack_trace"][:3]] == user[:3]
+    top = tet["user_stack_trace"][0]
+    assert top["address"] == str(int(ev["user_stack_trace"][0]["address"], 16)) and top["module"] == str(prog)
+    assert any("syscall" in (f.get("symbol") or "").lower() for f in tet["kernel_stack_trace"])

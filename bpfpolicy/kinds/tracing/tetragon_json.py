@@ -31,6 +31,9 @@ SCALAR_KEYS = {"int": "int_arg", "int8": "int_arg", "int16": "int_arg", "int32":
                "size_t": "size_arg", "long": "long_arg", "int64": "long_arg", "s64": "long_arg",
                "u64": "size_arg", "u32": "uint_arg", "s32": "int_arg", "auto": "int_arg"}
 SYSCALL_PREFIX = {"x86_64": "__x64_", "aarch64": "__arm64_", "arm64": "__arm64_"}
+# the symbolised stacks (symbolize.py) each event key has (repeated StackTraceEntry)
+STACK_TRACES = {"process_kprobe": ("kernel_stack_trace", "user_stack_trace"),
+                "process_uprobe": ("user_stack_trace",)}
 
 
 def to_tetragon(ev: dict[str, Any], node_name: str | None = None) -> dict[str, Any] | None:
@@ -64,6 +67,9 @@ def _hook_body(key: str, ev: dict[str, Any]) -> dict[str, Any]:
     if "return" in ev:
         body["return"] = {"int_arg": ev["return"]}
     body["action"] = action(ev.get("action") or ["Post"])
+    for trace in STACK_TRACES.get(key, ()):
+        if ev.get(trace):
+            body[trace] = [stack_entry(f) for f in ev[trace]]
     body["policy_name"] = str(ev.get("policy") or "").split("/", 1)[-1]
     if ev.get("message"):
         body["message"] = ev["message"]
@@ -106,6 +112,18 @@ def argument(arg: dict[str, Any]) -> dict[str, Any] | None:
         return None
     if arg.get("label"):
         out["label"] = arg["label"]
+    return out
+
+
+def stack_entry(frame: dict[str, Any]) -> dict[str, Any]:
+    """Our `{address, symbol, offset, module}` (hex strings) -> a StackTraceEntry; its
+    uint64 fields as protojson prints them (decimal strings), empty fields left out."""
+    out: dict[str, Any] = {"address": str(int(str(frame["address"]), 16))}
+    if frame.get("offset"):
+        out["offset"] = str(int(str(frame["offset"]), 16))
+    for k in ("symbol", "module"):
+        if frame.get(k):
+            out[k] = frame[k]
     return out
 
 
