@@ -4,7 +4,13 @@ Two measurements, side by side in one run, for policies of 10 rules (100 CIDRs) 
 1,000 rules (10,000 CIDRs), each rule = `fromCIDR: [10 prefixes]` + one TCP port:
 
 1. BPF_PROG_TEST_RUN of the generated tc ingress program (median of 7 runs of 200k
-   repeats): a packet that misses every rule (default deny) and one allowed by a rule.
+   repeats): a TCP SYN that misses every rule (`miss`: default deny, a new flow judged
+   every time), a UDP datagram that misses every rule (`udp_miss`: it could be a reply,
+   so it also pays the conntrack lookup a SYN skips), and an ACK of a flow a SYN opened
+   (`established`, also reported as `hit`: it passes on the conntrack hit). `new_allowed`:
+   the SYN of a new flow allowed by a rule (verdict + conntrack insert), the median of
+   single runs over 2,001 distinct source ports, next to the miss and the bare program
+   measured the same way (`*_1run_ns`: one run per call, so colder caches).
 2. Live veth delivery (ANCHORS §4.2 method): a small C sender blasts N identical frames
    with sendmmsg(AF_PACKET) into one end of a veth pair; the receive side runs in the
    sender's softirq, so ns/frame on the sender = send + receive. Receivers on the other
@@ -13,8 +19,13 @@ Two measurements, side by side in one run, for policies of 10 rules (100 CIDRs) 
    hand-optimised nft form (one `saddr . dport` concatenated interval set), and an nft
    chain with just `drop`. The delta
    over the baseline is each receiver's cost. The frame misses every rule: nftables walks
-   all of them, bpfpolicy does its fixed lookups. Live numbers are the minimum over
-   interleaved repetitions (a busy shared host only ever adds time).
+   all of them, bpfpolicy does its fixed lookups. Setups are interleaved within each
+   repetition; `live_delta_ns` is the median over repetitions of (setup - bare tc drop)
+   of that repetition, so host drift between repetitions cancels; `live_min_delta_ns` is
+   min(setup) - min(bare) for comparison with older runs.
+
+Also per case: compile time (validate + lower + build) and load time (object load + map
+contents written), and the sizes of the peer/verdict tables.
 
 Prints one JSON line last (docs/HELPERS.md): ratios are bpfpolicy / nftables.
 Run: sudo .venv/bin/python bench/netpol.py [--frames 200000] [--reps 7]
@@ -43,9 +54,9 @@ from bpfpolicy.kernel import bpf, tc  # noqa: E402
 from bpfpolicy.kernel import libbpf as lb  # noqa: E402
 from bpfpolicy.kernel.maps import write_records  # noqa: E402
 from bpfpolicy.kernel.netns import VethPair  # noqa: E402
-from bpfpolicy.kinds import CompileContext  # noqa: E402
+from bpfpolicy.kinds import CompileContext, vectors  # noqa: E402
 from bpfpolicy.kinds.netpol.kind import NetworkPolicyKind  # noqa: E402
-from bpfpolicy.kinds.netpol.packets import frame  # noqa: E402
+from bpfpolicy.kinds.netpol.packets import STYLE, frame  # noqa: E402
 from bpfpolicy.policy.load import load_file  # noqa: E402
 from bpfpolicy.policy.validate import validate_documents  # noqa: E402
 
@@ -177,6 +188,13 @@ def test_run_ns(prog_fd: int, data: bytes, repeat: int = 200_000, runs: int = 7)
     return statistics.median(bpf.prog_test_run(prog_fd, data, repeat=repeat).duration_ns for _ in range(runs))
 
 
+def single_runs_ns(prog_fd: int, src: str, dst: str, dport: int, mac: bytes, n: int = 2001) -> float:
+    """Median ns of one run each over `n` flows differing in the source port: every one is
+    a new flow (no conntrack entry yet)."""
+    return statistics.median(bpf.prog_test_run(prog_fd, mac + frame(src, dst, 6, 10000 + i, dport)[6:]).duration_ns
+                             for i in range(n))
+
+
 def send(sender: str, pair: VethPair, data: bytes, frames: int) -> float:
     """ns per frame, sender pinned to one CPU (the receive softirq runs there too)."""
     cpu = str((os.cpu_count() or 1) - 1)
@@ -191,9 +209,10 @@ def nft(pair: VethPair, text: str | None) -> None:
         subprocess.run(["ip", "netns", "exec", pair.ns_a, "nft", "-f", "-"], input=text, text=True, check=True)
 
 
-def live(sender: str, pair: VethPair, data: bytes, frames: int, reps: int, setups: dict[str, Any]) -> dict[str, float]:
-    """Median ns/frame per receiver setup, interleaving setups across repetitions. A slow
-    receiver (nft walking 1,000 rules) gets fewer frames: ~1.5 s per sample."""
+def live(sender: str, pair: VethPair, data: bytes, frames: int, reps: int,
+         setups: dict[str, Any]) -> dict[str, list[float]]:
+    """ns/frame samples per receiver setup, setups interleaved within each repetition. A
+    slow receiver (nft walking 1,000 rules) gets fewer frames: ~1.5 s per sample."""
     samples: dict[str, list[float]] = {k: [] for k in setups}
     for _ in range(reps):
         for name, (enter, leave) in setups.items():
@@ -204,8 +223,12 @@ def live(sender: str, pair: VethPair, data: bytes, frames: int, reps: int, setup
                 samples[name].append(send(sender, pair, data, n))
             finally:
                 leave()
-    # the minimum: other tenants of a shared host only ever add time
-    return {k: min(v) for k, v in samples.items()}
+    return samples
+
+
+def added(samples: dict[str, list[float]], impl: str) -> float:
+    """Median over repetitions of (impl - bare tc drop) within the same repetition."""
+    return statistics.median(x - b for x, b in zip(samples[impl], samples["baseline"], strict=True))
 
 
 def main() -> None:
@@ -236,16 +259,30 @@ def main() -> None:
                 case = f"{n_rules}rules/{n_rules * per}cidrs"
                 rules = make_rules(n_rules, per)
                 art, compile_s = compile_policy(rules, pair, tmp)
+                t0 = time.perf_counter()
                 obj = load(art)
+                load_s = time.perf_counter() - t0
                 prog = obj.program("netpol_tc_ingress").fd
+                bare = drop_obj.program("bare_drop").fd
                 hit_src = str(ipaddress.ip_network(rules[n_rules // 2][0][0])[0])
                 hit = frame(hit_src, pair.ip4_a, 6, 40001, rules[n_rules // 2][1])
+                ack = vectors.frame(STYLE, vectors.Flow(hit_src, pair.ip4_a, 6, 40001, rules[n_rules // 2][1]),
+                                    tcp_flags=vectors.TCP_ACK)
+                udp_miss = frame(pair.ip4_b, pair.ip4_a, 17, 40000, 5555)
                 assert bpf.prog_test_run(prog, miss).retval == 2 and bpf.prog_test_run(prog, hit).retval == 0
+                assert bpf.prog_test_run(prog, ack).retval == 0 and bpf.prog_test_run(prog, udp_miss).retval == 2
+                entries = {m["name"]: m.get("entries") for m in art.manifest["maps"] if "entries" in m}
+                established = test_run_ns(prog, ack)
                 rows.append({"impl": "bpfpolicy", "case": case, "test_run_miss_ns": test_run_ns(prog, miss),
-                             "test_run_hit_ns": test_run_ns(prog, hit), "compile_s": round(compile_s, 3),
-                             "verdict_entries": art.manifest["maps"][2]["entries"]})
-                rows.append({"impl": "bare-tc-drop", "case": case,
-                             "test_run_miss_ns": test_run_ns(drop_obj.program("bare_drop").fd, miss)})
+                             "test_run_udp_miss_ns": test_run_ns(prog, udp_miss),
+                             "test_run_hit_ns": established, "test_run_established_ns": established,
+                             "test_run_new_allowed_1run_ns": single_runs_ns(prog, hit_src, pair.ip4_a,
+                                                                            rules[n_rules // 2][1], mac_a),
+                             "test_run_miss_1run_ns": single_runs_ns(prog, pair.ip4_b, pair.ip4_a, 5555, mac_a),
+                             "compile_s": round(compile_s, 3), "load_s": round(load_s, 3),
+                             "map_entries": entries})
+                rows.append({"impl": "bare-tc-drop", "case": case, "test_run_miss_ns": test_run_ns(bare, miss),
+                             "test_run_miss_1run_ns": single_runs_ns(bare, pair.ip4_b, pair.ip4_a, 5555, mac_a)})
                 holder: dict[str, Any] = {}
 
                 def attach(fd: int, _h: dict[str, Any] = holder) -> None:
@@ -262,18 +299,22 @@ def main() -> None:
                     "nft-set": (lambda r=rules: nft(pair, nft_set_ruleset(pair.if_a, r)), lambda: nft(pair, None)),
                     "nft-drop-only": (lambda: nft(pair, nft_ruleset(pair.if_a, None)), lambda: nft(pair, None)),
                 }
-                ns = live(sender, pair, miss, args.frames, args.reps, setups)
-                base = ns["baseline"]
+                samples = live(sender, pair, miss, args.frames, args.reps, setups)
                 for impl in ("bpfpolicy", "nftables", "nft-set", "nft-drop-only"):
-                    rows.append({"impl": impl, "case": case, "live_ns_per_frame": round(ns[impl], 1),
-                                 "live_delta_ns": round(ns[impl] - base, 1)})
-                rows.append({"impl": "bare-tc-drop", "case": case, "live_ns_per_frame": round(base, 1),
-                             "live_delta_ns": 0.0})
-                nft_delta = ns["nftables"] - base
-                if nft_delta > 0:
-                    ratios[f"live_delta_ns@{case}"] = round((ns["bpfpolicy"] - base) / nft_delta, 4)
-                if ns["nft-set"] - base > 0:
-                    ratios[f"live_delta_ns_vs_nft_set@{case}"] = round((ns["bpfpolicy"] - base) / (ns["nft-set"] - base), 4)
+                    rows.append({"impl": impl, "case": case,
+                                 "live_ns_per_frame": round(statistics.median(samples[impl]), 1),
+                                 "live_delta_ns": round(added(samples, impl), 1),
+                                 "live_min_delta_ns": round(min(samples[impl]) - min(samples["baseline"]), 1)})
+                rows.append({"impl": "bare-tc-drop", "case": case,
+                             "live_ns_per_frame": round(statistics.median(samples["baseline"]), 1), "live_delta_ns": 0.0})
+                ours = added(samples, "bpfpolicy")
+                if added(samples, "nftables") > 0:
+                    ratios[f"live_delta_ns@{case}"] = round(ours / added(samples, "nftables"), 4)
+                if added(samples, "nft-set") > 0:
+                    ratios[f"live_delta_ns_vs_nft_set@{case}"] = round(ours / added(samples, "nft-set"), 4)
+                tr = {r["impl"]: r for r in rows if r["case"] == case and "test_run_miss_ns" in r}
+                ratios[f"test_run_miss_vs_bare@{case}"] = round(
+                    tr["bpfpolicy"]["test_run_miss_ns"] / tr["bare-tc-drop"]["test_run_miss_ns"], 3)
                 obj.close()
         finally:
             subprocess.run(["rm", "-rf", pin], check=False)

@@ -64,8 +64,10 @@ RAW_SOCKET_GAP = ("AF_PACKET (raw packet socket) egress is not enforced: cgroup_
                   "list the endpoint's interfaces in the inventory so tc enforces egress, or run "
                   "its workloads without CAP_NET_RAW")
 MAP_SPECS = {  # name -> (type, key_size, value_size)
-    "np_peers4": ("lpm_trie", 8, 4),
+    "np_trie4": ("array", 4, 1024),
     "np_peers6": ("lpm_trie", 20, 4),
+    "np_psets": ("array", 4, 12),
+    "np_ports": ("hash", 8, 8),
     "np_verdicts": ("lpm_trie", 12, 8),
     "np_defaults": ("array", 4, 8),
     "np_config": ("array", 4, 4),
@@ -249,7 +251,9 @@ def build_artifact(plan: EndpointPlan, ctx: CompileContext) -> Artifact:
     contents = encode_maps(plan)
     n_slots = RESERVED_SLOTS + len(plan.rules)
     sizes = {
-        "peers4": _pow2(len(contents["np_peers4"]), 64),
+        "trie4": _pow2(len(plan.trie4), 256),  # chunk indices, not records (zero chunks are left out)
+        "psets": _pow2(len(contents["np_psets"]), 64),
+        "ports": _pow2(len(contents["np_ports"]), 64),
         "peers6": _pow2(len(contents["np_peers6"]), 64),
         "verdicts": _pow2(len(contents["np_verdicts"]), 256),
         "stats": _pow2(n_slots, 64),

@@ -3,17 +3,24 @@
 Cilium enforces per endpoint, merging every policy that selects it; so do we. For each
 endpoint the plan holds:
 
-* **peer tries** (LPM, v4/v6): address → peer-set id. The prefixes inserted are every
-  CIDR and `except` of the endpoint's rules, every inventory address, loopback and
-  0/0. Each prefix P maps to the set of rules whose peer part matches the addresses
-  whose longest match is P — the userspace equivalent of Cilium's CIDR identities.
-* **verdict trie** (LPM) keyed `(peer-set id, direction, protocol, port)`: deny-over-allow,
-  audit and default deny are resolved here in userspace, so the datapath does exactly
-  two lookups per new flow. Per (peer set, direction) one wildcard entry (prefix 40:
-  any protocol) holds the verdict for protocols no port rule names; port ranges become
-  port prefixes under it.
-* **defaults** per direction (no entry matched): default deny, audited default deny, or
-  pass when no selecting policy has a section for that direction.
+* **peers**: address → peer-set id. The prefixes inserted are every CIDR and `except`
+  of the endpoint's rules, every inventory address, loopback and 0/0. Each prefix P maps
+  to the set of rules whose peer part matches the addresses whose longest match is P —
+  the userspace equivalent of Cilium's CIDR identities. IPv4 is flattened into a 16-8-8
+  multibit trie of 256-entry array chunks (`np_trie4`, leaf-pushed: at most three plain
+  array lookups, no LPM walk); IPv6 stays an LPM trie (`np_peers6`).
+* **verdicts**, resolved here in userspace (deny-over-allow, audit, default deny), so the
+  datapath never combines entries:
+  - `np_psets[peer * 2 + direction]`: the verdict for every protocol/port no port rule
+    names (the direction's default when no peer-wide rule matches), plus flags saying
+    whether this (peer set, direction) has port entries at all;
+  - `np_ports` (hash): exact `(peer, direction, protocol, port)` for port intervals of at
+    most PORT_POINTS_MAX ports (the usual one-port rule: one hash lookup);
+  - `np_verdicts` (LPM trie): wider port intervals as port prefixes.
+  A new packet from a peer set without port entries costs the peer lookup and one array
+  lookup; with them, one hash lookup more (and the range trie only when it has ranges).
+* **defaults** per direction (`np_defaults`, the peer lookup failed): default deny,
+  audited default deny, or pass when no selecting policy has a section for that direction.
 
 Before any of that, two things pass without a verdict (docs/networkpolicy.md, Fidelity):
 traffic inside the endpoint (on a cgroup endpoint: a packet on `lo` whose peer is loopback
@@ -30,9 +37,12 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import struct
+import sys
+from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from ...policy.diagnostics import BuildError
 from .inventory import Endpoint
 from .rules import ICMP, ICMPV6, L4, Net, PeerRule, SpecRule
 
@@ -57,6 +67,22 @@ LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")
 WORLD = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 PROTOS_ANY_PORT = (6, 17, 132)
 
+# Port intervals of at most this many ports are stored port by port in the np_ports hash
+# (one exact lookup for the common one-port rule); wider ones as port prefixes in the
+# np_verdicts LPM trie. 16 bounds the expansion (<= 16 hash entries per interval, where
+# the same interval costs up to 8 prefixes) while small ranges never touch the trie.
+PORT_POINTS_MAX = 16
+# np_psets flags: this (peer set, direction) has entries in np_ports / np_verdicts
+PS_POINTS, PS_RANGES = 1, 2
+# np_trie4: a 16-8-8 multibit trie of 256-entry u32 chunks. Chunks 0-255 are the /16 level
+# (chunk = first octet, index = second); an entry with TRIE4_CHILD set names the chunk of
+# the next 8 bits, otherwise it is the peer-set id of the longest prefix (leaf pushing).
+TRIE4_CHILD = 1 << 31
+TRIE4_LEVEL1 = 256
+# Each chunk is 1 KiB of kernel memory: 65,536 chunks (64 MiB per endpoint) hold ~60,000
+# prefixes longer than /16 in distinct /16s; more is refused at compile, never truncated.
+TRIE4_MAX_CHUNKS = 65536
+
 Verdict = tuple[int, int]  # (action, counter slot)
 
 
@@ -73,6 +99,11 @@ class EndpointPlan:
     peers: dict[Net, int] = field(default_factory=dict)
     peer_sets: list[frozenset[int]] = field(default_factory=list)
     verdicts: dict[tuple[int, int, int | None, int, int], Verdict] = field(default_factory=dict)
+    # the datapath layout (see the module docstring)
+    trie4: list[array] = field(default_factory=list)  # chunks of 256 u32
+    psets: dict[tuple[int, int], tuple[Verdict, int]] = field(default_factory=dict)
+    ports: dict[tuple[int, int, int, int], Verdict] = field(default_factory=dict)
+    ranges: dict[tuple[int, int, int, int, int], Verdict] = field(default_factory=dict)
     allow_frag_needed: bool = True  # allowICMPFragNeeded (inventory / compile option)
 
     # ------------------------------------------------------------------ helpers
@@ -115,22 +146,43 @@ class EndpointPlan:
     # ------------------------------------------------------------------ lookups
     def table_verdict(self, d: str, addr: Addr | str, proto: int, port: int, code: int = 0,
                       loopback: bool = False) -> Verdict:
-        """What the datapath computes: LPM peer lookup, then LPM verdict lookup (ICMP: port
-        = type; `loopback`: the packet is on `lo`)."""
+        """What the datapath computes, on the encoded layout: peer lookup (IPv4: the
+        np_trie4 chunks; IPv6: longest prefix), np_psets, then np_ports / np_verdicts
+        (ICMP: port = type; `loopback`: the packet is on `lo`)."""
         first = self.passes_first(d, addr, proto, port, code, loopback)
         if first is not None:
             return first
         a = peer_address(addr)
-        best = max((n for n in self.peers if n.version == a.version and a in n), key=lambda n: n.prefixlen)
-        peer = self.peers[best]
+        if a.version == 4:
+            peer = self.trie4_lookup(int(a))
+        else:
+            best = max((n for n in self.peers if n.version == 6 and a in n), key=lambda n: n.prefixlen)
+            peer = self.peers[best]
         dn = DIR_NUM[d]
-        for plen in range(16, -1, -1):
-            lo = port >> (16 - plen) << (16 - plen) if plen else 0
-            v = self.verdicts.get((peer, dn, proto, lo, plen))
+        ps = self.psets.get((peer, dn))
+        if ps is None:
+            return self.default(d)
+        wild, flags = ps
+        if flags & PS_POINTS:
+            v = self.ports.get((peer, dn, proto, port))
             if v is not None:
                 return v
-        v = self.verdicts.get((peer, dn, None, 0, 0))
-        return v if v is not None else self.default(d)
+        if flags & PS_RANGES:
+            for plen in range(16, -1, -1):
+                lo = port >> (16 - plen) << (16 - plen) if plen else 0
+                v = self.ranges.get((peer, dn, proto, lo, plen))
+                if v is not None:
+                    return v
+        return wild
+
+    def trie4_lookup(self, a: int) -> int:
+        """np_trie4 walked as the datapath walks it: at most three chunk reads."""
+        e = self.trie4[a >> 24][(a >> 16) & 255]
+        if e & TRIE4_CHILD:
+            e = self.trie4[e & ~TRIE4_CHILD][(a >> 8) & 255]
+            if e & TRIE4_CHILD:
+                e = self.trie4[e & ~TRIE4_CHILD][a & 255]
+        return e
 
     def reference_verdict(self, d: str, addr: Addr | str, proto: int, port: int, code: int = 0,
                           loopback: bool = False) -> Verdict:
@@ -239,6 +291,7 @@ def plan_endpoint(ep: Endpoint, specs: Iterable[SpecRule], inventory: list[Endpo
     plan.l4 = [_resolve_named(plan, r) for r in rules]
     _build_peers(plan)
     _build_verdicts(plan)
+    _build_layout(plan)
     return plan
 
 
@@ -347,6 +400,68 @@ def _build_verdicts(plan: EndpointPlan) -> None:
                         continue
                     for base, plen in range_to_prefixes(lo, hi):
                         plan.verdicts[(peer, dn, proto, base, plen)] = v
+                        if hi - lo + 1 > PORT_POINTS_MAX:
+                            plan.ranges[(peer, dn, proto, base, plen)] = v
+                    if hi - lo + 1 <= PORT_POINTS_MAX:
+                        plan.ports.update(((peer, dn, proto, port), v) for port in range(lo, hi + 1))
+
+
+def _build_layout(plan: EndpointPlan) -> None:
+    """The resolved verdicts and IPv4 peers in the datapath's layout (module docstring)."""
+    plan.trie4 = build_trie4({n: pid for n, pid in plan.peers.items() if n.version == 4})
+    for peer in range(len(plan.peer_sets)):
+        for d in DIRS:
+            dn = DIR_NUM[d]
+            plan.psets[(peer, dn)] = (plan.verdicts.get((peer, dn, None, 0, 0), plan.default(d)), 0)
+    for (peer, dn, _proto, _port) in plan.ports:
+        wild, flags = plan.psets[(peer, dn)]
+        plan.psets[(peer, dn)] = (wild, flags | PS_POINTS)
+    for (peer, dn, _proto, _base, _plen) in plan.ranges:
+        wild, flags = plan.psets[(peer, dn)]
+        plan.psets[(peer, dn)] = (wild, flags | PS_RANGES)
+
+
+def build_trie4(peers4: dict[Net, int]) -> list[array]:
+    """IPv4 prefix -> id as np_trie4 chunks (leaf-pushed 16-8-8 multibit trie). Every
+    address must be covered (0/0 is always inserted). More than TRIE4_MAX_CHUNKS
+    chunks is a BuildError (refused, never truncated)."""
+    l1 = array("I", [0]) * 65536
+    l2: dict[int, array] = {}
+    l3: dict[int, array] = {}
+    for net, pid in sorted(peers4.items(), key=lambda kv: kv[0].prefixlen):
+        a, plen = int(net.network_address), net.prefixlen
+        if plen <= 16:
+            i = a >> 16
+            l1[i:i + (1 << (16 - plen))] = array("I", [pid]) * (1 << (16 - plen))
+            continue
+        i16 = a >> 16
+        c2 = l2.get(i16)
+        if c2 is None:
+            c2 = l2[i16] = array("I", [l1[i16]]) * 256
+        if plen <= 24:
+            i = (a >> 8) & 255
+            c2[i:i + (1 << (24 - plen))] = array("I", [pid]) * (1 << (24 - plen))
+            continue
+        i24 = a >> 8
+        c3 = l3.get(i24)
+        if c3 is None:
+            c3 = l3[i24] = array("I", [c2[i24 & 255]]) * 256
+        i = a & 255
+        c3[i:i + (1 << (32 - plen))] = array("I", [pid]) * (1 << (32 - plen))
+    n = TRIE4_LEVEL1 + len(l2) + len(l3)
+    if n > TRIE4_MAX_CHUNKS:
+        raise BuildError(f"IPv4 peers need {n} trie chunks, more than TRIE4_MAX_CHUNKS "
+                         f"({TRIE4_MAX_CHUNKS}, 1 KiB each): too many prefixes longer than /16")
+    chunks = [l1[c * 256:(c + 1) * 256] for c in range(TRIE4_LEVEL1)]
+    index2 = {}
+    for i16 in sorted(l2):
+        index2[i16] = len(chunks)
+        chunks[i16 >> 8][i16 & 255] = TRIE4_CHILD | len(chunks)
+        chunks.append(l2[i16])
+    for i24 in sorted(l3):
+        chunks[index2[i24 >> 8]][i24 & 255] = TRIE4_CHILD | len(chunks)
+        chunks.append(l3[i24])
+    return chunks
 
 
 def _intervals(plan: EndpointPlan, d: str, idx: list[int], proto: int) -> list[tuple[int, int, Verdict]]:
@@ -385,22 +500,30 @@ def range_to_prefixes(lo: int, hi: int, bits: int = 16) -> list[tuple[int, int]]
 VERDICT_KEY = struct.Struct("<I I B B H")  # prefixlen, peer (host order), dir, proto, port (BE below)
 VERDICT_VAL = struct.Struct("<I I")  # action, slot
 DEFAULTS_VAL = VERDICT_VAL
+PSET_VAL = struct.Struct("<I I I")  # action, slot, flags (PS_*)
 
 
 def encode_maps(plan: EndpointPlan) -> dict[str, list[tuple[bytes, bytes]]]:
     """Map contents as raw (key, value) records, exactly as the kernel stores them."""
-    peers4, peers6 = [], []
-    for net, pid in plan.peers.items():
-        key = struct.pack("<I", net.prefixlen) + net.network_address.packed
-        (peers4 if net.version == 4 else peers6).append((key, struct.pack("<I", pid)))
-    verdicts = []
-    for (peer, dn, proto, base, plen), (action, slot) in plan.verdicts.items():
-        prefix = 40 if proto is None else 48 + plen
-        key = struct.pack("<I I B B", prefix, peer, dn, proto or 0) + struct.pack(">H", base)
-        verdicts.append((key, VERDICT_VAL.pack(action, slot)))
+    peers6 = [(struct.pack("<I", net.prefixlen) + net.network_address.packed, struct.pack("<I", pid))
+              for net, pid in plan.peers.items() if net.version == 6]
+    trie4 = []  # all-zero chunks are left out: an array map starts zeroed
+    for i, chunk in enumerate(plan.trie4):
+        if not any(chunk):
+            continue
+        c = array("I", chunk)
+        if sys.byteorder != "little":
+            c.byteswap()
+        trie4.append((struct.pack("<I", i), c.tobytes()))
+    psets = [(struct.pack("<I", peer * 2 + dn), PSET_VAL.pack(action, slot, flags))
+             for (peer, dn), ((action, slot), flags) in plan.psets.items()]
+    ports = [(struct.pack("<I B B", peer, dn, proto) + struct.pack(">H", port), VERDICT_VAL.pack(*v))
+             for (peer, dn, proto, port), v in plan.ports.items()]
+    ranges = [(struct.pack("<I I B B", 48 + plen, peer, dn, proto) + struct.pack(">H", base), VERDICT_VAL.pack(*v))
+              for (peer, dn, proto, base, plen), v in plan.ranges.items()]
     defaults = [(struct.pack("<I", DIR_NUM[d]), VERDICT_VAL.pack(*plan.default(d))) for d in DIRS]
-    out = {"np_peers4": sorted(peers4), "np_peers6": sorted(peers6),
-           "np_verdicts": sorted(verdicts), "np_defaults": sorted(defaults),
+    out = {"np_trie4": trie4, "np_peers6": sorted(peers6), "np_psets": sorted(psets),
+           "np_ports": sorted(ports), "np_verdicts": sorted(ranges), "np_defaults": sorted(defaults),
            "np_self": self_records(plan.endpoint)}
     h = hashlib.sha256()
     for name in sorted(out):
