@@ -271,9 +271,13 @@ metadata:
   name: {name}
   annotations:
     bpfpolicy.io/kernel-test: |
-      exec-expect exit=0 sh -c 'echo x > /tmp/ret-present; cat /tmp/ret-present >/dev/null; exit $?'
-      exec-expect exit=137 sh -c 'cat /tmp/ret-missing 2>/dev/null; exit $?'
-      exec-expect exit=1 sh -c 'cat /tmp/other-missing 2>/dev/null; exit $?'
+      exec-expect exit=0 echo x > /tmp/ret-present
+      exec-expect exit=0 exec cat /tmp/ret-present
+      event-expect none sys_openat
+      exec-expect signal=9 exec cat /tmp/ret-missing
+      event-expect posted sys_openat action=Sigkill
+      exec-expect exit=1 exec cat /tmp/other-missing
+      event-expect none sys_openat
 spec:
   {section}:
   - call: {call}
@@ -284,7 +288,7 @@ spec:
     selectors:
     - matchArgs: [{{index: 1, operator: Prefix, values: [/tmp/ret-]}}]
       matchReturnArgs: [{{index: 0, operator: LT, values: ["0"]}}]
-      matchReturnActions: [{{action: Sigkill}}]
+      matchReturnActions: [{{action: Sigkill}}, {{action: Post}}]
 """
 
 
@@ -335,10 +339,15 @@ def test_kretprobe_and_fexit_return_sigkill_in_a_612_guest(tmp_path: Path, cli) 
     code, text = cli("kernel-test", str(pol), "--kernels", "6.12", "--format", "json", "--out", str(out))
     results = json.loads((out / "results.json").read_text())
     assert code == 0 and results["ok"] is True, text
-    rows = json.dumps(results)
-    for attached in ("kprobe/__x64_sys_openat", "kretprobe/__x64_sys_openat", "fexit/__x64_sys_openat",
-                     "kretprobe/__x64_sys_read"):
-        assert f": {attached}" in rows, attached
-    killed = "cat /tmp/ret-missing 2>/dev/null; exit $?'` exit=137 (want exit=137)"
-    assert rows.count(killed) == 2, rows
-    assert "bs=64 2>/dev/null; exit $?'` exit=137 (want exit=137)" in rows
+    rows = [r for k in results["kernels"] for r in k["results"]]
+    assert all(r["status"] == "ok" for r in rows), rows
+    attached = {r["detail"].split(": ")[-1] for r in rows if r["step"] == "attach"}
+    assert {"kprobe/__x64_sys_openat", "kretprobe/__x64_sys_openat", "fexit/__x64_sys_openat",
+            "kretprobe/__x64_sys_read"} <= attached, attached
+    for name in ("TracingPolicy/ret-kretprobe", "TracingPolicy/ret-fexit"):
+        mine = [r for r in rows if r["artifact"] == name]
+        # killed on the failed open, the event posted by that pid; none for the other two
+        assert [r["step"] for r in mine].count("event-expect") == 3, mine
+        assert any(r["step"] == "exec-expect" and "ret-missing" in r["detail"] for r in mine), mine
+    assert any(r["artifact"] == "TracingPolicy/ret-readcopy" and "exit=137 (want exit=137)" in r["detail"]
+               for r in rows), rows
