@@ -42,6 +42,9 @@ TARGET_ARCH = {"x86_64": "x86", "aarch64": "arm64", "arm64": "arm64"}
 SECTION_LETTER = {"kprobes": "k", "tracepoints": "t", "lsmhooks": "l", "fentries": "f", "uprobes": "u", "usdts": "s"}
 TITLES = {"kprobes": ("kprobe", "call"), "fentries": ("fentry", "call"), "lsmhooks": ("lsm hook", "hook"),
           "uprobes": ("uprobe", "call"), "usdts": ("usdt", "call")}
+# An expanded `call: list:NAME` hook remembers its list (the manifest's hook table, one
+# backend note per list); not a Tetragon field, so it cannot clash with one.
+LIST_KEY = "__bpfpolicy_list"
 PLAIN_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+:@,=~ ")
 
 __all__ = ["ARCH_PREFIX", "HookError", "Lowering", "compile_tracing_policy", "render_source"]
@@ -161,10 +164,10 @@ class Lowering:
 
         lst = lists_by_name(self.spec).get(call.removeprefix("list:"))
         if lst is not None and lst.get("type") in GENERATED_LISTS:
-            return [{**hook, "call": c, "syscall": sc} for c, sc in self._generated(lst, path)]
+            return [{**hook, "call": c, "syscall": sc, LIST_KEY: call} for c, sc in self._generated(lst, path)]
         if lst is None or not lst.get("values"):
             raise HookError((*path, "call"), f"{call}: no such list with values")
-        return [{**hook, "call": str(v), "syscall": True} for v in lst["values"]]
+        return [{**hook, "call": str(v), "syscall": True, LIST_KEY: call} for v in lst["values"]]
 
     def _generated(self, lst: dict[str, Any], path: PathT) -> list[tuple[str, bool]]:
         """generated_syscalls / generated_ftrace filled for this target (lists.py)."""
@@ -216,6 +219,7 @@ class Lowering:
             "args": [{"index": a["index"], "type": a.get("type", "auto"), "label": a.get("label")}
                      for a in hook.get("args") or []],
             "return": bool(hook.get("return")),
+            **({"list": hook[LIST_KEY]} if LIST_KEY in hook else {}),  # one backend note per list
         }
 
     def _remap_to_file(self, hook: dict[str, Any], selectors: list[dict[str, Any]], index: int,

@@ -220,3 +220,15 @@ def test_generated_ftrace_kprobes_post_in_a_612_guest(tmp_path: Path, cli) -> No
     assert re.search(r"hook=vfs_mkdir\[kprobe/vfs_mkdir\] [1-9]\d* event\(s\) from pid", rows), rows
     assert re.search(r"hook=vfs_mkdir\[kprobe/vfs_mkdir\] 0 event\(s\) from pid \d+ while line \d+ ran "
                      r"\(`sh -c 'exec true'`\)", rows), rows
+
+
+def test_a_list_gets_one_backend_note_not_one_per_syscall(tmp_path: Path, cli) -> None:  # noqa: ANN001
+    """validate/compile/plan say where a list's ~340 hooks run in one note (and one
+    backend-change warning), naming the count and the first and last hooks."""
+    path = write(tmp_path, POLICY.format(binary="/bin/true"))
+    code, out = cli("validate", "--kernel", "6.12", str(path))
+    assert code == 0, out
+    notes = [line for line in out.splitlines() if ": note: " in line]
+    assert len(notes) == 1, out
+    assert re.search(r"spec\.kprobes\[0\]: note: list:all-syscalls \(\d{3} hooks: sys_read, sys_write, …, "
+                     r"sys_\w+\) run as kprobe __x64_sys_\* on kernel 6\.12", notes[0]), notes[0]

@@ -276,20 +276,41 @@ def backend_report(hooks: list[dict[str, Any]], kernel: str) -> list[tuple[tuple
     """Per hook: a note saying where it runs, and a warning (prefixed BACKEND_CHANGE, so
     --strict-backend can make it an error) when that is not the backend the policy asked
     for. Returns ((line, col), path, severity, message) rows."""
+    import os
+
     from ...target import BACKEND_CHANGE
 
-    rows = []
+    def key(h: dict[str, Any]) -> tuple[Any, ...] | None:
+        """`call: list:NAME` hooks on one backend for one reason: one note for all of them
+        (a generated_syscalls list is ~340 hooks)."""
+        if not h.get("list"):
+            return None
+        return (h["list"], h["path"], h["backend"], h["why"], bool(h.get("return")), h.get("return_attach"))
+
+    groups: list[list[dict[str, Any]]] = []
     for h in hooks:
+        if groups and key(h) is not None and key(groups[-1][0]) == key(h):
+            groups[-1].append(h)
+        else:
+            groups.append([h])
+    rows = []
+    for group in groups:
+        h = group[0]
         asked, got = REQUESTED.get(h["section"], h["backend"]), h["backend"]
-        target = h["attach"].split("/", 1)[1] if "/" in h["attach"] else h["attach"]
+        targets = [g["attach"].split("/", 1)[1] if "/" in g["attach"] else g["attach"] for g in group]
+        target = targets[0] if len(group) == 1 else os.path.commonprefix(targets) + "*"
+        names = [g["name"] for g in group]
+        shown = ", ".join(names if len(names) <= 3 else [names[0], names[1], "…", names[-1]])
+        name = h["name"] if len(group) == 1 else f"{h['list']} ({len(group)} hooks: {shown})"
+        verb = "runs" if len(group) == 1 else "run"
         ret = f" (return value via {h.get('return_attach', 'fexit')})" if h.get("return") else ""
         where = (h["line"], h["col"])
         rows.append((where, h["path"], "note",
-                     f"{h['name']} runs as {got} {target}{ret} on kernel {kernel} ({h['why']})"))
+                     f"{name} {verb} as {got} {target}{ret} on kernel {kernel} ({h['why']})"))
         if asked != got and (asked, got) not in SAME:
             why = DIFFERENCE.get((asked, got), f"{got} is not a {asked}: its arguments and timing differ")
             rows.append((where, h["path"], "warning",
-                         f"{BACKEND_CHANGE}{asked} → {got}: {h['name']} runs as {got} {target}: {why}"))
+                         f"{BACKEND_CHANGE}{asked} → {got}: {name} {verb} as {got} {target}: {why}"))
     return rows
 
 
