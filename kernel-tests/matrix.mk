@@ -8,6 +8,10 @@ KT_PYTEST    ?= $(KT_VENV)/bin/pytest
 # What to run: policy trees (compiled once per target kernel) and/or artifact directories.
 KT_PATHS     ?= policies
 KT_OUT       ?= out/kernel-test
+# Tetragon's example policies that have behaviour checks (bpfpolicy/matrix/data/tetragon-corpus.yaml),
+# when the corpus is checked out beside the repository; `make kernel-matrix` runs them too.
+KT_CORPUS    ?= ../shared/corpus/tetragon
+KT_CORPUS_FILES = $(if $(wildcard $(KT_CORPUS)),$(shell $(KT_VENV)/bin/python -m bpfpolicy.matrix.corpus --files --corpus $(KT_CORPUS)))
 # NetworkPolicy needs the endpoint inventory of the host config the demo uses.
 KT_ARGS      ?= $(if $(wildcard examples/host-config.yaml),--inventory examples/host-config.yaml)
 
@@ -15,7 +19,7 @@ KT_ARGS      ?= $(if $(wildcard examples/host-config.yaml),--inventory examples/
 # TCG; needs `scripts/setup-matrix-dev.sh arm64`, which the arm64 targets run).
 ARCH         ?= amd64
 
-.PHONY: kernel-matrix kernel-matrix-arm64 kernel-smoke kernel-fetch kernel-bundle kernel-vagrant
+.PHONY: kernel-matrix kernel-matrix-arm64 kernel-smoke kernel-fetch kernel-bundle kernel-vagrant kernel-corpus-count
 
 ## kernel-matrix: Debian 5.10, 6.1, 6.12, 7.x under QEMU + the host kernel, on the
 ## fixture programs (tests/matrix/test_matrix.py) and on $(KT_PATHS). ARCH=arm64: the
@@ -26,8 +30,13 @@ else
 kernel-matrix:
 	bash scripts/setup.sh
 	BPFPOLICY_KERNEL_TEST_KERNELS=5.10,6.1,6.12,7 $(KT_PYTEST) -q -m vm tests/matrix/test_matrix.py
-	$(KT_BPFPOLICY) kernel-test --kernels 5.10,6.1,6.12,7,host --out $(KT_OUT) $(KT_ARGS) $(KT_PATHS)
+	$(KT_BPFPOLICY) kernel-test --kernels 5.10,6.1,6.12,7,host --out $(KT_OUT) $(KT_ARGS) $(KT_PATHS) $(KT_CORPUS_FILES)
 endif
+
+## kernel-corpus-count: how many Tetragon example policies validate, compile for 6.12 and behave in
+## its guest (bpfpolicy/matrix/corpus.py; boots 6.12 once).
+kernel-corpus-count:
+	$(KT_VENV)/bin/python -m bpfpolicy.matrix.corpus --corpus $(KT_CORPUS) --kernel 6.12
 
 ## kernel-matrix-arm64: the arm64 fixture test (6.12) and $(KT_PATHS) on the four arm64 kernels.
 kernel-matrix-arm64:

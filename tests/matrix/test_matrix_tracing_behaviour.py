@@ -95,6 +95,8 @@ def test_corpus_table_names_existing_files_and_resolves_for_6_12() -> None:
         pytest.skip(f"no Tetragon corpus at {CORPUS}")
     table = corpus_table()
     assert len(table) >= 12
+    names = [e.policy for e in table.values()]
+    assert len(set(names)) == len(names), "one kernel-test run cannot hold two policies of one name"
     for name, entry in table.items():
         path = CORPUS / name
         assert path.is_file(), name
