@@ -197,6 +197,40 @@ def _without_provenance(value: object, provenance: object = None) -> object:
             if provenance.get(k, {}) is not None}
 
 
+@dataclass(frozen=True)
+class MapPatch:
+    """In memory only (never written): a content map's new `.bin` is `base` (the previous
+    artifact's contents object, by identity) with the records `upsert` written and the
+    keys `delete` removed. A kind that patched its last lowering says so; the controller
+    may then write just these records when `base` is exactly what it last applied
+    (docs/controller.md "Latency of a one-line change")."""
+
+    base: bytes
+    upsert: bytes  # key + value records
+    delete: bytes  # keys
+
+
+_SHA_MEMO: dict[int, tuple[bytes, bytes]] = {}
+SHA_MEMO_BYTES = 512 << 20
+"""Contents kept referenced by the sha256 memo: a 1M-entry list's maps are ~70 MB and
+hashing them costs ~90 ms, paid once per content object instead of at every digest."""
+
+
+def content_sha256(data: bytes) -> bytes:
+    """sha256 of `data`, memoised by object identity (the memo holds a reference, so an id
+    is never reused while it is cached). Compiles that keep a map's contents object keep
+    its hash."""
+    hit = _SHA_MEMO.get(id(data))
+    if hit is not None and hit[0] is data:
+        return hit[1]
+    digest = hashlib.sha256(data).digest()
+    if len(data) >= 1 << 16:  # small files hash faster than the bookkeeping
+        while _SHA_MEMO and sum(len(v[0]) for v in _SHA_MEMO.values()) + len(data) > SHA_MEMO_BYTES:
+            _SHA_MEMO.pop(next(iter(_SHA_MEMO)))
+        _SHA_MEMO[id(data)] = (data, digest)
+    return digest
+
+
 @dataclass
 class Artifact:
     """Everything needed to enforce one policy, independent of any host."""
@@ -206,19 +240,31 @@ class Artifact:
     files: dict[str, bytes] = field(default_factory=dict)  # relative name -> content
     manifest: Manifest = field(default_factory=lambda: Manifest())  # JSON-serialisable
     warnings: list[str] = field(default_factory=list)
+    patches: dict[str, MapPatch] = field(default_factory=dict)  # map name -> patch (see MapPatch)
+    # files a kind left to fill in later (compile option "defer_files", which only the
+    # controller sets: it writes `patches` into the kernel first); `digest` and `write`
+    # fill them in, anything else reading `files` calls `materialize()` first
+    deferred: typing.Callable[[dict[str, bytes]], None] | None = None
+
+    def materialize(self) -> None:
+        if self.deferred is not None:
+            fill, self.deferred = self.deferred, None
+            fill(self.files)
 
     @property
     def digest(self) -> str:
         """Content hash: the reconciler's notion of 'same policy' (see the module doc)."""
+        self.materialize()
         h = hashlib.sha256()
         h.update(json.dumps(_without_provenance(self.manifest), sort_keys=True, default=str).encode())
         summarised = PROGRAM_FILES if "program_hash" in self.manifest else frozenset()
         for name in sorted(set(self.files) - summarised):
-            h.update(name.encode() + b"\0" + hashlib.sha256(self.files[name]).digest())
+            h.update(name.encode() + b"\0" + content_sha256(self.files[name]))
         return h.hexdigest()
 
     def write(self, out_dir: Path) -> Path:
         """Write to `out_dir/<kind>/<name>/` atomically (temp dir + rename)."""
+        self.materialize()
         dest = out_dir / self.kind / self.name
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{self.name}.", dir=dest.parent))

@@ -11,17 +11,29 @@ flag) and the v4_buckets bucket each address hashes to. Everything else falls ba
 
 Fallbacks (full lowering): first compile, rule shape changed, IPv6 or non-/32 changes,
 /25-/31 prefixes present, more than PATCH_MAX changed entries, a bucket that spills
-(> 8 addresses), the bucket count or the set of distinct rule masks changing.
+(> 8 addresses), the bucket count or the set of distinct rule masks changing. Each
+fallback is logged (logger `bpfpolicy.kinds.xdp`, with the reason) so a slow cycle says
+why it was slow.
+
+A patched lowering also says *which* records changed (`MapPatch` per map: the previous
+contents object, the records written, the keys removed); `compile_model` hands them to
+the controller in `Artifact.patches`, which writes just those records when the previous
+contents are exactly what it applied (docs/controller.md). An edit that changes nothing
+(a comment, a duplicate line) returns the previous lowering's contents objects as they
+are, so nothing downstream re-hashes or re-diffs them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from ...artifact import MapPatch
 from .lower import (
     BUCKET_SLOTS,
     TBL24_GROUP,
@@ -48,9 +60,29 @@ class _State:
     ea: np.ndarray  # sorted /32s
     em: np.ndarray  # their masks
     others: np.ndarray  # masks used outside v4 /32s (tbl24, IPv6): they keep their ids
+    bk: np.ndarray | None = None  # v4_buckets index of each of `ea` (built at the first patch)
+    pending: Callable[[], Lowered] | None = None  # splices `low`'s records (a deferred patch)
+
+
+@dataclass
+class Incremental:
+    """What `lower_incremental` returns. `patches`: the records that changed since the
+    policy's previous lowering ({}: none did), None after a full lowering. With
+    `defer=True` the patched maps' records are not spliced yet: `low` still holds the
+    previous records for the maps in `pending` (map -> its record count after the patch),
+    and `finish()` returns the complete lowering (byte-identical to `lower()`)."""
+
+    low: Lowered
+    patches: dict[str, MapPatch] | None
+    pending: dict[str, int] = field(default_factory=dict)
+    finish: Callable[[], Lowered] | None = None
+
+    def complete(self) -> Lowered:
+        return self.finish() if self.finish is not None else self.low
 
 
 _states: dict[str, _State] = {}
+log = logging.getLogger("bpfpolicy.kinds.xdp")
 
 
 def _shape(rules: list[Rule], rate: dict[str, int] | None) -> tuple[Any, ...]:
@@ -58,14 +90,25 @@ def _shape(rules: list[Rule], rate: dict[str, int] | None) -> tuple[Any, ...]:
                    tuple(r.ports or ()), r.ports is None, r.path) for r in rules), tuple(sorted((rate or {}).items())))
 
 
-def lower_incremental(key: str, rules: list[Rule], rate: dict[str, int] | None) -> tuple[Lowered, bool]:
-    """(lowering, patched?) of `rules` for the policy `key`."""
+def lower_incremental(key: str, rules: list[Rule], rate: dict[str, int] | None, *,
+                      defer: bool = False) -> Incremental:
+    """The lowering of `rules` for the policy `key`, patched from its previous one when
+    only a few IPv4 /32s changed (see `Incremental`)."""
     shape = _shape(rules, rate)
     st = _states.get(key)
+    if st is not None and st.pending is not None:
+        st.pending()  # a deferred patch nobody finished: splice it first
+    why = "first lowering of this policy in this process"
     if st is not None and st.shape == shape:
-        low = _patch(st, rules)
-        if low is not None:
-            return low, True
+        patched = _patch(st, rules)
+        if not isinstance(patched, str):
+            if not defer and patched.finish is not None:
+                return Incremental(patched.finish(), patched.patches)
+            return patched
+        why = patched
+    elif st is not None:
+        why = "rule shape changed"
+    log.info("%s: full lowering (%s)", key, why)
     keep: dict[str, Any] = {}
     low = lower(rules, rate, keep)
     v4 = keep["v4"]
@@ -76,7 +119,7 @@ def lower_incremental(key: str, rules: list[Rule], rate: dict[str, int] | None) 
         _states[key] = _State(shape, rules, low, v4.tbl24_slots, v4.exact_addr, v4.exact_mask, others)
     else:
         _states.pop(key, None)
-    return low, False
+    return Incremental(low, None)
 
 
 def _diff(old: np.ndarray, new: np.ndarray) -> tuple[int, int, int]:
@@ -90,8 +133,8 @@ def _diff(old: np.ndarray, new: np.ndarray) -> tuple[int, int, int]:
     return p, len(old) - s, len(new) - s
 
 
-def _changed(st: _State, rules: list[Rule]) -> set[int] | None:
-    """The /32 addresses whose membership may have changed, or None (not patchable)."""
+def _changed(st: _State, rules: list[Rule]) -> set[int] | str:
+    """The /32 addresses whose membership may have changed, or why it is not patchable."""
     touched: set[int] = set()
     for old, new in zip(st.rules, rules, strict=True):
         o, n = old.sources, new.sources
@@ -99,49 +142,92 @@ def _changed(st: _State, rules: list[Rule]) -> set[int] | None:
             continue
         if not (np.array_equal(o.v6_hi, n.v6_hi) and np.array_equal(o.v6_lo, n.v6_lo)
                 and np.array_equal(o.v6_plen, n.v6_plen)):
-            return None
+            return "IPv6 entries changed"
         ko = o.v4_addr.astype(np.uint64) << np.uint64(8) | o.v4_plen
         kn = n.v4_addr.astype(np.uint64) << np.uint64(8) | n.v4_plen
         p, oe, ne = _diff(ko, kn)
         mid = np.concatenate([ko[p:oe], kn[p:ne]])
-        if len(mid) > PATCH_MAX or np.any((mid & np.uint64(0xFF)) != 32):
-            return None
+        if len(mid) > PATCH_MAX:
+            return f"more than {PATCH_MAX} entries changed"
+        if np.any((mid & np.uint64(0xFF)) != 32):
+            return "a changed entry is a prefix, not a /32"
         touched.update(int(x) >> 8 for x in mid)
         if len(touched) > PATCH_MAX:
-            return None
+            return f"more than {PATCH_MAX} entries changed"
     return touched
 
 
-def _upsert(records: bytes, vsize: int, changes: dict[int, bytes | None]) -> bytes:
-    """ARRAY-map records (sorted by little-endian u32 key bytes) with `changes` applied:
-    index -> new value bytes, or None to drop the record."""
+Step = tuple[int, bool, bytes | None]  # (record position in the base, key present there, new record or None)
+
+
+def _plan_upsert(records: bytes, vsize: int, changes: dict[int, bytes | None]
+                 ) -> tuple[list[Step], bytes, bytes, int]:
+    """`changes` (array index -> new value, or None to drop the record) against ARRAY-map
+    records sorted by little-endian u32 key bytes: (splice steps, the records written,
+    the keys dropped that were present, the record count after)."""
     n = 4 + vsize
     keys = np.frombuffer(records, dtype=">u4")[::n // 4]
-    view = memoryview(records)  # slices without copies: the join below copies once
-    parts: list[bytes | memoryview] = []
-    at = 0
+    steps: list[Step] = []
+    written: list[bytes] = []
+    dropped: list[bytes] = []
+    count = len(keys)
     for idx in sorted(changes, key=lambda i: int.from_bytes(i.to_bytes(4, "little"), "big")):
         kb = idx.to_bytes(4, "little")
         pos = int(np.searchsorted(keys, int.from_bytes(kb, "big")))
-        parts.append(view[at * n:pos * n])
         present = pos < len(keys) and int(keys[pos]) == int.from_bytes(kb, "big")
-        if changes[idx] is not None:
-            parts.append(kb + changes[idx])
+        value = changes[idx]
+        rec = kb + value if value is not None else None
+        if rec is not None:
+            written.append(rec)
+            count += 0 if present else 1
+        elif present:
+            dropped.append(kb)
+            count -= 1
+        steps.append((pos, present, rec))
+    return steps, b"".join(written), b"".join(dropped), count
+
+
+def _splice(records: bytes, vsize: int, steps: list[Step]) -> bytes:
+    """The records with the planned steps applied (one copy: memoryview slices, one join)."""
+    n = 4 + vsize
+    view = memoryview(records)
+    parts: list[bytes | memoryview] = []
+    at = 0
+    for pos, present, rec in steps:
+        parts.append(view[at * n:pos * n])
+        if rec is not None:
+            parts.append(rec)
         at = pos + 1 if present else pos
     parts.append(view[at * n:])
     return b"".join(parts)
 
 
-def _patch(st: _State, rules: list[Rule]) -> Lowered | None:
+def _upsert(records: bytes, vsize: int, changes: dict[int, bytes | None]) -> tuple[bytes, bytes, bytes]:
+    """(new records, records written, keys dropped): `_plan_upsert` then `_splice`."""
+    steps, written, dropped, _ = _plan_upsert(records, vsize, changes)
+    return _splice(records, vsize, steps), written, dropped
+
+
+def _patch(st: _State, rules: list[Rule]) -> Incremental | str:
+    """The patched lowering (splice deferred to `finish`) and its map patches, or why a
+    full lowering is needed."""
     low = st.low
     if low.features["v4"] != "dir24" or "v4_buckets" not in low.maps:
-        return None
+        return "no IPv4 DIR-24-8 layout to patch"
     touched = _changed(st, rules)
-    if touched is None:
-        return None
+    if isinstance(touched, str):
+        return touched
+    if not touched:  # nothing that reaches a map changed: same contents objects
+        new = dataclasses.replace(low, rules=rules)
+        st.rules, st.low = rules, new
+        return Incremental(new, {})
+    nbuckets = low.maps["v4_buckets"].max_entries
+    bits = nbuckets.bit_length() - 1
+    if st.bk is None:
+        st.bk = bucket_of(st.ea, bits).astype(np.uint32)
     mdt = st.em.dtype
     uniq = low.ruleset_masks[1:]
-    ea, em = st.ea, st.em
+    ea, em, bk = st.ea, st.em, st.bk
     lost: list[int] = []
     for a in sorted(touched):
         mask = 0
@@ -157,31 +243,28 @@ def _patch(st: _State, rules: list[Rule]) -> Lowered | None:
             lost.append(int(em[pos]))
         if mask:
             if not np.any(uniq == mask):
-                return None  # a new rule combination: ids would shift
+                return "a new combination of rules (ruleset ids would shift)"
             if present:
                 em = em.copy() if em is st.em else em
                 em[pos] = mask
             else:
                 ea, em = np.insert(ea, pos, np.uint32(a)), np.insert(em, pos, mdt.type(mask))
+                bk = np.insert(bk, pos, np.uint32(bucket_of(np.array([a], dtype=np.uint32), bits)[0]))
         elif present:
-            ea, em = np.delete(ea, pos), np.delete(em, pos)
+            ea, em, bk = np.delete(ea, pos), np.delete(em, pos), np.delete(bk, pos)
     for m in set(lost):
         if not np.any(em == m) and not np.any(st.others == m):
-            return None  # a rule combination disappeared: ids would shift
-    nbuckets = low.maps["v4_buckets"].max_entries
+            return "a combination of rules disappeared (ruleset ids would shift)"
     if capacity(len(ea) // 2, floor=1024) != nbuckets:
-        return None
-    bits = nbuckets.bit_length() - 1
+        return "the bucket count changes"
     bucket_changes: dict[int, bytes | None] = {}
     for b in {int(x) for x in bucket_of(np.array(sorted(touched), dtype=np.uint32), bits)}:
-        lo = np.flatnonzero(bucket_of(ea, bits) == b) if b not in bucket_changes else None
-        if lo is None:
-            continue
+        lo = np.flatnonzero(bk == b)
         if len(lo) > BUCKET_SLOTS:
-            return None  # spills: the v4_exact overflow map would change too
-        old_n = int(np.count_nonzero(bucket_of(st.ea, bits) == b))
+            return "a bucket spills (the v4_exact overflow map would change)"
+        old_n = int(np.count_nonzero(st.bk == b))
         if old_n > BUCKET_SLOTS:
-            return None
+            return "a bucket spilled (the v4_exact overflow map would change)"
         val = np.zeros(64, dtype=np.uint8)
         val.view("<u4")[:len(lo)] = ea[lo].astype(np.uint32).byteswap()
         val.view("<u2")[16:16 + len(lo)] = (np.searchsorted(uniq, em[lo].astype(np.uint64)) + 1).astype(np.uint16)
@@ -200,11 +283,31 @@ def _patch(st: _State, rules: list[Rule]) -> Lowered | None:
         more = np.unique((ea[lo_i:hi_i] >> np.uint32(8)).astype(np.int64) - base)
         slots[more] |= np.uint16(TBL24_MORE)
         group_changes[g] = slots.astype("<u2").tobytes() if slots.any() else None
-    maps = dict(low.maps)
-    maps["v4_buckets"] = dataclasses.replace(maps["v4_buckets"], records=_upsert(
-        maps["v4_buckets"].records or b"", 64, bucket_changes))
-    maps["v4_tbl24"] = dataclasses.replace(maps["v4_tbl24"], records=_upsert(
-        maps["v4_tbl24"].records or b"", 2 * TBL24_GROUP, group_changes))
-    new = dataclasses.replace(low, rules=rules, maps=maps)
-    st.rules, st.low, st.ea, st.em = rules, new, ea, em
-    return new
+    patches: dict[str, MapPatch] = {}
+    planned: dict[str, tuple[bytes, int, list[Step]]] = {}
+    pending: dict[str, int] = {}
+    for name, vsize, changes in (("v4_buckets", 64, bucket_changes), ("v4_tbl24", 2 * TBL24_GROUP, group_changes)):
+        if not changes:
+            continue
+        base = low.maps[name].records or b""
+        steps, written, dropped, count = _plan_upsert(base, vsize, changes)
+        patches[name] = MapPatch(base, written, dropped)
+        planned[name] = (base, vsize, steps)
+        pending[name] = count
+
+    done: list[Lowered] = []
+
+    def finish() -> Lowered:
+        """Splice the planned records (once; later calls return the same lowering)."""
+        if not done:
+            maps = dict(low.maps)
+            for name, (base, vsize, steps) in planned.items():
+                maps[name] = dataclasses.replace(maps[name], records=_splice(base, vsize, steps))
+            done.append(dataclasses.replace(low, rules=rules, maps=maps))
+            if st.pending is finish:
+                st.low, st.pending = done[0], None
+        return done[0]
+
+    st.rules, st.ea, st.em, st.bk = rules, ea, em, bk
+    st.pending = finish
+    return Incremental(dataclasses.replace(low, rules=rules), patches, pending, finish)

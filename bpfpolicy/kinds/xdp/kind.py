@@ -277,10 +277,14 @@ class XDPBlocklistKind(Kind):
         assert isinstance(model, XdpModel)
         doc, name, rules = model.doc, model.name, model.rules
         policy_id = f"{self.kind}/{name}"
-        try:  # a few changed /32s patch the last lowering of this policy (incremental.py)
-            low, _ = lower_incremental(f"{doc.file}:{policy_id}", rules, model.rate)
+        # a few changed /32s patch the last lowering of this policy (incremental.py); the
+        # controller (option "defer_files") gets the patches before the records are spliced
+        defer = bool(ctx.options.get("defer_files"))
+        try:
+            inc = lower_incremental(f"{doc.file}:{policy_id}", rules, model.rate, defer=defer)
         except ValueError as e:
             raise PolicyError([doc.diag(("spec",), str(e))]) from None
+        low = inc.low
         context = self._template_context(doc, low, policy_id)
         source, program_hash = stamp_program_hash(render("xdp_blocklist.bpf.c.j2", **context, source_hash=""))
         built = build_bpf(source, name=f"xdp-{name}")
@@ -290,11 +294,14 @@ class XDPBlocklistKind(Kind):
         for m in low.maps.values():
             entry = MapSpec(name=m.name, type=m.type, key_size=m.key_size, value_size=m.value_size,
                             max_entries=m.max_entries, percpu=m.percpu, flags=m.flags)
-            if m.records is not None:
+            if m.name in inc.pending:  # spliced by `fill` below
+                entry.update(contents=f"maps/{m.name}.bin", entries=inc.pending[m.name])
+            elif m.records is not None:
                 files[f"maps/{m.name}.bin"] = m.records
                 entry.update(contents=f"maps/{m.name}.bin", entries=m.entries)
             maps_manifest.append(entry)
-        files["kernel-test.txt"] = kernel_test(low).encode()
+        if not inc.pending:
+            files["kernel-test.txt"] = kernel_test(low).encode()
         attachments = [AttachSpec(program="xdp_blocklist", type="xdp", interface=ifname, netns=netns,
                                   mode=model.mode) for ifname, netns in model.interfaces]
         counters = [CounterRule(index=r.index, name=r.name, path=format_path(r.path), action=r.action)
@@ -315,7 +322,17 @@ class XDPBlocklistKind(Kind):
                       "entries": {"v4": int(sum(len(r.sources.v4_addr) for r in rules)),
                                   "v6": int(sum(len(r.sources.v6_plen) for r in rules))}},
         )
-        return Artifact(self.kind, name, files, manifest)
+        # the records a patched lowering changed: the controller may write just these
+        artifact = Artifact(self.kind, name, files, manifest, patches=inc.patches or {})
+        if inc.pending:
+            def fill(out: dict[str, bytes]) -> None:
+                full = inc.complete()
+                for map_name in inc.pending:
+                    out[f"maps/{map_name}.bin"] = full.maps[map_name].records or b""
+                out["kernel-test.txt"] = kernel_test(full).encode()
+
+            artifact.deferred = fill
+        return artifact
 
     def _template_context(self, doc: Document, low: Lowered, policy_id: str) -> dict[str, Any]:
         rate = low.features["rate_limit"]

@@ -37,6 +37,7 @@ def test_incremental_equals_from_scratch() -> None:
     inline = parse_list(b"10.0.0.7\n10.2.2.2\n")
     incremental._states.clear()
     incremental.lower_incremental("t", _rules(listed, inline), None)
+    previous = lower(_rules(listed, inline), None)
     patched = 0
     for _ in range(60):
         op, i = rng.choice(["add", "del", "edit"]), rng.randrange(len(lines))
@@ -50,12 +51,39 @@ def test_incremental_equals_from_scratch() -> None:
         listed = patch_list(data, listed, new) or parse_list(new)
         data = new
         rules = _rules(listed, inline)
-        low, was_patched = incremental.lower_incremental("t", rules, None)
-        patched += was_patched
+        defer = rng.random() < 0.5
+        inc = incremental.lower_incremental("t", rules, None, defer=defer)
         ref = lower(_rules(parse_list(data), inline), None)
+        for name, count in inc.pending.items():  # the manifest's entry counts before the splice
+            assert count == ref.maps[name].entries, (op, name)
+        if defer and rng.random() < 0.3:
+            inc2 = incremental.lower_incremental("t", rules, None)  # never finished: flushed first
+            assert inc2.patches == {}
+            low = inc2.low
+        else:
+            low = inc.complete()
+        was_patched = inc.patches is not None
+        patched += was_patched
         assert set(low.maps) == set(ref.maps)
         for name, spec in ref.maps.items():
             assert low.maps[name].records == spec.records, (op, name)
             assert low.maps[name].max_entries == spec.max_entries
         assert np.array_equal(low.ruleset_masks, ref.ruleset_masks)
+        for name, patch in (inc.patches or {}).items():  # previous contents + patch = new contents
+            assert patch.base is not None
+            rec = ref.maps[name].key_size + ref.maps[name].value_size
+            got = _apply(previous.maps[name].records or b"", patch.upsert, patch.delete, rec, 4)
+            assert got == ref.maps[name].records, (op, name)
+        previous = ref
     assert patched >= 20  # the /32 edits really took the patch path
+
+
+def _apply(records: bytes, upsert: bytes, delete: bytes, rec: int, ks: int) -> bytes:
+    """A map's records (sorted by key bytes, as the artifact stores array maps) after
+    writing `upsert` and removing `delete` — what the kernel map holds after a patch."""
+    table = {records[i:i + ks]: records[i:i + rec] for i in range(0, len(records), rec)}
+    for i in range(0, len(upsert), rec):
+        table[upsert[i:i + ks]] = upsert[i:i + rec]
+    for i in range(0, len(delete), ks):
+        table.pop(delete[i:i + ks], None)
+    return b"".join(sorted(table.values(), key=lambda r: r[:ks]))  # by key bytes, like the artifact
