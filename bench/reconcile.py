@@ -12,6 +12,15 @@
    content map read back from the kernel).
 4. `compile only`: the XDPBlocklist kind compiling the bench policy in-process — the
    share of (1) and (2) that is the kind's lowering, not the controller.
+5. `one-line@1M` and `cidr-add` (issue #15, incremental compile): one `bpfpolicy watch`
+   process holds an XDPBlocklist whose `sourceFiles` list has 1M IPv4 lines and a
+   NetworkPolicy (10k CIDRs in `fromCIDR`, a tc endpoint from the config's inventory);
+   rounds alternate between them. `one-line@1M` rewrites the list with line 500,000
+   replaced (probe address in, then the original back); `cidr-add` appends one /32 to
+   `fromCIDR`. Latency = start of the file write → BPF_PROG_TEST_RUN on the pinned program
+   gives the new verdict. Each round also checks the program ids behind the pins did not
+   change (map-only: no program replace). The watch log's per-cycle timing breakdown
+   (`BPFPOLICY_TIMINGS=1`) gives where the milliseconds go; medians are printed.
 
 Prints one JSON line last (docs/HELPERS.md). There is no upstream anchor for these;
 the rows with impl "target" carry SPEC §6's targets and the ratios are measured/target.
@@ -127,6 +136,111 @@ def watch_latency(reps: int, env: dict[str, str], work: Path, netns: str) -> dic
     return out
 
 
+NETPOL = """apiVersion: bpfpolicy.io/v1
+kind: NetworkPolicy
+metadata: {{name: bench-np}}
+spec:
+  endpointSelector: {{matchLabels: {{app: bench}}}}
+  ingress:
+    - fromCIDR: [{cidrs}]
+"""
+LIST_LINES = 1_000_000
+NP_CIDRS = 10_000
+EDIT_LINE = 500_000
+
+
+def _list_lines(n: int) -> list[str]:
+    """n distinct IPv4 /32s in 10.0.0.0-109.255.255.255 (none in the probe ranges)."""
+    import random
+
+    rng = random.Random(15)
+    return [f"{10 + (i >> 24)}.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
+            for i in rng.sample(range(100 << 24), n)]
+
+
+def prog_id(pin: str) -> int | None:
+    try:
+        fd = bpf.obj_get(pin)
+    except OSError:
+        return None
+    try:
+        return int(bpf.prog_info(fd)["id"])  # type: ignore[call-overload]
+    finally:
+        os.close(fd)
+
+
+def incremental_latency(reps: int, env: dict[str, str], work: Path, netns: str,
+                        netpol: bool = True) -> tuple[dict[str, list[float]], str]:
+    """`one-line@1M` (XDPBlocklist, 1M-line list) and `cidr-add` (NetworkPolicy), interleaved
+    rounds through one real `bpfpolicy watch`; returns latencies and the watch log."""
+    from bpfpolicy.kinds.netpol.packets import frame
+
+    src = work / "src-inc"
+    src.mkdir()
+    lines = _list_lines(LIST_LINES)
+    original = lines[EDIT_LINE]
+    (src / "big.txt").write_text("\n".join(lines) + "\n")
+    (src / "xdp.yaml").write_text(POLICY.format(netns=netns, extra="", rule="").replace(
+        "name: bench}", "name: big}").replace("sources: [192.0.2.0/24]", "sourceFiles: [big.txt]"))
+    cidrs = [f"{10 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}.0/24" for i in range(NP_CIDRS)]
+    if netpol:
+        (src / "np.yaml").write_text(NETPOL.format(cidrs=", ".join(cidrs)))
+    cfg = work / "inc-config.yaml"
+    cfg.write_text(f"interval: 3600\nendpoints:\n  - name: benchep\n    labels: {{app: bench}}\n"
+                   f"    interfaces: [{{name: bench2, netns: {netns}}}]\n    addresses: [192.0.2.200]\n")
+    env = {**env, "BPFPOLICY_CONFIG": str(cfg), "BPFPOLICY_TIMINGS": "1"}
+    log_path = work / "watch-inc.log"
+    log = open(log_path, "w")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "bpfpolicy", "watch", str(src)], env=env, cwd=ROOT,
+                            stdout=log, stderr=log)
+    root = Path(env["BPFPOLICY_BPFFS_ROOT"])
+    xpin = str(root / "XDPBlocklist/big/prog_xdp_blocklist")
+    npin = str(root / "NetworkPolicy/benchep/prog_netpol_tc_ingress")
+    xpkt = packet(PROBE_SRC)
+    out: dict[str, list[float]] = {"one-line@1M": [], "list write (part of one-line@1M)": []}
+    if netpol:
+        out["cidr-add"] = []
+    try:
+        wait_verdict(xpin, xpkt, 2, timeout=300)
+        if netpol:
+            wait_verdict(npin, frame("198.51.100.1", "192.0.2.200", 17, 4444, 53), 2, timeout=120)  # SHOT
+        time.sleep(1.0)
+        ids = (prog_id(xpin), prog_id(npin))
+        for i in range(reps):
+            for new, want in ((PROBE_SRC, 1), (original, 2)):  # one line in, then back
+                lines[EDIT_LINE] = new
+                data = ("\n".join(lines) + "\n").encode()
+                t0 = time.perf_counter()
+                with open(src / "big.txt", "wb") as fh:
+                    fh.write(data)
+                out["list write (part of one-line@1M)"].append((time.perf_counter() - t0) * 1000)
+                out["one-line@1M"].append((wait_verdict(xpin, xpkt, want) - t0) * 1000)
+                time.sleep(0.5)
+            if not netpol:
+                continue
+            peer = f"198.51.100.{i + 1}"
+            npkt = frame(peer, "192.0.2.200", 17, 4444, 53)
+            assert verdict(npin, npkt) == 2, "probe peer allowed before its CIDR was added"
+            text = NETPOL.format(cidrs=", ".join([*cidrs, f"{peer}/32"]))
+            t0 = time.perf_counter()
+            (src / "np.yaml").write_text(text)
+            out["cidr-add"].append((wait_verdict(npin, npkt, 0) - t0) * 1000)  # TC_ACT_OK
+            time.sleep(0.5)
+            (src / "np.yaml").write_text(NETPOL.format(cidrs=", ".join(cidrs)))
+            time.sleep(0.5)
+            now = (prog_id(xpin), prog_id(npin))
+            assert now == ids, f"a program was replaced: {ids} -> {now}"
+    except (TimeoutError, AssertionError):
+        log.flush()
+        print(log_path.read_text()[-3000:], file=sys.stderr)
+        raise
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        log.close()
+    return out, log_path.read_text()
+
+
 def compile_cost(reps: int, work: Path, netns: str) -> list[float]:
     """The XDPBlocklist kind's compile of the bench policy alone (part of map-only)."""
     from bpfpolicy.policy.compile import compile_paths
@@ -181,37 +295,68 @@ def destroy(root: str, state: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=9)
+    ap.add_argument("--cases", default="all", help="all; 'incremental' (one-line@1M and cidr-add only); 'one-line' (XDP alone)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/reconcile.py needs root")
     tag = secrets.token_hex(3)
     netns = f"bpbench-{tag}"
     work = Path(tempfile.mkdtemp(prefix="bpfpolicy-bench-"))
-    roots = [f"/sys/fs/bpf/bpfpolicy-bench-{tag}-{i}" for i in range(2)]
-    states = [str(work / f"state{i}") for i in range(2)]
+    roots = [f"/sys/fs/bpf/bpfpolicy-bench-{tag}-{i}" for i in range(3)]
+    states = [str(work / f"state{i}") for i in range(3)]
     create_netns(netns)
     try:
         ip("link", "add", "bench0", "type", "veth", "peer", "name", "bench1", netns=netns)
         ip("link", "set", "bench0", "up", netns=netns)
+        ip("link", "add", "bench2", "type", "veth", "peer", "name", "bench3", netns=netns)
+        ip("link", "set", "bench2", "up", netns=netns)
         env = {**os.environ, "BPFPOLICY_BPFFS_ROOT": roots[0], "BPFPOLICY_STATE_DIR": states[0],
                "BPFPOLICY_INTERVAL": "3600"}
-        lat = watch_latency(args.reps, env, work, netns)
-        noop = noop_cost(args.reps, roots[1], states[1], netns)
-        lat["compile only (XDPBlocklist kind)"] = compile_cost(args.reps, work, netns)
+        lat: dict[str, list[float]] = {}
+        noop: dict[str, list[float]] = {}
+        if args.cases == "all":
+            lat = watch_latency(args.reps, env, work, netns)
+            noop = noop_cost(args.reps, roots[1], states[1], netns)
+            lat["compile only (XDPBlocklist kind)"] = compile_cost(args.reps, work, netns)
+        inc_env = {**env, "BPFPOLICY_BPFFS_ROOT": roots[2], "BPFPOLICY_STATE_DIR": states[2]}
+        inc, watch_log = incremental_latency(args.reps, inc_env, work, netns,
+                                                netpol=args.cases != "one-line")
+        lat.update(inc)
+        lat.update(cycle_phases(watch_log))
+        slow = [ln.strip() for ln in watch_log.splitlines() if ln.startswith("  ")]
+        print(f"slow-path notes in the watch log: {len(slow)}", *slow[:20], sep="\n  ", file=sys.stderr)
     finally:
         for r, s in zip(roots, states, strict=True):
             destroy(r, s)
         delete_netns(netns)
         shutil.rmtree(work, ignore_errors=True)
-    med = {k: statistics.median(v) for k, v in {**lat, **{f"no-op@100 {k}": v for k, v in noop.items()}}.items()}
-    targets = {"map-only": 100.0, "no-op@100 shallow": 50.0, "no-op@100 deep": 50.0}
+    samples = {**lat, **{f"no-op@100 {k}": v for k, v in noop.items()}}
+    med = {k: statistics.median(v) for k, v in samples.items() if v}
+    targets = {k: v for k, v in {"map-only": 100.0, "no-op@100 shallow": 50.0, "no-op@100 deep": 50.0,
+                                 "one-line@1M": 100.0, "cidr-add": 100.0}.items() if k in med}
     rows = [{"impl": "bpfpolicy", "case": case, "ms": round(v, 2)} for case, v in med.items()]
     rows += [{"impl": "target", "case": case, "ms": v} for case, v in targets.items()]
     ratios = {f"ms@{case}": round(med[case] / v, 3) for case, v in targets.items()}
     for case, v in med.items():
-        print(f"{case:>24}: median {v:8.2f} ms  (samples: {', '.join(f'{x:.1f}' for x in sorted({**lat, **{f'no-op@100 {k}': x for k, x in noop.items()}}[case]))})",
+        print(f"{case:>34}: median {v:8.2f} ms  (samples: {', '.join(f'{x:.1f}' for x in sorted(samples[case]))})",
               file=sys.stderr)
     print(json.dumps({"bench": "reconcile", "kernel": platform.release(), "rows": rows, "ratios": ratios}))
+
+
+def cycle_phases(watch_log: str) -> dict[str, list[float]]:
+    """Per-phase milliseconds of the file-triggered cycles that changed something, from the
+    watch log's `timings:` lines (BPFPOLICY_TIMINGS=1): `phase <name>` samples."""
+    out: dict[str, list[float]] = {}
+    for line in watch_log.splitlines():
+        if "timings:" not in line or "[file]" not in line:
+            continue
+        for part in line.split("timings:", 1)[1].split():
+            name, _, ms = part.partition("=")
+            try:
+                out.setdefault(f"phase {name}", []).append(float(ms))
+            except ValueError:
+                continue
+    return out
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,12 @@ class DesiredPolicy:
     dir: Path
     source: str | None = None  # policy file it came from
     document: Any = None  # the policy document's data (plan's rule-level diff, kept at apply)
+    # compiled in this process: the artifact's files in memory (what `dir` holds), the
+    # kind's map patches against its previous contents, and the maps whose patch this
+    # cycle already wrote into the kernel (controller/contents.py)
+    files: dict[str, bytes] | None = None
+    patches: dict[str, Any] = field(default_factory=dict)
+    preapplied: set[str] = field(default_factory=set)
 
     @property
     def key(self) -> str:
@@ -55,6 +63,13 @@ class DesiredPolicy:
 
     def file(self, rel: str) -> Path:
         return self.dir / rel
+
+    def content(self, rel: str) -> bytes:
+        """A file of the artifact: from memory when compiled in this process (the same
+        object the kind made, so its hash and patches are known), else from `dir`."""
+        if self.files is not None and rel in self.files:
+            return self.files[rel]
+        return (self.dir / rel).read_bytes()
 
 
 @dataclass
@@ -101,11 +116,21 @@ def _manifests(p: Path) -> list[Path]:
                   if not any(part.startswith(".") for part in m.relative_to(p).parts))
 
 
-def build(paths: list[Path], out_dir: Path, ctx: Any = None, *, prebuilt: bool = False) -> DesiredState:
+EarlyHook = Callable[[list[Any]], dict[str, set[str]]]
+
+
+def build(paths: list[Path], out_dir: Path, ctx: Any = None, *, prebuilt: bool = False,
+          early: EarlyHook | None = None, timings: dict[str, float] | None = None) -> DesiredState:
     """Compile policy files into one desired state (manifests in sources are ignored).
 
     `prebuilt=True` is the operator's `--prebuilt DIR`: `paths` are artifact trees whose
-    manifests are read as they are (unverified) instead of policies compiled here."""
+    manifests are read as they are (unverified) instead of policies compiled here.
+
+    `early` (the reconciler's patch fast path) sees the compiled artifacts once the whole
+    tree is known to be accepted — before their digests are computed and their files
+    written, which for a 1M-entry list is most of the time — and returns, per policy
+    key, the maps whose patch it already wrote into the kernel. `timings` collects
+    milliseconds per step (validate, compile, early, artifacts)."""
     state = DesiredState()
     if prebuilt:
         _read_prebuilt(paths, state)
@@ -124,7 +149,7 @@ def build(paths: list[Path], out_dir: Path, ctx: Any = None, *, prebuilt: bool =
                 "(artifacts are compiled on this host; docs/controller.md)", "warning"))
         policy_paths.append(p)
     if policy_paths:
-        _compile(policy_paths, out_dir, ctx, state, ignored)
+        _compile(policy_paths, out_dir, ctx, state, ignored, early, timings if timings is not None else {})
     return state
 
 
@@ -144,28 +169,49 @@ def _read_prebuilt(paths: list[Path], state: DesiredState) -> None:
 
 
 def _compile(paths: list[Path], out_dir: Path, ctx: Any, state: DesiredState,
-             ignored: set[Path] | None = None) -> None:
+             ignored: set[Path] | None = None, early: EarlyHook | None = None,
+             timings: dict[str, float] | None = None) -> None:
     from ..kinds import CompileContext
     from ..kinds.xdp.sources import policy_tree
-    from ..policy.compile import compile_paths
+    from ..policy.compile import compile_validation
     from ..policy.load import iter_policy_files
+    from ..policy.validate import validate_paths
     from .paths import UnsafePath, contained
 
+    timings = {} if timings is None else timings
+    t = time.perf_counter()
     files: list[Path] = list(paths)
     if ignored:  # compile every file but the ignored manifests; sourceFiles keep the given roots
         files = [f for f in iter_policy_files(paths) if f not in ignored]
     with policy_tree(paths):
-        result = compile_paths(files, ctx or CompileContext())
+        validation = validate_paths(files)
+        t = lap(timings, "validate", t)
+        result = compile_validation(validation, ctx or CompileContext())
+    t = lap(timings, "compile", t)
     state.diagnostics.extend(result.diagnostics)
     if not result.ok:
         return
+    placed = []
+    seen: dict[str, str] = {}
     for validated, artifact in result.artifacts:
         src = getattr(getattr(validated, "doc", None), "file", None) or "."
         try:
-            dest = contained(out_dir, artifact.kind, artifact.name)
+            placed.append((validated, artifact, contained(out_dir, artifact.kind, artifact.name)))
         except UnsafePath as e:
             state.diagnostics.append(Diagnostic(src, 1, 1, "metadata.name", f"refused artifact dir: {e}"))
-            continue
+        key = f"{artifact.kind}/{artifact.name}"
+        if key in seen:  # `_add` reports it below; nothing of a refused tree goes early
+            state.diagnostics.append(Diagnostic(src, 1, 1, "metadata.name", f"duplicate policy {key} "
+                                                f"(also in {seen[key]})"))
+        seen.setdefault(key, src)
+    if not state.ok:
+        return
+    pre: dict[str, set[str]] = {}
+    if early is not None:
+        pre = early([artifact for _, artifact, _ in placed])
+        t = lap(timings, "early", t)
+    for validated, artifact, dest in placed:
+        src = getattr(getattr(validated, "doc", None), "file", None) or "."
         if _on_disk_digest(dest) != artifact.digest:
             dest = artifact.write(out_dir)
         try:
@@ -175,7 +221,17 @@ def _compile(paths: list[Path], out_dir: Path, ctx: Any, state: DesiredState,
             continue
         pol.source = getattr(getattr(validated, "doc", None), "file", None)
         pol.document = getattr(getattr(validated, "doc", None), "data", None)
+        if pol.digest == artifact.digest:  # what is on disk is this artifact
+            pol.files, pol.patches = artifact.files, dict(artifact.patches)
+            pol.preapplied = set(pre.get(pol.key, ()))
         _add(state, pol)
+    lap(timings, "artifacts", t)
+
+
+def lap(timings: dict[str, float], name: str, t: float) -> float:
+    now = time.perf_counter()
+    timings[name] = timings.get(name, 0.0) + (now - t) * 1000
+    return now
 
 
 def _add(state: DesiredState, pol: DesiredPolicy) -> None:

@@ -239,14 +239,21 @@ def current_contents(spec: dict[str, Any], e: dict[str, Any], state_dir: Path | 
                      deep: bool) -> bytes | None:
     """What the map holds. Shallow: the applied copy (when it matches the inventory's
     hash), else the kernel. Deep: the kernel (drift check), else the applied copy."""
+    from .contents import recall
+
     info = e.get("maps", {}).get(spec["name"], {})
     copy = None
     if state_dir is not None and info.get("contents_sha256"):
         import hashlib
 
+        copy = recall(state_dir, f"{e['kind']}/{e['name']}", spec["name"], info["contents_sha256"])
+        if copy is not None and not deep:
+            return copy  # what this process wrote, still the inventory's (contents.py)
+
         try:
-            data = applied_copy(state_dir, f"{e['kind']}/{e['name']}", spec["name"]).read_bytes()
-            if hashlib.sha256(data).hexdigest() == info["contents_sha256"]:
+            data = None if copy is not None else applied_copy(state_dir, f"{e['kind']}/{e['name']}",
+                                                              spec["name"]).read_bytes()
+            if data is not None and hashlib.sha256(data).hexdigest() == info["contents_sha256"]:
                 copy = data
         except OSError:
             pass
@@ -259,15 +266,22 @@ def current_contents(spec: dict[str, Any], e: dict[str, Any], state_dir: Path | 
 def map_deltas(d: DesiredPolicy, e: dict[str, Any], state_dir: Path | None = None,
                deep: bool = True) -> dict[str, tuple[int, int]]:
     """(+N, −M) per content map: desired .bin vs what the map holds (see current_contents).
-    Shallow and unchanged (same digest) → nothing to read at all."""
+    Shallow and unchanged (same digest) → nothing to read at all. A kind's patch made
+    against exactly the contents the map holds is the delta (no diff)."""
+    from .contents import patch_applies, patch_counts
+
     out = {}
     for spec in d.manifest.get("maps", []):
         if not spec.get("contents"):
             continue
-        new = Path(d.dir, spec["contents"]).read_bytes()
         if not deep and e.get("digest") == d.digest:
             continue
         current = current_contents(spec, e, state_dir, deep)
+        patch = d.patches.get(spec["name"])
+        if spec["name"] in d.preapplied or patch_applies(patch, current):
+            out[spec["name"]] = patch_counts(patch, spec)
+            continue
+        new = d.content(spec["contents"])
         rec = spec["key_size"] + spec["value_size"]
         if current is None:
             out[spec["name"]] = (len(new) // rec, 0)

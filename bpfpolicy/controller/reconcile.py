@@ -17,9 +17,11 @@ level. Nothing of the revision is applied, so the previous enforcement stays.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,13 +29,38 @@ from typing import Any
 from . import events
 from .apply import ApplyResult, apply_plan, gc_installed, gc_staging
 from .config import HostConfig
-from .desired import DesiredState, build, gc_artifacts
+from .contents import early_patches
+from .desired import DesiredState, build, gc_artifacts, lap
 from .observe import observe
 from .plan import Plan, make_plan
 from .source import Snapshot, SourceError, snapshot
 from .state import Store, gc_temporaries, push_history
 
 log = logging.getLogger("bpfpolicy.controller")
+
+
+@contextlib.contextmanager
+def _kind_notes(notes: list[str]) -> Iterator[None]:
+    """Kinds log why a compile took its slow path (`bpfpolicy.kinds.*` at INFO, e.g. an
+    incremental lowering falling back to a full one); during a build those lines become
+    the cycle's notes, which `watch` prints. A first lowering is not news."""
+    logger = logging.getLogger("bpfpolicy.kinds")
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            msg = record.getMessage()
+            if "first lowering" not in msg:
+                notes.append(msg)
+
+    handler, level = Capture(logging.INFO), logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def one_line(e: BaseException) -> str:
@@ -55,6 +82,8 @@ class CycleResult:
     skipped: str | None = None  # "suspended"
     deep: bool = True
     reason: str | None = None  # the source's Stalled reason when error is set
+    timings: dict[str, float] = field(default_factory=dict)  # ms per phase (watch logs them)
+    notes: list[str] = field(default_factory=list)  # why a change took the slow path
 
     @property
     def ok(self) -> bool:
@@ -82,22 +111,35 @@ class Reconciler:
         self._started = False
         self._snap: Snapshot | None = None
 
-    def desired(self, snap: Snapshot) -> DesiredState:
-        """Compile unless the source fingerprint is unchanged since the last cycle."""
+    def desired(self, snap: Snapshot, res: CycleResult | None = None, *, early: bool = False) -> DesiredState:
+        """Compile unless the source fingerprint is unchanged since the last cycle.
+        `early`: a kind's map patches may go into the kernel as soon as the whole tree
+        compiled (contents.early_patches), before digests and artifact files."""
         if self._memo and self._memo[0] == snap.revision:
             return self._memo[1]
-        state = build(snap.paths, self.cfg.state_dir / "artifacts", self.compile_context(),
-                      prebuilt=self.prebuilt)
+        timings = res.timings if res is not None else None
+        hook = None
+        if early and res is not None:
+            def hook(artifacts: list[Any]) -> dict[str, set[str]]:
+                done, notes = early_patches(self.cfg.state_dir, self.store.inventory(),
+                                            self.store.status()["policies"], artifacts)
+                res.notes.extend(notes)
+                return done
+        with _kind_notes(res.notes if res is not None else []):
+            state = build(snap.paths, self.cfg.state_dir / "artifacts", self.compile_context(),
+                          prebuilt=self.prebuilt, early=hook, timings=timings)
         if state.ok:
             self._memo = (snap.revision, state)
         return state
 
     def compile_context(self) -> Any:
         """The endpoint inventory from the host config goes to kinds that select
-        local workloads (endpoints) as `options["inventory"]`."""
+        local workloads (endpoints) as `options["inventory"]`. `defer_files`: a kind may
+        leave files to `Artifact.materialize()` (desired.build does it once the early
+        patches are in the kernel)."""
         from ..kinds import CompileContext
 
-        options: dict[str, Any] = {}
+        options: dict[str, Any] = {"defer_files": True}
         if self.cfg.endpoints_raw is not None:
             options["inventory"] = self.cfg.endpoints_raw
         return CompileContext(options=options)
@@ -139,6 +181,7 @@ class Reconciler:
         if not dry_run:
             self.startup()
         phase[0] = "source"
+        t = time.perf_counter()
         try:
             snap = snapshot(self.cfg, self.paths)
         except SourceError as e:
@@ -148,8 +191,12 @@ class Reconciler:
             return
         res.revision = snap.revision
         self._snap = snap
+        t = lap(res.timings, "source", t)
         phase[0] = "build"
-        desired = self.desired(snap)
+        # file-triggered cycles may write a kind's patches early (deep ones check drift first)
+        early = not (dry_run or deep or self.cfg.suspended or self.prebuilt)
+        desired = self.desired(snap, res, early=early)
+        t = time.perf_counter()
         res.diagnostics = desired.diagnostics
         if not desired.ok:
             res.error = "build failed:\n" + "\n".join(str(x) for x in desired.diagnostics
@@ -164,6 +211,7 @@ class Reconciler:
         phase[0] = "plan"
         res.plan = make_plan(self.cfg, desired, observe(self.cfg, self.store, deep=deep),
                              allow_empty=self.allow_empty, deep=deep, prune=self.prune)
+        t = lap(res.timings, "plan", t)
         if dry_run:
             return
         if not retry_failed:
@@ -178,11 +226,17 @@ class Reconciler:
             return
         phase[0] = "apply"
         self._mark_reconciling(res.plan, snap.revision)
-        res.applied = apply_plan(self.cfg, res.plan, self.store, revision=snap.revision,
-                                 progress=self.progress, heal=heal)
+        try:
+            res.applied = apply_plan(self.cfg, res.plan, self.store, revision=snap.revision,
+                                     progress=self.progress, heal=heal)
+        finally:
+            for d in desired.policies.values():  # a patch is against one base, used once
+                d.patches, d.preapplied = {}, set()
+        t = lap(res.timings, "apply", t)
         phase[0] = "record"
         self._record(res, snap.revision, desired)
         gc_artifacts(self.cfg.state_dir / "artifacts", set(desired.policies) | res.plan.kept)
+        lap(res.timings, "record", t)
 
     def _describe(self, e: Exception, phase: str, res: CycleResult) -> str:
         """A one-line message for an unforeseen exception, naming the policy file that

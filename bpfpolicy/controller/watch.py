@@ -7,6 +7,12 @@ a second) is coalesced: a cycle starts once the source has been quiet for DEBOUN
 seconds, or at the latest MAX_DELAY after the first pending change, so a steady stream
 still converges on its final content with a handful of cycles.
 
+A file being written is waited for: a write event on a file starts a wait for its
+close (IN_CLOSE_WRITE), and only once no file the source saw written is still open does
+the short SETTLE quiet period start — so a 14 MB list written in place is read whole, not
+half-truncated, and a finished write is picked up within milliseconds instead of a fixed
+debounce. A writer that keeps a file open is bounded by MAX_DELAY as before.
+
 SIGTERM/SIGINT stop the loop after the current cycle and leave every program loaded and
 attached (pins keep them); the next start adopts them — same digests plan as no-op.
 `bpfpolicy suspend` (a flag file) pauses applying and drift correction.
@@ -21,6 +27,7 @@ trigger. Only SIGTERM/SIGINT stop it.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import signal
 import threading
@@ -35,9 +42,12 @@ from .reconcile import CycleResult, Reconciler, one_line
 
 log = logging.getLogger("bpfpolicy.controller")
 
-DEBOUNCE = 0.01
+DEBOUNCE = 0.01  # quiet period after events with no write in progress (directory changes, SIGHUP)
+SETTLE = 0.002  # quiet period once every file written has been closed: a `git checkout`'s next
+# file follows its predecessor's close within microseconds, so this still coalesces it
 MAX_DELAY = 0.5
 JITTER = 0.1
+TIMINGS_ENV = "BPFPOLICY_TIMINGS"  # set: every cycle's log line ends with ms per phase
 
 
 class Trigger:
@@ -47,14 +57,25 @@ class Trigger:
         self._cond = threading.Condition()
         self._first: float | None = None
         self._last: float | None = None
+        self._quiet = DEBOUNCE
+        self._writing: set[str] = set()  # files seen written and not yet closed
         self.reasons: set[str] = set()
+        self.waited = 0.0  # seconds from the first pending event to the cycle's start
 
-    def poke(self, reason: str, immediate: bool = False) -> None:
+    def poke(self, reason: str, immediate: bool = False, *, writing: str | None = None,
+             closed: str | None = None) -> None:
+        """`writing`: a file was modified (wait for its close); `closed`: a file written
+        was closed (IN_CLOSE_WRITE) — once none is open, SETTLE is the quiet period."""
         with self._cond:
             now = time.monotonic()
             if self._first is None:
                 self._first = now
-            self._last = now - (DEBOUNCE if immediate else 0)
+            if writing is not None:
+                self._writing.add(writing)
+            if closed is not None:
+                self._writing.discard(closed)
+            self._quiet = SETTLE if closed is not None and not self._writing else DEBOUNCE
+            self._last = now - (MAX_DELAY if immediate else 0)
             self.reasons.add(reason)
             self._cond.notify_all()
 
@@ -66,8 +87,10 @@ class Trigger:
                 now = time.monotonic()
                 if self._first is not None:
                     assert self._last is not None
-                    due = min(self._last + DEBOUNCE, self._first + MAX_DELAY)
+                    quiet = MAX_DELAY if self._writing else self._quiet
+                    due = min(self._last + quiet, self._first + MAX_DELAY)
                     if now >= due:
+                        self.waited = now - self._first
                         break
                     self._cond.wait(due - now)
                     continue
@@ -76,6 +99,7 @@ class Trigger:
                 self._cond.wait(deadline - now)
             reasons, self.reasons = self.reasons, set()
             self._first = self._last = None
+            self._writing.clear()  # a close we missed must not hold the next cycle back
             return reasons
 
 
@@ -102,9 +126,16 @@ class Watcher:
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event: Any) -> None:
-                if getattr(event, "event_type", "") in ("opened", "closed_no_write"):
+                kind = getattr(event, "event_type", "")
+                if kind in ("opened", "closed_no_write"):
                     return
-                trig.poke("file")
+                path = None if getattr(event, "is_directory", False) else str(getattr(event, "src_path", ""))
+                if kind in ("modified", "created") and path:
+                    trig.poke("file", writing=path)
+                elif kind == "closed" and path:
+                    trig.poke("file", closed=path)
+                else:
+                    trig.poke("file")
 
         self._observer = Observer()
         for p in self.paths:
@@ -168,8 +199,12 @@ class Watcher:
         except Exception as e:  # the reconciler guards a revision; this guards the loop itself
             log.debug("cycle failed", exc_info=True)
             res = CycleResult(error=f"internal error: {one_line(e)}", reason="InternalError")
+        if reasons != {"startup"}:
+            res.timings = {"debounce": self.trigger.waited * 1000, **res.timings}
         try:
             self.log(_summary(res, reasons))
+            for note in res.notes:
+                self.log(f"  {note}")
         except Exception:
             log.debug("cannot log the cycle summary", exc_info=True)
         self.notifier.cycle_done(_notify_status(res), converged=res.reason != "InternalError")
@@ -199,7 +234,10 @@ def _summary(res: CycleResult, reasons: set[str]) -> str:
         reason = f"{res.reason}: " if res.reason else ""
         return f"[{why}] {res.revision}: error: {reason}{text}"
     outs = res.applied.outcomes if res.applied else []
+    timings = ""
+    if os.environ.get(TIMINGS_ENV) and res.timings:
+        timings = " timings: " + " ".join(f"{k}={v:.1f}" for k, v in res.timings.items())
     if not outs:
-        return f"[{why}] {res.revision}: no changes ({res.seconds * 1000:.1f} ms)"
+        return f"[{why}] {res.revision}: no changes ({res.seconds * 1000:.1f} ms)" + timings
     parts = [f"{o.key} {o.action} {'ok' if o.ok else 'FAILED: ' + o.message}" for o in outs]
-    return f"[{why}] {res.revision}: " + "; ".join(parts) + f" ({res.seconds * 1000:.1f} ms)"
+    return f"[{why}] {res.revision}: " + "; ".join(parts) + f" ({res.seconds * 1000:.1f} ms)" + timings

@@ -15,7 +15,7 @@ from ..kinds.base import located_diagnostic
 from .diagnostics import Diagnostic
 from .validate import Validated, ValidationResult, validate_paths
 
-__all__ = ["CompileResult", "compile_paths", "compile_policy", "located_diagnostic", "write_artifacts"]
+__all__ = ["CompileResult", "compile_paths", "compile_validation", "compile_policy", "located_diagnostic", "write_artifacts"]
 
 
 @dataclass
@@ -34,7 +34,11 @@ def compile_paths(paths: Iterable[str | Path], ctx: CompileContext | None = None
     """Validate and compile every policy under `paths`. Nothing is compiled if any
     document is invalid: a tree is accepted or rejected as a whole. Each kind compiles
     the models validation built (`Kind.compile_all`), so nothing is parsed twice."""
-    validation = validate_paths(paths, lenient=lenient)
+    return compile_validation(validate_paths(paths, lenient=lenient), ctx)
+
+
+def compile_validation(validation: ValidationResult, ctx: CompileContext | None = None) -> CompileResult:
+    """`compile_paths` after its validation step (the controller times the two apart)."""
     result = CompileResult(diagnostics=list(validation.diagnostics), validation=validation)
     if not validation.ok:
         return result
