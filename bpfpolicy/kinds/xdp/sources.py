@@ -257,6 +257,11 @@ _CLS[np.frombuffer(b"ABCDEF", dtype=np.uint8)] = np.arange(10, 16, dtype=np.uint
 _C_COLON, _C_SLASH, _C_NL, _C_OTHER = 16, 17, 18, 32
 _CLS[_COLON], _CLS[_SLASH], _CLS[_NL] = _C_COLON, _C_SLASH, _C_NL
 _V6_CHARS = b"0123456789abcdefABCDEF:/\n"
+# two class bytes (as one native u16) -> one byte of their low nibbles; a token's 4 bytes
+# become its 16-bit value in one table lookup per pair
+_PAIRS = np.arange(1 << 16, dtype=np.uint16).view(np.uint8).reshape(-1, 2)
+_NIBBLE_PAIR = ((_PAIRS[:, 0] & 15) << 4 | (_PAIRS[:, 1] & 15)).astype(np.uint8)
+_LEN_MASK = np.array([0, 0xF, 0xFF, 0xFFF, 0xFFFF], dtype=np.uint16)  # digits kept per token length
 
 
 def _v6_vectorised(buf: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -279,22 +284,17 @@ def _v6_vectorised(buf: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.
     bad = np.zeros(n, dtype=bool)
     if bytes(buf).translate(None, _V6_CHARS):  # junk bytes ('.', spaces, '%', ...): bad lines
         bad[np.cumsum(cls == _C_NL)[np.flatnonzero(cls == _C_OTHER)]] = True
-    # the 4 bytes before each separator as one big-endian u32 (a strided window, one
-    # gather): a token's hex value is their low nibbles, masked to its length
+    # the 4 class bytes before a separator (a strided window: one row gather per token)
     pad = np.empty(len(cls) + 3, dtype=np.uint8)
     pad[:3] = _C_NL
     pad[3:] = cls
-    x = np.lib.stride_tricks.as_strided(
-        pad, shape=(len(cls), 4), strides=(1, 1))[sep - 1].copy().view(">u4")[:, 0].astype(np.uint32)
-    nib = ((x >> np.uint32(12)) & np.uint32(0xF000)) | ((x >> np.uint32(8)) & np.uint32(0x0F00)) \
-        | ((x >> np.uint32(4)) & np.uint32(0x00F0)) | (x & np.uint32(0x000F))
-    val = nib & ((np.uint32(1) << (4 * np.minimum(length, 4)).astype(np.uint32)) - np.uint32(1))
+    window = np.lib.stride_tricks.as_strided(pad, shape=(len(cls), 4), strides=(1, 1))
     # "/len": a token after '/', ending the line, 1-3 decimal digits, no leading zero
     is_len = start_c == _C_SLASH
     lt = np.flatnonzero(is_len)
     ll = length[lt]
-    xl = x[lt]
-    d0, d1, d2 = xl & np.uint32(0xFF), (xl >> np.uint32(8)) & np.uint32(0xFF), (xl >> np.uint32(16)) & np.uint32(0xFF)
+    wl = window[sep[lt] - 1]
+    d0, d1, d2 = wl[:, 3].astype(np.int64), wl[:, 2].astype(np.int64), wl[:, 1].astype(np.int64)
     d1 = np.where(ll > 1, d1, 0)
     d2 = np.where(ll > 2, d2, 0)
     dec = d0.astype(np.int64) + 10 * d1 + 100 * d2
@@ -335,12 +335,17 @@ def _v6_vectorised(buf: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.
     after = g > dbl_tok[g_line]
     pos = np.where(after, 8 - ngroups[g_line] + rank, rank)
     pos = np.clip(pos, 0, 7)
-    G = np.zeros(n * 8, dtype=np.uint64)
-    G[g_line * 8 + pos] = val[g]
-    G = G.reshape(n, 8)
-    sh = [np.uint64(48), np.uint64(32), np.uint64(16), np.uint64(0)]
-    hi = (G[:, 0] << sh[0]) | (G[:, 1] << sh[1]) | (G[:, 2] << sh[2]) | G[:, 3]
-    lo = (G[:, 4] << sh[0]) | (G[:, 5] << sh[1]) | (G[:, 6] << sh[2]) | G[:, 7]
+    # a group's hex value: its window's low nibbles (one table lookup per byte pair),
+    # masked to its length, shifted into place and OR-ed per line and half
+    win = window[sep[g] - 1]
+    val = _NIBBLE_PAIR[win.view(np.uint16)].view(">u2")[:, 0] & _LEN_MASK[np.minimum(length[g], 4)]
+    part = val.astype(np.uint64) << (np.uint64(16) * (3 - (pos & 3)).astype(np.uint64))
+    in_hi = pos < 4
+    hi, lo = np.zeros(n, dtype=np.uint64), np.zeros(n, dtype=np.uint64)
+    some = np.flatnonzero(ngroups)  # lines with groups: each a contiguous run of `part`
+    if len(some):
+        hi[some] = np.bitwise_or.reduceat(np.where(in_hi, part, np.uint64(0)), first[some])
+        lo[some] = np.bitwise_or.reduceat(np.where(in_hi, np.uint64(0), part), first[some])
     host_hi = np.where(plen >= 64, np.uint64(0),
                        ~np.uint64(0) >> np.minimum(plen, 63).astype(np.uint64))
     host_lo = np.where(plen <= 64, ~np.uint64(0),
