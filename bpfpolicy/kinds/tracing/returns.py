@@ -46,6 +46,11 @@ def return_programs(low: Lowering, rule: str, backend: Backend, hook: dict[str, 
     from .selectors import ENFORCE
 
     feats = low.features
+    if backend.remap is not None:
+        raise HookError((*path, "return"), f"return: true with Override on {hook.get('call')}: this kernel "
+                        f"enforces it at {backend.sec} (remapped), whose arguments are not the "
+                        "syscall's; hook the syscall without Override, or security_file_open, to "
+                        "see the return value")
     syscall = backend.syscall and section == "kprobes"
     pair: tuple[Backend, Backend] | None = None
     if section == "kprobes" and feats.get("kprobes"):

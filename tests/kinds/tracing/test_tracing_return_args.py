@@ -351,3 +351,22 @@ def test_kretprobe_and_fexit_return_sigkill_in_a_612_guest(tmp_path: Path, cli) 
         assert any(r["step"] == "exec-expect" and "ret-missing" in r["detail"] for r in mine), mine
     assert any(r["artifact"] == "TracingPolicy/ret-readcopy" and "exit=137 (want exit=137)" in r["detail"]
                for r in rows), rows
+
+
+def test_return_with_override_remapped_to_lsm_is_refused_at_return(tmp_path: Path) -> None:
+    """Debian 6.12 enforces Override on openat at lsm/file_open (no syscall override): the
+    LSM hook's arguments are not the syscall's, so return: true there is refused, located."""
+    p = write(tmp_path, """\
+kprobes:
+- call: sys_openat
+  return: true
+  args: [{index: 1, type: string}]
+  returnArg: {index: 0, type: int}
+  selectors:
+  - matchArgs: [{index: 1, operator: Prefix, values: [/etc/shadow]}]
+    matchActions: [{action: Override, argError: -1}]
+""")
+    art, diags = compile_one(p, kernel=(6, 12))
+    assert art is None
+    (d,) = [d for d in diags if d.severity == "error"]
+    assert d.path == "spec.kprobes[0].return" and "enforces it at lsm/file_open" in d.message
