@@ -149,11 +149,25 @@ def _le(a: np.ndarray) -> np.ndarray:
         else a.astype(a.dtype.newbyteorder("<"))
 
 
+def _swapped_order(n: int, used: np.ndarray) -> np.ndarray:
+    """`used` (unique indices < n) sorted by their little-endian u32 bytes. For a
+    power-of-two n that order is a transpose of arange(n) viewed as digits base 256 (low
+    byte slowest): no sort of a million keys, just a mask."""
+    if n < 256 or n & (n - 1) or n > 1 << 32:
+        return np.sort(used.astype(np.uint32).byteswap()).byteswap()
+    k = n.bit_length() - 1
+    dims = [min(256, 1 << max(0, k - 8 * t)) for t in range(4)]  # byte 0 (low) .. 3
+    perm = np.arange(n, dtype=np.uint32).reshape(dims[::-1]).transpose(3, 2, 1, 0).ravel()
+    keep = np.zeros(n, dtype=bool)
+    keep[used] = True
+    return perm[keep[perm]]
+
+
 def _array_rec(dense: np.ndarray, used: np.ndarray) -> bytes:
     """Records of an ARRAY map: keys = little-endian u32 indices `used`, values = rows of
     `dense` (indexed by key). Sorted by key *bytes*, i.e. by the byte-swapped index —
     np.sort on the swapped keys instead of an argsort of rows (10x faster at 1M)."""
-    order = np.sort(used.astype(np.uint32).byteswap()).byteswap()
+    order = _swapped_order(len(dense), used)
     width = dense.itemsize * (dense.shape[1] if dense.ndim > 1 else 1)
     out = np.empty((len(order), 4 + width), dtype=np.uint8)
     out[:, :4] = order.astype("<u4").view(np.uint8).reshape(-1, 4)
@@ -379,10 +393,10 @@ def _v6_hash(net: np.ndarray, plen: np.ndarray, mask: np.ndarray) -> _V6Hash:
     span = np.where(plen == 64, np.uint64(0), span)
     ends_max = np.maximum.accumulate(net | span) if len(net) else net
     lens = sorted(int(x) for x in np.unique(plen))
-    by_len = {}
-    for p in lens:
-        sel = plen == p
-        by_len[p] = (net[sel], mask[sel])  # net-sorted within a length (stable subsequence)
+    o = np.argsort(plen.astype(np.uint8), kind="stable")  # radix; net order kept per length
+    ps, ns, ms = plen[o], net[o], mask[o]
+    lo_, hi_ = np.searchsorted(ps, lens, side="left"), np.searchsorted(ps, lens, side="right")
+    by_len = {p: (ns[a:b], ms[a:b]) for p, a, b in zip(lens, lo_.tolist(), hi_.tolist(), strict=True)}
     return _V6Hash(lens, net, plen, mask, by_len, ends_max)
 
 
@@ -402,28 +416,42 @@ def _v6_entries(h: _V6Hash, tree: dict[str, Any] | None) -> tuple[np.ndarray, np
         masks[idx] |= h.cover(h.net[idx], h.plen[idx].astype(np.int64))
     deep = h.plen > V6_TBL_BITS  # shorter prefixes are painted into v6_tbl24 instead
     keys, plens, vals = [h.net[deep]], [h.plen[deep].astype(np.int64)], [masks[deep]]
+    markers: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
     for p in h.lens:
         anc = _ancestors(tree, p) if p > V6_TBL_BITS else []
         if not anc:
             continue
         sel = np.flatnonzero(h.plen == p)
+        inner = nested[sel]
         for a in anc:
             mk = h.net[sel] & _hi_mask(a)
             mv = np.zeros(len(sel), dtype=np.uint64)
-            inner = nested[sel]
             if inner.any():  # only a nested prefix's markers can carry covering rules
                 mv[inner] = h.cover(mk[inner], np.full(int(inner.sum()), a, dtype=np.int64))
-            keys.append(mk)
-            plens.append(np.full(len(sel), a, dtype=np.int64))
-            vals.append(mv)
-    k, p, v = np.concatenate(keys), np.concatenate(plens), np.concatenate(vals)
-    # unique by (plen, key), real prefixes first (their mask includes the marker's)
-    order = _order_by(p, k)
-    k, p, v = k[order], p[order], v[order]
-    first = np.concatenate([[True], (k[1:] != k[:-1]) | (p[1:] != p[:-1])]) if len(k) else np.zeros(0, bool)
-    starts = np.flatnonzero(first)
-    v = np.bitwise_or.reduceat(v, starts) if len(k) else v
-    return k[starts], p[starts], v
+            markers.setdefault(a, []).append((mk, mv))
+    # real prefixes are unique already; markers are made unique per length (OR of masks)
+    # and dropped where a real prefix of that length has the same key (its leaf-pushed
+    # mask is the marker's). No global sort: the buckets order entries themselves.
+    for a in sorted(markers):
+        mk = np.concatenate([x for x, _ in markers[a]])
+        mv = np.concatenate([y for _, y in markers[a]])
+        if not mv.any():
+            mk = np.unique(mk)
+            mv = np.zeros(len(mk), dtype=np.uint64)
+        else:
+            o = np.argsort(mk, kind="stable")
+            mk, mv = mk[o], mv[o]
+            starts = np.flatnonzero(np.concatenate([[True], mk[1:] != mk[:-1]]))
+            mk, mv = mk[starts], np.bitwise_or.reduceat(mv, starts)
+        real = h.by_len.get(a)
+        if real is not None and len(real[0]):
+            at = np.minimum(np.searchsorted(real[0], mk), len(real[0]) - 1)
+            fresh = real[0][at] != mk
+            mk, mv = mk[fresh], mv[fresh]
+        keys.append(mk)
+        plens.append(np.full(len(mk), a, dtype=np.int64))
+        vals.append(mv)
+    return np.concatenate(keys), np.concatenate(plens), np.concatenate(vals)
 
 
 def v6_bucket_of(key: np.ndarray, plen: np.ndarray, bits: int) -> np.ndarray:
@@ -573,7 +601,14 @@ class _V6Exact:
 
 
 def _v6_exact(hi: np.ndarray, lo: np.ndarray, mask: np.ndarray) -> _V6Exact:
-    order = np.lexsort([lo, hi])
+    """Unique /128s, masks OR-ed. Duplicates are brought together by one argsort of a
+    64-bit hash (~3x a lexsort of both halves); if two different addresses share a hash
+    and end up interleaved, the exact (hi, lo) order is used instead."""
+    order = np.argsort((hi * np.uint64(V6_HASH)) ^ lo)
+    h2, l2 = hi[order], lo[order]
+    k = (h2 * np.uint64(V6_HASH)) ^ l2
+    if np.any((k[1:] == k[:-1]) & ((h2[1:] != h2[:-1]) | (l2[1:] != l2[:-1]))):
+        order = np.lexsort([lo, hi])
     hi, lo, mask = hi[order], lo[order], mask[order]
     first = np.concatenate([[True], (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])])
     starts = np.flatnonzero(first)
