@@ -271,7 +271,10 @@ def _v6_vectorised(buf: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.
     Works on tokens, not bytes: the separators (':', '/', newline) are found in one pass,
     each token is the run of bytes before one, so everything after that first pass is
     over ~8 tokens per line instead of ~25 bytes."""
-    cls = _CLS[buf]
+    pad = np.empty(len(buf) + 3, dtype=np.uint8)  # 3 bytes before the first token's window
+    pad[:3] = _C_NL
+    cls = pad[3:]
+    np.take(_CLS, buf, out=cls)
     sep = np.flatnonzero(cls >= _C_COLON)  # every line ends in a newline: the last is one
     c = cls[sep]
     length = np.diff(sep, prepend=-1) - 1
@@ -285,9 +288,6 @@ def _v6_vectorised(buf: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.
     if bytes(buf).translate(None, _V6_CHARS):  # junk bytes ('.', spaces, '%', ...): bad lines
         bad[np.cumsum(cls == _C_NL)[np.flatnonzero(cls == _C_OTHER)]] = True
     # the 4 class bytes before a separator (a strided window: one row gather per token)
-    pad = np.empty(len(cls) + 3, dtype=np.uint8)
-    pad[:3] = _C_NL
-    pad[3:] = cls
     window = np.lib.stride_tricks.as_strided(pad, shape=(len(cls), 4), strides=(1, 1))
     # "/len": a token after '/', ending the line, 1-3 decimal digits, no leading zero
     is_len = start_c == _C_SLASH
@@ -308,17 +308,18 @@ def _v6_vectorised(buf: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.
     bad |= nsl > 1
     # address groups: every other token
     grp = ~is_len
-    empty = grp & (length == 0)
-    dbl = empty & (start_c == _C_COLON) & (c == _C_COLON)  # the gap inside "::"
-    dbl_prev = np.zeros_like(dbl)
-    dbl_prev[1:] = dbl[:-1]
-    dbl_next = np.zeros_like(dbl)
-    dbl_next[:-1] = dbl[1:]
-    lead = empty & (start_c == _C_NL) & (c == _C_COLON)  # "::..." at a line start
-    trail = empty & (start_c == _C_COLON) & (c != _C_COLON)  # "...::" at the address end
-    ok_empty = dbl | (lead & dbl_next) | (trail & dbl_prev)
-    bad[line[empty & ~ok_empty]] = True
-    ndbl = np.bincount(line[dbl], minlength=n)
+    # empty group tokens (a few per line at most): only the gap inside "::" and the empty
+    # edge next to a "::" at a line start or end are fine
+    e = np.flatnonzero(grp & (length == 0))
+    es, ec = start_c[e], c[e]
+    e_dbl = (es == _C_COLON) & (ec == _C_COLON)
+    is_dbl = np.zeros(len(sep) + 1, dtype=bool)  # one spare: e + 1 may be the end
+    is_dbl[e[e_dbl]] = True
+    lead = (es == _C_NL) & (ec == _C_COLON) & is_dbl[e + 1]  # "::..." at a line start
+    trail = (es == _C_COLON) & (ec != _C_COLON) & is_dbl[e - 1]  # "...::" at the address end
+    bad[line[e[~(e_dbl | lead | trail)]]] = True
+    dt = e[e_dbl]  # the "::" gaps
+    ndbl = np.bincount(line[dt], minlength=n)
     bad |= ndbl > 1
     g = np.flatnonzero(grp & (length > 0))
     bad[line[g[length[g] > 4]]] = True
@@ -330,7 +331,6 @@ def _v6_vectorised(buf: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.
     first = np.concatenate([[0], np.cumsum(ngroups)[:-1]])
     rank = np.arange(len(g)) - first[g_line]
     dbl_tok = np.full(n, len(sep), dtype=np.int64)  # the token of each line's "::" (none: past the end)
-    dt = np.flatnonzero(dbl)
     dbl_tok[line[dt]] = dt  # lines with two are bad anyway
     after = g > dbl_tok[g_line]
     pos = np.where(after, 8 - ngroups[g_line] + rank, rank)
