@@ -46,8 +46,25 @@ def plan(p: Program, literal_len: dict[str, tuple[str, int]]) -> None:
                 early.add(slot)
             out.append(m)
         s.matchers = sorted(out, key=_cost)
+    _share_reads(p)
     p.early = [c for c in p.captures if c.slot in early]
     p.late = [c for c in p.captures if c.slot not in early]
+
+
+def _share_reads(p: Program) -> None:
+    """One user/kernel read per argument per run: every direct matcher on an argument
+    reads the same bytes (the largest need of any of them), so the generated program
+    reads it once, at the first matcher that runs, and later matchers and selectors
+    compare the same buffer. Each read is a helper call (~100 ns on the bench host, most
+    of a miss), so three selectors on one path cost one read, not three."""
+    need: dict[int, int] = {}
+    for s in p.selectors:
+        for m in s.matchers:
+            if isinstance(m, StringMatch) and m.direct is not None:
+                need[m.slot] = max(need.get(m.slot, 0), m.need)
+    for s in p.selectors:
+        s.matchers = [replace(m, need=need[m.slot]) if isinstance(m, StringMatch) and m.direct is not None
+                      else m for m in s.matchers]
 
 
 def _direct(m: Matcher, by_slot: dict[int, Capture], literal_len: dict[str, tuple[str, int]]) -> Matcher:
