@@ -182,6 +182,41 @@ def test_event_expect_on_host_names_the_hook_and_can_fail(tmp_path: Path) -> Non
 
 
 @pytest.mark.kernel
+def test_event_expect_holds_while_another_process_floods_the_hook(tmp_path: Path) -> None:
+    """A busy host: another process opens matching paths in a loop while the runner checks
+    that its own command posted (records of the command's pid are kept first; the rings are
+    consumed while the command runs; a crowded-out event re-runs the command)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    import sys
+    import time
+
+    art, diags = compile_one(POLICIES / "sensitive-files.yaml")
+    assert art is not None, diags
+    d = art.write(tmp_path / "out")
+    m = json.loads((d / "manifest.json").read_text())
+    lines = ["object prog.bpf.o", f"attach {m['programs'][0]['name']} auto"]
+    for _ in range(5):
+        lines += ["exec-expect exit=1 sleep 0.3; exec cat /etc/shadow.kt-missing", "event-expect posted sys_openat"]
+    # ~20-50k matching opens a second: bursts of 50, then 1 ms asleep
+    flood = subprocess.Popen([sys.executable, "-c", "import os, time\nend = time.time() + 30\n"
+                              "while time.time() < end:\n  for _ in range(50):\n"
+                              "    try: os.open('/etc/shadow.kt-flood', 0)\n    except OSError: pass\n"
+                              "  time.sleep(0.001)\n"])
+    try:
+        time.sleep(0.3)  # the flood is running before the runner attaches
+        by = _run_host(tmp_path, d, resolve_script("\n".join(lines) + "\n", m))
+    finally:
+        flood.kill()
+        flood.wait()
+    checks = [by[n] for n in range(4, 13, 2)]
+    failed = [r.detail for r in checks if r.status != "ok"]
+    assert not failed, "\n".join(failed)
+    foreign = [int(r.detail.split(" record(s) in events")[0].rsplit(" ", 1)[1]) for r in checks]
+    assert max(foreign) > 1, [r.detail for r in checks]  # the flood's records were there too
+
+
+@pytest.mark.kernel
 def test_cli_runs_policies_and_sensor_with_behaviour_on_host(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root")
