@@ -149,6 +149,12 @@ def _le(a: np.ndarray) -> np.ndarray:
         else a.astype(a.dtype.newbyteorder("<"))
 
 
+def _uniq(a: np.ndarray) -> np.ndarray:
+    """Sorted unique values (np.unique hashes in numpy 2: ~10x slower at 1M)."""
+    a = np.sort(a)
+    return a[np.concatenate([[True], a[1:] != a[:-1]])] if len(a) else a
+
+
 def _swapped_order(n: int, used: np.ndarray) -> np.ndarray:
     """`used` (unique indices < n) sorted by their little-endian u32 bytes. For a
     power-of-two n that order is a transpose of arange(n) viewed as digits base 256 (low
@@ -228,7 +234,7 @@ def _lower_v4(rules: list[Rule]) -> _V4:
         if not len(a):
             continue
         bit = mdt(r.bit)
-        for plen in np.unique(p):
+        for plen in np.flatnonzero(np.bincount(p, minlength=33)):
             sel = a[p == plen]
             plen = int(plen)
             if plen <= 24:
@@ -301,17 +307,22 @@ V6_HASH = 0x9E3779B97F4A7C15  # 2^64 / phi (Fibonacci hashing); the C side match
 V6_MAX_ENTRIES = 16 << 20  # prefixes + markers; bounds the bucket array (1 GiB at 64 B)
 # IPv6 level 1: `v6_tbl24`, an ARRAY indexed by the top 24 address bits (as v4_tbl24), so a
 # source whose /24 holds nothing longer is decided by one inlined array load. Slot = ruleset
-# id of the prefixes <= /24 covering it | V6_TBL_MORE (prefixes /25-/127 inside: binary
-# search) | V6_TBL_HOSTS (/128s inside: probe v6_hosts first).
+# V6_TBL_HOSTS (/128s inside: probe v6_hosts first) | either the id of the prefixes <= /24
+# covering it, or (V6_TBL_MORE: prefixes /25-/127 inside) V6_TBL_COVER (those prefixes'
+# id is the v6_buckets entry (the /24, 24)) and the only /25-/64 length inside (one probe
+# instead of the binary search; 0: several lengths, or a /65-/127 too).
 V6_TBL_BITS = 24
 V6_TBL_GROUP = 32  # u16 slots per element: one 64-byte line
 V6_TBL_ENTRIES = (1 << V6_TBL_BITS) // V6_TBL_GROUP
 V6_TBL_MORE = 0x8000
 V6_TBL_HOSTS = 0x4000
-V6_TBL_ID_MAX = 0x3FFF  # two flag bits leave 14 id bits in a slot
+V6_TBL_ID_MAX = 0x3FFF  # without MORE: two flag bits leave 14 id bits in a slot
+V6_TBL_COVER = 0x2000  # with MORE
+V6_TBL_LEN = 0x7F  # with MORE
 V6_HOST_SLOTS = 3  # /128s per v6_hosts bucket: 3 x (hi, lo) + 3 ids + spill flag = 64 bytes
 V6_TBL_C = {"bits": V6_TBL_BITS, "group": V6_TBL_GROUP, "more": hex(V6_TBL_MORE), "hosts": hex(V6_TBL_HOSTS),
-            "id_mask": hex(V6_TBL_ID_MAX), "host_slots": V6_HOST_SLOTS}  # the template's #defines
+            "id_mask": hex(V6_TBL_ID_MAX), "cover": hex(V6_TBL_COVER), "len_mask": hex(V6_TBL_LEN),
+            "host_slots": V6_HOST_SLOTS}  # the template's #defines
 
 
 def _hi_mask(plen: int) -> np.uint64:
@@ -392,7 +403,7 @@ def _v6_hash(net: np.ndarray, plen: np.ndarray, mask: np.ndarray) -> _V6Hash:
                     (np.uint64(1) << (np.uint64(64) - np.minimum(plen, 63).astype(np.uint64))) - np.uint64(1))
     span = np.where(plen == 64, np.uint64(0), span)
     ends_max = np.maximum.accumulate(net | span) if len(net) else net
-    lens = sorted(int(x) for x in np.unique(plen))
+    lens = np.flatnonzero(np.bincount(plen, minlength=65)).tolist()
     o = np.argsort(plen.astype(np.uint8), kind="stable")  # radix; net order kept per length
     ps, ns, ms = plen[o], net[o], mask[o]
     lo_, hi_ = np.searchsorted(ps, lens, side="left"), np.searchsorted(ps, lens, side="right")
@@ -436,7 +447,7 @@ def _v6_entries(h: _V6Hash, tree: dict[str, Any] | None) -> tuple[np.ndarray, np
         mk = np.concatenate([x for x, _ in markers[a]])
         mv = np.concatenate([y for _, y in markers[a]])
         if not mv.any():
-            mk = np.unique(mk)
+            mk = _uniq(mk)
             mv = np.zeros(len(mk), dtype=np.uint64)
         else:
             o = np.argsort(mk, kind="stable")
@@ -539,6 +550,46 @@ def _v6_short(h: _V6Hash | None, mdt: type) -> np.ndarray | None:
         for s_, m in zip(top.tolist(), raw.astype(mdt).tolist(), strict=True):
             t24[s_:s_ + n] |= mdt(m)
     return t24
+
+
+def _v6_slots(h: _V6Hash | None, short: np.ndarray | None, short_nz: np.ndarray | None,
+              ids: Any, lpm: dict[tuple[int, int], int], exact: _V6Exact | None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """v6_tbl24 slots (see V6_TBL_*) and the (/24 key, id) cover entries of MORE slots."""
+    slots = np.zeros(1 << V6_TBL_BITS, dtype=np.uint16)
+    sid = None
+    if short is not None and short_nz is not None and len(short_nz):
+        sid = ids(short[short_nz]).astype(np.uint32)
+        slots[short_nz] = sid.astype(np.uint16)  # ids <= MAX_RULESETS fit 15 bits
+    shift = np.uint64(64 - V6_TBL_BITS)
+    tops = lone = np.zeros(0, dtype=np.uint64)
+    lone_len = np.zeros(0, dtype=np.uint16)
+    if h is not None and len(h.net):
+        deep = h.plen > V6_TBL_BITS
+        # the real /25-/64 prefixes in (net, plen) order: their /24s come in runs
+        top, pl = h.net[deep] >> shift, h.plen[deep]
+        if len(top):
+            starts = np.flatnonzero(np.concatenate([[True], top[1:] != top[:-1]]))
+            tops = top[starts]
+            lo_len, hi_len = np.minimum.reduceat(pl, starts), np.maximum.reduceat(pl, starts)
+            single = lo_len == hi_len  # one length in this /24
+            lone, lone_len = tops[single], lo_len[single].astype(np.uint16)
+    lpm_tops = _uniq(np.array([a >> (128 - V6_TBL_BITS) for _, a in lpm], dtype=np.uint64))
+    more = (_uniq(np.concatenate([tops, lpm_tops])) if len(lpm_tops) else tops).astype(np.int64)
+    cover = slots[more].astype(np.uint32)  # ids of the prefixes <= /24 over those /24s
+    slots[more] = np.uint16(V6_TBL_MORE) | np.where(cover != 0, V6_TBL_COVER, 0).astype(np.uint16)
+    at = np.minimum(np.searchsorted(lpm_tops, lone), max(len(lpm_tops) - 1, 0))
+    keep = ~(lpm_tops[at] == lone) if len(lpm_tops) else np.ones(len(lone), dtype=bool)
+    slots[lone[keep].astype(np.int64)] |= lone_len[keep]
+    plain = slots[short_nz] if sid is not None and short_nz is not None else np.zeros(0, dtype=np.uint16)
+    plain = plain[(plain & np.uint16(V6_TBL_MORE)) == 0]
+    if len(plain) and int(plain.max()) > V6_TBL_ID_MAX:
+        raise ValueError(f"too many distinct rule combinations with IPv6 prefixes of /{V6_TBL_BITS} "
+                         f"or shorter; at most {V6_TBL_ID_MAX}")
+    if exact is not None:
+        slots[(exact.hi >> shift).astype(np.int64)] |= np.uint16(V6_TBL_HOSTS)
+    has = cover != 0
+    return slots, more[has].astype(np.uint64) << shift, cover[has]
 
 
 def _lower_v6(rules: list[Rule]) -> tuple[_V6Exact | None, dict[tuple[int, int], int], _V6Hash | None]:
@@ -669,7 +720,7 @@ def lower(rules: list[Rule], rate_limit: dict[str, int] | None, keep: dict[str, 
 
     features: dict[str, Any] = {
         "v4": v4.layout, "v6": v6h is not None or v6_exact is not None or bool(v6_prefix),
-        "v6_exact": v6_exact is not None, "v6_prefix": bool(v6_prefix),
+        "v6_exact": v6_exact is not None, "v6_prefix": bool(v6_prefix), "v6_buckets": False,
         "v6_tree": tree,
         "ports": any(r.ports is not None for r in rules),
         "protocols": any(r.protocols is not None for r in rules),
@@ -709,21 +760,9 @@ def lower(rules: list[Rule], rate_limit: dict[str, int] | None, keep: dict[str, 
         ev = ids(v4.exact_mask).astype("<u4").view(np.uint8).reshape(-1, 4)
         maps["v4_exact"] = MapSpec("v4_exact", "hash", 4, 4, capacity(len(ek)), _rec(ek, ev))
 
+    cover_k = cover_v = None
     if features["v6"]:
-        slots = np.zeros(1 << V6_TBL_BITS, dtype=np.uint16)
-        if v6_short is not None and v6_short_nz is not None and len(v6_short_nz):
-            sid = ids(v6_short[v6_short_nz])
-            if int(sid.max()) > V6_TBL_ID_MAX:
-                raise ValueError(f"{len(uniq)} distinct rule combinations with IPv6 prefixes of /{V6_TBL_BITS} "
-                                 f"or shorter; at most {V6_TBL_ID_MAX}")
-            slots[v6_short_nz] = sid.astype(np.uint16)
-        shift = np.uint64(64 - V6_TBL_BITS)
-        if v6k is not None and v6p is not None:
-            slots[(v6k[v6p > V6_TBL_BITS] >> shift).astype(np.int64)] |= np.uint16(V6_TBL_MORE)
-        if v6_prefix:
-            slots[[a >> (128 - V6_TBL_BITS) for _, a in v6_prefix]] |= np.uint16(V6_TBL_MORE)
-        if v6_exact is not None:
-            slots[(v6_exact.hi >> shift).astype(np.int64)] |= np.uint16(V6_TBL_HOSTS)
+        slots, cover_k, cover_v = _v6_slots(v6h, v6_short, v6_short_nz, ids, v6_prefix, v6_exact)
         groups = slots.reshape(V6_TBL_ENTRIES, V6_TBL_GROUP)
         used = np.flatnonzero(groups.view(np.uint64).any(axis=1))
         maps["v6_tbl24"] = MapSpec("v6_tbl24", "array", 4, 2 * V6_TBL_GROUP, V6_TBL_ENTRIES,
@@ -742,10 +781,16 @@ def lower(rules: list[Rule], rate_limit: dict[str, int] | None, keep: dict[str, 
         maps["v6_prefix"] = MapSpec("v6_prefix", "lpm_trie", 20, 4, capacity(len(keys6)), b"".join(recs_l),
                                     flags=1)  # BPF_F_NO_PREALLOC (required by LPM tries)
 
-    if v6k is not None:
-        assert v6p is not None and v6v is not None
-        vid = np.where(v6v == 0, 0, ids(v6v)).astype(np.uint32)
-        brecs, srecs, nb6 = _v6_buckets(v6k, v6p, vid)
+    if v6k is not None or (cover_k is not None and len(cover_k)):
+        bk = [] if v6k is None else [v6k]
+        bp = [] if v6p is None else [v6p]
+        bv = [] if v6v is None else [np.where(v6v == 0, 0, ids(v6v)).astype(np.uint32)]
+        if cover_k is not None and cover_v is not None and len(cover_k):
+            bk.append(cover_k)
+            bp.append(np.full(len(cover_k), V6_TBL_BITS, dtype=np.int64))
+            bv.append(cover_v)
+        features["v6_buckets"] = True
+        brecs, srecs, nb6 = _v6_buckets(np.concatenate(bk), np.concatenate(bp), np.concatenate(bv))
         features["v6_bucket_bits"] = nb6.bit_length() - 1
         maps["v6_buckets"] = MapSpec("v6_buckets", "array", 4, 64, nb6, brecs, flags=MMAPABLE)
         maps["v6_spill"] = MapSpec("v6_spill", "hash", 16, 4, capacity(len(srecs) // 20), srecs)
@@ -812,7 +857,6 @@ def v6_path(low: Lowered, raw: bytes) -> tuple[int, list[tuple[str, bytes]]]:
     out.append(("v6_tbl24", gkey))
     at = 4 + 2 * (top % V6_TBL_GROUP)
     slot = int.from_bytes(rec[at:at + 2], "little")
-    cover = slot & V6_TBL_ID_MAX
     if slot & V6_TBL_HOSTS:
         bits = int(low.features["v6_host_bits"])
         idx = int(v6_host_bucket_of(np.array([hi], dtype=np.uint64), np.array([lo], dtype=np.uint64), bits)[0])
@@ -831,14 +875,18 @@ def v6_path(low: Lowered, raw: bytes) -> tuple[int, list[tuple[str, bytes]]]:
                     out.append(("v6_exact", raw))
                     return int.from_bytes(srec[16:], "little"), out
     if not slot & V6_TBL_MORE:
-        return cover, out
+        return slot & V6_TBL_ID_MAX, out
     if "v6_prefix" in low.maps:
         rid = _lpm_path(low, hi << 64 | lo, out)
         if rid is not None:
             return rid, out
-    if "v6_buckets" in low.maps:
-        return _v6_tree_path(low, hi, out) or cover, out
-    return cover, out
+    found = 0
+    if low.features.get("v6_tree"):
+        only = slot & V6_TBL_LEN
+        found = (_v6_probe_path(low, hi, only, out) or 0) if only else _v6_tree_path(low, hi, out)
+    if not found and slot & V6_TBL_COVER:
+        found = _v6_probe_path(low, hi, V6_TBL_BITS, out) or 0
+    return found, out
 
 
 def _lpm_path(low: Lowered, addr: int, out: list[tuple[str, bytes]]) -> int | None:
@@ -859,34 +907,39 @@ def _lpm_path(low: Lowered, addr: int, out: list[tuple[str, bytes]]) -> int | No
     return int.from_bytes(best[1][20:], "little")
 
 
-def _v6_tree_path(low: Lowered, hi: int, out: list[tuple[str, bytes]]) -> int:
-    """Walk the binary search over prefix lengths (v6_tree) for the top 64 bits `hi`,
-    appending every v6_buckets record it probes (and the v6_spill record an overflowing
-    bucket leads to). Returns the ruleset id the search ends with (0: none)."""
+def _v6_probe_path(low: Lowered, hi: int, plen: int, out: list[tuple[str, bytes]]) -> int | None:
+    """v6_probe: the id of (hi masked to plen, plen) in v6_buckets (or v6_spill), None if
+    absent; appends the records read to `out`."""
     buckets = low.maps["v6_buckets"].records or b""
     spill = low.maps["v6_spill"].records or b"" if "v6_spill" in low.maps else b""
     bits = int(low.features["v6_bucket_bits"])
+    key = hi & (((1 << plen) - 1) << (64 - plen)) if plen else 0
+    idx = (((key ^ plen) * V6_HASH) & ((1 << 64) - 1)) >> (64 - bits)
+    rec = find_record(buckets, 4, 64, idx.to_bytes(4, "little"))
+    if rec is None:
+        return None
+    out.append(("v6_buckets", rec[:4]))
+    val = rec[4:]
+    for i in range(V6_BUCKET_SLOTS):
+        k = int.from_bytes(val[8 * i:8 * i + 8], "little")
+        v = int.from_bytes(val[32 + 4 * i:36 + 4 * i], "little")
+        if k == key and v >> 16 == plen + 1:
+            return v & 0xFFFF
+    if int.from_bytes(val[48:52], "little"):
+        skey = key.to_bytes(8, "little") + plen.to_bytes(4, "little") + bytes(4)
+        srec = find_record(spill, 16, 4, skey)
+        if srec is not None:
+            out.append(("v6_spill", skey))
+            return int.from_bytes(srec[16:], "little") & 0xFFFF
+    return None
+
+
+def _v6_tree_path(low: Lowered, hi: int, out: list[tuple[str, bytes]]) -> int:
+    """Walk the binary search over prefix lengths (v6_tree) for the top 64 bits `hi`,
+    appending every record it reads. Returns the ruleset id it ends with (0: none)."""
     node, rid = low.features["v6_tree"], 0
     while node is not None:
-        plen = int(node["len"])
-        key = hi & (((1 << plen) - 1) << (64 - plen)) if plen else 0
-        idx = (((key ^ plen) * V6_HASH) & ((1 << 64) - 1)) >> (64 - bits)
-        rec = find_record(buckets, 4, 64, idx.to_bytes(4, "little"))
-        hit = None
-        if rec is not None:
-            out.append(("v6_buckets", rec[:4]))
-            val = rec[4:]
-            for i in range(V6_BUCKET_SLOTS):
-                k = int.from_bytes(val[8 * i:8 * i + 8], "little")
-                v = int.from_bytes(val[32 + 4 * i:36 + 4 * i], "little")
-                if k == key and v >> 16 == plen + 1:
-                    hit = v & 0xFFFF
-            if hit is None and int.from_bytes(val[48:52], "little"):
-                skey = key.to_bytes(8, "little") + plen.to_bytes(4, "little") + bytes(4)
-                srec = find_record(spill, 16, 4, skey)
-                if srec is not None:
-                    out.append(("v6_spill", skey))
-                    hit = int.from_bytes(srec[16:], "little") & 0xFFFF
+        hit = _v6_probe_path(low, hi, int(node["len"]), out)
         if hit is not None:
             rid, node = hit, node["long"]
         else:

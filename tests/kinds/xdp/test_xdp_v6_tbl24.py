@@ -1,8 +1,9 @@
-"""The IPv6 first level and /128 buckets (lower.py: v6_tbl24 slot = covering id | MORE |
-HOSTS, v6_hosts 3 per bucket with spill to v6_exact) against the Python reference on the
-real kernel: a slot's flags send the lookup down only where something longer lives, a
-probe that misses falls back to the prefixes <= /24 covering the slot, and /128s that
-overflow their bucket are still found."""
+"""The IPv6 first level and /128 buckets (lower.py: v6_tbl24 slot = HOSTS | covering id, or
+MORE | COVER | the only length inside; v6_hosts 3 per bucket with spill to v6_exact)
+against the Python reference on the real kernel: a slot's flags send the lookup down only
+where something longer lives, a /24 with one length is one probe, a probe that misses falls
+back to the prefixes <= /24 covering the slot, and /128s that overflow their bucket are
+still found."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from bpfpolicy.kinds.xdp import packets as pk
 from bpfpolicy.kinds.xdp.kind import XDPBlocklistKind
 from bpfpolicy.kinds.xdp.lower import (
     V6_HOST_SLOTS,
+    V6_TBL_COVER,
     V6_TBL_HOSTS,
+    V6_TBL_LEN,
     V6_TBL_MORE,
     classify,
     lower,
@@ -95,7 +98,9 @@ def test_slot_flags_and_cover_fallback(tmp_path: Path) -> None:
     ok = ["2a01:4f8:c0c:1::10", "2a02:100:5::/48"]
     art, low = _compile(tmp_path, feed, short, ok)
     assert _slot(low, "2a01:4f8::1") & V6_TBL_HOSTS and not _slot(low, "2a01:4f8::1") & V6_TBL_MORE
-    assert _slot(low, "2a01:5f9::1") & V6_TBL_MORE
+    assert _slot(low, "2a01:5f9::1") & V6_TBL_MORE and not _slot(low, "2a01:5f9::1") & V6_TBL_LEN  # /100 too
+    # one length (/48) under a painted /24: one probe, then the /24's own entry
+    assert _slot(low, "2a02:100:5::1") == V6_TBL_MORE | V6_TBL_COVER | 48
     assert _slot(low, "2a01:900::1") & 0x3FFF and not _slot(low, "2a01:900::1") & (V6_TBL_MORE | V6_TBL_HOSTS)
     assert _slot(low, "2a03::1") == 0
     srcs = ["2a01:4f8:c0c:1::9", "2a01:4f8:c0c:1::10", "2a01:4f8:c0c:1::11",  # /128s and a neighbour
