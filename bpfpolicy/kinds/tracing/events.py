@@ -83,6 +83,8 @@ def decode_event(raw: bytes, manifest: dict[str, Any], boot_offset_ns: int | Non
     }
     if meta.get("return"):
         out["return"] = ret
+        if meta.get("return_type"):
+            out["return_type"] = meta["return_type"]  # returnArg's type (Tetragon's return oneof)
     stacks_off = HEADER.size + STR + S.MAX_ARGS * ARG_SIZE
     if len(raw) >= stacks_off + 8:
         kstack, ustack = struct.unpack_from("<ii", raw, stacks_off)

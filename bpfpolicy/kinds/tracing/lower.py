@@ -219,6 +219,7 @@ class Lowering:
             "args": [{"index": a["index"], "type": a.get("type", "auto"), "label": a.get("label")}
                      for a in hook.get("args") or []],
             "return": bool(hook.get("return")),
+            **({"return_type": str((hook.get("returnArg") or {}).get("type", "int"))} if hook.get("return") else {}),
             **({"list": hook[LIST_KEY]} if LIST_KEY in hook else {}),  # one backend note per list
         }
 

@@ -65,7 +65,7 @@ def _hook_body(key: str, ev: dict[str, Any]) -> dict[str, Any]:
         body["function_name"] = function_name(hook)
     body["args"] = [a for a in map(argument, ev.get("args") or []) if a is not None]
     if "return" in ev:
-        body["return"] = {"int_arg": ev["return"]}
+        body["return"] = {SCALAR_KEYS.get(str(ev.get("return_type") or "int"), "int_arg"): ev["return"]}
     body["action"] = action(ev.get("action") or ["Post"])
     for trace in STACK_TRACES.get(key, ()):
         if ev.get(trace):

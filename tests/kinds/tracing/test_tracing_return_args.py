@@ -23,6 +23,7 @@ import pytest
 
 from bpfpolicy.kinds import Artifact
 from bpfpolicy.kinds.tracing.events import decode_event
+from bpfpolicy.kinds.tracing.tetragon_json import to_tetragon
 
 from helpers.tracing import (
     RingReader,
@@ -169,6 +170,8 @@ kprobes:
     assert fd["label"] == "fd" and fd["value"] >= 3
     kept = min(size, 256)  # bytes kept in an event (spec.CAPTURE_STRING)
     assert buf["size"] == size and bytes.fromhex(buf["value"]) == content[:kept]
+    kprobe = to_tetragon(ev)["process_kprobe"]  # Tetragon's shape: returnArg long -> long_arg
+    assert kprobe["return"] == {"long_arg": size} and kprobe["function_name"] == "__x64_sys_read"
 
 
 # ------------------------------------------------------------------ compile: kretprobe, fexit
