@@ -137,3 +137,15 @@ def test_v6_only_kernel_test_writes_the_slot_and_bucket(tmp_path: Path) -> None:
     text = art.files["kernel-test.txt"].decode()  # type: ignore[attr-defined]
     assert "map-update v6_tbl24" in text and "map-update v6_hosts" in text
     assert "map-update v6_exact" not in text
+
+
+def test_trie_only_slot_with_cover_and_no_search(tmp_path: Path) -> None:
+    """Only /65-/127 prefixes under a /16: no binary search is generated, yet the MORE slot
+    still answers with the /16's rule from its (/24, 24) bucket entry when the trie misses."""
+    require_kernel()
+    art, low = _compile(tmp_path, ["2a01:5f9:1:2::/100", "2a01:5f9:1:3::/72"], ["2a01::/16"], ["2001:db8:8::1"])
+    assert not low.features["v6_tree"] and low.features["v6_buckets"]  # type: ignore[attr-defined]
+    assert _slot(low, "2a01:5f9::1") == V6_TBL_MORE | V6_TBL_COVER
+    hits = _agree(art, low, ["2a01:5f9:1:2::1", "2a01:5f9:1:3:ff::1", "2a01:5f9:1:4::1", "2a01:5f9::1",
+                             "2a01:1::1", "2a02::1", "2001:db8:8::1"])
+    assert hits["feed"] and hits["short"] and hits["ok"]
