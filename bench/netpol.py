@@ -24,6 +24,11 @@ Two measurements, side by side in one run, for policies of 10 rules (100 CIDRs) 
    of that repetition, so host drift between repetitions cancels; `live_min_delta_ns` is
    min(setup) - min(bare) for comparison with older runs.
 
+`--before-tree DIR` (a checkout of an older revision, e.g. `git archive REV | tar -x -C
+DIR`): that tree compiles the same policy for the same endpoint, and its program runs
+side by side with the current one in the same run: rows `impl=bpfpolicy-before`, in the
+interleaved test runs and as one more interleaved live setup (ratios `*_before`).
+
 Also per case: compile time (validate + lower + build) and load time (object load + map
 contents written), and the sizes of the peer/verdict tables.
 
@@ -175,6 +180,50 @@ def compile_policy(rules: list[tuple[list[str], int]], pair: VethPair, tmp: Path
     return art, time.perf_counter() - t0
 
 
+BEFORE_COMPILE = r"""
+import json, sys
+from pathlib import Path
+tree, policy, inv, out = sys.argv[1:5]
+sys.path.insert(0, tree)
+from bpfpolicy.kinds import CompileContext
+from bpfpolicy.kinds.netpol.kind import NetworkPolicyKind
+from bpfpolicy.policy.load import load_file
+from bpfpolicy.policy.validate import validate_documents
+res = validate_documents(load_file(Path(policy)))
+(art,) = NetworkPolicyKind().compile_set([v.doc for v in res.policies],
+                                         CompileContext(options={"inventory": json.loads(inv)}))
+for name, data in art.files.items():
+    (Path(out) / name).parent.mkdir(parents=True, exist_ok=True)
+    (Path(out) / name).write_bytes(data)
+(Path(out) / "manifest.json").write_text(json.dumps(art.manifest))
+"""
+
+
+class _Files:
+    """An artifact read back from a directory (what `load` needs of one)."""
+
+    def __init__(self, d: Path) -> None:
+        self.manifest = json.loads((d / "manifest.json").read_text())
+        self.name = "before"
+        self.files = {m["contents"]: (d / m["contents"]).read_bytes()
+                      for m in self.manifest["maps"] if m.get("contents")}
+        self.files["prog.bpf.o"] = (d / "prog.bpf.o").read_bytes()
+
+
+def compile_before(tree: str, rules: list[tuple[list[str], int]], pair: VethPair, tmp: Path) -> Any:
+    """The same policy and endpoint compiled by an older checkout (its own Python modules,
+    templates and build), in a child process."""
+    out = tmp / "before-artifact"
+    subprocess.run(["rm", "-rf", str(out)], check=True)
+    out.mkdir()
+    (tmp / "before-policy.yaml").write_text(policy_yaml(rules))
+    inv = [{"name": "bench", "labels": {"app": "bench"},
+            "interfaces": [{"name": pair.if_a, "netns": pair.ns_a}], "addresses": [pair.ip4_a]}]
+    subprocess.run([sys.executable, "-c", BEFORE_COMPILE, tree, str(tmp / "before-policy.yaml"), json.dumps(inv),
+                    str(out)], check=True, cwd=tree)
+    return _Files(out)
+
+
 def load(art: Any) -> lb.BpfObject:
     obj = lb.BpfObject.open_mem(art.files["prog.bpf.o"], art.name)
     obj.load()
@@ -240,6 +289,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--frames", type=int, default=200_000)
     ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--before-tree", help="checkout of an older revision to run side by side")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/netpol.py needs root (BPF, netns, nft)")
@@ -277,8 +327,20 @@ def main() -> None:
                 assert bpf.prog_test_run(prog, miss).retval == 2 and bpf.prog_test_run(prog, hit).retval == 0
                 assert bpf.prog_test_run(prog, ack).retval == 0 and bpf.prog_test_run(prog, udp_miss).retval == 2
                 entries = {m["name"]: m.get("entries") for m in art.manifest["maps"] if "entries" in m}
-                tr = interleaved_test_runs({"miss": (prog, miss), "udp_miss": (prog, udp_miss),
-                                            "established": (prog, ack), "bare": (bare, miss)})
+                cases = {"miss": (prog, miss), "udp_miss": (prog, udp_miss), "established": (prog, ack),
+                         "bare": (bare, miss)}
+                old = None
+                if args.before_tree:
+                    old = load(compile_before(args.before_tree, rules, pair, tmp))
+                    oprog = old.program("netpol_tc_ingress").fd
+                    assert bpf.prog_test_run(oprog, hit).retval == 0 and bpf.prog_test_run(oprog, ack).retval == 0
+                    cases |= {"before_miss": (oprog, miss), "before_udp_miss": (oprog, udp_miss),
+                              "before_established": (oprog, ack)}
+                tr = interleaved_test_runs(cases)
+                if old is not None:
+                    rows.append({"impl": "bpfpolicy-before", "case": case, "test_run_miss_ns": tr["before_miss"],
+                                 "test_run_udp_miss_ns": tr["before_udp_miss"],
+                                 "test_run_established_ns": tr["before_established"]})
                 rows.append({"impl": "bpfpolicy", "case": case, "test_run_miss_ns": tr["miss"],
                              "test_run_udp_miss_ns": tr["udp_miss"],
                              "test_run_hit_ns": tr["established"], "test_run_established_ns": tr["established"],
@@ -305,8 +367,12 @@ def main() -> None:
                     "nft-set": (lambda r=rules: nft(pair, nft_set_ruleset(pair.if_a, r)), lambda: nft(pair, None)),
                     "nft-drop-only": (lambda: nft(pair, nft_ruleset(pair.if_a, None)), lambda: nft(pair, None)),
                 }
+                if old is not None:
+                    setups["bpfpolicy-before"] = (lambda p=oprog: attach(p), detach)
                 samples = live(sender, pair, miss, args.frames, args.reps, setups)
-                for impl in ("bpfpolicy", "nftables", "nft-set", "nft-drop-only"):
+                for impl in ("bpfpolicy", "nftables", "nft-set", "nft-drop-only", "bpfpolicy-before"):
+                    if impl not in samples:
+                        continue
                     rows.append({"impl": impl, "case": case,
                                  "live_ns_per_frame": round(statistics.median(samples[impl]), 1),
                                  "live_delta_ns": round(added(samples, impl), 1),
@@ -319,6 +385,12 @@ def main() -> None:
                 if added(samples, "nft-set") > 0:
                     ratios[f"live_delta_ns_vs_nft_set@{case}"] = round(ours / added(samples, "nft-set"), 4)
                 ratios[f"test_run_miss_vs_bare@{case}"] = round(tr["miss"] / tr["bare"], 3)
+                if old is not None:
+                    ratios[f"test_run_miss_vs_bare_before@{case}"] = round(tr["before_miss"] / tr["bare"], 3)
+                    if added(samples, "nft-set") > 0:
+                        ratios[f"live_delta_ns_vs_nft_set_before@{case}"] = round(
+                            added(samples, "bpfpolicy-before") / added(samples, "nft-set"), 4)
+                    old.close()
                 obj.close()
         finally:
             subprocess.run(["rm", "-rf", pin], check=False)
