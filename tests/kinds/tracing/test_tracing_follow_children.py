@@ -110,3 +110,60 @@ kprobes:
 """, name="prefix")
     errs = errors(validate(bad))
     assert any("followChildren works only with In/NotIn" in e.message for e in errs), errs
+
+
+# ------------------------------------------------------------------ guest: kprobes on 6.12
+
+GUEST_POLICY = """\
+apiVersion: bpfpolicy.io/v1
+kind: TracingPolicy
+metadata:
+  name: follow-children
+  annotations:
+    bpfpolicy.io/kernel-test: |
+      exec-expect exit=0 mkdir -p /tmp/fc && cp -f /bin/busybox /tmp/fc/sh
+      exec-expect exit=137 /tmp/fc/sh -c '/bin/busybox mkdir /tmp/fc-child; exit $?'
+      exec-expect exit=137 /tmp/fc/sh -c '/bin/sh -c "/bin/busybox mkdir /tmp/fc-grandchild; exit \\$?"; exit $?'
+      exec-expect exit=0 /bin/sh -c '/bin/busybox mkdir /tmp/fc-other; exit $?'
+spec:
+  kprobes:
+  - call: sys_mkdir
+    syscall: true
+    args: [{index: 0, type: string}]
+    selectors:
+    - matchArgs: [{index: 0, operator: Prefix, values: [/tmp/fc-]}]
+      matchBinaries: [{operator: In, values: [/tmp/fc/sh], followChildren: true}]
+      matchActions: [{action: Sigkill}]
+  - call: sys_mkdirat
+    syscall: true
+    args: [{index: 1, type: string}]
+    selectors:
+    - matchArgs: [{index: 1, operator: Prefix, values: [/tmp/fc-]}]
+      matchBinaries: [{operator: In, values: [/tmp/fc/sh], followChildren: true}]
+      matchActions: [{action: Sigkill}]
+"""
+
+
+@pytest.mark.vm
+def test_followchildren_sigkill_on_kprobes_in_a_612_guest(tmp_path: Path, cli) -> None:  # noqa: ANN001
+    """Debian 6.12 (QEMU, kprobe backend, busybox guest): a mkdir started by a copy of
+    busybox at /tmp/fc/sh (a child and a grandchild running /bin/busybox) is killed;
+    the same mkdir under the ordinary /bin/sh is not."""
+    import json
+
+    if not shutil.which("qemu-system-x86_64"):
+        pytest.skip("qemu-system-x86_64 not installed")
+    from bpfpolicy.resources import cache_dir
+
+    if not (cache_dir() / "kernels" / "6.12" / "vmlinuz").exists():
+        pytest.skip("Debian 6.12 kernel not cached (bpfpolicy kernel-test --kernels 6.12 fetches it)")
+    pol = tmp_path / "policies"
+    pol.mkdir()
+    (pol / "follow-children.yaml").write_text(GUEST_POLICY)
+    out = tmp_path / "out"
+    code, text = cli("kernel-test", str(pol), "--kernels", "6.12", "--format", "json", "--out", str(out))
+    results = json.loads((out / "results.json").read_text())
+    rows = json.dumps(results)
+    assert code == 0 and results["ok"] is True, text
+    assert "kprobe/__x64_sys_mkdir" in rows, rows
+    assert rows.count("exit=137 (want exit=137)") == 2 and "fc-other; exit $?'` exit=0 (want exit=0)" in rows, rows
