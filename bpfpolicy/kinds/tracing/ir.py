@@ -130,6 +130,9 @@ class StringMatch:
     # matchBinaries followChildren (buffer "parent", scratch): the process's executable,
     # else its ancestors' up `real_parent`, at most this many tasks in all (0: not followed).
     follow: int = 0
+    # ... and Equal helpers of the listed paths' file names: an ancestor's executable is
+    # walked to a full path only when its file name is one of them (empty: always walked).
+    follow_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

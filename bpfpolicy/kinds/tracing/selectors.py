@@ -88,8 +88,10 @@ class SelectorBuilder:
             # real_parent), into per-CPU scratch like matchParentBinaries.
             self.uses.parent_binary = True
             match = self._binary(m, path, "parent")
+            bases = sorted({str(v).rstrip("\0").rsplit("/", 1)[-1] for v in m.get("values") or []})
+            names = tuple(self._literal("Equal", b) for b in bases) if all(bases) else ()
             return replace(match, text=match.text + " or an ancestor's (followChildren)",
-                           follow=S.FOLLOW_CHILDREN_DEPTH)
+                           follow=S.FOLLOW_CHILDREN_DEPTH, follow_names=names)
         return self._binary(m, path, "binary")
 
     def _match_parent_binaries(self, m: dict[str, Any], path: PathT, positions: Positions) -> Matcher:
