@@ -120,7 +120,8 @@ EarlyHook = Callable[[list[Any]], dict[str, set[str]]]
 
 
 def build(paths: list[Path], out_dir: Path, ctx: Any = None, *, prebuilt: bool = False,
-          early: EarlyHook | None = None, timings: dict[str, float] | None = None) -> DesiredState:
+          early: EarlyHook | None = None, timings: dict[str, float] | None = None,
+          memo: Any = None) -> DesiredState:
     """Compile policy files into one desired state (manifests in sources are ignored).
 
     `prebuilt=True` is the operator's `--prebuilt DIR`: `paths` are artifact trees whose
@@ -130,7 +131,9 @@ def build(paths: list[Path], out_dir: Path, ctx: Any = None, *, prebuilt: bool =
     tree is known to be accepted — before their digests are computed and their files
     written, which for a 1M-entry list is most of the time — and returns, per policy
     key, the maps whose patch it already wrote into the kernel. `timings` collects
-    milliseconds per step (validate, compile, early, artifacts)."""
+    milliseconds per step (validate, compile, early, artifacts). `memo`: a
+    `policy.validate.ValidationMemo` kept across cycles (unchanged files are not parsed
+    again)."""
     state = DesiredState()
     if prebuilt:
         _read_prebuilt(paths, state)
@@ -149,7 +152,7 @@ def build(paths: list[Path], out_dir: Path, ctx: Any = None, *, prebuilt: bool =
                 "(artifacts are compiled on this host; docs/controller.md)", "warning"))
         policy_paths.append(p)
     if policy_paths:
-        _compile(policy_paths, out_dir, ctx, state, ignored, early, timings if timings is not None else {})
+        _compile(policy_paths, out_dir, ctx, state, ignored, early, timings if timings is not None else {}, memo)
     return state
 
 
@@ -170,7 +173,7 @@ def _read_prebuilt(paths: list[Path], state: DesiredState) -> None:
 
 def _compile(paths: list[Path], out_dir: Path, ctx: Any, state: DesiredState,
              ignored: set[Path] | None = None, early: EarlyHook | None = None,
-             timings: dict[str, float] | None = None) -> None:
+             timings: dict[str, float] | None = None, memo: Any = None) -> None:
     from ..kinds import CompileContext
     from ..kinds.xdp.sources import policy_tree
     from ..policy.compile import compile_validation
@@ -184,9 +187,10 @@ def _compile(paths: list[Path], out_dir: Path, ctx: Any, state: DesiredState,
     if ignored:  # compile every file but the ignored manifests; sourceFiles keep the given roots
         files = [f for f in iter_policy_files(paths) if f not in ignored]
     with policy_tree(paths):
-        validation = validate_paths(files)
+        validation = validate_paths(files, memo=memo)
         t = lap(timings, "validate", t)
-        result = compile_validation(validation, ctx or CompileContext())
+        result = compile_validation(validation, ctx or CompileContext(),
+                                    getattr(memo, "compiled", None) if memo is not None else None)
     t = lap(timings, "compile", t)
     state.diagnostics.extend(result.diagnostics)
     if not result.ok:

@@ -108,6 +108,9 @@ class Reconciler:
         self.progress = progress
         self.store = Store(cfg.state_dir)
         self._memo: tuple[str, DesiredState] | None = None
+        from ..policy.validate import ValidationMemo
+
+        self._validation = ValidationMemo()
         self._started = False
         self._snap: Snapshot | None = None
 
@@ -125,9 +128,12 @@ class Reconciler:
                                             self.store.status()["policies"], artifacts)
                 res.notes.extend(notes)
                 return done
+        # file-triggered cycles reuse the validation of unchanged self-contained files;
+        # deep ones (startup, interval, SIGHUP) validate everything again
+        memo = self._validation if res is not None and not res.deep else None
         with _kind_notes(res.notes if res is not None else []):
             state = build(snap.paths, self.cfg.state_dir / "artifacts", self.compile_context(),
-                          prebuilt=self.prebuilt, early=hook, timings=timings)
+                          prebuilt=self.prebuilt, early=hook, timings=timings, memo=memo)
         if state.ok:
             self._memo = (snap.revision, state)
         return state

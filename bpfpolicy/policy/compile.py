@@ -6,9 +6,11 @@ per policy, atomically, so an interrupted compile never leaves a half artifact.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..kinds import Artifact, CompileContext, Kind
 from ..kinds.base import located_diagnostic
@@ -37,8 +39,13 @@ def compile_paths(paths: Iterable[str | Path], ctx: CompileContext | None = None
     return compile_validation(validate_paths(paths, lenient=lenient), ctx)
 
 
-def compile_validation(validation: ValidationResult, ctx: CompileContext | None = None) -> CompileResult:
-    """`compile_paths` after its validation step (the controller times the two apart)."""
+def compile_validation(validation: ValidationResult, ctx: CompileContext | None = None,
+                       memo: dict[Any, Any] | None = None) -> CompileResult:
+    """`compile_paths` after its validation step (the controller times the two apart).
+
+    `memo` (the controller keeps one across cycles): a kind whose models are the very
+    objects of the last compile (a `ValidationMemo` reused them: their files did not
+    change) with an equal context is not compiled again; its artifacts are reused."""
     result = CompileResult(diagnostics=list(validation.diagnostics), validation=validation)
     if not validation.ok:
         return result
@@ -46,11 +53,25 @@ def compile_validation(validation: ValidationResult, ctx: CompileContext | None 
     by_kind: dict[type[Kind], list[Validated]] = {}
     for policy in validation.policies:
         by_kind.setdefault(policy.ident.kind, []).append(policy)
+    fresh: dict[Any, Any] = {}
     for kind_cls, policies in by_kind.items():
         owner = {id(p.model): p for p in policies}
-        compiled = kind_cls().compile_all([p.model for p in policies], ctx)
+        models = [p.model for p in policies]
+        hit = (memo or {}).get(kind_cls)
+        if hit is not None and len(hit[0]) == len(models) and all(a is b for a, b in zip(hit[0], models, strict=True)) \
+                and hit[1] == ctx:
+            compiled = hit[2]
+            for _, artifact in compiled.artifacts:
+                artifact.patches = {}  # made against an older base
+        else:
+            compiled = kind_cls().compile_all(models, ctx)
+        if memo is not None and not any(d.severity == "error" for d in compiled.diagnostics):
+            fresh[kind_cls] = (models, copy.deepcopy(ctx), compiled)
         result.artifacts += [(owner[id(model)], artifact) for model, artifact in compiled.artifacts]
         result.diagnostics += compiled.diagnostics
+    if memo is not None:
+        memo.clear()
+        memo.update(fresh)
     return result
 
 

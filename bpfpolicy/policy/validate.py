@@ -59,12 +59,37 @@ class ValidationResult:
         return not self.errors
 
 
-def validate_paths(paths: Iterable[str | Path], lenient: bool = False) -> ValidationResult:
+@dataclass
+class ValidationMemo:
+    """Per policy file, its documents and their validation, reused while the file is
+    unchanged (device, inode, size, mtime and ctime in ns) and every document in it
+    validated and is of a kind whose model depends on the document alone
+    (`Kind.self_contained`; XDPBlocklist reads `sourceFiles`, so it is always checked
+    again). The controller keeps one across `watch` cycles: an edit to one policy no
+    longer re-parses a 10k-CIDR NetworkPolicy beside it."""
+
+    files: dict[str, tuple[tuple[int, ...], list[Document], list[Diagnostic], list[Any]]] = field(
+        default_factory=dict)
+    reused: int = 0  # documents reused by the last validate_paths
+    compiled: dict[Any, Any] = field(default_factory=dict)  # policy.compile.compile_validation's memo
+
+    def key(self, f: Path) -> tuple[int, ...] | None:
+        try:
+            st = f.stat()
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def validate_paths(paths: Iterable[str | Path], lenient: bool = False,
+                   memo: ValidationMemo | None = None) -> ValidationResult:
     from ..kinds.xdp.sources import current_roots, root_for, tree_roots
 
     paths = list(paths)
-    docs, diags = load_paths(paths)
     roots = current_roots() or tree_roots(paths)
+    if memo is not None and not lenient:
+        return _validate_with_memo(paths, roots, memo)
+    docs, diags = load_paths(paths)
     for doc in docs:  # files a policy may read (sourceFiles) stay inside its tree
         doc.tree_root = root_for(doc.file, roots)
     result = validate_documents(docs, lenient=lenient)
@@ -73,11 +98,45 @@ def validate_paths(paths: Iterable[str | Path], lenient: bool = False) -> Valida
     return result
 
 
+def _validate_with_memo(paths: list[str | Path], roots: Any, memo: ValidationMemo) -> ValidationResult:
+    from ..kinds.xdp.sources import root_for
+    from .load import iter_policy_files
+
+    docs: list[Document] = []
+    diags: list[Diagnostic] = []
+    results: list[Any] = []
+    fresh: dict[str, Any] = {}
+    memo.reused = 0
+    for f in iter_policy_files(paths):
+        key, hit = memo.key(f), memo.files.get(str(f))
+        if hit is not None and key is not None and hit[0] == key:
+            memo.reused += len(hit[1])
+        else:
+            fdocs, fdiags = load_paths([f])
+            for doc in fdocs:
+                doc.tree_root = root_for(doc.file, roots)
+            hit = (key or (), fdocs, fdiags, [validate_document(doc) for doc in fdocs])
+        if key is not None and not hit[2] and all(v is not None and getattr(v.ident.kind, "self_contained", False)
+                                                  for v, _ in hit[3]):
+            fresh[str(f)] = hit
+        docs += hit[1]
+        diags += hit[2]
+        results += hit[3]
+    memo.files = fresh
+    result = _collect(zip(docs, results, strict=True))
+    result.diagnostics[:0] = diags
+    result.files = len({d.file for d in docs} | {d.file for d in diags})
+    return result
+
+
 def validate_documents(docs: Iterable[Document], lenient: bool = False) -> ValidationResult:
+    return _collect((doc, validate_document(doc, lenient=lenient)) for doc in docs)
+
+
+def _collect(checked: Iterable[tuple[Document, tuple[Validated | None, list[Diagnostic]]]]) -> ValidationResult:
     result = ValidationResult()
     seen: dict[tuple[str, str], Document] = {}
-    for doc in docs:
-        validated, diags = validate_document(doc, lenient=lenient)
+    for doc, (validated, diags) in checked:
         result.diagnostics.extend(diags)
         if validated is None:
             continue
