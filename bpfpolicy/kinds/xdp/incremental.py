@@ -122,15 +122,24 @@ def lower_incremental(key: str, rules: list[Rule], rate: dict[str, int] | None, 
     return Incremental(low, None)
 
 
-def _diff(old: np.ndarray, new: np.ndarray) -> tuple[int, int, int]:
-    """Positional diff: (prefix, old_end, new_end) of the differing middle."""
-    m = min(len(old), len(new))
-    ne = np.flatnonzero(old[:m] != new[:m])
-    p = int(ne[0]) if len(ne) else m
-    tail = min(len(old), len(new)) - p
-    ne = np.flatnonzero(old[len(old) - tail:][::-1] != new[len(new) - tail:][::-1]) if tail else np.zeros(0)
-    s = int(ne[0]) if len(ne) else tail
-    return p, len(old) - s, len(new) - s
+def _diff(old: tuple[np.ndarray, ...], new: tuple[np.ndarray, ...]) -> tuple[int, int, int]:
+    """Positional diff of parallel arrays (entry i = (old[0][i], old[1][i], …)):
+    (prefix, old_end, new_end) of the differing middle. Compared column by column, no
+    combined keys built (1M entries: two 4 MB compares, not three 8 MB arrays)."""
+    lo, ln = len(old[0]), len(new[0])
+    m = min(lo, ln)
+    head = np.zeros(m, dtype=bool)
+    for a, b in zip(old, new, strict=True):
+        head |= a[:m] != b[:m]
+    p = int(np.argmax(head)) if head.any() else m
+    tail = m - p
+    s = tail
+    if tail:
+        back = np.zeros(tail, dtype=bool)
+        for a, b in zip(old, new, strict=True):
+            back |= a[lo - tail:][::-1] != b[ln - tail:][::-1]
+        s = int(np.argmax(back)) if back.any() else tail
+    return p, lo - s, ln - s
 
 
 def _changed(st: _State, rules: list[Rule]) -> set[int] | str:
@@ -143,15 +152,12 @@ def _changed(st: _State, rules: list[Rule]) -> set[int] | str:
         if not (np.array_equal(o.v6_hi, n.v6_hi) and np.array_equal(o.v6_lo, n.v6_lo)
                 and np.array_equal(o.v6_plen, n.v6_plen)):
             return "IPv6 entries changed"
-        ko = o.v4_addr.astype(np.uint64) << np.uint64(8) | o.v4_plen
-        kn = n.v4_addr.astype(np.uint64) << np.uint64(8) | n.v4_plen
-        p, oe, ne = _diff(ko, kn)
-        mid = np.concatenate([ko[p:oe], kn[p:ne]])
-        if len(mid) > PATCH_MAX:
+        p, oe, ne = _diff((o.v4_addr, o.v4_plen), (n.v4_addr, n.v4_plen))
+        if (oe - p) + (ne - p) > PATCH_MAX:
             return f"more than {PATCH_MAX} entries changed"
-        if np.any((mid & np.uint64(0xFF)) != 32):
+        if np.any(o.v4_plen[p:oe] != 32) or np.any(n.v4_plen[p:ne] != 32):
             return "a changed entry is a prefix, not a /32"
-        touched.update(int(x) >> 8 for x in mid)
+        touched.update(int(x) for x in np.concatenate([o.v4_addr[p:oe], n.v4_addr[p:ne]]))
         if len(touched) > PATCH_MAX:
             return f"more than {PATCH_MAX} entries changed"
     return touched
@@ -167,14 +173,18 @@ def _plan_upsert(records: bytes, vsize: int, changes: dict[int, bytes | None]
     the keys dropped that were present, the record count after)."""
     n = 4 + vsize
     keys = np.frombuffer(records, dtype=">u4")[::n // 4]
+    order = sorted(changes, key=lambda i: int.from_bytes(i.to_bytes(4, "little"), "big"))
+    wanted = np.array([int.from_bytes(i.to_bytes(4, "little"), "big") for i in order], dtype=np.uint32)
+    # one search for every change (a strided big-endian view would be converted per call)
+    at = np.searchsorted(keys, wanted) if len(keys) else np.zeros(len(order), dtype=np.int64)
     steps: list[Step] = []
     written: list[bytes] = []
     dropped: list[bytes] = []
     count = len(keys)
-    for idx in sorted(changes, key=lambda i: int.from_bytes(i.to_bytes(4, "little"), "big")):
+    for idx, want, pos in zip(order, wanted, at, strict=True):
         kb = idx.to_bytes(4, "little")
-        pos = int(np.searchsorted(keys, int.from_bytes(kb, "big")))
-        present = pos < len(keys) and int(keys[pos]) == int.from_bytes(kb, "big")
+        pos = int(pos)
+        present = pos < len(keys) and int(keys[pos]) == int(want)
         value = changes[idx]
         rec = kb + value if value is not None else None
         if rec is not None:
