@@ -11,7 +11,9 @@ A file being written is waited for: a write event on a file starts a wait for it
 close (IN_CLOSE_WRITE), and only once no file the source saw written is still open does
 the short SETTLE quiet period start — so a 14 MB list written in place is read whole, not
 half-truncated, and a finished write is picked up within milliseconds instead of a fixed
-debounce. A writer that keeps a file open is bounded by MAX_DELAY as before.
+debounce. Once events have kept coming for BURST, the quiet period is DEBOUNCE again (a
+stream of writes is coalesced as before). A writer that keeps a file open is bounded by
+MAX_DELAY.
 
 SIGTERM/SIGINT stop the loop after the current cycle and leave every program loaded and
 attached (pins keep them); the next start adopts them — same digests plan as no-op.
@@ -45,6 +47,7 @@ log = logging.getLogger("bpfpolicy.controller")
 DEBOUNCE = 0.01  # quiet period after events with no write in progress (directory changes, SIGHUP)
 SETTLE = 0.002  # quiet period once every file written has been closed: a `git checkout`'s next
 # file follows its predecessor's close within microseconds, so this still coalesces it
+BURST = 0.05  # events still coming this long after the first: a burst, DEBOUNCE applies again
 MAX_DELAY = 0.5
 JITTER = 0.1
 TIMINGS_ENV = "BPFPOLICY_TIMINGS"  # set: every cycle's log line ends with ms per phase
@@ -63,9 +66,11 @@ class Trigger:
         self.waited = 0.0  # seconds from the first pending event to the cycle's start
 
     def poke(self, reason: str, immediate: bool = False, *, writing: str | None = None,
-             closed: str | None = None) -> None:
+             closed: str | None = None, done: bool = False, echo: bool = False) -> None:
         """`writing`: a file was modified (wait for its close); `closed`: a file written
-        was closed (IN_CLOSE_WRITE) — once none is open, SETTLE is the quiet period."""
+        was closed (IN_CLOSE_WRITE), `done`: a complete operation (delete, rename) — once
+        no written file is open, SETTLE is the quiet period. `echo`: a directory's own
+        event that accompanies a file event (its mtime changed): the quiet period stays."""
         with self._cond:
             now = time.monotonic()
             if self._first is None:
@@ -74,7 +79,8 @@ class Trigger:
                 self._writing.add(writing)
             if closed is not None:
                 self._writing.discard(closed)
-            self._quiet = SETTLE if closed is not None and not self._writing else DEBOUNCE
+            if not echo:
+                self._quiet = SETTLE if (closed is not None or done) and not self._writing else DEBOUNCE
             self._last = now - (MAX_DELAY if immediate else 0)
             self.reasons.add(reason)
             self._cond.notify_all()
@@ -88,6 +94,8 @@ class Trigger:
                 if self._first is not None:
                     assert self._last is not None
                     quiet = MAX_DELAY if self._writing else self._quiet
+                    if self._last - self._first > BURST:
+                        quiet = max(quiet, DEBOUNCE)
                     due = min(self._last + quiet, self._first + MAX_DELAY)
                     if now >= due:
                         self.waited = now - self._first
@@ -129,13 +137,16 @@ class Watcher:
                 kind = getattr(event, "event_type", "")
                 if kind in ("opened", "closed_no_write"):
                     return
-                path = None if getattr(event, "is_directory", False) else str(getattr(event, "src_path", ""))
+                is_dir = bool(getattr(event, "is_directory", False))
+                path = None if is_dir else str(getattr(event, "src_path", ""))
                 if kind in ("modified", "created") and path:
                     trig.poke("file", writing=path)
                 elif kind == "closed" and path:
                     trig.poke("file", closed=path)
-                else:
-                    trig.poke("file")
+                elif kind in ("deleted", "moved") and path:
+                    trig.poke("file", done=True)
+                else:  # a directory's modified event follows every file event in it
+                    trig.poke("file", echo=is_dir and kind == "modified")
 
         self._observer = Observer()
         for p in self.paths:

@@ -31,3 +31,14 @@ def test_sighup_is_not_held_back_by_an_open_write() -> None:
     trig.poke("file", writing="/src/list.txt")
     trig.poke("SIGHUP", immediate=True)
     assert trig.wait(5.0, stop) == {"file", "SIGHUP"}
+
+
+def test_a_directory_echo_does_not_reset_the_quiet_period() -> None:
+    """watchdog reports the parent directory `modified` right after a file's close; that
+    echo must not turn the 2 ms settle back into the 10 ms debounce."""
+    trig, stop = Trigger(), threading.Event()
+    trig.poke("file", writing="/src/a.yaml")
+    trig.poke("file", closed="/src/a.yaml")
+    trig.poke("file", echo=True)
+    assert trig._quiet == watch.SETTLE  # noqa: SLF001 - the state the echo must not change
+    assert trig.wait(5.0, stop) == {"file"}
