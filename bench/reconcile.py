@@ -169,8 +169,29 @@ def prog_id(pin: str) -> int | None:
         os.close(fd)
 
 
+def cycles_logged(log_path: Path) -> int:
+    return sum(1 for line in log_path.read_text().splitlines() if line.startswith("[file]"))
+
+
+def wait_cycle(log_path: Path, before: int, timeout: float = 60.0) -> None:
+    """Until the watch has logged a file-triggered cycle after the `before`-th and then been
+    quiet for 0.3 s: the change's cycle (and its bookkeeping after the kernel write) is
+    over, so the next round measures one change alone, not a queue."""
+    deadline = time.monotonic() + timeout
+    while cycles_logged(log_path) <= before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    size, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        now = log_path.stat().st_size
+        if now != size:
+            size, since = now, time.monotonic()
+        elif time.monotonic() - since >= 0.3:
+            return
+        time.sleep(0.05)
+
+
 def incremental_latency(reps: int, env: dict[str, str], work: Path, netns: str,
-                        netpol: bool = True) -> tuple[dict[str, list[float]], str]:
+                        netpol: bool = True, np_cidrs: int = NP_CIDRS) -> tuple[dict[str, list[float]], str]:
     """`one-line@1M` (XDPBlocklist, 1M-line list) and `cidr-add` (NetworkPolicy), interleaved
     rounds through one real `bpfpolicy watch`; returns latencies and the watch log."""
     from bpfpolicy.kinds.netpol.packets import frame
@@ -182,7 +203,7 @@ def incremental_latency(reps: int, env: dict[str, str], work: Path, netns: str,
     (src / "big.txt").write_text("\n".join(lines) + "\n")
     (src / "xdp.yaml").write_text(POLICY.format(netns=netns, extra="", rule="").replace(
         "name: bench}", "name: big}").replace("sources: [192.0.2.0/24]", "sourceFiles: [big.txt]"))
-    cidrs = [f"{10 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}.0/24" for i in range(NP_CIDRS)]
+    cidrs = [f"{10 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}.0/24" for i in range(np_cidrs)]
     if netpol:
         (src / "np.yaml").write_text(NETPOL.format(cidrs=", ".join(cidrs)))
     cfg = work / "inc-config.yaml"
@@ -204,30 +225,33 @@ def incremental_latency(reps: int, env: dict[str, str], work: Path, netns: str,
         wait_verdict(xpin, xpkt, 2, timeout=300)
         if netpol:
             wait_verdict(npin, frame("198.51.100.1", "192.0.2.200", 17, 4444, 53), 2, timeout=120)  # SHOT
-        time.sleep(1.0)
+        time.sleep(2.0)  # the startup cycle's bookkeeping
         ids = (prog_id(xpin), prog_id(npin))
         for i in range(reps):
             for new, want in ((PROBE_SRC, 1), (original, 2)):  # one line in, then back
                 lines[EDIT_LINE] = new
                 data = ("\n".join(lines) + "\n").encode()
+                n = cycles_logged(log_path)
                 t0 = time.perf_counter()
                 with open(src / "big.txt", "wb") as fh:
                     fh.write(data)
                 out["list write (part of one-line@1M)"].append((time.perf_counter() - t0) * 1000)
                 out["one-line@1M"].append((wait_verdict(xpin, xpkt, want) - t0) * 1000)
-                time.sleep(0.5)
+                wait_cycle(log_path, n)
             if not netpol:
                 continue
             peer = f"198.51.100.{i + 1}"
             npkt = frame(peer, "192.0.2.200", 17, 4444, 53)
             assert verdict(npin, npkt) == 2, "probe peer allowed before its CIDR was added"
             text = NETPOL.format(cidrs=", ".join([*cidrs, f"{peer}/32"]))
+            n = cycles_logged(log_path)
             t0 = time.perf_counter()
             (src / "np.yaml").write_text(text)
             out["cidr-add"].append((wait_verdict(npin, npkt, 0) - t0) * 1000)  # TC_ACT_OK
-            time.sleep(0.5)
+            wait_cycle(log_path, n)
+            n = cycles_logged(log_path)
             (src / "np.yaml").write_text(NETPOL.format(cidrs=", ".join(cidrs)))
-            time.sleep(0.5)
+            wait_cycle(log_path, n)
             now = (prog_id(xpin), prog_id(npin))
             assert now == ids, f"a program was replaced: {ids} -> {now}"
     except (TimeoutError, AssertionError):
@@ -295,6 +319,7 @@ def destroy(root: str, state: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=9)
+    ap.add_argument("--np-cidrs", type=int, default=NP_CIDRS, help="CIDRs in the cidr-add NetworkPolicy")
     ap.add_argument("--cases", default="all", help="all; 'incremental' (one-line@1M and cidr-add only); 'one-line' (XDP alone)")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -320,7 +345,7 @@ def main() -> None:
             lat["compile only (XDPBlocklist kind)"] = compile_cost(args.reps, work, netns)
         inc_env = {**env, "BPFPOLICY_BPFFS_ROOT": roots[2], "BPFPOLICY_STATE_DIR": states[2]}
         inc, watch_log = incremental_latency(args.reps, inc_env, work, netns,
-                                                netpol=args.cases != "one-line")
+                                                netpol=args.cases != "one-line", np_cidrs=args.np_cidrs)
         lat.update(inc)
         lat.update(cycle_phases(watch_log))
         slow = [ln.strip() for ln in watch_log.splitlines() if ln.startswith("  ")]
@@ -340,20 +365,23 @@ def main() -> None:
     for case, v in med.items():
         print(f"{case:>34}: median {v:8.2f} ms  (samples: {', '.join(f'{x:.1f}' for x in sorted(samples[case]))})",
               file=sys.stderr)
-    print(json.dumps({"bench": "reconcile", "kernel": platform.release(), "rows": rows, "ratios": ratios}))
+    print(json.dumps({"bench": "reconcile", "kernel": platform.release(), "np_cidrs": args.np_cidrs,
+                      "list_lines": LIST_LINES, "rows": rows, "ratios": ratios}))
 
 
 def cycle_phases(watch_log: str) -> dict[str, list[float]]:
-    """Per-phase milliseconds of the file-triggered cycles that changed something, from the
-    watch log's `timings:` lines (BPFPOLICY_TIMINGS=1): `phase <name>` samples."""
+    """Per-phase milliseconds of the file-triggered cycles, from the watch log's `timings:`
+    lines (BPFPOLICY_TIMINGS=1): `phase[xdp|netpol] <name>` samples, by which policy the
+    cycle updated (the restoring writes between rounds are cycles too)."""
     out: dict[str, list[float]] = {}
     for line in watch_log.splitlines():
         if "timings:" not in line or "[file]" not in line:
             continue
+        which = "xdp" if "XDPBlocklist/" in line else "netpol" if "NetworkPolicy/" in line else "other"
         for part in line.split("timings:", 1)[1].split():
             name, _, ms = part.partition("=")
             try:
-                out.setdefault(f"phase {name}", []).append(float(ms))
+                out.setdefault(f"phase[{which}] {name}", []).append(float(ms))
             except ValueError:
                 continue
     return out

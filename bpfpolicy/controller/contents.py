@@ -85,7 +85,8 @@ def write_patch(fd: int, patch: MapPatch, spec: dict[str, Any]) -> tuple[int, in
 def early_patches(state_dir: Path, inventory: dict[str, dict[str, Any]], policies: dict[str, Any],
                   artifacts: list[Any]) -> tuple[dict[str, set[str]], list[str]]:
     """The fast path of a file-triggered cycle: for each compiled artifact whose kind
-    patched its previous lowering, write the patches straight into the pinned maps when
+    patched its previous lowering (or, for a kind that does not, whose content maps this
+    process can diff against what it applied), write the patches straight into the pinned maps when
     nothing else about the policy changed (same program, map definitions and
     attachments as applied, not held Stalled) and every patch's base is exactly what this
     process applied. Returns ({policy: maps written}, notes saying why a policy with
@@ -97,14 +98,19 @@ def early_patches(state_dir: Path, inventory: dict[str, dict[str, Any]], policie
     done: dict[str, set[str]] = {}
     notes: list[str] = []
     for art in artifacts:
-        if not art.patches:
-            continue
         key = f"{art.kind}/{art.name}"
-        why = _refusal(state_dir, key, art, inventory.get(key), policies.get(key) or {}, _map_defs, _att_keys)
-        if why:
-            notes.append(f"{key}: full diff ({why})")
+        from_kind = bool(art.patches)
+        entry = inventory.get(key)
+        why = _refusal(art, entry, policies.get(key) or {}, _map_defs, _att_keys)
+        if not why and not from_kind and not _diff_patches(state_dir, key, art, entry):
             continue
-        entry = inventory[key]
+        why = why or _base_refusal(state_dir, key, art, entry)
+        if why or entry is None:
+            if from_kind:
+                notes.append(f"{key}: full diff ({why})")
+            else:
+                art.patches = {}
+            continue
         specs = {m["name"]: m for m in art.manifest.get("maps", [])}
         written: set[str] = set()
         try:
@@ -119,8 +125,35 @@ def early_patches(state_dir: Path, inventory: dict[str, dict[str, Any]], policie
     return done, notes
 
 
-def _refusal(state_dir: Path, key: str, art: Any, entry: dict[str, Any] | None, status: dict[str, Any],
-             map_defs: Any, att_keys: Any) -> str | None:
+def _diff_patches(state_dir: Path, key: str, art: Any, entry: dict[str, Any] | None) -> bool:
+    """A kind without patches (NetworkPolicy, a full XDP lowering): diff each content map
+    against what this process applied — small maps cost microseconds, and the kernel then
+    gets the delta before the artifact is hashed and written. Sets `art.patches`; False
+    when there is nothing (or no known base) to diff against."""
+    from ..kernel import maps
+
+    if entry is None:
+        return False
+    patches: dict[str, MapPatch] = {}
+    for spec in art.manifest.get("maps", []):
+        if not spec.get("contents"):
+            continue
+        new = art.files.get(spec["contents"])
+        info = entry.get("maps", {}).get(spec["name"], {})
+        current = recall(state_dir, key, spec["name"], info.get("contents_sha256"))
+        if new is None or current is None:
+            return False  # deferred contents or an unknown base: the regular path
+        if current is new or current == new:
+            continue
+        upsert, delete = maps.diff_records(current, new, spec["key_size"], spec["value_size"])
+        patches[spec["name"]] = MapPatch(current, upsert, delete)
+    art.patches = patches
+    return bool(patches)
+
+
+def _refusal(art: Any, entry: dict[str, Any] | None, status: dict[str, Any], map_defs: Any,
+             att_keys: Any) -> str | None:
+    """Why the policy as a whole cannot take the fast path."""
     if entry is None:
         return "not applied yet"
     if status.get("condition") == "Stalled":
@@ -130,8 +163,13 @@ def _refusal(state_dir: Path, key: str, art: Any, entry: dict[str, Any] | None, 
         return "program changed"
     if map_defs(entry.get("manifest", {})) != map_defs(m) or att_keys(entry.get("manifest", {})) != att_keys(m):
         return "map definitions or attachments changed"
+    return None
+
+
+def _base_refusal(state_dir: Path, key: str, art: Any, entry: dict[str, Any] | None) -> str | None:
+    """Why a patch cannot be written: its base is not what this process applied."""
     for name, patch in art.patches.items():
-        info = entry.get("maps", {}).get(name, {})
+        info = (entry or {}).get("maps", {}).get(name, {})
         if not info.get("pin"):
             return f"map {name} not pinned"
         if not patch_applies(patch, recall(state_dir, key, name, info.get("contents_sha256"))):
