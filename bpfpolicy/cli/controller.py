@@ -307,9 +307,16 @@ def events_cmd(config_path: str | None, follow: bool, output: str, count: int | 
 def _printer(output: str):  # noqa: ANN202
     from .render import event_line
 
-    if output == "compact":
-        return lambda ev: click.echo(event_line(ev))
-    return lambda ev: click.echo(json.dumps(ev, default=str))
+    render = event_line if output == "compact" else (lambda ev: json.dumps(ev, default=str))
+
+    def emit(ev) -> None:  # noqa: ANN001
+        line = render(ev)
+        _WRITING.append(True)  # a stop signal now exits at once (see _stop_on_signals)
+        try:
+            click.echo(line)
+        finally:
+            _WRITING.clear()
+    return emit
 
 
 def _print_events(lines, printer, count: int | None, filters: dict) -> None:  # noqa: ANN001
@@ -329,11 +336,22 @@ def _print_events(lines, printer, count: int | None, filters: dict) -> None:  # 
         pass
 
 
+_WRITING: list[bool] = []  # non-empty while a line is being written to stdout
+
+
 def _stop_on_signals(stop) -> None:  # noqa: ANN001
+    """SIGINT/SIGTERM ask the stream to end after its current poll, so the last lines
+    are flushed. A write blocked on a full pipe (a reader that stopped reading) would be
+    retried after the handler (PEP 475) and never reach the next poll: then exit at once."""
     import signal
 
+    def handler(*_: object) -> None:
+        stop()
+        if _WRITING:
+            raise SystemExit(0)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop())
+        signal.signal(sig, handler)
 
 
 def _from_rings(cfg, *, since: float | None):  # noqa: ANN001, ANN202

@@ -173,6 +173,30 @@ def test_controller_lines_interleave_and_sigterm_exits_cleanly(ctl, follow) -> N
     assert f.proc.wait(10) == 0, f.stderr()
 
 
+def _blocked_in_write(pid: int) -> bool:
+    """The process sleeps in a pipe write (its reader stopped reading)."""
+    try:
+        wchan = Path(f"/proc/{pid}/wchan").read_text()  # anon_pipe_write on 6.18
+    except OSError:
+        return False
+    return wchan.endswith("pipe_write") or wchan == "pipe_wait_writable"
+
+
+@pytest.mark.kernel
+def test_sigterm_ends_a_follower_whose_reader_stopped_reading(ctl, follow) -> None:  # noqa: ANN001
+    """A consumer that stops reading fills the pipe; the follower's write then blocks, and
+    a SIGTERM must still end it (exit 0) instead of the write being retried forever."""
+    _apply(ctl)  # the process sensor posts process_exec/exit for every exec below
+    f = follow("--source", "kernel")
+    deadline = time.monotonic() + 60
+    while not _blocked_in_write(f.proc.pid) and time.monotonic() < deadline:
+        for _ in range(50):
+            _run(["true"])
+    assert _blocked_in_write(f.proc.pid), "the pipe never filled"
+    f.proc.send_signal(signal.SIGTERM)
+    assert f.proc.wait(10) == 0
+
+
 @pytest.mark.kernel
 def test_without_follow_prints_the_controller_log(ctl) -> None:  # noqa: ANN001
     _apply(ctl)
