@@ -196,7 +196,8 @@ class NetpolSubject:
             src, dst = (local, peer) if back == "egress" else (peer, local)
             script.prog_run(prog(back), retval(fwd), frame(src, dst, proto, port, sport))
         src, dst = (peer, local) if d == "ingress" else (local, peer)
-        script.prog_run(prog(d), retval(ans.value), frame(src, dst, proto, sport, port))
+        flags = 0x12 if pkt.get("state") == "reply" else 0x02  # a TCP reply is a SYN-ACK, not a SYN
+        script.prog_run(prog(d), retval(ans.value), frame(src, dst, proto, sport, port, tcp_flags=flags))
         what = "cgroup_skb retval (1 allow, 0 drop)" if cg else "tc retval (0 ok, 2 shot)"
         return Vector(f"NetworkPolicy/{ep.name}", script.text().strip().splitlines(), what)
 

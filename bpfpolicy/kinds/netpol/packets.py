@@ -11,7 +11,7 @@ STYLE = v.FrameStyle(direction=v.Direction.OUTBOUND, ipv4_flags=v.IPV4_DONT_FRAG
                      sctp_tag=0x00080000)
 
 
-def frame(src: str, dst: str, proto: int, sport: int, dport: int) -> bytes:
+def frame(src: str, dst: str, proto: int, sport: int, dport: int, tcp_flags: int = v.TCP_SYN) -> bytes:
     """Ethernet + IPv4/IPv6 + L4 header, for a packet `src:sport -> dst:dport`
-    (ICMP: dport = ICMP type, sport = echo identifier)."""
-    return v.frame(STYLE, v.Flow(src, dst, proto, sport, dport), tcp_flags=v.TCP_SYN)
+    (ICMP: dport = ICMP type, sport = echo identifier; TCP: a SYN unless told)."""
+    return v.frame(STYLE, v.Flow(src, dst, proto, sport, dport), tcp_flags=tcp_flags)
