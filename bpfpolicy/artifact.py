@@ -211,9 +211,10 @@ class MapPatch:
 
 
 _SHA_MEMO: dict[int, tuple[bytes, bytes]] = {}
-SHA_MEMO_BYTES = 512 << 20
-"""Contents kept referenced by the sha256 memo: a 1M-entry list's maps are ~70 MB and
-hashing them costs ~90 ms, paid once per content object instead of at every digest."""
+SHA_MEMO_BYTES = 160 << 20
+"""Contents kept referenced by the sha256 memo (least recently used dropped first): a
+1M-entry list's maps are ~45-70 MB and hashing them costs ~90 ms, paid once per content
+object instead of at every digest; the bound is what old versions may keep alive."""
 
 
 def content_sha256(data: bytes) -> bytes:
@@ -222,6 +223,7 @@ def content_sha256(data: bytes) -> bytes:
     its hash."""
     hit = _SHA_MEMO.get(id(data))
     if hit is not None and hit[0] is data:
+        _SHA_MEMO[id(data)] = _SHA_MEMO.pop(id(data))  # most recently used last
         return hit[1]
     digest = hashlib.sha256(data).digest()
     if len(data) >= 1 << 16:  # small files hash faster than the bookkeeping

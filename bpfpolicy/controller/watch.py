@@ -139,11 +139,14 @@ class Watcher:
                     return
                 is_dir = bool(getattr(event, "is_directory", False))
                 path = None if is_dir else str(getattr(event, "src_path", ""))
+                if path and os.path.basename(path).startswith("."):
+                    trig.poke("file", done=True)  # hidden (an editor's swap file): never read, never waited for
+                    return
                 if kind in ("modified", "created") and path:
                     trig.poke("file", writing=path)
                 elif kind == "closed" and path:
                     trig.poke("file", closed=path)
-                elif kind in ("deleted", "moved") and path:
+                elif kind in ("deleted", "moved"):
                     trig.poke("file", done=True)
                 else:  # a directory's modified event follows every file event in it
                     trig.poke("file", echo=is_dir and kind == "modified")
