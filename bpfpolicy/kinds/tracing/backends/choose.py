@@ -137,6 +137,10 @@ class BackendChooser:
                             f"{self._missing('kprobes', 'trampoline', 'syscall_tracepoints')}")
         if self._need("kprobes"):
             return kprobe.backend(func, "kprobes available", syscall=True)
+        # The per-syscall tracepoint, not raw_tp/tp_btf sys_enter with a syscall-id test:
+        # those run on every syscall of every process (~95 ns more per unrelated syscall
+        # on the bench host, against ~25 ns saved on the hooked one; docs/tracing.md
+        # Performance), while sys_enter_X costs unrelated syscalls a few ns.
         if self._need("syscall_tracepoints"):
             return tracepoint.backend("syscalls", f"sys_enter_{name}",
                                      f"no kprobes: {self._reason('kprobes')}", syscall=True, func=func)
