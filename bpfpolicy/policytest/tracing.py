@@ -275,5 +275,5 @@ def _expected_observation(model: str) -> str:
         return "no event; not killed"
     sel, actions = model.split(": ", 1)
     acts = actions.split(", ")
-    post = f"event {sel}" if "Post" in acts and "NoPost" not in acts else "no event"
+    post = f"event {sel}" if "NoPost" not in acts else "no event"  # Tetragon: posts unless NoPost
     return f"{post}; {'killed by SIGKILL' if 'Sigkill' in acts else 'not killed'}"

@@ -38,7 +38,7 @@ def event_layout() -> dict[str, Any]:
         "clock": "CLOCK_MONOTONIC (bpf_ktime_get_ns)",
         "fields": {
             "time_ns": [0, "u64"], "pid": [8, "u32"], "tid": [12, "u32"], "uid": [16, "u32"],
-            "hook": [20, "u32"], "selector": [24, "s32"], "actions": [28, "u32 bitmask of 1<<action id; bit 31 = monitor; bit 30 = truncated"],
+            "hook": [20, "u32"], "selector": [24, "s32"], "actions": [28, "u32 bitmask of 1<<action id; bits 16-20 = last action id + 1; bit 31 = monitor; bit 30 = truncated"],
             "ret": [32, "s64"], "comm": [40, "char[16]"], "binary_len": [56, "u32"],
             "nargs": [60, "u32"], "binary": [binary_off, f"char[{STR}]"],
             "kernel_stack": [stacks_off, "s32 id in map `stacks`, -1 = none"],
@@ -50,6 +50,17 @@ def event_layout() -> dict[str, Any]:
                  "kinds": ARG_KINDS},
         "actions": {str(v): k for k, v in S.ACTIONS.items()},
     }
+
+
+def action_names(actions: int) -> list[str]:
+    """The matched selector's actions, the last one run last (Tetragon's `action` is that
+    one: spec.LAST_ACTION_SHIFT); no bits (a hook without selectors) is Post."""
+    names = [name for name, bit in S.ACTIONS.items() if actions & (1 << bit)]
+    last = ((actions & S.LAST_ACTION_MASK) >> S.LAST_ACTION_SHIFT) - 1
+    by_id = {bit: name for name, bit in S.ACTIONS.items()}
+    if last in by_id and by_id[last] in names:
+        names = [n for n in names if n != by_id[last]] + [by_id[last]]
+    return names or ["Post"]
 
 
 def _cstr(raw: bytes, n: int | None = None) -> str:
@@ -74,7 +85,7 @@ def decode_event(raw: bytes, manifest: dict[str, Any], boot_offset_ns: int | Non
         "pid": pid, "tid": tid, "uid": uid, "comm": _cstr(comm),
         "binary": _cstr(raw[HEADER.size:HEADER.size + STR], min(binary_len, STR - 1)),
         "selector": selector if selector >= 0 else None,
-        "action": [name for name, bit in S.ACTIONS.items() if actions & (1 << bit)] or ["Post"],
+        "action": action_names(actions),
         "monitor": bool(actions & (1 << MONITOR_BIT)),
         # A matched string was too long to compare (tracing_policy.bpf.c.j2 TP_TRUNCATED):
         # the selector failed closed, so its actions ran without a full comparison.

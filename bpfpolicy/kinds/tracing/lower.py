@@ -298,7 +298,7 @@ class Lowering:
                       uses_rate_limit=u.rate_limit, uses_parent_binary=u.parent_binary,
                       uses_sock=u.sock, uses_cred=u.cred, uses_pid_tree=u.pid_tree,
                       uses_stacks=u.stacks, uses_ret_store=u.ret_store, ret_entries=RET_MAP_ENTRIES,
-                      uses_data=u.data, data_max=MAX_DATA)
+                      uses_data=u.data, data_max=MAX_DATA, last_mask=S.LAST_ACTION_MASK)
         return stamp_program_hash(source)[0]
 
     def artifact(self, source: str, obj: bytes) -> Artifact:

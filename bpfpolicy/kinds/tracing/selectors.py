@@ -172,22 +172,37 @@ class SelectorBuilder:
     def _actions(self, prog: str, b: Backend, sel: dict[str, Any], spath: PathT, j: int,
                  only: tuple[str, ...] | None) -> Actions:
         bits, effects, post, verdict, error = 0, [], None, "pass", 0
-        for k, a in enumerate(sel.get("matchActions") or [{"action": "Post"}]):
+        given = sel.get("matchActions") or [{"action": "Post"}]
+        # Tetragon's do_actions() (docs/upstream.md §2.3): every matching selector posts
+        # unless NoPost; its event names the last action run. The action bits are the
+        # selector's (a sibling program may run the enforcing ones: `only`), so the posted
+        # event says Sigkill/Override ran wherever it ran.
+        run = [str(a["action"]) for a in given if str(a["action"]) not in S.REMOVED_ACTIONS]
+        for name in run:
+            bits |= 1 << S.ACTIONS[name]
+        if run:
+            bits |= (S.ACTIONS[run[-1]] + 1) << S.LAST_ACTION_SHIFT
+        for k, a in enumerate(given):
             name = str(a["action"])
             if (only is not None and name not in only) or name in S.REMOVED_ACTIONS:
                 continue  # FollowFD/CopyFD/UnfollowFD: decode-time fd resolution (check.py)
-            bits |= 1 << S.ACTIONS[name]
             site = self.site((*spath, "matchActions", k))
             if name in ENFORCE and self.monitor:
                 continue
             if name == "Post":
                 post = a
-            elif name != "Override":
+            elif name in ("Sigkill", "Signal"):  # NoPost is no effect (it only clears post)
                 effects.append(Effect(site, name, 9 if name == "Sigkill" else int(a.get("argSig", 0))))
+            elif name != "Override":
+                continue
             elif b.kind == "kprobe":
                 effects.append(Effect(site, "Override", int(a.get("argError", 0))))
             elif b.kind in ("lsm", "fmod_ret"):
                 verdict, error = f"{b.kind}_error", int(a.get("argError", 0))
+        if "NoPost" in run:
+            post = None  # NoPost wins over Post in either order (it clears `post`)
+        elif post is None and (only is None or "Post" in only):
+            post = {}  # the default: post with Post's defaults (no rateLimit, no stacks)
         if self.monitor:
             bits |= 1 << 31
         names = tuple([n for n, bit in S.ACTIONS.items() if bits & (1 << bit)] + (["monitor"] if self.monitor else []))

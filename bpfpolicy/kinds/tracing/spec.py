@@ -61,6 +61,11 @@ ACTIONS: dict[str, int] = {
     "CleanupEnforcerNotification": 13, "Set": 14,
 }
 REMOVED_ACTIONS = {"FollowFD": 1, "UnfollowFD": 3, "CopyFD": 5}
+# The event's `actions` word: bit (1 << id) per action of the matched selector, and in
+# bits 16-20 the id + 1 of the last one in policy order: Tetragon reports that one
+# (do_action sets msg->action per action run). Ids stay below 16; bits 30/31 are flags.
+LAST_ACTION_SHIFT = 16
+LAST_ACTION_MASK = 0x1F << LAST_ACTION_SHIFT
 LSM_ACTIONS = frozenset({"Sigkill", "Signal", "NoPost", "Override", "Post"})
 IMPLEMENTED_ACTIONS = frozenset({"Post", "NoPost", "Sigkill", "Signal", "Override"})
 UNSUPPORTED_ACTIONS = {

@@ -85,9 +85,9 @@ def function_name(call: str, arch: str | None = None) -> str:
 
 
 def action(actions: list[str]) -> str:
-    """Tetragon reports one action: the first that is not Post, else Post."""
-    chosen = next((a for a in actions if a != "Post"), "Post")
-    return ACTIONS.get(chosen, "KPROBE_ACTION_UNKNOWN")
+    """Tetragon reports one action, the last one run (do_action sets msg->action each time;
+    docs/upstream.md §2.3): the flat event lists it last (events.action_names)."""
+    return ACTIONS.get(actions[-1] if actions else "Post", "KPROBE_ACTION_UNKNOWN")
 
 
 def argument(arg: dict[str, Any]) -> dict[str, Any] | None:

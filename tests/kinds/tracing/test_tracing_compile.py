@@ -140,7 +140,10 @@ def test_monitor_mode_skips_enforcement(tmp_path: Path) -> None:
     assert art is not None, diags
     src = art.files["prog.bpf.c"].decode()
     assert "bpf_send_signal" not in src.split("SEC(\"tp/")[1]
-    assert "e->actions = 0x80000004;" in src  # Sigkill bit + monitor bit
+    # Sigkill bit + last action Sigkill (id 2 + 1 in bits 16-20) + monitor bit; Tetragon
+    # still posts a monitored Sigkill (the event says it would have run)
+    assert "e->actions = 0x80030004;" in src
+    assert "tp_post(e);" in src.split("SEC(\"tp/")[1]
     assert art.manifest["metadata"]["mode"] == "monitor"
 
 
