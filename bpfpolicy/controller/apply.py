@@ -449,8 +449,9 @@ def save_applied_copy(state_dir: Path, key: str, map_name: str, data: bytes, sam
     if same_as is not None and len(data) >= 1 << 16:
         try:
             st = os.stat(same_as, follow_symlinks=False)
-            if st.st_size == len(data) and st.st_nlink < 8:
+            if st.st_size == len(data) and st.st_nlink < 8 and st.st_uid == os.geteuid():
                 os.link(same_as, tmp, follow_symlinks=False)
+                os.chmod(tmp, 0o600)  # one inode: the applied copy stays 0600 (so does the artifact's .bin)
                 _replace_free_later(tmp, dest)
                 return
         except OSError:

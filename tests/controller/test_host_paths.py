@@ -119,6 +119,27 @@ def test_applied_copy_refuses_escaping_key(ctl, sentinel: Path) -> None:  # noqa
     assert intact(sentinel)
 
 
+@pytest.mark.parametrize("same_as", ["ours-0644", "none", "not-ours"])
+def test_applied_copy_is_0600_when_linked_or_written(ctl, tmp_path: Path, same_as: str) -> None:  # noqa: ANN001
+    """The applied copy (the next delta's base) is 0600 whether it is written or
+    hard-linked to the artifact's .bin; a file that is not ours is never linked."""
+    from bpfpolicy.controller.apply import save_applied_copy
+    from bpfpolicy.controller.plan import applied_copy
+
+    data = os.urandom(1 << 17)
+    src = tmp_path / "artifact.bin"
+    src.write_bytes(data)
+    src.chmod(0o644)
+    if same_as == "not-ours":
+        os.chown(src, 65534, 65534)
+    save_applied_copy(ctl.state_dir, "XDPBlocklist/p", "m", data, None if same_as == "none" else src)
+    dest = applied_copy(ctl.state_dir, "XDPBlocklist/p", "m")
+    assert dest.read_bytes() == data
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o600
+    assert os.path.samefile(dest, src) == (same_as == "ours-0644")
+    assert dest.stat().st_uid == os.geteuid()
+
+
 def test_gc_artifacts_does_not_follow_links(ctl, sentinel: Path) -> None:  # noqa: ANN001
     from bpfpolicy.controller.desired import gc_artifacts
 
