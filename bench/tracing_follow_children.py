@@ -7,7 +7,10 @@ no program, a `sys_getppid` policy (this host: tp/syscalls/sys_enter_getppid) wh
 `matchBinaries In [/nonexistent/x]` misses, and the same with `followChildren: true`
 (this process and each ancestor: the executable's file name is read, and its whole path
 walked only when the name is a listed one's). `depth` is how many tasks the walk visits
-from this process (it stops at init).
+from this process (it stops at init). Plain matchBinaries reads the file name first too;
+`matchBinaries_name_hit` lists `/nonexistent/<this executable's name>`, so its name
+matches and the full path is walked on every call: what plain matchBinaries cost on
+every call before the name check.
 
     .venv/bin/python bench/tracing_follow_children.py [--iters N] [--rounds R]
 
@@ -36,18 +39,18 @@ spec:
   - call: sys_getppid
     syscall: true
     selectors:
-    - matchBinaries: [{{operator: In, values: ["/nonexistent/x"]{extra}}}]
+    - matchBinaries: [{{operator: In, values: ["{value}"]{extra}}}]
 """
 SYS_GETPPID = 110  # x86_64
 
 
-def build(extra: str, tmp: Path):  # noqa: ANN201
+def build(extra: str, tmp: Path, value: str = "/nonexistent/x"):  # noqa: ANN201
     from bpfpolicy.kinds import CompileContext
     from bpfpolicy.policy.compile import compile_policy
     from bpfpolicy.policy.validate import validate_paths
 
-    path = tmp / f"p{len(extra)}.yaml"
-    path.write_text(POLICY.format(extra=extra))
+    path = tmp / f"p{len(extra)}-{len(value)}.yaml"
+    path.write_text(POLICY.format(extra=extra, value=value))
     (policy,) = validate_paths([path]).policies
     art, diags = compile_policy(policy, CompileContext())
     assert art is not None, diags
@@ -79,7 +82,10 @@ def main() -> None:
         return (time.perf_counter_ns() - t) / args.iters
 
     with tempfile.TemporaryDirectory() as d:
-        arts = {"matchBinaries": build("", Path(d)), "followChildren": build(", followChildren: true", Path(d))}
+        exe_name = os.path.basename(os.readlink("/proc/self/exe"))
+        arts = {"matchBinaries": build("", Path(d)),
+                "matchBinaries_name_hit": build("", Path(d), f"/nonexistent/{exe_name}"),
+                "followChildren": build(", followChildren: true", Path(d))}
     objs = {}
     for k, art in arts.items():
         obj = libbpf.BpfObject.open_mem(art.files["prog.bpf.o"], "bench_follow")
@@ -98,7 +104,7 @@ def main() -> None:
     for obj in objs.values():
         obj.close()
     for k, v in diffs.items():
-        print(f"{k:>15}: +{statistics.median(v):8.1f} ns per getppid (rounds {', '.join(f'{x:.0f}' for x in v)})")
+        print(f"{k:>22}: +{statistics.median(v):8.1f} ns per getppid (rounds {', '.join(f'{x:.0f}' for x in v)})")
     print(json.dumps({"bench": "tracing_follow_children", "kernel": os.uname().release, "iters": args.iters,
                       "rounds": args.rounds, "depth": depth(),
                       "added_ns": {k: round(statistics.median(v), 1) for k, v in diffs.items()}}))

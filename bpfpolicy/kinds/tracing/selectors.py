@@ -82,17 +82,22 @@ class SelectorBuilder:
         raise HookError(path, f"argument {idx} of type {t} cannot be matched")
 
     def _match_binaries(self, m: dict[str, Any], path: PathT, positions: Positions) -> Matcher:
+        # In/NotIn compare whole paths, so a path's last component must equal the executable's
+        # file name (d_name, what tp_path_walk ends with): the name is read first (one read)
+        # and the path walked only when it is a listed one's (match.j2). Empty names (a value
+        # ending in "/") and Prefix/Postfix operators walk every time.
+        bases = sorted({str(v).rstrip("\0").rsplit("/", 1)[-1] for v in m.get("values") or []})
+        names = tuple(self._literal("Equal", b) for b in bases) \
+            if bases and all(bases) and str(m["operator"]) in ("In", "NotIn") else ()
         if m.get("followChildren"):  # In/NotIn only (check.py)
             # Tetragon: also the children of a matching binary. Compared in the kernel: the
             # process's executable, else an ancestor's (spec.FOLLOW_CHILDREN_DEPTH tasks up
             # real_parent), into per-CPU scratch like matchParentBinaries.
             self.uses.parent_binary = True
             match = self._binary(m, path, "parent")
-            bases = sorted({str(v).rstrip("\0").rsplit("/", 1)[-1] for v in m.get("values") or []})
-            names = tuple(self._literal("Equal", b) for b in bases) if all(bases) else ()
             return replace(match, text=match.text + " or an ancestor's (followChildren)",
                            follow=S.FOLLOW_CHILDREN_DEPTH, follow_names=names)
-        return self._binary(m, path, "binary")
+        return replace(self._binary(m, path, "binary"), follow_names=names)
 
     def _match_parent_binaries(self, m: dict[str, Any], path: PathT, positions: Positions) -> Matcher:
         self.uses.parent_binary = True
