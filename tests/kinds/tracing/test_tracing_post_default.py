@@ -254,3 +254,83 @@ def test_action_word_orders_the_flat_list_last_run_last() -> None:
     assert action_names(both | (post + 1) << S.LAST_ACTION_SHIFT) == ["Sigkill", "Post"]
     assert action_names(both | (kill + 1) << S.LAST_ACTION_SHIFT) == ["Post", "Sigkill"]
     assert action_names(0) == ["Post"]  # a hook without selectors
+
+
+# ------------------------------------------------------------------ guest: kprobe, fentry, kretprobe, fexit, LSM
+
+GUEST_ENTRY = """\
+apiVersion: bpfpolicy.io/v1
+kind: TracingPolicy
+metadata:
+  name: {name}
+  annotations:
+    bpfpolicy.io/kernel-test: |
+      exec-expect exit=0 echo x > /tmp/pd-src && mv -f /tmp/pd-src /tmp/pd-kill
+      exec-expect exit=1 exec cat /tmp/pd-other
+      event-expect none {hook}
+      exec-expect signal=9 exec cat /tmp/pd-kill
+      event-expect {want} {hook}{action}
+spec:
+  {section}:
+  - {key}: {call}
+{extra}    args: [{{index: {index}, type: {type}}}]
+    selectors:
+    - matchArgs: [{{index: {index}, operator: Prefix, values: [/tmp/pd-kill]}}]
+      {actions_key}: [{actions}]
+"""
+
+
+def guest_policy(name: str, section: str, call: str, actions: str, want: str = "posted",
+                 ret: bool = False) -> str:
+    lsm = section == "lsmhooks"
+    extra = "    syscall: true\n" if not lsm else ""
+    if ret:
+        extra += "    return: true\n    returnArg: {index: 0, type: int}\n"
+    return GUEST_ENTRY.format(
+        name=name, section=section, key="hook" if lsm else "call", call=call, extra=extra,
+        index=0 if lsm else 1, type="file" if lsm else "string", hook=call,
+        actions_key="matchReturnActions" if ret else "matchActions", actions=actions, want=want,
+        action=" action=Sigkill" if want == "posted" else "")
+
+
+@pytest.mark.vm
+def test_sigkill_only_posts_on_every_guest_backend(tmp_path: Path, cli) -> None:
+    """Debian 6.12 (QEMU): a Sigkill-only selector kills `cat` opening /tmp/pd-kill (created by
+    a rename: file_open runs only for a file that exists, and nothing may open it first) and posts
+    an event saying Sigkill on kprobe, fentry, kretprobe (matchReturnActions), fexit and
+    lsm/file_open; with NoPost (LSM) it kills and posts nothing."""
+    import json
+    import shutil
+
+    if not shutil.which("qemu-system-x86_64"):
+        pytest.skip("qemu-system-x86_64 not installed")
+    from bpfpolicy.resources import cache_dir
+
+    if not (cache_dir() / "kernels" / "6.12" / "vmlinuz").exists():
+        pytest.skip("Debian 6.12 kernel not cached (bpfpolicy kernel-test --kernels 6.12 fetches it)")
+    pol = tmp_path / "policies"
+    pol.mkdir()
+    kill = "{action: Sigkill}"
+    policies = {
+        "pd-kprobe": guest_policy("pd-kprobe", "kprobes", "sys_openat", kill),
+        "pd-fentry": guest_policy("pd-fentry", "fentries", "sys_openat", kill),
+        "pd-kretprobe": guest_policy("pd-kretprobe", "kprobes", "sys_openat", kill, ret=True),
+        "pd-fexit": guest_policy("pd-fexit", "fentries", "sys_openat", kill, ret=True),
+        "pd-lsm": guest_policy("pd-lsm", "lsmhooks", "file_open", kill),
+        "pd-lsm-nopost": guest_policy("pd-lsm-nopost", "lsmhooks", "file_open",
+                                      "{action: Sigkill}, {action: NoPost}", want="none"),
+    }
+    for name, text in policies.items():
+        (pol / f"{name}.yaml").write_text(text)
+    out = tmp_path / "out"
+    code, text = cli("kernel-test", str(pol), "--kernels", "6.12", "--format", "json", "--out", str(out))
+    results = json.loads((out / "results.json").read_text())
+    rows = [r for k in results["kernels"] for r in k["results"]]
+    assert code == 0 and results["ok"] is True, (text, rows)
+    assert all(r["status"] == "ok" for r in rows), rows
+    attached = {r["detail"].split(": ")[-1] for r in rows if r["step"] == "attach"}
+    assert {"kprobe/__x64_sys_openat", "fentry/__x64_sys_openat", "kretprobe/__x64_sys_openat",
+            "fexit/__x64_sys_openat", "lsm/file_open"} <= attached, attached
+    for name in policies:
+        mine = [r for r in rows if r["artifact"] == f"TracingPolicy/{name}"]
+        assert [r["step"] for r in mine].count("event-expect") == 2, mine
