@@ -169,6 +169,16 @@ def _swapped_order(n: int, used: np.ndarray) -> np.ndarray:
     return perm[keep[perm]]
 
 
+def _bucket_order(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(order, b[order]): entries stably ordered by bucket index (< 2**32), the same order as
+    sorting (bucket << 32 | position) but by two 16-bit radix argsorts (~2.5x faster at 1M)."""
+    low = (b & 0xFFFF).astype(np.uint16)
+    order = np.argsort(low, kind="stable")
+    if len(b) and int(b.max()) >> 16:
+        order = order[np.argsort((b[order] >> 16).astype(np.uint16), kind="stable")]
+    return order, b[order]
+
+
 def _array_rec(dense: np.ndarray, used: np.ndarray) -> bytes:
     """Records of an ARRAY map: keys = little-endian u32 indices `used`, values = rows of
     `dense` (indexed by key). Sorted by key *bytes*, i.e. by the byte-swapped index —
@@ -279,10 +289,9 @@ def _buckets(addr: np.ndarray, ids_: np.ndarray) -> tuple[bytes, np.ndarray, np.
     nbuckets = capacity(len(addr) // 2, floor=1024)
     bits = nbuckets.bit_length() - 1
     b = bucket_of(addr, bits)
-    # stable order by bucket without an argsort: sort (bucket << 32 | position) instead
-    packed = np.sort((b.astype(np.uint64) << np.uint64(32)) | np.arange(len(b), dtype=np.uint64))
-    order = (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
-    b, a, i = (packed >> np.uint64(32)).astype(np.int64), addr[order], ids_[order]
+    # stable order by bucket: two 16-bit radix passes, no 64-bit sort
+    order, b = _bucket_order(b)
+    a, i = addr[order], ids_[order]
     first = np.concatenate([[True], b[1:] != b[:-1]]) if len(b) else np.zeros(0, dtype=bool)
     starts = np.flatnonzero(first)
     rank = np.arange(len(b)) - np.repeat(starts, np.diff(np.concatenate([starts, [len(b)]])))
@@ -479,10 +488,9 @@ def _v6_buckets(key: np.ndarray, plen: np.ndarray, ids_: np.ndarray) -> tuple[by
     nbuckets = capacity(len(key) // 2, floor=1024)
     bits = nbuckets.bit_length() - 1
     b = v6_bucket_of(key, plen, bits)
-    # stable order by bucket without an argsort: sort (bucket << 32 | position) instead
-    packed = np.sort((b.astype(np.uint64) << np.uint64(32)) | np.arange(len(b), dtype=np.uint64))
-    order = (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
-    b, k, p, i = (packed >> np.uint64(32)).astype(np.int64), key[order], plen[order], ids_[order]
+    # stable order by bucket: two 16-bit radix passes, no 64-bit sort
+    order, b = _bucket_order(b)
+    k, p, i = key[order], plen[order], ids_[order]
     first = np.concatenate([[True], b[1:] != b[:-1]]) if len(b) else np.zeros(0, dtype=bool)
     starts = np.flatnonzero(first)
     rank = np.arange(len(b)) - np.repeat(starts, np.diff(np.concatenate([starts, [len(b)]])))
@@ -514,9 +522,8 @@ def _v6_hosts(hi: np.ndarray, lo: np.ndarray, ids_: np.ndarray) -> tuple[bytes, 
     nbuckets = capacity(len(hi) // 2, floor=1024)
     bits = nbuckets.bit_length() - 1
     b = v6_host_bucket_of(hi, lo, bits)
-    packed = np.sort((b.astype(np.uint64) << np.uint64(32)) | np.arange(len(b), dtype=np.uint64))
-    order = (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
-    b, h, lo_, i = (packed >> np.uint64(32)).astype(np.int64), hi[order], lo[order], ids_[order]
+    order, b = _bucket_order(b)
+    h, lo_, i = hi[order], lo[order], ids_[order]
     first = np.concatenate([[True], b[1:] != b[:-1]]) if len(b) else np.zeros(0, dtype=bool)
     starts = np.flatnonzero(first)
     rank = np.arange(len(b)) - np.repeat(starts, np.diff(np.concatenate([starts, [len(b)]])))

@@ -254,14 +254,16 @@ _CLS = np.full(256, 32, dtype=np.uint8)  # byte -> hex value, or a separator cla
 _CLS[np.frombuffer(b"0123456789", dtype=np.uint8)] = np.arange(10, dtype=np.uint8)
 _CLS[np.frombuffer(b"abcdef", dtype=np.uint8)] = np.arange(10, 16, dtype=np.uint8)
 _CLS[np.frombuffer(b"ABCDEF", dtype=np.uint8)] = np.arange(10, 16, dtype=np.uint8)
-_C_COLON, _C_SLASH, _C_NL, _C_OTHER = 16, 17, 18, 32
-_CLS[_COLON], _CLS[_SLASH], _CLS[_NL] = _C_COLON, _C_SLASH, _C_NL
+_C_COLON, _C_NL, _C_OTHER = 16, 18, 32
+_CLS[_COLON], _CLS[_SLASH], _CLS[_NL] = _C_COLON, 17, _C_NL
 _V6_CHARS = b"0123456789abcdefABCDEF:/\n"
-# two class bytes (as one native u16) -> one byte of their low nibbles; a token's 4 bytes
-# become its 16-bit value in one table lookup per pair
-_PAIRS = np.arange(1 << 16, dtype=np.uint16).view(np.uint8).reshape(-1, 2)
-_NIBBLE_PAIR = ((_PAIRS[:, 0] & 15) << 4 | (_PAIRS[:, 1] & 15)).astype(np.uint8)
-_LEN_MASK = np.array([0, 0xF, 0xFF, 0xFFF, 0xFFFF], dtype=np.uint16)  # digits kept per token length
+# two raw bytes (b0 | b1 << 8, a little-endian u16) -> hex(b0) << 4 | hex(b1): a token's last
+# 4 bytes become its 16-bit value in two table lookups (a non-hex byte's nibble is masked off)
+_PAIRS = np.arange(1 << 16, dtype=np.uint32)
+_RAW_PAIR = ((_CLS[_PAIRS & 0xFF] & 15) << 4 | (_CLS[_PAIRS >> 8] & 15)).astype(np.uint16)
+del _PAIRS
+# digits kept per token length, byte-swapped as the group values
+_SWAPPED_LEN_MASK = np.array([0, 0xF, 0xFF, 0xFFF, 0xFFFF], dtype=np.uint16).byteswap()
 
 
 def _v6_vectorised(buf: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -271,37 +273,44 @@ def _v6_vectorised(buf: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.
     Works on tokens, not bytes: the separators (':', '/', newline) are found in one pass,
     each token is the run of bytes before one, so everything after that first pass is
     over ~8 tokens per line instead of ~25 bytes."""
-    pad = np.empty(len(buf) + 3, dtype=np.uint8)  # 3 bytes before the first token's window
-    pad[:3] = _C_NL
-    cls = pad[3:]
-    np.take(_CLS, buf, out=cls)
-    sep = np.flatnonzero(cls >= _C_COLON)  # every line ends in a newline: the last is one
-    c = cls[sep]
+    pad = np.empty(len(buf) + 3, dtype=np.uint8)  # 3 newlines before the first token's window
+    pad[:3] = _NL
+    pad[3:] = buf
+    # the 4 bytes ending at each byte as one little-endian u32 (an unaligned stride-1 view):
+    # a token's window is one 1-D gather, not a row gather of a 2-D view
+    words = np.ndarray(shape=(len(buf),), dtype="<u4", buffer=pad, strides=(1,))
+    bad = np.zeros(n, dtype=bool)
+    if bytes(buf).translate(None, _V6_CHARS):  # junk bytes ('.', spaces, '%', ...): bad lines
+        cls = _CLS[buf]
+        bad[np.cumsum(cls == _C_NL)[np.flatnonzero(cls == _C_OTHER)]] = True
+        is_sep = cls >= _C_COLON  # junk separates tokens too
+    else:  # only hex digits, ':', '/' and newlines: the separators are the bytes < '0' and ':'
+        is_sep = (buf < 48) | (buf == _COLON)
+    sep = np.flatnonzero(is_sep)  # every line ends in a newline: the last is one
+    c = buf[sep]
     length = np.diff(sep, prepend=-1) - 1
-    is_nl = c == _C_NL
+    is_nl = c == _NL
     nl_tok = np.flatnonzero(is_nl)  # the token ending each line
     line = np.repeat(np.arange(n, dtype=np.int32), np.diff(nl_tok, prepend=-1))
     start_c = np.empty_like(c)  # the separator before each token (newline at a line start)
-    start_c[0] = _C_NL
+    start_c[0] = _NL
     start_c[1:] = c[:-1]
-    bad = np.zeros(n, dtype=bool)
-    if bytes(buf).translate(None, _V6_CHARS):  # junk bytes ('.', spaces, '%', ...): bad lines
-        bad[np.cumsum(cls == _C_NL)[np.flatnonzero(cls == _C_OTHER)]] = True
-    # the 4 class bytes before a separator (a strided window: one row gather per token)
-    window = np.lib.stride_tricks.as_strided(pad, shape=(len(cls), 4), strides=(1, 1))
     # "/len": a token after '/', ending the line, 1-3 decimal digits, no leading zero
-    is_len = start_c == _C_SLASH
+    is_len = start_c == _SLASH
     lt = np.flatnonzero(is_len)
     ll = length[lt]
-    wl = window[sep[lt] - 1]
-    d0, d1, d2 = wl[:, 3].astype(np.int64), wl[:, 2].astype(np.int64), wl[:, 1].astype(np.int64)
-    d1 = np.where(ll > 1, d1, 0)
-    d2 = np.where(ll > 2, d2, 0)
-    dec = d0.astype(np.int64) + 10 * d1 + 100 * d2
-    len_bad = ~is_nl[lt] | (ll < 1) | (ll > 3) | (d0 > 9) | (d1 > 9) | (d2 > 9)
+    wl = words[sep[lt] - 1]
+    d0 = (wl >> 24).astype(np.int16) - 48
+    d1 = np.where(ll > 1, ((wl >> 16) & 0xFF).astype(np.int16) - 48, 0)
+    d2 = np.where(ll > 2, ((wl >> 8) & 0xFF).astype(np.int16) - 48, 0)
+    dec = d0 + 10 * d1 + 100 * d2
+    len_bad = ~is_nl[lt] | (ll < 1) | (ll > 3)
+    for d in (d0, d1, d2):
+        len_bad |= (d < 0) | (d > 9)
     len_bad |= (ll > 1) & (np.where(ll == 2, d1, d2) == 0)  # "/048"
     len_bad |= dec > 128
     bad[line[lt[len_bad]]] = True
+    dec = np.clip(dec, 0, 255)  # a bad line's garbage stays a valid shift below
     plen = np.full(n, 128, dtype=np.int64)
     plen[line[lt]] = dec
     nsl = np.bincount(line[lt], minlength=n)
@@ -312,11 +321,11 @@ def _v6_vectorised(buf: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.
     # edge next to a "::" at a line start or end are fine
     e = np.flatnonzero(grp & (length == 0))
     es, ec = start_c[e], c[e]
-    e_dbl = (es == _C_COLON) & (ec == _C_COLON)
+    e_dbl = (es == _COLON) & (ec == _COLON)
     is_dbl = np.zeros(len(sep) + 1, dtype=bool)  # one spare: e + 1 may be the end
     is_dbl[e[e_dbl]] = True
-    lead = (es == _C_NL) & (ec == _C_COLON) & is_dbl[e + 1]  # "::..." at a line start
-    trail = (es == _C_COLON) & (ec != _C_COLON) & is_dbl[e - 1]  # "...::" at the address end
+    lead = (es == _NL) & (ec == _COLON) & is_dbl[e + 1]  # "::..." at a line start
+    trail = (es == _COLON) & (ec != _COLON) & is_dbl[e - 1]  # "...::" at the address end
     bad[line[e[~(e_dbl | lead | trail)]]] = True
     dt = e[e_dbl]  # the "::" gaps
     ndbl = np.bincount(line[dt], minlength=n)
@@ -327,25 +336,27 @@ def _v6_vectorised(buf: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.
     ngroups = np.bincount(g_line, minlength=n)
     has_dbl = ndbl == 1
     bad |= np.where(has_dbl, ngroups > 7, ngroups != 8)
-    # group position: before "::" from the left, after it right-aligned
-    first = np.concatenate([[0], np.cumsum(ngroups)[:-1]])
-    rank = np.arange(len(g)) - first[g_line]
-    dbl_tok = np.full(n, len(sep), dtype=np.int64)  # the token of each line's "::" (none: past the end)
-    dbl_tok[line[dt]] = dt  # lines with two are bad anyway
-    after = g > dbl_tok[g_line]
-    pos = np.where(after, 8 - ngroups[g_line] + rank, rank)
-    pos = np.clip(pos, 0, 7)
-    # a group's hex value: its window's low nibbles (one table lookup per byte pair),
-    # masked to its length, shifted into place and OR-ed per line and half
-    win = window[sep[g] - 1]
-    val = _NIBBLE_PAIR[win.view(np.uint16)].view(">u2")[:, 0] & _LEN_MASK[np.minimum(length[g], 4)]
-    part = val.astype(np.uint64) << (np.uint64(16) * (3 - (pos & 3)).astype(np.uint64))
-    in_hi = pos < 4
-    hi, lo = np.zeros(n, dtype=np.uint64), np.zeros(n, dtype=np.uint64)
-    some = np.flatnonzero(ngroups)  # lines with groups: each a contiguous run of `part`
-    if len(some):
-        hi[some] = np.bitwise_or.reduceat(np.where(in_hi, part, np.uint64(0)), first[some])
-        lo[some] = np.bitwise_or.reduceat(np.where(in_hi, np.uint64(0), part), first[some])
+    # each group's slot (8 per line) from one cumulative sum over the tokens: a group is 1
+    # wide, a "::" gap as wide as the groups it stands for, and the next line's first token
+    # adds what makes this line 8 wide, so a valid line's groups land on 8 * line + position
+    # with no per-line ranks
+    gap = np.where(ndbl == 1, 8 - ngroups, 0)
+    width = np.zeros(len(sep), dtype=np.int32)
+    width[g] = 1
+    width[dt] = gap[line[dt]]
+    width[nl_tok[:-1] + 1] += (8 - ngroups - ndbl * gap)[:-1]  # a line's first token is no gap
+    slot = np.cumsum(width, dtype=np.int64)[g] - 1
+    # a group's hex value: its window's low nibbles (one table lookup per byte pair), masked
+    # to its length, kept byte-swapped so the slots read as big-endian 64-bit halves
+    w = words[sep[g] - 1]
+    val = (_RAW_PAIR[w & 0xFFFF] | _RAW_PAIR[w >> 16] << 8) & _SWAPPED_LEN_MASK[np.minimum(length[g], 4)]
+    if bad.any():  # a bad line's slots may run into its neighbours': leave them out
+        keep = ~bad[g_line]
+        slot, val = slot[keep], val[keep]
+    slots = np.zeros(8 * n, dtype=np.uint16)
+    slots[slot] = val
+    halves = slots.view(">u8")
+    hi, lo = halves[0::2].astype(np.uint64), halves[1::2].astype(np.uint64)
     host_hi = np.where(plen >= 64, np.uint64(0),
                        ~np.uint64(0) >> np.minimum(plen, 63).astype(np.uint64))
     host_lo = np.where(plen <= 64, ~np.uint64(0),
