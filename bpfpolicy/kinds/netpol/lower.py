@@ -98,6 +98,7 @@ class EndpointPlan:
     warnings: list[str] = field(default_factory=list)
     peers: dict[Net, int] = field(default_factory=dict)
     peer_sets: list[frozenset[int]] = field(default_factory=list)
+    peers4: list[tuple[int, int, int]] = field(default_factory=list)  # IPv4 peers: (address, prefixlen, id)
     verdicts: dict[tuple[int, int, int | None, int, int], Verdict] = field(default_factory=dict)
     # the datapath layout (see the module docstring)
     trie4: list[array] = field(default_factory=list)  # chunks of 256 u32
@@ -312,75 +313,87 @@ def _resolve_named(plan: EndpointPlan, r: PeerRule) -> tuple[L4, ...] | None:
     return tuple(out)
 
 
+def _net_key(n: Net) -> tuple[int, int, int]:
+    return (n.version, int(n.network_address), n.prefixlen)
+
+
 def _build_peers(plan: EndpointPlan) -> None:
-    """Assign every inserted prefix the set of rules whose peer part matches it."""
-    atoms: set[Net] = set(WORLD) | set(LOOPBACK) | set(plan.managed)
-    holders: dict[Net, list[tuple[int, int, bool]]] = {}
+    """Assign every inserted prefix the set of rules whose peer part matches it.
+
+    Prefixes are nested or disjoint, so in (version, address, length) order each one
+    follows its enclosing prefixes: one pass with a stack of the enclosing prefixes gives
+    each prefix what it inherits (the CIDR rules whose prefix or except contains it,
+    whether it is inside a managed or host address), on integer keys (an ipaddress
+    network hashes in ~1 us), without asking every prefix length of an index (10k CIDRs:
+    ~25 ms instead of ~150 ms)."""
+    managed_nets, host_nets = plan.managed, plan.host_nets
+    atoms: dict[tuple[int, int, int], Net] = {_net_key(n): n for n in (*WORLD, *LOOPBACK, *managed_nets)}
+    holders: dict[tuple[int, int, int], list[tuple[int, int, bool]]] = {}
     for i, r in enumerate(plan.rules):
         for k, c in enumerate(r.cidrs):
-            atoms.add(c.net)
-            holders.setdefault(c.net, []).append((i, k, False))
+            key = _net_key(c.net)
+            atoms.setdefault(key, c.net)
+            holders.setdefault(key, []).append((i, k, False))
             for e in c.excepts:
-                atoms.add(e)
-                holders.setdefault(e, []).append((i, k, True))
-    held = _PrefixIndex(holders)
-    managed = _PrefixIndex(dict.fromkeys(plan.managed, True))
-    host = _PrefixIndex(dict.fromkeys(plan.host_nets, True))
-    ep_addr: dict[Net, list[Endpoint]] = {}
+                key = _net_key(e)
+                atoms.setdefault(key, e)
+                holders.setdefault(key, []).append((i, k, True))
+    # host addresses are inventory addresses: every host net is a managed net, an atom
+    managed, host = {_net_key(n) for n in managed_nets}, {_net_key(n) for n in host_nets}
+    ep_addr: dict[tuple[int, int, int], list[Endpoint]] = {}
     for ep in plan.inventory:
         if not ep.host:
             for a in ep.addresses:
-                ep_addr.setdefault(ipaddress.ip_network(a), []).append(ep)
-    any_rules = [i for i, r in enumerate(plan.rules) if r.any_peer]
+                ep_addr.setdefault(_net_key(ipaddress.ip_network(a)), []).append(ep)
+    any_rules = frozenset(i for i, r in enumerate(plan.rules) if r.any_peer)
     entity_rules = [i for i, r in enumerate(plan.rules) if not r.any_peer and r.entities]
     endpoint_rules = [i for i, r in enumerate(plan.rules) if not r.any_peer and not r.cidrs and not r.entities]
     set_ids: dict[frozenset[int], int] = {}
-    for p in sorted(atoms, key=lambda n: (n.version, n.network_address.packed, n.prefixlen)):
-        is_managed = bool(managed.containing(p))
-        is_host = bool(host.containing(p))
-        cidr_hits: dict[tuple[int, int], bool] = {}
-        for hs in held.containing(p):
-            for (i, k, exc) in hs:
-                cidr_hits[(i, k)] = cidr_hits.get((i, k), False) or exc
-        members = set(any_rules)
-        if not is_managed:
-            members |= {i for (i, _k), exc in cidr_hits.items() if not exc}
-        members |= {i for i in entity_rules
-                    if any(_entity(e, p, is_managed, is_host) for e in plan.rules[i].entities)}
-        eps = ep_addr.get(p, [])
+    # (cidr members, version, managed, host) -> members
+    memo: dict[tuple[frozenset[int], int, bool, bool], frozenset[int]] = {}
+    no_hits: dict[tuple[int, int], bool] = {}
+    # enclosing prefixes: (version, first address, end, cidr hits, members from hits, managed, host)
+    stack: list[tuple[int, int, int, dict[tuple[int, int], bool], frozenset[int], bool, bool]] = []
+    peers, peer_sets, peers4 = plan.peers, plan.peer_sets, plan.peers4
+    for key in sorted(atoms):
+        ver, addr, plen = key
+        p = atoms[key]
+        end = addr + (1 << ((32 if ver == 4 else 128) - plen))
+        while stack and not (stack[-1][0] == ver and stack[-1][1] <= addr and end <= stack[-1][2]):
+            stack.pop()
+        if stack:
+            _v, _a, _e, hits, cidr_members, is_managed, is_host = stack[-1]
+        else:
+            hits, cidr_members, is_managed, is_host = no_hits, frozenset(), False, False
+        own = holders.get(key)
+        if own:
+            hits = dict(hits)
+            for (i, k, exc) in own:
+                hits[(i, k)] = hits.get((i, k), False) or exc
+            cidr_members = frozenset(i for (i, _k), exc in hits.items() if not exc)
+        is_managed = is_managed or key in managed
+        is_host = is_host or key in host
+        stack.append((ver, addr, end, hits, cidr_members, is_managed, is_host))
+        mkey = (cidr_members, ver, is_managed, is_host)
+        members = memo.get(mkey)
+        if members is None:
+            m = set(any_rules)
+            if not is_managed:
+                m |= cidr_members
+            m |= {i for i in entity_rules
+                  if any(_entity(e, p, is_managed, is_host) for e in plan.rules[i].entities)}
+            members = memo[mkey] = frozenset(m)
+        eps = ep_addr.get(key)
         if eps:
-            members |= {i for i in endpoint_rules
-                        if any(s.matches(ep.labels) for s in plan.rules[i].endpoints for ep in eps)}
-        key = frozenset(members)
-        if key not in set_ids:
-            set_ids[key] = len(plan.peer_sets)
-            plan.peer_sets.append(key)
-        plan.peers[p] = set_ids[key]
-
-
-class _PrefixIndex:
-    """Prefixes as (version, prefixlen) -> {network int: value}, so "which of these
-    contain P" is one dict probe per distinct prefix length (integer masks, no
-    ipaddress objects on the hot path)."""
-
-    def __init__(self, items: dict[Net, object]) -> None:
-        self.by_len: dict[tuple[int, int], dict[int, object]] = {}
-        for net, value in items.items():
-            self.by_len.setdefault((net.version, net.prefixlen), {})[int(net.network_address)] = value
-        self.lens = {v: sorted(pl for (ver, pl) in self.by_len if ver == v) for v in (4, 6)}
-
-    def containing(self, p: Net) -> list[object]:
-        bits = 32 if p.version == 4 else 128
-        addr = int(p.network_address)
-        out = []
-        for plen in self.lens[p.version]:
-            if plen > p.prefixlen:
-                break
-            shift = bits - plen
-            hit = self.by_len[(p.version, plen)].get(addr >> shift << shift if shift < bits else 0)
-            if hit is not None:
-                out.append(hit)
-        return out
+            members = members | {i for i in endpoint_rules
+                                 if any(s.matches(ep.labels) for s in plan.rules[i].endpoints for ep in eps)}
+        pid = set_ids.get(members)
+        if pid is None:
+            pid = set_ids[members] = len(peer_sets)
+            peer_sets.append(members)
+        peers[p] = pid
+        if ver == 4:
+            peers4.append((addr, plen, pid))
 
 
 def _build_verdicts(plan: EndpointPlan) -> None:
@@ -408,7 +421,7 @@ def _build_verdicts(plan: EndpointPlan) -> None:
 
 def _build_layout(plan: EndpointPlan) -> None:
     """The resolved verdicts and IPv4 peers in the datapath's layout (module docstring)."""
-    plan.trie4 = build_trie4({n: pid for n, pid in plan.peers.items() if n.version == 4})
+    plan.trie4 = _trie4(plan.peers4)
     for peer in range(len(plan.peer_sets)):
         for d in DIRS:
             dn = DIR_NUM[d]
@@ -425,11 +438,15 @@ def build_trie4(peers4: dict[Net, int]) -> list[array]:
     """IPv4 prefix -> id as np_trie4 chunks (leaf-pushed 16-8-8 multibit trie). Every
     address must be covered (0/0 is always inserted). More than TRIE4_MAX_CHUNKS
     chunks is a BuildError (refused, never truncated)."""
+    return _trie4([(int(net.network_address), net.prefixlen, pid) for net, pid in peers4.items()])
+
+
+def _trie4(peers4: list[tuple[int, int, int]]) -> list[array]:
+    """build_trie4 on (address, prefixlen, id) triples."""
     l1 = array("I", [0]) * 65536
     l2: dict[int, array] = {}
     l3: dict[int, array] = {}
-    for net, pid in sorted(peers4.items(), key=lambda kv: kv[0].prefixlen):
-        a, plen = int(net.network_address), net.prefixlen
+    for a, plen, pid in sorted(peers4, key=lambda t: t[1]):
         if plen <= 16:
             i = a >> 16
             l1[i:i + (1 << (16 - plen))] = array("I", [pid]) * (1 << (16 - plen))
