@@ -179,6 +179,27 @@ def _bucket_order(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, b[order]
 
 
+def _record_rows(n: int, width: int, used: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The records of an ARRAY map of `n` elements written in place, for a sparse one (the
+    hashed bucket arrays): (out, row), `out` the (len(used), 4 + width) zeroed records with
+    their keys filled in key-byte order (as `_array_rec`), row[index] its record's row. No
+    dense n x width array and no row gather from it."""
+    order = _swapped_order(n, used)
+    out = np.zeros((len(order), 4 + width), dtype=np.uint8)
+    out[:, :4] = order.astype("<u4").view(np.uint8).reshape(-1, 4)
+    row = np.empty(n, dtype=np.int32)
+    row[order] = np.arange(len(order), dtype=np.int32)
+    return out, row
+
+
+def _fields(out: np.ndarray, offset: int, dtype: str, count: int) -> np.ndarray:
+    """`count` consecutive `dtype` fields at value byte `offset` of every record of `out`
+    (an unaligned strided view: writes go straight into the records)."""
+    size = np.dtype(dtype).itemsize
+    return np.ndarray(shape=(len(out), count), dtype=dtype, buffer=out, offset=4 + offset,
+                      strides=(out.shape[1], size))
+
+
 def _array_rec(dense: np.ndarray, used: np.ndarray) -> bytes:
     """Records of an ARRAY map: keys = little-endian u32 indices `used`, values = rows of
     `dense` (indexed by key). Sorted by key *bytes*, i.e. by the byte-swapped index —
@@ -496,16 +517,17 @@ def _v6_buckets(key: np.ndarray, plen: np.ndarray, ids_: np.ndarray) -> tuple[by
     rank = np.arange(len(b)) - np.repeat(starts, np.diff(np.concatenate([starts, [len(b)]])))
     keep = rank < V6_BUCKET_SLOTS
     val = i.astype(np.uint32) | ((p.astype(np.uint32) + np.uint32(1)) << np.uint32(16))
-    dense = np.zeros((nbuckets, 64), dtype=np.uint8)
-    dense.view("<u8")[b[keep], rank[keep]] = k[keep]
-    dense.view("<u4")[b[keep], 8 + rank[keep]] = val[keep]
+    out, row = _record_rows(nbuckets, 64, b[starts])
+    rk, r = row[b[keep]], rank[keep]
+    _fields(out, 0, "<u8", V6_BUCKET_SLOTS)[rk, r] = k[keep]
+    _fields(out, 32, "<u4", V6_BUCKET_SLOTS)[rk, r] = val[keep]
     if np.any(~keep):
-        dense[np.unique(b[~keep]), 48] = 1  # spill flag (u32 at offset 48)
+        out[row[np.unique(b[~keep])], 4 + 48] = 1  # spill flag (u32 at offset 48)
     sk = np.zeros((int((~keep).sum()), 16), dtype=np.uint8)
     sk[:, :8] = k[~keep].astype("<u8").view(np.uint8).reshape(-1, 8)
     sk[:, 8:12] = p[~keep].astype("<u4").view(np.uint8).reshape(-1, 4)
     spill = _rec(sk, val[~keep].astype("<u4").view(np.uint8).reshape(-1, 4))
-    return _array_rec(dense, b[starts]), spill, nbuckets
+    return out.tobytes(), spill, nbuckets
 
 
 def v6_host_bucket_of(hi: np.ndarray, lo: np.ndarray, bits: int) -> np.ndarray:
@@ -528,18 +550,18 @@ def _v6_hosts(hi: np.ndarray, lo: np.ndarray, ids_: np.ndarray) -> tuple[bytes, 
     starts = np.flatnonzero(first)
     rank = np.arange(len(b)) - np.repeat(starts, np.diff(np.concatenate([starts, [len(b)]])))
     keep = rank < V6_HOST_SLOTS
-    dense = np.zeros((nbuckets, 64), dtype=np.uint8)
-    bk, r = b[keep], rank[keep]
-    dense.view("<u8")[bk, r] = h[keep]
-    dense.view("<u8")[bk, V6_HOST_SLOTS + r] = lo_[keep]
-    dense.view("<u4")[bk, 4 * V6_HOST_SLOTS + r] = i[keep].astype(np.uint32)
+    out, row = _record_rows(nbuckets, 64, b[starts])
+    rk, r = row[b[keep]], rank[keep]
+    _fields(out, 0, "<u8", V6_HOST_SLOTS)[rk, r] = h[keep]
+    _fields(out, 8 * V6_HOST_SLOTS, "<u8", V6_HOST_SLOTS)[rk, r] = lo_[keep]
+    _fields(out, 16 * V6_HOST_SLOTS, "<u4", V6_HOST_SLOTS)[rk, r] = i[keep].astype(np.uint32)
     if np.any(~keep):
-        dense[np.unique(b[~keep]), 60] = 1  # spill flag (u32 at offset 60)
+        out[row[np.unique(b[~keep])], 4 + 60] = 1  # spill flag (u32 at offset 60)
     sk = np.empty((int((~keep).sum()), 16), dtype=np.uint8)
     sk[:, :8] = h[~keep].astype(">u8").view(np.uint8).reshape(-1, 8)
     sk[:, 8:] = lo_[~keep].astype(">u8").view(np.uint8).reshape(-1, 8)
     spill = _rec(sk, i[~keep].astype("<u4").view(np.uint8).reshape(-1, 4))
-    return _array_rec(dense, b[starts]), spill, nbuckets
+    return out.tobytes(), spill, nbuckets
 
 
 def _v6_short(h: _V6Hash | None, mdt: type) -> np.ndarray | None:
