@@ -96,7 +96,9 @@ class EndpointPlan:
     dd_all: dict[str, bool]
     inventory: list[Endpoint]
     warnings: list[str] = field(default_factory=list)
-    peers: dict[Net, int] = field(default_factory=dict)
+    # every inserted prefix and its peer-set id, in (version, address, length) order;
+    # `peers` is the same as a dict (built on first use: 10k networks hash in ~10 ms)
+    peer_items: list[tuple[Net, int]] = field(default_factory=list)
     peer_sets: list[frozenset[int]] = field(default_factory=list)
     peers4: list[tuple[int, int, int]] = field(default_factory=list)  # IPv4 peers: (address, prefixlen, id)
     verdicts: dict[tuple[int, int, int | None, int, int], Verdict] = field(default_factory=dict)
@@ -107,7 +109,15 @@ class EndpointPlan:
     ranges: dict[tuple[int, int, int, int, int], Verdict] = field(default_factory=dict)
     allow_frag_needed: bool = True  # allowICMPFragNeeded (inventory / compile option)
 
+    _peers: dict[Net, int] | None = field(default=None, repr=False, compare=False)
+
     # ------------------------------------------------------------------ helpers
+    @property
+    def peers(self) -> dict[Net, int]:
+        if self._peers is None or len(self._peers) != len(self.peer_items):
+            self._peers = dict(self.peer_items)
+        return self._peers
+
     def default(self, d: str) -> Verdict:
         if self.dd_enforce[d]:
             return (DEFAULT_DENY, SLOT_DEFAULT[d])
@@ -331,8 +341,9 @@ def _build_peers(plan: EndpointPlan) -> None:
     holders: dict[tuple[int, int, int], list[tuple[int, int, bool]]] = {}
     for i, r in enumerate(plan.rules):
         for k, c in enumerate(r.cidrs):
-            key = _net_key(c.net)
-            atoms.setdefault(key, c.net)
+            n = c.net
+            key = (n.version, int(n.network_address), n.prefixlen)
+            atoms.setdefault(key, n)
             holders.setdefault(key, []).append((i, k, False))
             for e in c.excepts:
                 key = _net_key(e)
@@ -352,9 +363,10 @@ def _build_peers(plan: EndpointPlan) -> None:
     # (cidr members, version, managed, host) -> members
     memo: dict[tuple[frozenset[int], int, bool, bool], frozenset[int]] = {}
     no_hits: dict[tuple[int, int], bool] = {}
+    single: dict[int, frozenset[int]] = {}
     # enclosing prefixes: (version, first address, end, cidr hits, members from hits, managed, host)
     stack: list[tuple[int, int, int, dict[tuple[int, int], bool], frozenset[int], bool, bool]] = []
-    peers, peer_sets, peers4 = plan.peers, plan.peer_sets, plan.peers4
+    peer_items, peer_sets, peers4 = plan.peer_items, plan.peer_sets, plan.peers4
     for key in sorted(atoms):
         ver, addr, plen = key
         p = atoms[key]
@@ -367,10 +379,15 @@ def _build_peers(plan: EndpointPlan) -> None:
             hits, cidr_members, is_managed, is_host = no_hits, frozenset(), False, False
         own = holders.get(key)
         if own:
-            hits = dict(hits)
-            for (i, k, exc) in own:
-                hits[(i, k)] = hits.get((i, k), False) or exc
-            cidr_members = frozenset(i for (i, _k), exc in hits.items() if not exc)
+            if not hits and len(own) == 1 and not own[0][2]:  # the usual: one CIDR of one rule
+                i, k, _exc = own[0]
+                hits = {(i, k): False}
+                cidr_members = single.get(i) or single.setdefault(i, frozenset((i,)))
+            else:
+                hits = dict(hits)
+                for (i, k, exc) in own:
+                    hits[(i, k)] = hits.get((i, k), False) or exc
+                cidr_members = frozenset(i for (i, _k), exc in hits.items() if not exc)
         is_managed = is_managed or key in managed
         is_host = is_host or key in host
         stack.append((ver, addr, end, hits, cidr_members, is_managed, is_host))
@@ -391,7 +408,7 @@ def _build_peers(plan: EndpointPlan) -> None:
         if pid is None:
             pid = set_ids[members] = len(peer_sets)
             peer_sets.append(members)
-        peers[p] = pid
+        peer_items.append((p, pid))
         if ver == 4:
             peers4.append((addr, plen, pid))
 
@@ -523,7 +540,7 @@ PSET_VAL = struct.Struct("<I I I")  # action, slot, flags (PS_*)
 def encode_maps(plan: EndpointPlan) -> dict[str, list[tuple[bytes, bytes]]]:
     """Map contents as raw (key, value) records, exactly as the kernel stores them."""
     peers6 = [(struct.pack("<I", net.prefixlen) + net.network_address.packed, struct.pack("<I", pid))
-              for net, pid in plan.peers.items() if net.version == 6]
+              for net, pid in plan.peer_items if net.version == 6]
     trie4 = []  # all-zero chunks are left out: an array map starts zeroed
     for i, chunk in enumerate(plan.trie4):
         if not any(chunk):

@@ -345,9 +345,10 @@ def _peer_rule(doc: Document, r: Any, entry: Any, path: Path, policy: str, direc
         pr.any_peer, pr.endpoints = False, tuple(
             s if ns is None or s.names_namespace() else s.in_namespace(ns) for s in sels if s is not None)
     if entry.get(f"{p}CIDR"):
-        cidrs = [_cidr(r, c, (*path, f"{p}CIDR", i)) for i, c in enumerate(entry[f"{p}CIDR"])]
-        ok = ok and all(c is not None for c in cidrs)
-        pr.any_peer, pr.cidrs = False, tuple(CIDRRule(c) for c in cidrs if c is not None)
+        key = f"{p}CIDR"
+        plain = [_cidr_entry(r, c, (*path, key, i))[2] for i, c in enumerate(entry[key])]
+        ok = ok and None not in plain
+        pr.any_peer, pr.cidrs = False, tuple(c for c in plain if c is not None)
     if entry.get(f"{p}CIDRSet"):
         rules = [_cidr_rule(r, c, (*path, f"{p}CIDRSet", i), path, deny)
                  for i, c in enumerate(entry[f"{p}CIDRSet"])]
@@ -446,20 +447,23 @@ def parse_net(text: Any) -> Net | str:
 # Networks are immutable, so sharing them between parses is safe. Bounded: at ~250 bytes
 # an entry this is ~64 MB at most, and it is emptied when full (the next parse refills it).
 CIDR_MEMO_MAX = 1 << 18
-_cidr_memo: dict[str, tuple[Net | str, str | None]] = {}
+# Each entry: the network or an error message, the host-bits warning or None, and the
+# plain `fromCIDR` rule of the network (frozen dataclasses cost ~1 us each to build).
+_cidr_memo: dict[str, tuple[Net | str, str | None, CIDRRule | None]] = {}
 
 
-def _parse_cidr_text(s: str) -> tuple[Net | str, str | None]:
+def _parse_cidr_text(s: str) -> tuple[Net | str, str | None, CIDRRule | None]:
     net = parse_net(s)
     if isinstance(net, str):
-        return net, None
+        return net, None, None
     s = s.strip()
     if "/" in s and net.network_address != ipaddress.ip_interface(s).ip:
-        return net, f'"{s}" has host bits set; it means {net}'
-    return net, None
+        return net, f'"{s}" has host bits set; it means {net}', CIDRRule(net)
+    return net, None, CIDRRule(net)
 
 
-def _cidr(r: Any, text: Any, path: Path) -> Net | None:
+def _cidr_entry(r: Any, text: Any, path: Path) -> tuple[Net | str, str | None, CIDRRule | None]:
+    """Parse (or recall) one CIDR text and report its problems at `path`."""
     if type(text) is str:
         hit = _cidr_memo.get(text)
         if hit is None:
@@ -468,13 +472,16 @@ def _cidr(r: Any, text: Any, path: Path) -> Net | None:
             hit = _cidr_memo[text] = _parse_cidr_text(text)
     else:
         hit = _parse_cidr_text(str(text))
-    net, warning = hit
-    if isinstance(net, str):
-        r.error(path, net)
-        return None
-    if warning is not None:
-        r.warning(path, warning)
-    return net
+    if hit[2] is None:
+        r.error(path, hit[0])
+    elif hit[1] is not None:
+        r.warning(path, hit[1])
+    return hit
+
+
+def _cidr(r: Any, text: Any, path: Path) -> Net | None:
+    net = _cidr_entry(r, text, path)[0]
+    return None if isinstance(net, str) else net
 
 
 def _cidr_rule(r: Any, c: Any, path: Path, rule_path: Path, deny: bool) -> CIDRRule | None:
