@@ -412,13 +412,22 @@ class _V6Hash:
 
 
 def _order_by(major: np.ndarray, minor: np.ndarray) -> np.ndarray:
-    """lexsort([minor, major]) for a small-integer `minor` (prefix lengths) or `major`:
-    two stable argsorts, one of them numpy's radix sort for 8-bit keys (~2x lexsort)."""
+    """An order by (major, minor) as lexsort([minor, major]) gives, for a small-integer
+    `minor` (prefix lengths) or `major`; equal (major, minor) pairs in any order."""
     if major.dtype != np.uint64:  # major = lengths: order by minor, then stably by length
         o = np.argsort(minor, kind="stable")
         return o[np.argsort(major[o].astype(np.uint8), kind="stable")]
-    o = np.argsort(minor.astype(np.uint8), kind="stable")
-    return o[np.argsort(major[o], kind="stable")]
+    # a 64-bit major: one unstable argsort (~1.5x the two stable ones at 700k), then only
+    # the runs of equal major (a network listed at several lengths: few) put in minor order;
+    # the order among equal (major, minor) pairs is the caller's to ignore (it ORs them)
+    o = np.argsort(major)
+    sm = major[o]
+    tie = np.flatnonzero(sm[1:] == sm[:-1])
+    if len(tie):
+        at = _uniq(np.concatenate([tie, tie + 1]))
+        sub = o[at]
+        o[at] = sub[np.lexsort([minor[sub], major[sub]])]
+    return o
 
 
 def _v6_hash(net: np.ndarray, plen: np.ndarray, mask: np.ndarray) -> _V6Hash:
