@@ -257,11 +257,6 @@ _CLS[np.frombuffer(b"ABCDEF", dtype=np.uint8)] = np.arange(10, 16, dtype=np.uint
 _C_COLON, _C_NL, _C_OTHER = 16, 18, 32
 _CLS[_COLON], _CLS[_SLASH], _CLS[_NL] = _C_COLON, 17, _C_NL
 _V6_CHARS = b"0123456789abcdefABCDEF:/\n"
-# two raw bytes (b0 | b1 << 8, a little-endian u16) -> hex(b0) << 4 | hex(b1): a token's last
-# 4 bytes become its 16-bit value in two table lookups (a non-hex byte's nibble is masked off)
-_PAIRS = np.arange(1 << 16, dtype=np.uint32)
-_RAW_PAIR = ((_CLS[_PAIRS & 0xFF] & 15) << 4 | (_CLS[_PAIRS >> 8] & 15)).astype(np.uint16)
-del _PAIRS
 # digits kept per token length, byte-swapped as the group values
 _SWAPPED_LEN_MASK = np.array([0, 0xF, 0xFF, 0xFFF, 0xFFFF], dtype=np.uint16).byteswap()
 
@@ -346,10 +341,16 @@ def _v6_vectorised(buf: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.
     width[dt] = gap[line[dt]]
     width[nl_tok[:-1] + 1] += (8 - ngroups - ndbl * gap)[:-1]  # a line's first token is no gap
     slot = np.cumsum(width, dtype=np.int32)[g] - 1  # 8 slots a line, < 2**28 lines (MAX_LIST_BYTES)
-    # a group's hex value: its window's low nibbles (one table lookup per byte pair), masked
-    # to its length, kept byte-swapped so the slots read as big-endian 64-bit halves
+    # a group's hex value from its 4-byte window, all 4 bytes at once in a u32: a hex digit's
+    # value is (byte & 15) + 9 * (byte >> 6 & 1) ('a'/'A' = 0x61/0x41 -> 1 + 9); the nibbles
+    # are packed byte-swapped (first two digits in the low byte) so the slots read as
+    # big-endian 64-bit halves, and masked to the token's length (the bytes before it are
+    # separators or another token's; a token's own bytes are always hex digits)
     w = words[sep[g] - 1]
-    val = (_RAW_PAIR[w & 0xFFFF] | _RAW_PAIR[w >> 16] << 8) & _SWAPPED_LEN_MASK[np.minimum(length[g], 4)]
+    x = (w & np.uint32(0x0F0F0F0F)) + np.uint32(9) * ((w >> np.uint32(6)) & np.uint32(0x01010101))
+    x &= np.uint32(0x0F0F0F0F)  # a non-hex byte ('g' -> 16) must not spill into a digit's nibble
+    y = ((x << np.uint32(4)) | (x >> np.uint32(8))) & np.uint32(0x00FF00FF)
+    val = (y | (y >> np.uint32(8))).astype(np.uint16) & _SWAPPED_LEN_MASK[np.minimum(length[g], 4)]
     if bad.any():  # a bad line's slots may run into its neighbours': leave them out
         keep = ~bad[g_line]
         slot, val = slot[keep], val[keep]

@@ -46,3 +46,13 @@ def test_bad_lines_at_both_ends() -> None:
     got = parse_list(("\n".join(lines) + "\n").encode())
     assert got.v6 == [(2, 128), (3 << 112, 128)]
     assert [ln for ln, _ in got.errors] == [1, 3, 5]
+
+
+def test_junk_bytes_before_a_line_do_not_leak_into_its_first_group() -> None:
+    # a group's value is read from the 4 bytes ending it; for a line's first group those
+    # include the previous line's last bytes ('g', 'z', '@' are not hex digits)
+    lines = ["1::g", "a:b:c:d::/64", "zzz", "f::", "@@", "e::1", "1::xyz", "b::"]
+    got = parse_list(("\n".join(lines) + "\n").encode())
+    assert got.v6 == [(0x000a000b000c000d << 64, 64), (0xF << 112, 128), (0xE << 112 | 1, 128),
+                      (0xB << 112, 128)]
+    assert [ln for ln, _ in got.errors] == [1, 3, 5, 7]
