@@ -129,7 +129,11 @@ def test_drops_exported_with_rule_location_rotated_0600(ctl, veth, netpol_watch)
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
         assert f.stat().st_size <= 4096
     # `events` reads the export (the controller is running): filters, compact
-    port = drops()[-1]["lport"]  # each probe binds a fresh port; the first may be rotated away
+    # each probe binds a fresh port; the first may be rotated away, and the live file may
+    # have just been rotated (empty): the newest drop of the live file or its backups
+    newest_first = [export, *(export.with_name(f"export.jsonl.{i}") for i in (1, 2))]
+    port = next(e["lport"] for f in newest_first if f.exists()
+                for e in reversed(_lines(f)) if e.get("remote") == veth.ip4_b)
     res = run_cli(ctl, "events", "--source", "kernel", "--verdict", "deny", "--ip", veth.ip4_b,
                   "--port", str(port), "--since", "10m")
     assert res.returncode == 0, res.stderr
