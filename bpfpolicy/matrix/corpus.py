@@ -27,7 +27,8 @@ from pathlib import Path
 
 from .tracing import corpus_table
 
-DEFAULT_CORPUS = Path(os.environ.get("BPFPOLICY_TETRAGON_CORPUS", "../shared/corpus/tetragon"))
+# a checkout of Tetragon's examples/tracingpolicy/ (not shipped: the files are Tetragon's)
+DEFAULT_CORPUS = os.environ.get("BPFPOLICY_TETRAGON_CORPUS")
 
 
 @dataclass
@@ -106,14 +107,17 @@ def boot_counts(results: list[FileResult], corpus: Path, kernel: str, out_dir: P
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bpfpolicy.matrix.corpus", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    ap.add_argument("--corpus", type=Path, default=Path(DEFAULT_CORPUS) if DEFAULT_CORPUS else None,
+                    help="a directory of Tetragon's example TracingPolicies (or BPFPOLICY_TETRAGON_CORPUS)")
     ap.add_argument("--kernel", default="6.12")
     ap.add_argument("--no-boot", action="store_true", help="validate and compile only")
     ap.add_argument("--files", action="store_true", help="print the table's corpus files and exit")
     ap.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     args = ap.parse_args(argv)
-    if not args.corpus.is_dir():
-        print(f"no Tetragon corpus at {args.corpus} (set --corpus or BPFPOLICY_TETRAGON_CORPUS)", file=sys.stderr)
+    if args.corpus is None or not args.corpus.is_dir():
+        where = f"no Tetragon corpus at {args.corpus}" if args.corpus else "no Tetragon corpus given"
+        print(f"{where}: pass --corpus DIR (a checkout of Tetragon's examples/tracingpolicy/) "
+              "or set BPFPOLICY_TETRAGON_CORPUS", file=sys.stderr)
         return 2
     if args.files:
         print(" ".join(str(p) for p in table_files(args.corpus)))
