@@ -35,6 +35,7 @@ from .lower import (
     Lowered,
     Rule,
     classify,
+    find_record,
     v6_path,
 )
 from .sources import Sources, UnsafeListFile, open_list, parse_cidr
@@ -379,7 +380,7 @@ def kernel_test(low: Lowered) -> str:
     vectors.append((2, pk.packet("198.18.0.1")[:20], "pass: truncated"))
     for name, key in needed:
         spec = low.maps[name]
-        rec = _record(spec.records or b"", spec.key_size, spec.value_size, key)
+        rec = find_record(spec.records or b"", spec.key_size, spec.value_size, key)
         if rec is not None:
             script.map_update(name, rec[:spec.key_size], rec[spec.key_size:])
     for ret, data, why in vectors:
@@ -419,35 +420,19 @@ def _entries_for(low: Lowered, src: str) -> list[tuple[str, bytes]]:
         top = int.from_bytes(raw, "big") >> 8
         if "v4_tbl24" in low.maps:
             gkey = (top // 32).to_bytes(4, "little")
-            rec = _record(low.maps["v4_tbl24"].records or b"", 4, 64, gkey)
+            rec = find_record(low.maps["v4_tbl24"].records or b"", 4, 64, gkey)
             if rec:
                 out.append(("v4_tbl24", gkey))
                 slot = int.from_bytes(rec[4 + 2 * (top % 32):6 + 2 * (top % 32)], "little")
                 rid = slot & 0x7FFF
         if "v4_exact" in low.maps:
-            rec = _record(low.maps["v4_exact"].records or b"", 4, 4, raw)
+            rec = find_record(low.maps["v4_exact"].records or b"", 4, 4, raw)
             if rec:
                 out.append(("v4_exact", raw))
                 rid = int.from_bytes(rec[4:], "little")
     if rid:
         out.append(("rulesets", rid.to_bytes(4, "little")))
     return out
-
-
-def _record(records: bytes, key_size: int, value_size: int, key: bytes) -> bytes | None:
-    """Binary search a sorted contents buffer for `key`."""
-    n = key_size + value_size
-    lo, hi = 0, len(records) // n
-    while lo < hi:
-        mid = (lo + hi) // 2
-        k = records[mid * n:mid * n + key_size]
-        if k == key:
-            return records[mid * n:(mid + 1) * n]
-        if k < key:
-            lo = mid + 1
-        else:
-            hi = mid
-    return None
 
 
 def manifest_json(artifact: Artifact) -> str:  # pragma: no cover - debugging aid
