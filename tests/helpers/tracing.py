@@ -105,3 +105,50 @@ def ring(art: Artifact, attach: Callable[[Any], Any] | None = None) -> Iterator[
     """`loaded`, for tests that need only the ring reader."""
     with loaded(art, attach) as (_obj, reader):
         yield reader
+
+
+# A Python child that records SIGUSR1 in a handler, opens `argv[1]` (ENOENT expected), gives
+# the pending signal a few bytecode boundaries to run its handler, and prints what it got.
+SIGUSR1_CHILD = r"""
+import signal, sys, time
+got = []
+signal.signal(signal.SIGUSR1, lambda n, f: got.append(n))
+try:
+    open(sys.argv[1])
+except OSError:
+    pass
+for _ in range(50):
+    if got:
+        break
+    time.sleep(0.01)
+print("SIGUSR1" if got else "none", flush=True)
+"""
+
+
+def guest_kernel_test(cli: Callable[..., tuple[int, str]], tmp_path: Path,
+                      policies: dict[str, str] | Path, kernel: str = "6.12") -> tuple[dict[str, Any], str]:
+    """`bpfpolicy kernel-test` of `policies` (file name -> YAML text, or a directory) in the
+    Debian `kernel` QEMU guest; skips when QEMU or that kernel is not there. Asserts the run
+    is all ok and returns results.json and the CLI's output."""
+    import shutil
+
+    import pytest
+
+    from bpfpolicy.resources import cache_dir
+
+    if not shutil.which("qemu-system-x86_64"):
+        pytest.skip("qemu-system-x86_64 not installed")
+    if not (cache_dir() / "kernels" / kernel / "vmlinuz").exists():
+        pytest.skip(f"Debian {kernel} kernel not cached (bpfpolicy kernel-test --kernels {kernel} fetches it)")
+    if isinstance(policies, Path):
+        pol = policies
+    else:
+        pol = tmp_path / "policies"
+        pol.mkdir()
+        for name, text in policies.items():
+            (pol / name).write_text(text)
+    out = tmp_path / "out"
+    code, text = cli("kernel-test", str(pol), "--kernels", kernel, "--format", "json", "--out", str(out))
+    results = json.loads((out / "results.json").read_text())
+    assert code == 0 and results["ok"] is True, text
+    return results, text

@@ -15,7 +15,7 @@ from bpfpolicy.kinds.tracing import schema as tracing_schema
 from bpfpolicy.kinds.tracing.events import HEADER, decode_event, event_layout
 from bpfpolicy.kinds.tracing.features import STATIC_FEATURES, features_for, probe_host_features
 
-from helpers.tracing import compile_one, features, write
+from helpers.tracing import compile_one, features, guest_kernel_test, write
 
 ROOT = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.usefixtures("clang_required")
@@ -241,19 +241,7 @@ def test_feature_probe_and_static_table() -> None:
 def test_examples_in_a_612_guest(tmp_path: Path, cli) -> None:
     """The matrix example policies in a real Debian 6.12 kernel (QEMU): LSM file_open deny
     makes `cat /proc/version` fail while `cat /proc/uptime` works; kprobe Sigkill kills mkdir."""
-    import shutil
-
-    if not shutil.which("qemu-system-x86_64"):
-        pytest.skip("qemu-system-x86_64 not installed")
-    from bpfpolicy.resources import cache_dir
-
-    if not (cache_dir() / "kernels" / "6.12" / "vmlinuz").exists():
-        pytest.skip("Debian 6.12 kernel not cached (bpfpolicy kernel-test --kernels 6.12 fetches it)")
-    code, out = cli("kernel-test", str(ROOT / "docs/examples/tracing"), "--kernels", "6.12",
-                    "--format", "json", "--out", str(tmp_path))
-    assert code == 0, out
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert results["ok"] is True
+    guest_kernel_test(cli, tmp_path, ROOT / "docs/examples/tracing")
 
 
 def test_openat_override_remapped_to_lsm_file_open_without_syscall_override(tmp_path: Path) -> None:

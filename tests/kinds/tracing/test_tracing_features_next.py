@@ -18,7 +18,7 @@ from bpfpolicy.kinds import Artifact
 from bpfpolicy.kinds.tracing.events import decode_event
 from bpfpolicy.kinds.tracing.tetragon_json import to_tetragon
 
-from helpers.tracing import RingReader, compile_one, loaded, manifest, write
+from helpers.tracing import SIGUSR1_CHILD, RingReader, compile_one, loaded, manifest, write
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("root_required", "clang_required")]
 
@@ -28,22 +28,6 @@ pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("root_required", "clan
 def events(art: Artifact, reader: RingReader, **kw: Any) -> list[dict]:
     return [decode_event(r, manifest(art), **kw) for r in reader.poll(300)]
 
-# A Python child that records SIGUSR1 in a handler, opens `argv[1]` (ENOENT expected) and
-# gives the pending signal a few bytecode boundaries to run its handler.
-CHILD = r"""
-import os, signal, sys, time
-got = []
-signal.signal(signal.SIGUSR1, lambda n, f: got.append(n))
-try:
-    open(sys.argv[1])
-except OSError:
-    pass
-for _ in range(50):
-    if got:
-        break
-    time.sleep(0.01)
-print("SIGUSR1" if got else "none", flush=True)
-"""
 
 
 def openat_policy(tmp_path: Path, prefix: str, actions: str) -> Path:
@@ -61,7 +45,7 @@ kprobes:
 
 
 def run_child(path: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", CHILD, path], capture_output=True, text=True, timeout=30)
+    return subprocess.run([sys.executable, "-c", SIGUSR1_CHILD, path], capture_output=True, text=True, timeout=30)
 
 
 @pytest.mark.parametrize("actions, posted", [

@@ -16,7 +16,7 @@ import pytest
 from bpfpolicy.kinds.tracing.events import decode_event
 from bpfpolicy.kinds.tracing.spec import FOLLOW_CHILDREN_DEPTH
 
-from helpers.tracing import compile_one, loaded, manifest, write
+from helpers.tracing import compile_one, guest_kernel_test, loaded, manifest, write
 
 PROG = r"""
 #include <stdio.h>
@@ -158,19 +158,7 @@ def test_followchildren_sigkill_on_kprobes_in_a_612_guest(tmp_path: Path, cli) -
     the same mkdir under the ordinary /bin/sh is not."""
     import json
 
-    if not shutil.which("qemu-system-x86_64"):
-        pytest.skip("qemu-system-x86_64 not installed")
-    from bpfpolicy.resources import cache_dir
-
-    if not (cache_dir() / "kernels" / "6.12" / "vmlinuz").exists():
-        pytest.skip("Debian 6.12 kernel not cached (bpfpolicy kernel-test --kernels 6.12 fetches it)")
-    pol = tmp_path / "policies"
-    pol.mkdir()
-    (pol / "follow-children.yaml").write_text(GUEST_POLICY)
-    out = tmp_path / "out"
-    code, text = cli("kernel-test", str(pol), "--kernels", "6.12", "--format", "json", "--out", str(out))
-    results = json.loads((out / "results.json").read_text())
+    results, _ = guest_kernel_test(cli, tmp_path, {"follow-children.yaml": GUEST_POLICY})
     rows = json.dumps(results)
-    assert code == 0 and results["ok"] is True, text
     assert "kprobe/__x64_sys_mkdir" in rows, rows
     assert rows.count("exit=137 (want exit=137)") == 2 and "fc-other; exit $?'` exit=0 (want exit=0)" in rows, rows

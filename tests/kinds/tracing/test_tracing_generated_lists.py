@@ -18,7 +18,16 @@ import pytest
 from bpfpolicy.kinds.tracing.events import decode_event
 from bpfpolicy.kinds.tracing.lists import MAX_GENERATED_CALLS, ftrace_functions
 
-from helpers.tracing import compile_one, errors, features, loaded, manifest, validate, write
+from helpers.tracing import (
+    compile_one,
+    errors,
+    features,
+    guest_kernel_test,
+    loaded,
+    manifest,
+    validate,
+    write,
+)
 
 POLICY = """\
 lists:
@@ -201,20 +210,8 @@ def test_generated_ftrace_kprobes_post_in_a_612_guest(tmp_path: Path, cli) -> No
     """Debian 6.12 (QEMU, kprobes): the list becomes kprobe/vfs_mkdir + kprobe/vfs_rmdir
     (from 6.12's BTF: its tracefs is not here), both attach, and a mkdir posts on
     vfs_mkdir while `true` posts nothing."""
-    if not shutil.which("qemu-system-x86_64"):
-        pytest.skip("qemu-system-x86_64 not installed")
-    from bpfpolicy.resources import cache_dir
-
-    if not (cache_dir() / "kernels" / "6.12" / "vmlinuz").exists():
-        pytest.skip("Debian 6.12 kernel not cached (bpfpolicy kernel-test --kernels 6.12 fetches it)")
-    pol = tmp_path / "policies"
-    pol.mkdir()
-    (pol / "gen-ftrace.yaml").write_text(GUEST_FTRACE)
-    out = tmp_path / "out"
-    code, text = cli("kernel-test", str(pol), "--kernels", "6.12", "--format", "json", "--out", str(out))
-    results = json.loads((out / "results.json").read_text())
+    results, _ = guest_kernel_test(cli, tmp_path, {"gen-ftrace.yaml": GUEST_FTRACE})
     rows = json.dumps(results)
-    assert code == 0 and results["ok"] is True, text
     for attached in ("kprobe/vfs_mkdir", "kprobe/vfs_rmdir"):
         assert attached in rows, attached
     assert re.search(r"hook=vfs_mkdir\[kprobe/vfs_mkdir\] [1-9]\d* event\(s\) from pid", rows), rows

@@ -20,7 +20,16 @@ from bpfpolicy.kinds.tracing import spec as S
 from bpfpolicy.kinds.tracing.events import action_names, decode_event
 from bpfpolicy.kinds.tracing.tetragon_json import to_tetragon
 
-from helpers.tracing import RingReader, compile_one, features, loaded, manifest, write
+from helpers.tracing import (
+    SIGUSR1_CHILD,
+    RingReader,
+    compile_one,
+    features,
+    guest_kernel_test,
+    loaded,
+    manifest,
+    write,
+)
 
 KPROBES = features(btf=True, kprobes=True, kprobe_override=True, error_injection=True, trampoline=True,
                    bpf_lsm=True, syscall_tracepoints=True, send_signal=True)
@@ -36,21 +45,6 @@ kprobes:
     matchActions: [{actions}]
 """
 
-# A child that opens argv[1] (ENOENT expected) and says whether SIGUSR1 reached it.
-CHILD = r"""
-import signal, sys, time
-got = []
-signal.signal(signal.SIGUSR1, lambda n, f: got.append(n))
-try:
-    open(sys.argv[1])
-except OSError:
-    pass
-for _ in range(50):
-    if got:
-        break
-    time.sleep(0.01)
-print("SIGUSR1" if got else "none", flush=True)
-"""
 
 
 def mine(art: Artifact, reader: RingReader, pid: int) -> list[dict]:
@@ -66,7 +60,7 @@ def tetragon_action(ev: dict) -> str:
 
 def run_open(art: Artifact, path: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
     with loaded(art) as (_obj, reader):
-        child = subprocess.Popen([sys.executable, "-c", CHILD, path], stdout=subprocess.PIPE, text=True)
+        child = subprocess.Popen([sys.executable, "-c", SIGUSR1_CHILD, path], stdout=subprocess.PIPE, text=True)
         out, _ = child.communicate(timeout=30)
         got = mine(art, reader, child.pid)
     return subprocess.CompletedProcess(child.args, child.returncode, out), got
@@ -299,17 +293,6 @@ def test_sigkill_only_posts_on_every_guest_backend(tmp_path: Path, cli) -> None:
     a rename: file_open runs only for a file that exists, and nothing may open it first) and posts
     an event saying Sigkill on kprobe, fentry, kretprobe (matchReturnActions), fexit and
     lsm/file_open; with NoPost (LSM) it kills and posts nothing."""
-    import json
-    import shutil
-
-    if not shutil.which("qemu-system-x86_64"):
-        pytest.skip("qemu-system-x86_64 not installed")
-    from bpfpolicy.resources import cache_dir
-
-    if not (cache_dir() / "kernels" / "6.12" / "vmlinuz").exists():
-        pytest.skip("Debian 6.12 kernel not cached (bpfpolicy kernel-test --kernels 6.12 fetches it)")
-    pol = tmp_path / "policies"
-    pol.mkdir()
     kill = "{action: Sigkill}"
     policies = {
         "pd-kprobe": guest_policy("pd-kprobe", "kprobes", "sys_openat", kill),
@@ -320,13 +303,8 @@ def test_sigkill_only_posts_on_every_guest_backend(tmp_path: Path, cli) -> None:
         "pd-lsm-nopost": guest_policy("pd-lsm-nopost", "lsmhooks", "file_open",
                                       "{action: Sigkill}, {action: NoPost}", want="none"),
     }
-    for name, text in policies.items():
-        (pol / f"{name}.yaml").write_text(text)
-    out = tmp_path / "out"
-    code, text = cli("kernel-test", str(pol), "--kernels", "6.12", "--format", "json", "--out", str(out))
-    results = json.loads((out / "results.json").read_text())
+    results, _ = guest_kernel_test(cli, tmp_path, {f"{name}.yaml": text for name, text in policies.items()})
     rows = [r for k in results["kernels"] for r in k["results"]]
-    assert code == 0 and results["ok"] is True, (text, rows)
     assert all(r["status"] == "ok" for r in rows), rows
     attached = {r["detail"].split(": ")[-1] for r in rows if r["step"] == "attach"}
     assert {"kprobe/__x64_sys_openat", "fentry/__x64_sys_openat", "kretprobe/__x64_sys_openat",

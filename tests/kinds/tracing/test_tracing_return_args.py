@@ -11,9 +11,7 @@ the Debian 6.12 guest (the `vm` row at the end).
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import subprocess
 import sys
 import uuid
@@ -30,6 +28,7 @@ from helpers.tracing import (
     compile_one,
     errors,
     features,
+    guest_kernel_test,
     loaded,
     manifest,
     validate,
@@ -325,23 +324,12 @@ def test_kretprobe_and_fexit_return_sigkill_in_a_612_guest(tmp_path: Path, cli) 
     """Debian 6.12 (QEMU): a kretprobe on sys_openat (kprobes section) and an fexit on it
     (fentries section) kill `cat` when opening a missing /tmp/ret-* file fails (negative
     return), not when it succeeds, and not for a missing file outside the prefix."""
-    if not shutil.which("qemu-system-x86_64"):
-        pytest.skip("qemu-system-x86_64 not installed")
-    from bpfpolicy.resources import cache_dir
-
-    if not (cache_dir() / "kernels" / "6.12" / "vmlinuz").exists():
-        pytest.skip("Debian 6.12 kernel not cached (bpfpolicy kernel-test --kernels 6.12 fetches it)")
-    pol = tmp_path / "policies"
-    pol.mkdir()
-    (pol / "kretprobe.yaml").write_text(GUEST_POLICY.format(name="ret-kretprobe", section="kprobes",
-                                                            call="sys_openat", syscall="true"))
-    (pol / "fexit.yaml").write_text(GUEST_POLICY.format(name="ret-fexit", section="fentries",
-                                                        call="sys_openat", syscall="true"))
-    (pol / "readcopy.yaml").write_text(GUEST_READ)
-    out = tmp_path / "out"
-    code, text = cli("kernel-test", str(pol), "--kernels", "6.12", "--format", "json", "--out", str(out))
-    results = json.loads((out / "results.json").read_text())
-    assert code == 0 and results["ok"] is True, text
+    results, _ = guest_kernel_test(cli, tmp_path, {
+        "kretprobe.yaml": GUEST_POLICY.format(name="ret-kretprobe", section="kprobes", call="sys_openat",
+                                              syscall="true"),
+        "fexit.yaml": GUEST_POLICY.format(name="ret-fexit", section="fentries", call="sys_openat",
+                                          syscall="true"),
+        "readcopy.yaml": GUEST_READ})
     rows = [r for k in results["kernels"] for r in k["results"]]
     assert all(r["status"] == "ok" for r in rows), rows
     attached = {r["detail"].split(": ")[-1] for r in rows if r["step"] == "attach"}
