@@ -199,6 +199,12 @@ def spec_field_changes(old: dict[str, Any] | None, new: dict[str, Any] | None) -
     return out
 
 
+def spec_of(doc: Any) -> dict[str, Any]:
+    """A policy document's `spec` mapping for describe_change (empty when absent or not a mapping)."""
+    spec = doc.get("spec") if isinstance(doc, dict) else None
+    return spec if isinstance(spec, dict) else {}
+
+
 def list_changes(field: str, old: Any, new: Any, label: Callable[[int, Any], str] | None = None,
                  inner: Callable[[Any, Any], list[str]] | None = None) -> list[str]:
     """Per-index changes of a list field: `field[i] added|removed`, or `inner`'s words for

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..base import list_changes, set_delta
+from ..base import list_changes, set_delta, spec_of
 
 RULE_LISTS = ("ingress", "egress", "ingressDeny", "egressDeny")
 
 
 def describe_change(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[str]:
-    o, n = _spec(old), _spec(new)
+    o, n = spec_of(old), spec_of(new)
     out: list[str] = []
     for field in RULE_LISTS:
         out += list_changes(field, o.get(field), n.get(field), inner=_rule_words)
@@ -19,11 +19,6 @@ def describe_change(old: dict[str, Any] | None, new: dict[str, Any] | None) -> l
         if o.get(key) != n.get(key):
             out.append(f"{key} changed")
     return out
-
-
-def _spec(doc: Any) -> dict[str, Any]:
-    spec = doc.get("spec") if isinstance(doc, dict) else None
-    return spec if isinstance(spec, dict) else {}
 
 
 def _rule_words(old: Any, new: Any) -> list[str]:

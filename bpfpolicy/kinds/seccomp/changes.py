@@ -6,21 +6,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..base import list_changes, set_delta
+from ..base import list_changes, set_delta, spec_of
 
 
 def describe_change(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[str]:
-    o, n = _spec(old), _spec(new)
+    o, n = spec_of(old), spec_of(new)
     out = list_changes("syscalls", o.get("syscalls"), n.get("syscalls"), inner=_rule_words)
     for key in sorted((set(o) | set(n)) - {"syscalls"}):
         if o.get(key) != n.get(key):
             out.append(f"{key} changed ({o.get(key, 'unset')} → {n.get(key, 'unset')})")
     return out
-
-
-def _spec(doc: Any) -> dict[str, Any]:
-    spec = doc.get("spec") if isinstance(doc, dict) else None
-    return spec if isinstance(spec, dict) else {}
 
 
 def _rule_words(old: Any, new: Any) -> list[str]:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..base import list_changes
+from ..base import list_changes, spec_of
 
 HOOK_LISTS = ("kprobes", "tracepoints", "uprobes", "lsmhooks", "usdts")
 
 
 def describe_change(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[str]:
-    o, n = _spec(old), _spec(new)
+    o, n = spec_of(old), spec_of(new)
     out: list[str] = []
     for field in sorted(set(HOOK_LISTS) & (set(o) | set(n))):
         out += _hooks(field, o.get(field), n.get(field))
@@ -19,11 +19,6 @@ def describe_change(old: dict[str, Any] | None, new: dict[str, Any] | None) -> l
         if o.get(key) != n.get(key):
             out.append(f"{key} changed")
     return out
-
-
-def _spec(doc: Any) -> dict[str, Any]:
-    spec = doc.get("spec") if isinstance(doc, dict) else None
-    return spec if isinstance(spec, dict) else {}
 
 
 def _hooks(field: str, old: Any, new: Any) -> list[str]:

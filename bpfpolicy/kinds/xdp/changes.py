@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..base import set_delta
+from ..base import set_delta, spec_of
 
 RULE_LISTS = ("deny", "allow")
 LIST_FIELDS = (("sources", "source"), ("sourceFiles", "source file"), ("protocols", "protocol"),
@@ -15,7 +15,7 @@ LIST_FIELDS = (("sources", "source"), ("sourceFiles", "source file"), ("protocol
 
 
 def describe_change(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[str]:
-    o, n = _spec(old), _spec(new)
+    o, n = spec_of(old), spec_of(new)
     out = set_delta("interface", _ifaces(o), _ifaces(n))
     out = [f"interfaces {x}" for x in out]
     for field in RULE_LISTS:
@@ -24,11 +24,6 @@ def describe_change(old: dict[str, Any] | None, new: dict[str, Any] | None) -> l
         if o.get(key) != n.get(key):
             out.append(f"{key} changed ({_short(o.get(key))} → {_short(n.get(key))})")
     return out
-
-
-def _spec(doc: Any) -> dict[str, Any]:
-    spec = doc.get("spec") if isinstance(doc, dict) else None
-    return spec if isinstance(spec, dict) else {}
 
 
 def _ifaces(spec: dict[str, Any]) -> list[str]:
